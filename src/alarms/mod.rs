@@ -1,0 +1,90 @@
+//! Alarm state: which alarms are active, the events their changes produce, zone status.
+//!
+//! Pure: (condition, now) in, events out. The daemon persists `seq` through [`SeqStore`] so event
+//! numbers never go back, even across a crash.
+
+mod seq;
+mod table;
+
+// pub use seq::SeqStore;
+// pub use table::{AlarmTable, Condition, Identity};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rules::Severity;
+
+/// What kind of condition an alarm reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    Threshold,
+    RateOfRise,
+    Vote,
+    /// Sensor or link trouble: no answer, exception, stuck or out-of-range value.
+    Fault,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmState {
+    Active,
+    Cleared,
+}
+
+/// The alarm event of SPEC: published on `P/alarms/{zone}/{device}/{point}/{rule}` on every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmEvent {
+    pub event_id: String,
+    pub seq: u64,
+    pub site: String,
+    pub gateway: String,
+    /// `device/point/rule`.
+    pub alarm: String,
+    pub rule: String,
+    pub zone: String,
+    pub device: String,
+    pub point: String,
+    pub kind: AlarmKind,
+    pub severity: Severity,
+    pub state: AlarmState,
+    pub acked: bool,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub unit: Option<String>,
+    pub message: String,
+    pub time: String,
+    /// When the alarm entered its current state (raise time for an active alarm).
+    pub since: String,
+}
+
+/// Zone level: the highest active severity, or normal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Normal,
+    Warning,
+    Critical,
+    Emergency,
+}
+
+impl From<Severity> for Level {
+    fn from(s: Severity) -> Level {
+        match s {
+            Severity::Warning => Level::Warning,
+            Severity::Critical => Level::Critical,
+            Severity::Emergency => Level::Emergency,
+        }
+    }
+}
+
+/// Retained on `P/zones/{zone}/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZoneStatus {
+    pub zone: String,
+    pub level: Level,
+    /// Keys of the zone's active alarms, sorted.
+    pub active: Vec<String>,
+    /// Active fault alarms: detectors the zone cannot currently rely on.
+    pub faults: u32,
+    pub time: String,
+}

@@ -1,0 +1,1 @@
+//! Event sequence numbers that survive restarts.

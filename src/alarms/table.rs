@@ -1,0 +1,1 @@
+//! The set of alarms and their transitions.

@@ -1,0 +1,398 @@
+//! The configuration, as the rest of the daemon sees it: typed, validated, with defaults applied.
+//!
+//! Loading goes in two steps so that an operator sees every mistake at once rather than one per
+//! restart: the file (plus `EMBERWATCH__SECTION__KEY` overrides) is read into loosely typed
+//! [`raw`] structs, then validation converts them into these types, collecting every error with
+//! its key path (`devices[0].points[2].type: ...`).
+
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::decode::{Table, ValueType, WordOrder};
+use crate::rules::Severity;
+
+/// One validation problem, located by its key path in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// `devices[0].points[1].type`, or the file name for syntax errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration was refused: every problem found, not just the first.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} error{}",
+            self.file.display(),
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub site: Site,
+    pub mqtt: Mqtt,
+    pub storage: Storage,
+    pub devices: Vec<Device>,
+    pub rules: Vec<Rule>,
+    pub metrics: Option<Metrics>,
+    pub drain: Option<Drain>,
+    pub agent: Option<Agent>,
+}
+
+/// Where this gateway sits; both ids end up in every topic.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub id: String,
+    pub gateway: String,
+}
+
+/// Which broker to reach and how.
+#[derive(Debug, Clone)]
+pub struct Mqtt {
+    pub url: BrokerUrl,
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    /// The password lives in its own file so the config can be world-readable and logged.
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Redundant brokers; every message goes to each.
+    pub also: Vec<BrokerUrl>,
+    pub keep_alive: Duration,
+}
+
+/// A parsed `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerUrl {
+    /// The in-process rumqttd broker on 127.0.0.1:1883, for the demo and single-box sites.
+    Embedded,
+    Tcp { host: String, port: u16 },
+    Tls { host: String, port: u16 },
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://host[:port]`, `mqtts://host[:port]` or `embedded`.
+    pub fn parse(s: &str) -> Result<BrokerUrl, String> {
+        if s == "embedded" {
+            return Ok(BrokerUrl::Embedded);
+        }
+        let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("mqtts://") {
+            (true, r)
+        } else {
+            return Err(format!(
+                "{s:?} is not a broker URL (expected mqtt://host:port, mqtts://host:port or \"embedded\")"
+            ));
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("{s:?}: port {p:?} is not a number 0-65535"))?;
+                (h, port)
+            }
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s:?}: no host"));
+        }
+        let host = host.to_string();
+        Ok(if tls {
+            BrokerUrl::Tls { host, port }
+        } else {
+            BrokerUrl::Tcp { host, port }
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerUrl::Embedded => f.write_str("embedded"),
+            BrokerUrl::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
+            BrokerUrl::Tls { host, port } => write!(f, "mqtts://{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// Alarm state, `seq` and (later) the durable outbox live here.
+    pub dir: PathBuf,
+}
+
+/// One polled device: a rack BMS, a UPS, a detector.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    /// The fire zone this device watches; drains are per zone.
+    pub zone: String,
+    pub transport: Transport,
+    pub unit: u8,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    /// Largest hole (registers, or bits for coils) a coalesced read may span to save a request.
+    pub max_gap: u16,
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    ModbusTcp { address: String },
+    ModbusRtu { serial: SerialPort },
+    ModbusRtuOverTcp { address: String },
+    SerialLines { serial: SerialPort },
+}
+
+impl Transport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::ModbusTcp { .. } => "modbus-tcp",
+            Transport::ModbusRtu { .. } => "modbus-rtu",
+            Transport::ModbusRtuOverTcp { .. } => "modbus-rtu-over-tcp",
+            Transport::SerialLines { .. } => "serial-lines",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    pub port: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// What a point measures; votes and zone logic group detectors by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PointKind {
+    Temperature,
+    Smoke,
+    Offgas,
+    Hydrogen,
+    Voltage,
+    Current,
+    Soc,
+    State,
+    Generic,
+}
+
+impl PointKind {
+    pub const ALL: [PointKind; 9] = [
+        PointKind::Temperature,
+        PointKind::Smoke,
+        PointKind::Offgas,
+        PointKind::Hydrogen,
+        PointKind::Voltage,
+        PointKind::Current,
+        PointKind::Soc,
+        PointKind::State,
+        PointKind::Generic,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PointKind::Temperature => "temperature",
+            PointKind::Smoke => "smoke",
+            PointKind::Offgas => "offgas",
+            PointKind::Hydrogen => "hydrogen",
+            PointKind::Voltage => "voltage",
+            PointKind::Current => "current",
+            PointKind::Soc => "soc",
+            PointKind::State => "state",
+            PointKind::Generic => "generic",
+        }
+    }
+}
+
+/// One value read from a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub id: String,
+    pub kind: PointKind,
+    pub table: Table,
+    pub address: u16,
+    pub value_type: ValueType,
+    pub word_order: WordOrder,
+    pub scale: f64,
+    pub offset: f64,
+    pub unit: String,
+    /// Outside this range the reading is a sensor fault, not an alarm.
+    pub valid: Option<(f64, f64)>,
+    /// An unchanged raw value for this long is a sensor fault.
+    pub stuck_after: Option<Duration>,
+}
+
+/// A rule, with its `points` already resolved against the devices.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    /// (device index, point index) pairs this rule watches.
+    pub targets: Vec<(usize, usize)>,
+    pub body: RuleBody,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleBody {
+    Threshold(Threshold),
+    RateOfRise(RateOfRise),
+    Vote(Vote),
+}
+
+/// Which side of the thresholds is bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Above,
+    Below,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    pub direction: Direction,
+    /// Present levels, in ascending severity.
+    pub levels: Vec<(Severity, f64)>,
+    pub deadband: f64,
+    pub on_delay: Duration,
+    pub off_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateOfRise {
+    pub per_minute: f64,
+    pub window: Duration,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vote {
+    /// Alarm key patterns, `device/point/rule`, each segment may be `*`; the point segment also
+    /// matches a point kind (`*/smoke/*` is every smoke detector's alarm).
+    pub alarms: Vec<String>,
+    pub need: usize,
+    pub at_least: Severity,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Drain {
+    pub trigger: Severity,
+    pub deadline: Duration,
+    pub agents: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+    pub zones: Vec<String>,
+    pub drain: Vec<String>,
+    pub restore: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Which configuration a command needs; a drain agent has no devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    DrainAgent,
+}
+
+impl Config {
+    /// Reads and validates `path` with `EMBERWATCH__SECTION__KEY` overrides from the process
+    /// environment.
+    pub fn load(path: &Path, role: Role) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(path, role, env)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        role: Role,
+        env: Vec<(String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                path: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        raw::parse(&text, env, role).map_err(|problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses configuration text without touching the file system (tests, the demo).
+    pub fn from_toml(text: &str, role: Role) -> Result<Config, Vec<Problem>> {
+        raw::parse(text, Vec::new(), role)
+    }
+
+    /// Every point, with its device, in configuration order.
+    pub fn points(&self) -> impl Iterator<Item = (&Device, &Point)> {
+        self.devices
+            .iter()
+            .flat_map(|d| d.points.iter().map(move |p| (d, p)))
+    }
+
+    /// The distinct zones, in the order they first appear.
+    pub fn zones(&self) -> Vec<String> {
+        let mut zones: Vec<String> = Vec::new();
+        for d in &self.devices {
+            if !zones.contains(&d.zone) {
+                zones.push(d.zone.clone());
+            }
+        }
+        zones
+    }
+}
+
+/// Parses `"500ms"`, `"1s"`, `"15m"`, `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"15m\""))
+}

@@ -1,0 +1,21 @@
+//! emberwatch: turns the minutes of warning a Li-ion battery fire gives (off-gas, then smoke, then
+//! heat) into alarms operators can trust and a traffic drain finished before the power is cut.
+//!
+//! The modules mirror the pipeline, in the order a register value travels:
+//! `config` → `fieldbus` (poll) → `decode` → `rules` → `alarms` → `mqtt`, with `sim` and `demo`
+//! standing in for a real battery room.
+
+pub mod alarms;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod demo;
+pub mod fieldbus;
+pub mod logging;
+pub mod mqtt;
+pub mod rules;
+pub mod sim;
+
+/// The version reported on the gateway status topic.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

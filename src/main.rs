@@ -1,0 +1,107 @@
+//! The `emberwatch` command line: parse arguments, load the configuration, hand over to the
+//! library. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use emberwatch::config::{Config, Role};
+use emberwatch::logging::{self, LogFormat};
+
+const DEFAULT_CONFIG: &str = "/etc/emberwatch/emberwatch.toml";
+
+/// Early warning for Li-ion battery rooms: polls off-gas, smoke, temperature and UPS sensors,
+/// raises alarms over MQTT, and coordinates a traffic drain before the power is cut.
+#[derive(Parser, Debug)]
+#[command(name = "emberwatch", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr (plain suits journald; json suits log shippers).
+    #[arg(long, global = true, value_enum, default_value = "plain")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway daemon: poll devices, evaluate rules, publish alarms.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file: print a summary and exit 0, or every error and exit 1.
+    CheckConfig {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Poll every device once and print the decoded values (for commissioning).
+    Read {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Serve a simulated battery rack and UPS over Modbus TCP (register map in the README).
+    Sim(emberwatch::sim::SimArgs),
+    /// Play a thermal-runaway in one process (simulator, embedded broker, daemon) and narrate
+    /// what an operator sees on MQTT.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("emberwatch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("emberwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { config } => {
+            let cfg = load_or_report(&config, Role::Gateway)?;
+            emberwatch::daemon::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => Ok(match Config::load(&config, Role::Gateway) {
+            Ok(cfg) => {
+                println!("{}", emberwatch::daemon::summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }),
+        Command::Read { config, device } => {
+            let cfg = load_or_report(&config, Role::Gateway)?;
+            let ok = emberwatch::daemon::read_once(&cfg, device.as_deref()).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Sim(args) => {
+            emberwatch::sim::run_cli(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            emberwatch::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_or_report(path: &std::path::Path, role: Role) -> anyhow::Result<Config> {
+    Config::load(path, role).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))
+}
