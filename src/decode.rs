@@ -127,7 +127,13 @@ pub struct ReadSpan {
 /// Points may overlap (a register read both as u16 and as bool); each span covers whole points.
 pub fn plan_reads(points: &[Point], max_gap: u16) -> Vec<ReadSpan> {
     let mut order: Vec<usize> = (0..points.len()).collect();
-    order.sort_by_key(|&i| (points[i].table, points[i].address, points[i].value_type.width()));
+    order.sort_by_key(|&i| {
+        (
+            points[i].table,
+            points[i].address,
+            points[i].value_type.width(),
+        )
+    });
     let mut spans: Vec<ReadSpan> = Vec::new();
     for i in order {
         let p = &points[i];
@@ -239,7 +245,8 @@ pub fn decode_words(
 pub fn engineering(point: &Point, raw: Raw) -> f64 {
     match raw {
         Raw::Bit(_) => raw.as_f64(),
-        _ => raw.as_f64() * point.scale + point.offset,
+        // Rounded to 9 decimals so 572 × 0.1 reads 57.2, not 57.200000000000003.
+        _ => ((raw.as_f64() * point.scale + point.offset) * 1e9).round() / 1e9,
     }
 }
 
@@ -267,9 +274,10 @@ pub fn decode_point(point: &Point, span_start: u16, words: &[u16]) -> Result<Dec
 /// Bit-table response → the point's value (0 or 1).
 pub fn decode_bit(point: &Point, span_start: u16, bits: &[bool]) -> Result<Decoded, DecodeError> {
     let off = usize::from(point.address - span_start);
-    let bit = *bits
-        .get(off)
-        .ok_or(DecodeError::Short { need: off + 1, got: bits.len() })?;
+    let bit = *bits.get(off).ok_or(DecodeError::Short {
+        need: off + 1,
+        got: bits.len(),
+    })?;
     let raw = Raw::Bit(bit);
     Ok(Decoded {
         raw,
@@ -311,20 +319,37 @@ mod tests {
             (Bool, vec![0], Raw::Bit(false)),
             (U32, vec![0x0001, 0x0002], Raw::Int(65538)),
             (I32, vec![0xFFFF, 0xFFFE], Raw::Int(-2)),
-            (F32, vec![(f32w >> 16) as u16, f32w as u16], Raw::Float(57.25)),
+            (
+                F32,
+                vec![(f32w >> 16) as u16, f32w as u16],
+                Raw::Float(57.25),
+            ),
             (U64, vec![0, 0, 0x0001, 0x0000], Raw::Int(65536)),
             (I64, vec![0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF], Raw::Int(-1)),
             (
                 F64,
-                vec![(f64w >> 48) as u16, (f64w >> 32) as u16, (f64w >> 16) as u16, f64w as u16],
+                vec![
+                    (f64w >> 48) as u16,
+                    (f64w >> 32) as u16,
+                    (f64w >> 16) as u16,
+                    f64w as u16,
+                ],
                 Raw::Float(-1234.5),
             ),
         ];
         for (t, words, want) in cases {
-            assert_eq!(decode_words(t, WordOrder::Big, &words), Ok(want), "{t:?} big");
+            assert_eq!(
+                decode_words(t, WordOrder::Big, &words),
+                Ok(want),
+                "{t:?} big"
+            );
             let mut rev = words.clone();
             rev.reverse();
-            assert_eq!(decode_words(t, WordOrder::Little, &rev), Ok(want), "{t:?} little");
+            assert_eq!(
+                decode_words(t, WordOrder::Little, &rev),
+                Ok(want),
+                "{t:?} little"
+            );
         }
     }
 
@@ -336,7 +361,11 @@ mod tests {
         );
         let nan = f32::NAN.to_bits();
         assert_eq!(
-            decode_words(ValueType::F32, WordOrder::Big, &[(nan >> 16) as u16, nan as u16]),
+            decode_words(
+                ValueType::F32,
+                WordOrder::Big,
+                &[(nan >> 16) as u16, nan as u16]
+            ),
             Err(DecodeError::NotFinite)
         );
     }
@@ -349,7 +378,12 @@ mod tests {
         let d = decode_point(&p, 100, &[652]).unwrap();
         assert!((d.value - 25.2).abs() < 1e-9, "{}", d.value);
         let b = point(Table::Coil, 3, ValueType::Bool);
-        assert_eq!(decode_bit(&b, 0, &[false, false, false, true]).unwrap().value, 1.0);
+        assert_eq!(
+            decode_bit(&b, 0, &[false, false, false, true])
+                .unwrap()
+                .value,
+            1.0
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod demo;
+pub mod engine;
 pub mod fieldbus;
 pub mod logging;
 pub mod mqtt;

@@ -89,7 +89,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Read { config, device } => {
             let cfg = load_or_report(&config, Role::Gateway)?;
             let ok = emberwatch::daemon::read_once(&cfg, device.as_deref()).await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Sim(args) => {
             emberwatch::sim::run_cli(args).await?;

@@ -6,8 +6,8 @@
 mod seq;
 mod table;
 
-// pub use seq::SeqStore;
-// pub use table::{AlarmTable, Condition, Identity};
+pub use seq::{SeqError, SeqStore};
+pub use table::{AlarmTable, Condition, Identity};
 
 use serde::{Deserialize, Serialize};
 

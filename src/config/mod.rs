@@ -93,8 +93,14 @@ pub struct Mqtt {
 pub enum BrokerUrl {
     /// The in-process rumqttd broker on 127.0.0.1:1883, for the demo and single-box sites.
     Embedded,
-    Tcp { host: String, port: u16 },
-    Tls { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+    },
 }
 
 impl BrokerUrl {
@@ -393,6 +399,7 @@ impl Config {
 
 /// Parses `"500ms"`, `"1s"`, `"15m"`, `"1h 30m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"15m\""))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"15m\"")
+    })
 }

@@ -179,14 +179,17 @@ pub(super) fn parse(
     let mut unknown = Vec::new();
     let raw: RawConfig = serde_ignored::deserialize(built, |path| unknown.push(path.to_string()))
         .map_err(|e: config::ConfigError| {
-            vec![Problem {
-                path: error_path(&e),
-                message: error_message(&e),
-            }]
-        })?;
+        vec![Problem {
+            path: error_path(&e),
+            message: error_message(&e),
+        }]
+    })?;
     let mut v = Validator::default();
     for u in unknown {
-        v.problem(display_path(&u), "unknown key (misspelt? see the example config)");
+        v.problem(
+            display_path(&u),
+            "unknown key (misspelt? see the example config)",
+        );
     }
     let cfg = v.config(raw, role);
     if v.problems.is_empty() {
@@ -377,16 +380,15 @@ impl Validator {
         }
         let drain = raw.drain.map(|d| Drain {
             trigger: self.severity("drain.trigger", d.trigger, Severity::Critical),
-            deadline: self.duration(
-                "drain.deadline",
-                d.deadline,
-                Duration::from_secs(120),
-            ),
+            deadline: self.duration("drain.deadline", d.deadline, Duration::from_secs(120)),
             agents: d.agents,
         });
         let agent = raw.agent.map(|a| self.agent(a));
         if role == Role::DrainAgent && agent.is_none() {
-            self.problem("agent", "missing [agent] section (id, zones, drain, restore)");
+            self.problem(
+                "agent",
+                "missing [agent] section (id, zones, drain, restore)",
+            );
         }
         Config {
             site,
@@ -430,7 +432,9 @@ impl Validator {
         {
             self.problem(
                 "mqtt.topic_prefix",
-                format!("{topic_prefix:?} must be non-empty, without '#', '+' or leading/trailing '/'"),
+                format!(
+                    "{topic_prefix:?} must be non-empty, without '#', '+' or leading/trailing '/'"
+                ),
             );
         }
         let keep_alive = self.duration("mqtt.keep_alive", m.keep_alive, Duration::from_secs(5));
@@ -481,11 +485,17 @@ impl Validator {
         }
         let data_bits: u8 = self.int(&format!("{at}.data_bits"), d.data_bits, 8, "5-8");
         if !(5..=8).contains(&data_bits) {
-            self.problem(format!("{at}.data_bits"), format!("{data_bits} is not 5, 6, 7 or 8"));
+            self.problem(
+                format!("{at}.data_bits"),
+                format!("{data_bits} is not 5, 6, 7 or 8"),
+            );
         }
         let stop_bits: u8 = self.int(&format!("{at}.stop_bits"), d.stop_bits, 1, "1-2");
         if !(1..=2).contains(&stop_bits) {
-            self.problem(format!("{at}.stop_bits"), format!("{stop_bits} is not 1 or 2"));
+            self.problem(
+                format!("{at}.stop_bits"),
+                format!("{stop_bits} is not 1 or 2"),
+            );
         }
         SerialPort {
             port,
@@ -498,7 +508,12 @@ impl Validator {
 
     fn device(&mut self, i: usize, d: RawDevice) -> Device {
         let at = format!("devices[{i}]");
-        let id = self.id(&format!("{at}.id"), d.id.clone(), &['-', '_'], "[a-z0-9-_]+");
+        let id = self.id(
+            &format!("{at}.id"),
+            d.id.clone(),
+            &['-', '_'],
+            "[a-z0-9-_]+",
+        );
         let zone = self.id(&format!("{at}.zone"), d.zone.clone(), &['-'], "[a-z0-9-]+");
         let transport = match d.transport.as_deref() {
             None | Some("modbus-tcp") => Transport::ModbusTcp {
@@ -526,9 +541,16 @@ impl Validator {
             }
         };
         let unit: u8 = self.int(&format!("{at}.unit"), d.unit, 1, "0-255");
-        let poll_interval =
-            self.duration(&format!("{at}.poll_interval"), d.poll_interval, Duration::from_secs(1));
-        let timeout = self.duration(&format!("{at}.timeout"), d.timeout, Duration::from_millis(500));
+        let poll_interval = self.duration(
+            &format!("{at}.poll_interval"),
+            d.poll_interval,
+            Duration::from_secs(1),
+        );
+        let timeout = self.duration(
+            &format!("{at}.timeout"),
+            d.timeout,
+            Duration::from_millis(500),
+        );
         if poll_interval.is_zero() {
             self.problem(format!("{at}.poll_interval"), "must be more than 0");
         }
@@ -549,7 +571,10 @@ impl Validator {
             points.push(point);
         }
         if points.is_empty() {
-            self.problem(format!("{at}.points"), format!("device {id:?} has no points"));
+            self.problem(
+                format!("{at}.points"),
+                format!("device {id:?} has no points"),
+            );
         }
         Device {
             id,
@@ -566,7 +591,11 @@ impl Validator {
     fn address(&mut self, at: &str, d: &RawDevice) -> String {
         let path = format!("{at}.address");
         let a = self.required(&path, d.address.clone()).unwrap_or_default();
-        if !a.is_empty() && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if !a.is_empty()
+            && a.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
             self.problem(path, format!("{a:?} is not host:port"));
         }
         a
@@ -621,7 +650,10 @@ impl Validator {
         if u32::from(address) + u32::from(value_type.width()) > 65536 {
             self.problem(
                 format!("{at}.address"),
-                format!("{address} + {} registers runs past 65535", value_type.width()),
+                format!(
+                    "{address} + {} registers runs past 65535",
+                    value_type.width()
+                ),
             );
         }
         let word_order = match p.word_order.as_deref() {
@@ -690,7 +722,10 @@ impl Validator {
         }
         let body = if let Some(v) = r.vote {
             if !r.points.is_empty() {
-                self.problem(format!("{at}.points"), "a vote rule takes vote.alarms, not points");
+                self.problem(
+                    format!("{at}.points"),
+                    "a vote rule takes vote.alarms, not points",
+                );
             }
             if v.alarms.is_empty() {
                 self.problem(format!("{at}.vote.alarms"), "missing: which alarms vote");
@@ -710,15 +745,26 @@ impl Validator {
             RuleBody::Vote(Vote {
                 alarms: v.alarms,
                 need,
-                at_least: self.severity(&format!("{at}.vote.at_least"), v.at_least, Severity::Warning),
-                severity: self.severity(&format!("{at}.vote.severity"), v.severity, Severity::Emergency),
+                at_least: self.severity(
+                    &format!("{at}.vote.at_least"),
+                    v.at_least,
+                    Severity::Warning,
+                ),
+                severity: self.severity(
+                    &format!("{at}.vote.severity"),
+                    v.severity,
+                    Severity::Emergency,
+                ),
             })
         } else if let Some(rr) = r.rate_of_rise {
             let per_minute = self
                 .required(&format!("{at}.rate_of_rise.per_minute"), rr.per_minute)
                 .unwrap_or(1.0);
             if per_minute <= 0.0 || !per_minute.is_finite() {
-                self.problem(format!("{at}.rate_of_rise.per_minute"), "must be a positive number");
+                self.problem(
+                    format!("{at}.rate_of_rise.per_minute"),
+                    "must be a positive number",
+                );
             }
             let window = self.duration(
                 &format!("{at}.rate_of_rise.window"),
@@ -755,7 +801,10 @@ impl Validator {
             }
             levels.sort_by_key(|(s, _)| *s);
             if levels.is_empty() {
-                self.problem(format!("{at}.{key}"), "no levels: give warning, critical and/or emergency");
+                self.problem(
+                    format!("{at}.{key}"),
+                    "no levels: give warning, critical and/or emergency",
+                );
             }
             for w in levels.windows(2) {
                 let ((lo_s, lo), (hi_s, hi)) = (w[0], w[1]);
@@ -764,7 +813,11 @@ impl Validator {
                     Direction::Below => lo > hi,
                 };
                 if !ordered {
-                    let rel = if direction == Direction::Above { "below" } else { "above" };
+                    let rel = if direction == Direction::Above {
+                        "below"
+                    } else {
+                        "above"
+                    };
                     self.problem(
                         format!("{at}.{key}.{lo_s}"),
                         format!("{lo_s} {lo} must be {rel} {hi_s} {hi}"),
@@ -786,12 +839,18 @@ impl Validator {
         let mut targets = Vec::new();
         if !matches!(body, RuleBody::Vote(_)) {
             if r.points.is_empty() {
-                self.problem(format!("{at}.points"), "missing: which points the rule watches");
+                self.problem(
+                    format!("{at}.points"),
+                    "missing: which points the rule watches",
+                );
             }
             for (j, pat) in r.points.iter().enumerate() {
                 let path = format!("{at}.points[{j}]");
                 let Some((dev, pt)) = pat.split_once('/') else {
-                    self.problem(path, format!("{pat:?} must be device/point (device may be *)"));
+                    self.problem(
+                        path,
+                        format!("{pat:?} must be device/point (device may be *)"),
+                    );
                     continue;
                 };
                 let before = targets.len();
@@ -908,23 +967,35 @@ agents = ["lb-1"]
         assert_eq!(c.devices[0].points[0].value_type, ValueType::I16);
         assert_eq!(c.devices[0].timeout, Duration::from_millis(500));
         assert_eq!(c.rules[0].targets, vec![(0, 0)]);
-        let RuleBody::Threshold(t) = &c.rules[0].body else { panic!("threshold") };
+        let RuleBody::Threshold(t) = &c.rules[0].body else {
+            panic!("threshold")
+        };
         assert_eq!(
             t.levels,
-            vec![(Severity::Warning, 45.0), (Severity::Critical, 55.0), (Severity::Emergency, 65.0)]
+            vec![
+                (Severity::Warning, 45.0),
+                (Severity::Critical, 55.0),
+                (Severity::Emergency, 65.0)
+            ]
         );
     }
 
     #[test]
     fn env_overrides_a_section_key() {
         let env = vec![
-            ("EMBERWATCH__MQTT__URL".to_string(), "mqtt://10.0.0.9:1884".to_string()),
+            (
+                "EMBERWATCH__MQTT__URL".to_string(),
+                "mqtt://10.0.0.9:1884".to_string(),
+            ),
             ("EMBERWATCH__SITE__GATEWAY".to_string(), "gw-x".to_string()),
         ];
         let c = parse(GOOD, env, Role::Gateway).expect("valid");
         assert_eq!(
             c.mqtt.url,
-            BrokerUrl::Tcp { host: "10.0.0.9".into(), port: 1884 }
+            BrokerUrl::Tcp {
+                host: "10.0.0.9".into(),
+                port: 1884
+            }
         );
         assert_eq!(c.site.gateway, "gw-x");
     }
@@ -944,7 +1015,10 @@ agents = ["lb-1"]
             .replace("poll_interval = \"1s\"", "poll_interval = \"1 fortnight\"")
             .replace("warning = 45.0", "warning = 60.0")
             .replace("\"*/cell_temp_max\"]\nabove", "\"rack-99/nothing\"]\nabove")
-            .replace("stuck_after = \"15m\"", "stuck_after = \"15m\"\n  colour = \"red\"");
+            .replace(
+                "stuck_after = \"15m\"",
+                "stuck_after = \"15m\"\n  colour = \"red\"",
+            );
         let e = errors(&bad);
         let want = [
             "devices[0].transport: unknown transport \"can-bus\"",
@@ -955,7 +1029,10 @@ agents = ["lb-1"]
             "devices[0].points[0].colour: unknown key",
         ];
         for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+            assert!(
+                e.iter().any(|x| x.starts_with(w)),
+                "missing {w:?} in {e:#?}"
+            );
         }
         assert_eq!(e.len(), want.len(), "{e:#?}");
     }
@@ -965,7 +1042,8 @@ agents = ["lb-1"]
         let dup = GOOD.replace("id = \"offgas\"", "id = \"cell_temp_max\"");
         let e = errors(&dup);
         assert!(
-            e.iter().any(|x| x.starts_with("devices[0].points[1].id: duplicate point id")),
+            e.iter()
+                .any(|x| x.starts_with("devices[0].points[1].id: duplicate point id")),
             "{e:?}"
         );
     }
@@ -976,7 +1054,10 @@ agents = ["lb-1"]
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("devices[0].unit"), "{e:?}");
         let e = errors(&GOOD.replace("unit = 1\n", "unit = 300\n"));
-        assert!(e[0].starts_with("devices[0].unit: 300 is out of range"), "{e:?}");
+        assert!(
+            e[0].starts_with("devices[0].unit: 300 is out of range"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -987,7 +1068,9 @@ agents = ["lb-1"]
         );
         let e = errors(&t);
         assert!(
-            e.iter().any(|x| x.starts_with("rules[0].below.warning: warning 10 must be above critical 20")),
+            e.iter()
+                .any(|x| x
+                    .starts_with("rules[0].below.warning: warning 10 must be above critical 20")),
             "{e:?}"
         );
     }
@@ -997,7 +1080,10 @@ agents = ["lb-1"]
         assert_eq!(BrokerUrl::parse("embedded"), Ok(BrokerUrl::Embedded));
         assert_eq!(
             BrokerUrl::parse("mqtts://broker.example"),
-            Ok(BrokerUrl::Tls { host: "broker.example".into(), port: 8883 })
+            Ok(BrokerUrl::Tls {
+                host: "broker.example".into(),
+                port: 8883
+            })
         );
         assert!(BrokerUrl::parse("http://x").is_err());
         assert!(BrokerUrl::parse("mqtt://x:99999").is_err());

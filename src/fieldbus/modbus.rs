@@ -1,0 +1,171 @@
+//! Modbus TCP and RTU-over-TCP devices: connect, read the coalesced plan, decode.
+//!
+//! Any transport error or timeout drops the connection: a late answer to a timed-out request
+//! would otherwise be taken as the answer to the next one. The next poll reconnects.
+
+use std::time::Duration;
+
+use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::slave::{Slave, SlaveContext};
+
+use crate::clock::Now;
+use crate::config::{Device, Transport};
+use crate::decode::{decode_bit, decode_point, plan_reads, ReadSpan, Table};
+use crate::fieldbus::{LinkError, PointError, PointReading, Reading};
+
+/// One Modbus device and its (possibly absent) connection.
+pub struct ModbusDevice {
+    device: Device,
+    plan: Vec<ReadSpan>,
+    ctx: Option<Context>,
+}
+
+enum SpanData {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
+impl ModbusDevice {
+    pub fn new(device: Device) -> ModbusDevice {
+        let plan = plan_reads(&device.points, device.max_gap);
+        ModbusDevice {
+            device,
+            plan,
+            ctx: None,
+        }
+    }
+
+    /// The read plan: how many requests one poll takes.
+    pub fn plan(&self) -> &[ReadSpan] {
+        &self.plan
+    }
+
+    /// Polls every point once.
+    pub async fn poll(&mut self, index: usize) -> Reading {
+        let start = std::time::Instant::now();
+        let outcome = self.poll_points().await;
+        if outcome.is_err() {
+            self.ctx = None;
+        }
+        Reading {
+            device: index,
+            at: Now::system(),
+            latency: start.elapsed(),
+            outcome,
+        }
+    }
+
+    pub async fn close(&mut self) {
+        if let Some(mut ctx) = self.ctx.take() {
+            use tokio_modbus::client::Client;
+            let _ = tokio::time::timeout(Duration::from_millis(200), ctx.disconnect()).await;
+        }
+    }
+
+    async fn connect(device: &Device) -> Result<Context, LinkError> {
+        let (address, rtu) = match &device.transport {
+            Transport::ModbusTcp { address } => (address.clone(), false),
+            Transport::ModbusRtuOverTcp { address } => (address.clone(), true),
+            other => {
+                return Err(LinkError::Unsupported {
+                    device: device.id.clone(),
+                    transport: other.name(),
+                })
+            }
+        };
+        let err = |reason: String| LinkError::Connect {
+            device: device.id.clone(),
+            address: address.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(
+            device.timeout,
+            tokio::net::TcpStream::connect(address.as_str()),
+        )
+        .await
+        .map_err(|_| err(format!("no connection within {:?}", device.timeout)))?
+        .map_err(|e| err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let slave = Slave(device.unit);
+        Ok(if rtu {
+            tokio_modbus::client::rtu::attach_slave(stream, slave)
+        } else {
+            tokio_modbus::client::tcp::attach_slave(stream, slave)
+        })
+    }
+
+    async fn poll_points(&mut self) -> Result<Vec<PointReading>, LinkError> {
+        let timeout = self.device.timeout;
+        let id = &self.device.id;
+        let mut ctx = match self.ctx.take() {
+            Some(ctx) => ctx,
+            None => Self::connect(&self.device).await?,
+        };
+        ctx.set_slave(Slave(self.device.unit));
+        let mut out = Vec::with_capacity(self.device.points.len());
+        for span in &self.plan {
+            let req = async {
+                match span.table {
+                    Table::Holding => ctx
+                        .read_holding_registers(span.start, span.count)
+                        .await
+                        .map(|r| r.map(SpanData::Words)),
+                    Table::Input => ctx
+                        .read_input_registers(span.start, span.count)
+                        .await
+                        .map(|r| r.map(SpanData::Words)),
+                    Table::Coil => ctx
+                        .read_coils(span.start, span.count)
+                        .await
+                        .map(|r| r.map(SpanData::Bits)),
+                    Table::Discrete => ctx
+                        .read_discrete_inputs(span.start, span.count)
+                        .await
+                        .map(|r| r.map(SpanData::Bits)),
+                }
+            };
+            let answer = tokio::time::timeout(timeout, req)
+                .await
+                .map_err(|_| LinkError::Timeout {
+                    device: id.clone(),
+                    table: span.table.as_str(),
+                    register: span.start,
+                    timeout,
+                })?
+                .map_err(|e| LinkError::Transport {
+                    device: id.clone(),
+                    table: span.table.as_str(),
+                    register: span.start,
+                    reason: e.to_string(),
+                })?;
+            for &pi in &span.points {
+                let point = &self.device.points[pi];
+                let result = match &answer {
+                    Ok(SpanData::Words(w)) => decode_point(point, span.start, w),
+                    Ok(SpanData::Bits(b)) => decode_bit(point, span.start, b),
+                    Err(code) => {
+                        out.push(PointReading {
+                            point: pi,
+                            result: Err(PointError::Exception {
+                                address: span.start,
+                                code: u8::from(*code),
+                                name: format!("{code:?}"),
+                            }),
+                        });
+                        continue;
+                    }
+                };
+                out.push(PointReading {
+                    point: pi,
+                    result: result.map_err(|source| PointError::Decode {
+                        address: point.address,
+                        source,
+                    }),
+                });
+            }
+        }
+        out.sort_by_key(|p| p.point);
+        self.ctx = Some(ctx);
+        Ok(out)
+    }
+}
