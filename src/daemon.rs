@@ -1,15 +1,240 @@
-//! The gateway daemon: wires fieldbus pollers, the rule engine and MQTT together (stub).
+//! The gateway daemon: wires pollers, the rule engine and MQTT together, and stops them in order.
+//!
+//! Shutdown order matters for an alarm system: pollers stop first, the engine finishes what it
+//! was given and hands its last events to MQTT, and only then does the MQTT link publish
+//! "offline" and close. Every task is tracked; nothing is left running.
 
-use crate::config::Config;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub async fn run(_cfg: Config) -> anyhow::Result<()> {
-    anyhow::bail!("run: not built yet")
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::alarms::{SeqError, SeqStore};
+use crate::clock::Now;
+use crate::config::{Config, RuleBody};
+use crate::engine::Engine;
+use crate::fieldbus::{self, modbus::ModbusDevice};
+use crate::mqtt::{self, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("devices[{index}] ({device}): transport {transport} is not supported by this build yet")]
+    Unsupported {
+        index: usize,
+        device: String,
+        transport: &'static str,
+    },
+    #[error("storage.dir: {0}")]
+    Seq(#[from] SeqError),
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), DaemonError> {
+    let cancel = CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Signals)?;
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = stop.cancelled() => return,
+        }
+        stop.cancel();
+    });
+    serve(cfg, cancel).await
+}
+
+/// Runs until `cancel`; the demo and tests use this directly.
+pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    for (index, d) in cfg.devices.iter().enumerate() {
+        if !fieldbus::supported(&d.transport) {
+            return Err(DaemonError::Unsupported {
+                index,
+                device: d.id.clone(),
+                transport: d.transport.name(),
+            });
+        }
+    }
+    let (mut seq, last_seq) = SeqStore::open(&cfg.storage.dir)?;
+    let cfg = Arc::new(cfg);
+    // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
+    let mqtt_cancel = CancellationToken::new();
+    let link = mqtt::connect(&cfg, mqtt_cancel.clone()).await?;
+    let publisher = link.publisher.clone();
+    tracing::info!(
+        site = %cfg.site.id,
+        gateway = %cfg.site.gateway,
+        devices = cfg.devices.len(),
+        broker = %cfg.mqtt.url,
+        last_seq,
+        "emberwatch running"
+    );
+
+    let tracker = TaskTracker::new();
+    let (tx, mut rx) = mpsc::channel(1024);
+    fieldbus::spawn_pollers(&cfg, tx, &cancel, &tracker);
+    tracker.close();
+
+    let mut engine = Engine::new(cfg.clone(), last_seq);
+    for msg in engine.zone_statuses(Now::system()) {
+        publisher.send(msg).await;
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let mut result = Ok(());
+    // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
+    while let Some(reading) = rx.recv().await {
+        let out = engine.on_reading(&reading);
+        if let Some(last) = out.events.last() {
+            // The number is on disk before anyone can see it: seq never goes back.
+            if let Err(e) = seq.store(last.seq) {
+                tracing::error!(error = %e, "cannot persist seq; stopping so systemd restarts on a clean state");
+                result = Err(DaemonError::Seq(e));
+                cancel.cancel();
+            }
+        }
+        for e in &out.events {
+            tracing::info!(
+                alarm = %e.alarm,
+                seq = e.seq,
+                severity = %e.severity,
+                state = ?e.state,
+                "{}",
+                e.message
+            );
+        }
+        for msg in out.messages {
+            publisher.send(msg).await;
+        }
+    }
+    tracker.wait().await;
+    mqtt_cancel.cancel();
+    link.closed().await;
+    result
+}
+
+/// The `check-config` summary: what the daemon would watch and where it would publish.
 pub fn summary(cfg: &Config) -> String {
-    format!("{} devices", cfg.devices.len())
+    let mut s = String::new();
+    let points: usize = cfg.devices.iter().map(|d| d.points.len()).sum();
+    let (mut th, mut ror, mut vote) = (0, 0, 0);
+    for r in &cfg.rules {
+        match r.body {
+            RuleBody::Threshold(_) => th += 1,
+            RuleBody::RateOfRise(_) => ror += 1,
+            RuleBody::Vote(_) => vote += 1,
+        }
+    }
+    let _ = writeln!(s, "configuration OK: site {}, gateway {}", cfg.site.id, cfg.site.gateway);
+    let _ = writeln!(
+        s,
+        "  {} devices, {} points, {} rules ({th} threshold, {ror} rate_of_rise, {vote} vote)",
+        cfg.devices.len(),
+        points,
+        cfg.rules.len()
+    );
+    let _ = writeln!(s, "  zones: {}", cfg.zones().join(", "));
+    for d in &cfg.devices {
+        let reads = crate::decode::plan_reads(&d.points, d.max_gap).len();
+        let _ = writeln!(
+            s,
+            "  device {} ({}, zone {}): {} points in {} reads every {:?}",
+            d.id,
+            d.transport.name(),
+            d.zone,
+            d.points.len(),
+            reads,
+            d.poll_interval
+        );
+    }
+    let t = Topics::new(cfg);
+    let _ = writeln!(s, "  broker: {}", cfg.mqtt.url);
+    let _ = writeln!(s, "  topics:");
+    let _ = writeln!(s, "    {}  (retained, last will offline)", t.status());
+    for z in cfg.zones() {
+        let _ = writeln!(s, "    {}  (retained)", t.zone_status(&z));
+        let _ = writeln!(s, "    {}/#  (alarm events)", t.alarm(&z, "+", "+", "+").trim_end_matches("/+/+/+"));
+    }
+    for d in &cfg.devices {
+        let _ = writeln!(s, "    {}", t.telemetry(&d.id));
+    }
+    let _ = write!(s, "    {}  (commands in)", t.cmd_filter());
+    s
 }
 
-pub async fn read_once(_cfg: &Config, _device: Option<&str>) -> anyhow::Result<bool> {
-    anyhow::bail!("read: not built yet")
+/// `emberwatch read`: one poll of each device, printed as a table. Returns whether all answered.
+pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonError> {
+    let mut all_ok = true;
+    let mut any = false;
+    println!(
+        "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} {}",
+        "DEVICE", "POINT", "TABLE", "ADDR", "VALUE", "UNIT", "STATUS"
+    );
+    for (i, d) in cfg.devices.iter().enumerate() {
+        if only.is_some_and(|o| o != d.id) {
+            continue;
+        }
+        any = true;
+        if !fieldbus::supported(&d.transport) {
+            println!("{:<16} transport {} not supported by this build yet", d.id, d.transport.name());
+            all_ok = false;
+            continue;
+        }
+        let mut dev = ModbusDevice::new(d.clone());
+        let reading = dev.poll(i).await;
+        dev.close().await;
+        match reading.outcome {
+            Err(e) => {
+                all_ok = false;
+                println!("{:<16} {:<20} {}", d.id, "-", e);
+            }
+            Ok(points) => {
+                for p in points {
+                    let point = &d.points[p.point];
+                    let (value, status) = match &p.result {
+                        Ok(v) => {
+                            let bad = point.valid.is_some_and(|(lo, hi)| v.value < lo || v.value > hi);
+                            (
+                                format!("{}", v.value),
+                                if bad { "outside valid range".to_string() } else { "ok".to_string() },
+                            )
+                        }
+                        Err(e) => {
+                            all_ok = false;
+                            ("-".to_string(), e.to_string())
+                        }
+                    };
+                    println!(
+                        "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} {}",
+                        d.id,
+                        point.id,
+                        point.table.as_str(),
+                        point.address,
+                        value,
+                        point.unit,
+                        status
+                    );
+                }
+                println!(
+                    "{:<16} ({} requests, {:?})",
+                    "",
+                    dev.plan().len(),
+                    Duration::from_micros(reading.latency.as_micros() as u64)
+                );
+            }
+        }
+    }
+    if !any {
+        println!("no device {:?} in the configuration", only.unwrap_or(""));
+        return Ok(false);
+    }
+    Ok(all_ok)
 }
