@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs emberwatch's whole test suite on a fresh Debian/Ubuntu machine: installs the tools the
+# integration tests drive (mosquitto, the broker they start on free ports; socat and mbpoll, for
+# serial and Modbus checks) when any is missing, then `cargo test --locked` (library, binary and
+# integration tests; benches are built by clippy in CI but not run here). Exits with cargo's status.
+#
+# No mosquitto service needs to be running: every test starts its own broker.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! have cargo; then
+    echo "scripts/test.sh: cargo not found; install Rust first (https://rustup.rs)" >&2
+    exit 1
+fi
+
+if ! { [ -x /usr/sbin/mosquitto ] || have mosquitto; } || ! have socat || ! have mbpoll; then
+    if ! have apt-get; then
+        echo "scripts/test.sh: mosquitto, socat and mbpoll are needed; install them with your" \
+            "package manager (on macOS: brew install mosquitto socat mbpoll, and set" \
+            "EMBERWATCH_TEST_MOSQUITTO to the mosquitto binary)" >&2
+        exit 1
+    fi
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    echo "scripts/test.sh: installing mosquitto, mosquitto-clients, socat and mbpoll" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        mosquitto mosquitto-clients socat mbpoll
+fi
+
+# A system broker (started by the package) is harmless to the tests, which use free ports, but it
+# holds 127.0.0.1:1883, the port `emberwatch demo` and `url = "embedded"` want.
+if have ss && ss -ltn 2>/dev/null | grep -q '127.0.0.1:1883 \|\*:1883 \|0.0.0.0:1883 '; then
+    echo "scripts/test.sh: note: something (a system mosquitto?) listens on port 1883;" \
+        "the tests do not need it, but 'emberwatch demo' does need the port free" >&2
+fi
+
+status=0
+cargo test --locked --no-fail-fast "$@" || status=$?
+exit "$status"
