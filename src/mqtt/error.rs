@@ -32,8 +32,4 @@ pub enum MqttError {
     /// The embedded broker was started but never answered an MQTT CONNECT.
     #[error("embedded broker on {addr}: {reason}")]
     EmbeddedStart { addr: SocketAddr, reason: String },
-
-    /// The connection task could not be started.
-    #[error("broker {url}: {reason}")]
-    Setup { url: BrokerUrl, reason: String },
 }
