@@ -1,10 +1,41 @@
 //! MQTT: the connection to the broker, topics, payloads, and the embedded broker.
 //!
-//! (Being built: see issue 2.)
+//! MQTT is where emberwatch's warnings become visible to operators and drain agents, so this
+//! module's one job is that nothing the pipeline hands it is lost on the way: alarm events and
+//! zone statuses are queued while the broker is away and delivered in order afterwards, while
+//! telemetry (useful only while fresh) is dropped and counted instead of piling up.
+//!
+//! - [`topics`]: the one place topic strings are built (SPEC "MQTT" table).
+//! - [`payload`]: the gateway status and command result bodies.
+//! - [`link`]: the gateway's connection: a cloneable [`Publisher`] handle and a loop task that
+//!   owns the rumqttc event loop, in the handle-vs-loop shape rumqttc itself uses.
+//! - [`embedded`]: an in-process rumqttd broker for `mqtt.url = "embedded"` and the demo.
+
+pub mod embedded;
+mod error;
+mod ledger;
+pub mod link;
+mod options;
+pub mod payload;
+pub mod topics;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
+
+pub use embedded::EmbeddedBroker;
+pub use error::MqttError;
+pub use link::{connect, Command, Link, Publisher};
+pub use payload::{CommandResult, GatewayStatus};
+pub use topics::Topics;
 
 use crate::alarms::{AlarmEvent, ZoneStatus};
 
 /// Everything the pipeline hands to MQTT.
+// An alarm event is larger than the other variants; boxing it would cost an allocation per
+// event for a value that moves through one channel once, so the size difference stays.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// QoS 1, not retained, on `P/alarms/{zone}/{device}/{point}/{rule}`.
@@ -13,6 +44,9 @@ pub enum Outgoing {
     Zone(ZoneStatus),
     /// QoS 0, not retained, on `P/telemetry/{device}`; dropped (and counted) when it cannot go out.
     Telemetry { device: String, body: Telemetry },
+    /// QoS 1, not retained, on `P/gateways/{gateway}/cmd/result`: the answer to every command
+    /// received, so whoever sent it knows it was seen.
+    CommandResult(CommandResult),
 }
 
 /// `P/telemetry/{device}`.

@@ -1,0 +1,710 @@
+//! The gateway's connection to its broker: a cheap [`Publisher`] handle for the pipeline and one
+//! task that owns rumqttc's event loop.
+//!
+//! Shaped like rumqttc itself (handle vs. loop): the pipeline never touches the socket, and the
+//! socket never waits on the pipeline. Between them is one bounded channel. Alarm events and
+//! zone statuses wait for room in it (they must not be lost); telemetry never waits and is
+//! dropped and counted instead.
+//!
+//! The loop task
+//! - polls rumqttc continuously, reconnecting with jittered exponential backoff for as long as
+//!   it runs, logging each failure once with the broker URL and the reason;
+//! - on every CONNACK publishes the retained online status and subscribes to `cmd/+`;
+//! - hands publications to rumqttc through a [`Ledger`] that tracks every QoS 1 publish until
+//!   the broker's PUBACK, and after a reconnect resends, in order, whatever was not confirmed
+//!   (rumqttc itself drops those on a clean session: see `ledger.rs`);
+//! - turns publishes on `cmd/+` into [`Command`]s;
+//! - on cancellation, sends what is queued, then the retained offline status, waits (up to
+//!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
+//!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
+//!   offline.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttState,
+    Outgoing as Wire, QoS, StateError, SubscribeReasonCode,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::embedded;
+use super::ledger::{Entry, Ledger};
+use super::options::{self, RUMQTTC_INFLIGHT};
+use super::payload::{Class, GatewayStatus, Publication};
+use super::{MqttError, Outgoing, Topics};
+use crate::config::{BrokerUrl, Config};
+
+/// Room in the pipeline → link channel. Large: the channel is also where events wait while
+/// the broker is unreachable, and `send` blocks the pipeline only once it is full.
+pub const QUEUE: usize = 16_384;
+
+/// QoS 1 publishes handed to rumqttc and not yet acked. Below rumqttc's own in-flight limit,
+/// so rumqttc never blocks or replays on its own and packet ids never collide when the broker
+/// acks in order.
+const WINDOW: usize = 64;
+
+/// QoS 0 telemetry allowed to wait in rumqttc's request channel; beyond that it is dropped.
+const TELEMETRY_SLOTS: usize = 256;
+
+/// Room for commands not yet taken by the daemon; more are dropped with a warning rather than
+/// stall the connection.
+const COMMANDS: usize = 64;
+
+/// After cancellation: how long queued messages may take to be confirmed.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A connection that lasted this long resets the backoff; one that drops sooner (a broker that
+/// kicks us at once) keeps escalating, so the gateway does not hammer it.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// While the same connection failure repeats, it is logged at warn level this often.
+const REPEAT_WARNING: Duration = Duration::from_secs(60);
+
+/// A command received on `P/gateways/{gateway}/cmd/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The last topic segment: `ack`, `shelve`, `replay`, ...
+    pub name: String,
+    /// The raw payload; parsing is the command handler's business.
+    pub payload: Vec<u8>,
+}
+
+/// The pipeline's handle on the link. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Publication>,
+    topics: Arc<Topics>,
+    shared: Arc<Shared>,
+}
+
+/// State the loop task shares with the handles: the connection flag and counters.
+#[derive(Debug, Default)]
+struct Shared {
+    connected: AtomicBool,
+    telemetry_dropped: AtomicU64,
+}
+
+impl Publisher {
+    /// Events, zone statuses and command results: never dropped; queued in memory while
+    /// disconnected and sent in order after reconnect. Waits only when the queue is full.
+    /// Telemetry: never waits; dropped and counted when disconnected or when the queue is full.
+    pub async fn send(&self, msg: Outgoing) {
+        let publication = match Publication::encode(&self.topics, &msg) {
+            Ok(p) => p,
+            Err(e) => {
+                // Cannot happen for these types; logged rather than unwrapped all the same.
+                tracing::error!("mqtt: cannot encode {msg:?}: {e}; not sent");
+                return;
+            }
+        };
+        if publication.class == Class::Telemetry {
+            if !self.is_connected() || self.tx.try_send(publication).is_err() {
+                self.shared
+                    .telemetry_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let topic = publication.topic.clone();
+        if self.tx.send(publication).await.is_err() {
+            tracing::warn!("mqtt: link already stopped; message for {topic} not sent");
+        }
+    }
+
+    /// Telemetry messages dropped so far (disconnected, or queues full).
+    pub fn telemetry_dropped(&self) -> u64 {
+        self.shared.telemetry_dropped.load(Ordering::Relaxed)
+    }
+
+    /// True between the broker's CONNACK and the next connection error.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.is_connected())
+            .field("telemetry_dropped", &self.telemetry_dropped())
+            .finish()
+    }
+}
+
+/// A running link: the publishing handle, the incoming commands, and the loop task.
+#[derive(Debug)]
+pub struct Link {
+    pub publisher: Publisher,
+    pub commands: mpsc::Receiver<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Link {
+    /// Waits for the loop task to finish, which it does after the cancellation token given to
+    /// [`connect`] fires: at most about [`STOP_GRACE`] later.
+    pub async fn closed(self) {
+        if let Err(e) = self.task.await {
+            if e.is_panic() {
+                tracing::error!("mqtt: the link task panicked: {e}");
+            }
+        }
+    }
+
+    /// Kills the loop task without any goodbye, as a crash would (the socket closes without
+    /// DISCONNECT, so the broker publishes the last will).
+    #[cfg(test)]
+    pub(crate) async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the link described by `cfg.mqtt` and returns at once: the broker need not be up
+/// (messages queue until it is). `mqtt.url = "embedded"` first starts the in-process broker on
+/// 127.0.0.1:1883. Fails only on set-up problems: unreadable password or certificate files,
+/// or an embedded broker that cannot listen. The loop runs until `cancel` fires.
+pub async fn connect(cfg: &Config, cancel: CancellationToken) -> Result<Link, MqttError> {
+    let started_at = SystemTime::now();
+    let m = &cfg.mqtt;
+    if !m.also.is_empty() {
+        let also: Vec<String> = m.also.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "mqtt.also ({}) is not supported yet; publishing to {} only",
+            also.join(", "),
+            m.url
+        );
+    }
+    if m.url == BrokerUrl::Embedded {
+        let (ip, port) = options::EMBEDDED_ADDR;
+        let broker = embedded::start((ip, port).into()).await?;
+        tracing::info!("mqtt: embedded broker listening on {}", broker.addr);
+    }
+    let topics = Arc::new(Topics::new(cfg));
+    let opts = options::build(m, &topics)?;
+    let (client, eventloop) = AsyncClient::new(opts, WINDOW + TELEMETRY_SLOTS + 8);
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (cmd_tx, commands) = mpsc::channel(COMMANDS);
+    let shared = Arc::new(Shared::default());
+    let runner = Runner {
+        url: m.url.clone(),
+        client_id: m.client_id.clone(),
+        topics: topics.clone(),
+        started_at: crate::clock::rfc3339(started_at),
+        client,
+        rx,
+        commands: cmd_tx,
+        shared: shared.clone(),
+        ledger: Ledger::new(WINDOW),
+        telemetry_in_channel: 0,
+        cancel,
+        stopping: false,
+        deadline: Instant::now(),
+        rx_done: false,
+        disconnect_sent: false,
+        failures: 0,
+        connected_since: None,
+        last_error: None,
+        next_delay: BACKOFF_FIRST,
+    };
+    let task = tokio::spawn(runner.run(eventloop));
+    Ok(Link {
+        publisher: Publisher { tx, topics, shared },
+        commands,
+        task,
+    })
+}
+
+/// Why the inner select loop handed control back.
+enum Step {
+    Polled(Result<Event, ConnectionError>),
+    /// The stop grace ran out.
+    Deadline,
+}
+
+/// The loop task's state. Everything here is owned by the one task; the handles see only
+/// [`Shared`].
+struct Runner {
+    url: BrokerUrl,
+    client_id: String,
+    topics: Arc<Topics>,
+    started_at: String,
+    client: AsyncClient,
+    rx: mpsc::Receiver<Publication>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    ledger: Ledger,
+    /// QoS 0 publishes handed to rumqttc and not yet written.
+    telemetry_in_channel: usize,
+    cancel: CancellationToken,
+    stopping: bool,
+    /// When the stop grace ends (meaningful once `stopping`).
+    deadline: Instant,
+    /// The pipeline channel is closed and empty.
+    rx_done: bool,
+    disconnect_sent: bool,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    connected_since: Option<Instant>,
+    /// The last failure logged at warn level, and when: a repeat of it within
+    /// [`REPEAT_WARNING`] is logged at debug only.
+    last_error: Option<(String, Instant)>,
+    /// How long to wait before the next connection attempt.
+    next_delay: Duration,
+}
+
+impl Runner {
+    async fn run(mut self, mut eventloop: EventLoop) {
+        loop {
+            let step = {
+                // The poll future is never dropped half-way (rumqttc's poll is not cancel
+                // safe: a publish taken from its channel but not yet written would be stuck).
+                // It stays pinned while the other branches feed rumqttc through `client`.
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                loop {
+                    tokio::select! {
+                        r = &mut poll => break Step::Polled(r),
+                        () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
+                        m = self.rx.recv(), if self.can_take() => self.take(m),
+                        () = sleep_until(self.deadline), if self.stopping => break Step::Deadline,
+                    }
+                }
+            };
+            match step {
+                Step::Deadline => return self.give_up(),
+                Step::Polled(Ok(event)) => {
+                    if self.on_event(event) {
+                        return self.finish();
+                    }
+                }
+                Step::Polled(Err(e)) => {
+                    self.on_error(e, &mut eventloop);
+                    if !self.back_off().await {
+                        return self.give_up();
+                    }
+                }
+            }
+            self.pump();
+            self.maybe_disconnect();
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.connected_since.is_some()
+    }
+
+    /// New pipeline messages are taken only when they can go straight to rumqttc: connected,
+    /// nothing older waiting in the backlog, room in the window.
+    fn can_take(&self) -> bool {
+        self.connected()
+            && !self.rx_done
+            && self.ledger.backlog_is_empty()
+            && self.ledger.has_room()
+    }
+
+    fn take(&mut self, msg: Option<Publication>) {
+        let Some(p) = msg else {
+            self.rx_done = true;
+            if self.stopping {
+                self.queue_offline();
+            }
+            return;
+        };
+        if p.class == Class::Telemetry {
+            self.hand_telemetry(p);
+        } else {
+            let entry = self.ledger.stamp(p);
+            self.hand(entry);
+        }
+    }
+
+    fn hand_telemetry(&mut self, p: Publication) {
+        if self.telemetry_in_channel >= TELEMETRY_SLOTS
+            || self
+                .client
+                .try_publish(p.topic, p.qos, p.retain, p.payload)
+                .is_err()
+        {
+            self.shared
+                .telemetry_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.telemetry_in_channel += 1;
+        }
+    }
+
+    /// Gives one QoS 1 publication to rumqttc and records it in the ledger.
+    fn hand(&mut self, entry: Entry) -> bool {
+        let p = &entry.publication;
+        match self
+            .client
+            .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
+        {
+            Ok(()) => {
+                self.ledger.handed(entry);
+                true
+            }
+            Err(e) => {
+                // The channel is sized for the window, so this means rumqttc is gone or full
+                // beyond design; keep the message for the next attempt.
+                tracing::error!("mqtt: cannot hand {} to the MQTT client: {e}", p.topic);
+                self.ledger.unhand(entry);
+                false
+            }
+        }
+    }
+
+    /// Sends backlog entries (replays after a reconnect, the final offline status) while the
+    /// window has room.
+    fn pump(&mut self) {
+        if !self.connected() {
+            return;
+        }
+        while let Some(entry) = self.ledger.next_from_backlog() {
+            if !self.hand(entry) {
+                break;
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        self.deadline = Instant::now() + STOP_GRACE;
+        // Nothing new gets in; what is already queued is still delivered, then the offline
+        // status goes last.
+        self.rx.close();
+        if self.rx_done {
+            self.queue_offline();
+        }
+        self.pump();
+        self.maybe_disconnect();
+    }
+
+    fn queue_offline(&mut self) {
+        let offline = Publication::status(&self.topics, &GatewayStatus::Offline);
+        let entry = self.ledger.stamp(offline);
+        self.ledger.push_backlog(entry);
+        self.pump();
+    }
+
+    /// Once stopping and everything (offline status included) is confirmed: DISCONNECT, so
+    /// the broker discards the last will (the retained status already says offline).
+    fn maybe_disconnect(&mut self) {
+        if self.stopping
+            && self.rx_done
+            && self.ledger.is_idle()
+            && self.connected()
+            && !self.disconnect_sent
+        {
+            match self.client.try_disconnect() {
+                Ok(()) => self.disconnect_sent = true,
+                Err(e) => tracing::debug!("mqtt: cannot queue DISCONNECT: {e}"),
+            }
+        }
+    }
+
+    /// Handles one event from rumqttc. Returns true when the link is done (DISCONNECT sent).
+    fn on_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
+            Event::Incoming(Incoming::Publish(p)) => self.on_command(p),
+            Event::Incoming(Incoming::PubAck(ack)) => self.on_puback(ack.pkid),
+            Event::Incoming(Incoming::SubAck(ack)) => self.on_suback(&ack),
+            Event::Outgoing(Wire::Publish(0)) => {
+                self.telemetry_in_channel = self.telemetry_in_channel.saturating_sub(1);
+            }
+            Event::Outgoing(Wire::Publish(pkid)) => self.on_written(pkid),
+            Event::Outgoing(Wire::AwaitAck(pkid)) => self.ledger.parked(pkid),
+            Event::Outgoing(Wire::Disconnect) => return self.stopping,
+            _ => {}
+        }
+        false
+    }
+
+    fn on_puback(&mut self, pkid: u16) {
+        if self.ledger.acked(pkid).is_none() {
+            tracing::debug!("mqtt: PUBACK {pkid} for nothing outstanding");
+        }
+    }
+
+    fn on_written(&mut self, pkid: u16) {
+        if !self.ledger.written(pkid) {
+            tracing::warn!("mqtt: publish {pkid} written but not tracked; ledger out of step");
+        }
+    }
+
+    fn on_suback(&self, ack: &rumqttc::SubAck) {
+        let refused = ack
+            .return_codes
+            .iter()
+            .any(|c| matches!(c, SubscribeReasonCode::Failure));
+        if refused {
+            tracing::warn!(
+                "mqtt broker {}: subscription to {} refused; commands will not arrive",
+                self.url,
+                self.topics.cmd_filter()
+            );
+        }
+    }
+
+    fn on_connack(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                "mqtt broker {}: connected as {} after {} failed attempt{}",
+                self.url,
+                self.client_id,
+                self.failures,
+                if self.failures == 1 { "" } else { "s" }
+            );
+        } else {
+            tracing::info!("mqtt broker {}: connected as {}", self.url, self.client_id);
+        }
+        self.connected_since = Some(Instant::now());
+        self.last_error = None;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        self.disconnect_sent = false;
+        if self.stopping {
+            // Reconnected during the stop grace: only flush what is queued and say offline;
+            // announcing "online" now would be a lie.
+            return;
+        }
+        let online = GatewayStatus::Online {
+            version: crate::VERSION.to_string(),
+            started_at: self.started_at.clone(),
+        };
+        let entry = self
+            .ledger
+            .stamp(Publication::status(&self.topics, &online));
+        self.hand(entry);
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.topics.cmd_filter(), QoS::AtLeastOnce)
+        {
+            tracing::error!(
+                "mqtt: cannot subscribe to {}: {e}",
+                self.topics.cmd_filter()
+            );
+        }
+        if !self.ledger.backlog_is_empty() {
+            tracing::info!(
+                "mqtt broker {}: resending {} unconfirmed message(s)",
+                self.url,
+                self.ledger.backlog_len()
+            );
+        }
+    }
+
+    fn on_command(&mut self, p: rumqttc::Publish) {
+        let Some(name) = self.topics.command_name(&p.topic) else {
+            if p.topic != self.topics.cmd_result() {
+                tracing::debug!("mqtt: ignoring publish on {}", p.topic);
+            }
+            return;
+        };
+        if p.retain {
+            // A retained command would be replayed at every reconnect.
+            tracing::warn!(
+                "mqtt: ignoring retained command on {}; commands must not be retained",
+                p.topic
+            );
+            return;
+        }
+        let cmd = Command {
+            name: name.to_string(),
+            payload: p.payload.to_vec(),
+        };
+        match self.commands.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(c)) => tracing::warn!(
+                "mqtt: command queue full; dropped command {:?} from {}",
+                c.name,
+                p.topic
+            ),
+            Err(mpsc::error::TrySendError::Closed(c)) => {
+                tracing::debug!("mqtt: nobody takes commands; dropped {:?}", c.name)
+            }
+        }
+    }
+
+    /// After a failed poll: settle the books, then log.
+    fn on_error(&mut self, e: ConnectionError, eventloop: &mut EventLoop) {
+        // rumqttc may have buffered events (acks read just before the failure) that it would
+        // otherwise hand out after the next CONNACK, where a stale PUBACK would confirm the
+        // wrong message. Apply them now, then start rumqttc from a fresh state: its `pending`
+        // copy of unacked publishes is dropped because the ledger resends them itself, and a
+        // leftover collision would otherwise block its request channel for good.
+        while let Some(ev) = eventloop.state.events.pop_front() {
+            self.on_event(ev);
+        }
+        eventloop.state = MqttState::new(RUMQTTC_INFLIGHT, false);
+        eventloop.pending.clear();
+        let requeued = self.ledger.connection_lost();
+        let lost_telemetry = std::mem::take(&mut self.telemetry_in_channel) as u64;
+        self.shared
+            .telemetry_dropped
+            .fetch_add(lost_telemetry, Ordering::Relaxed);
+        self.shared.connected.store(false, Ordering::Relaxed);
+        if let Some(since) = self.connected_since.take() {
+            if since.elapsed() >= STABLE {
+                self.failures = 0;
+            }
+        }
+        self.failures = self.failures.saturating_add(1);
+
+        let reason = describe(&e);
+        let delay = backoff(self.failures);
+        let unconfirmed = if requeued > 0 {
+            format!("; {requeued} unconfirmed message(s) will be resent")
+        } else {
+            String::new()
+        };
+        // One line per failure; repeats of the same failure go to debug (but to warn again
+        // every REPEAT_WARNING) so a broker down for an hour neither floods the journal nor
+        // goes quiet.
+        let repeat = matches!(&self.last_error, Some((last, at))
+            if *last == reason && at.elapsed() < REPEAT_WARNING);
+        if repeat {
+            tracing::debug!(
+                "mqtt broker {}: {reason}; retrying in {} ms{unconfirmed}",
+                self.url,
+                delay.as_millis()
+            );
+        } else {
+            tracing::warn!(
+                "mqtt broker {}: {reason}; retrying in {} ms{unconfirmed}",
+                self.url,
+                delay.as_millis()
+            );
+            self.last_error = Some((reason, Instant::now()));
+        }
+        self.next_delay = delay;
+    }
+
+    /// Sleeps the backoff; false if the stop grace ran out meanwhile.
+    async fn back_off(&mut self) -> bool {
+        let wake = Instant::now() + self.next_delay;
+        loop {
+            tokio::select! {
+                () = sleep_until(wake) => return true,
+                () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
+                () = sleep_until(self.deadline), if self.stopping => return false,
+            }
+        }
+    }
+
+    /// Stopped with messages the broker never confirmed: say how many. The socket (if any)
+    /// closes without DISCONNECT, so the broker's last will marks the gateway offline.
+    fn give_up(&mut self) {
+        self.shared.connected.store(false, Ordering::Relaxed);
+        let unconfirmed = self.ledger.unconfirmed() + self.rx.len();
+        if unconfirmed > 0 {
+            tracing::warn!(
+                "mqtt broker {}: stopping with {unconfirmed} message(s) not confirmed by the broker",
+                self.url
+            );
+        } else {
+            tracing::info!("mqtt broker {}: stopped", self.url);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.shared.connected.store(false, Ordering::Relaxed);
+        tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
+    }
+}
+
+/// `BACKOFF_FIRST` doubling per failure up to `BACKOFF_MAX`, with jitter (50–100 %) so a site's
+/// gateways do not all reconnect in the same instant after a broker restart.
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let ceiling = BACKOFF_FIRST.saturating_mul(1 << exp).min(BACKOFF_MAX);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+/// A connection failure in an operator's words.
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::BadUserNamePassword => {
+                "broker refused the login: bad user name or password (mqtt.username, mqtt.password_file)".into()
+            }
+            ConnectReturnCode::NotAuthorized => {
+                "broker refused the login: not authorized (check mqtt.username / mqtt.password_file and the broker's ACL)".into()
+            }
+            ConnectReturnCode::BadClientId => {
+                "broker refused the client id (mqtt.client_id)".into()
+            }
+            ConnectReturnCode::ServiceUnavailable => {
+                "broker refused the connection: service unavailable".into()
+            }
+            ConnectReturnCode::RefusedProtocolVersion => {
+                "broker refused MQTT 3.1.1".into()
+            }
+            ConnectReturnCode::Success => "broker sent an odd CONNACK".into(),
+        },
+        ConnectionError::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "cannot connect: connection refused (is the broker running?)".into()
+            }
+            _ => format!("cannot connect: {io}"),
+        },
+        ConnectionError::NetworkTimeout => "no answer from the broker in time".into(),
+        ConnectionError::Tls(t) => format!("TLS: {t}"),
+        ConnectionError::MqttState(StateError::ConnectionAborted) => {
+            "connection closed by the broker".into()
+        }
+        ConnectionError::MqttState(StateError::AwaitPingResp) => {
+            "connection lost: no answer to keep-alive ping".into()
+        }
+        ConnectionError::MqttState(StateError::Io(io))
+        | ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => {
+            format!("connection lost: {io}")
+        }
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(n),
+        )) => format!("connection dropped: the broker sent a {n}-byte packet, above the limit"),
+        ConnectionError::MqttState(s) => format!("connection lost: {s}"),
+        ConnectionError::FlushTimeout => "connection lost: write timed out".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_5s_with_jitter() {
+        for _ in 0..50 {
+            let first = backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let fourth = backoff(4);
+            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
+            let late = backoff(40);
+            assert!(late >= Duration::from_millis(2500) && late <= BACKOFF_MAX);
+        }
+    }
+
+    #[test]
+    fn a_refused_login_says_so() {
+        let e = ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword);
+        assert!(describe(&e).contains("refused the login: bad user name or password"));
+        let e = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert!(describe(&e).contains("refused the login: not authorized"));
+        let e = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(describe(&e).contains("is the broker running?"));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(reset)));
+        assert_eq!(describe(&e), "connection lost: connection reset");
+    }
+}

@@ -1,0 +1,273 @@
+//! What goes on the wire: the gateway's own payloads, and how each [`Outgoing`] becomes a
+//! publication (topic, JSON body, QoS, retain flag).
+//!
+//! Kept apart from the connection so the exact bytes subscribers see can be tested without a
+//! broker, and so QoS/retain choices (SPEC "MQTT" table) are made in exactly one place.
+
+use rumqttc::QoS;
+use serde::{Deserialize, Serialize};
+
+use super::{Outgoing, Topics};
+
+/// Retained on `P/gateways/{gateway}/status`. Serialises as `{"state":"online","version":..,
+/// "started_at":..}` or `{"state":"offline"}`, the form the last will carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum GatewayStatus {
+    Online {
+        /// emberwatch's version, so operators can see which gateways need upgrading.
+        version: String,
+        /// When this gateway process started (RFC 3339); a change means it restarted.
+        started_at: String,
+    },
+    Offline,
+}
+
+impl GatewayStatus {
+    pub fn to_json(&self) -> Vec<u8> {
+        // A struct of strings always serialises; the fallback only keeps this panic-free.
+        serde_json::to_vec(self).unwrap_or_else(|_| br#"{"state":"offline"}"#.to_vec())
+    }
+}
+
+/// Published on `P/gateways/{gateway}/cmd/result` for every command received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's name (`ack`, `shelve`, `replay`, ...).
+    pub command: String,
+    pub ok: bool,
+    /// Why it failed, or what was done; `null` when there is nothing to say.
+    pub reason: Option<String>,
+}
+
+/// How hard the link tries to deliver a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Must reach the broker: queued while disconnected, resent after a reconnect until acked.
+    Durable,
+    /// The online status: republished on every connect anyway, so never resent.
+    Presence,
+    /// Only worth sending while fresh: dropped and counted when it cannot go out at once.
+    Telemetry,
+}
+
+/// One message ready for the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Publication {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub class: Class,
+}
+
+impl Publication {
+    /// The gateway status, QoS 1 retained, as SPEC asks.
+    pub fn status(topics: &Topics, status: &GatewayStatus) -> Publication {
+        let class = match status {
+            GatewayStatus::Online { .. } => Class::Presence,
+            GatewayStatus::Offline => Class::Durable,
+        };
+        Publication {
+            topic: topics.status(),
+            payload: status.to_json(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            class,
+        }
+    }
+
+    /// Topic, body, QoS and retain flag of one pipeline message.
+    pub fn encode(topics: &Topics, msg: &Outgoing) -> Result<Publication, serde_json::Error> {
+        Ok(match msg {
+            Outgoing::Event(e) => Publication {
+                topic: topics.alarm(&e.zone, &e.device, &e.point, &e.rule),
+                payload: serde_json::to_vec(e)?,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                class: Class::Durable,
+            },
+            Outgoing::Zone(z) => Publication {
+                topic: topics.zone_status(&z.zone),
+                payload: serde_json::to_vec(z)?,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                class: Class::Durable,
+            },
+            Outgoing::Telemetry { device, body } => Publication {
+                topic: topics.telemetry(device),
+                payload: serde_json::to_vec(body)?,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                class: Class::Telemetry,
+            },
+            Outgoing::CommandResult(r) => Publication {
+                topic: topics.cmd_result(),
+                payload: serde_json::to_vec(r)?,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                class: Class::Durable,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, Level, ZoneStatus};
+    use crate::mqtt::{Quality, Telemetry};
+    use crate::rules::Severity;
+
+    /// The alarm event of SPEC, field for field.
+    pub(crate) fn spec_event() -> AlarmEvent {
+        AlarmEvent {
+            event_id: "gw-b1-42".into(),
+            seq: 42,
+            site: "pangyo-a".into(),
+            gateway: "gw-b1".into(),
+            alarm: "rack-01/cell_temp_max/cell-overtemp".into(),
+            rule: "cell-overtemp".into(),
+            zone: "room-1".into(),
+            device: "rack-01".into(),
+            point: "cell_temp_max".into(),
+            kind: AlarmKind::Threshold,
+            severity: Severity::Critical,
+            state: AlarmState::Active,
+            acked: false,
+            value: Some(57.2),
+            threshold: Some(55.0),
+            unit: Some("degC".into()),
+            message: "cell_temp_max 57.2 degC above critical 55.0".into(),
+            time: "2026-11-24T13:40:02.123Z".into(),
+            since: "2026-11-24T13:40:01.900Z".into(),
+        }
+    }
+
+    /// The SPEC example text, without its line breaks.
+    pub(crate) const SPEC_EVENT_JSON: &str = concat!(
+        r#"{"event_id":"gw-b1-42","seq":42,"site":"pangyo-a","gateway":"gw-b1","#,
+        r#""alarm":"rack-01/cell_temp_max/cell-overtemp","rule":"cell-overtemp","zone":"room-1","#,
+        r#""device":"rack-01","point":"cell_temp_max","kind":"threshold","severity":"critical","#,
+        r#""state":"active","acked":false,"value":57.2,"threshold":55.0,"unit":"degC","#,
+        r#""message":"cell_temp_max 57.2 degC above critical 55.0","time":"2026-11-24T13:40:02.123Z","#,
+        r#""since":"2026-11-24T13:40:01.900Z"}"#
+    );
+
+    fn topics() -> Topics {
+        Topics::from_parts("emberwatch", "pangyo-a", "gw-b1")
+    }
+
+    #[test]
+    fn gateway_status_matches_spec_and_last_will() {
+        let online = GatewayStatus::Online {
+            version: "0.1.0".into(),
+            started_at: "2026-11-24T13:40:00.000Z".into(),
+        };
+        assert_eq!(
+            String::from_utf8(online.to_json()).unwrap(),
+            r#"{"state":"online","version":"0.1.0","started_at":"2026-11-24T13:40:00.000Z"}"#
+        );
+        assert_eq!(GatewayStatus::Offline.to_json(), br#"{"state":"offline"}"#);
+        let back: GatewayStatus = serde_json::from_slice(&online.to_json()).unwrap();
+        assert_eq!(back, online);
+    }
+
+    #[test]
+    fn an_alarm_event_is_the_spec_json_on_its_alarm_topic() {
+        let p = Publication::encode(&topics(), &Outgoing::Event(spec_event())).unwrap();
+        assert_eq!(
+            p.topic,
+            "emberwatch/pangyo-a/alarms/room-1/rack-01/cell_temp_max/cell-overtemp"
+        );
+        assert_eq!(String::from_utf8(p.payload).unwrap(), SPEC_EVENT_JSON);
+        assert_eq!(
+            (p.qos, p.retain, p.class),
+            (QoS::AtLeastOnce, false, Class::Durable)
+        );
+    }
+
+    #[test]
+    fn zone_status_is_retained_qos1() {
+        let z = ZoneStatus {
+            zone: "room-1".into(),
+            level: Level::Critical,
+            active: vec!["rack-01/cell_temp_max/cell-overtemp".into()],
+            faults: 0,
+            time: "2026-11-24T13:40:02.123Z".into(),
+        };
+        let p = Publication::encode(&topics(), &Outgoing::Zone(z)).unwrap();
+        assert_eq!(p.topic, "emberwatch/pangyo-a/zones/room-1/status");
+        assert_eq!(
+            String::from_utf8(p.payload).unwrap(),
+            r#"{"zone":"room-1","level":"critical","active":["rack-01/cell_temp_max/cell-overtemp"],"faults":0,"time":"2026-11-24T13:40:02.123Z"}"#
+        );
+        assert_eq!(
+            (p.qos, p.retain, p.class),
+            (QoS::AtLeastOnce, true, Class::Durable)
+        );
+    }
+
+    #[test]
+    fn telemetry_is_qos0_and_volatile() {
+        let body = Telemetry {
+            time: "2026-11-24T13:40:02.123Z".into(),
+            points: BTreeMap::from([("cell_temp_max".to_string(), 25.0)]),
+            quality: Quality::Good,
+        };
+        let p = Publication::encode(
+            &topics(),
+            &Outgoing::Telemetry {
+                device: "rack-01".into(),
+                body,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.topic, "emberwatch/pangyo-a/telemetry/rack-01");
+        assert_eq!(
+            String::from_utf8(p.payload).unwrap(),
+            r#"{"time":"2026-11-24T13:40:02.123Z","points":{"cell_temp_max":25.0},"quality":"good"}"#
+        );
+        assert_eq!(
+            (p.qos, p.retain, p.class),
+            (QoS::AtMostOnce, false, Class::Telemetry)
+        );
+    }
+
+    #[test]
+    fn command_results_answer_on_cmd_result() {
+        let r = CommandResult {
+            command: "ack".into(),
+            ok: false,
+            reason: Some("no alarm \"x\"".into()),
+        };
+        let p = Publication::encode(&topics(), &Outgoing::CommandResult(r)).unwrap();
+        assert_eq!(p.topic, "emberwatch/pangyo-a/gateways/gw-b1/cmd/result");
+        assert_eq!(
+            String::from_utf8(p.payload).unwrap(),
+            r#"{"command":"ack","ok":false,"reason":"no alarm \"x\""}"#
+        );
+        assert_eq!((p.qos, p.retain), (QoS::AtLeastOnce, false));
+    }
+
+    #[test]
+    fn status_publications_are_retained_qos1() {
+        let t = topics();
+        let off = Publication::status(&t, &GatewayStatus::Offline);
+        assert_eq!(off.topic, "emberwatch/pangyo-a/gateways/gw-b1/status");
+        assert_eq!(
+            (off.qos, off.retain, off.class),
+            (QoS::AtLeastOnce, true, Class::Durable)
+        );
+        let on = Publication::status(
+            &t,
+            &GatewayStatus::Online {
+                version: "1".into(),
+                started_at: "t".into(),
+            },
+        );
+        assert_eq!(on.class, Class::Presence);
+    }
+}

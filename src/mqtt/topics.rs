@@ -1,0 +1,237 @@
+//! Every MQTT topic emberwatch publishes or subscribes to, built in one place.
+//!
+//! The topic layout is part of the contract with operators' dashboards and drain agents (SPEC,
+//! "MQTT"), so no other module formats a topic string: a typo here would be a silent outage
+//! there. Ids that go into topics (`site.id`, `gateway`, zone, device, point, rule, agent) are
+//! validated by `config` to `[a-z0-9-_]+`, so no segment can contain `/`, `+` or `#`.
+
+use crate::config::Config;
+
+/// Builds topics under `P = {topic_prefix}/{site.id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// `{topic_prefix}/{site.id}`
+    root: String,
+    /// `P/gateways/{gateway}`
+    gateway: String,
+}
+
+impl Topics {
+    pub fn new(cfg: &Config) -> Topics {
+        Topics::from_parts(&cfg.mqtt.topic_prefix, &cfg.site.id, &cfg.site.gateway)
+    }
+
+    /// For callers without a whole [`Config`] (tests, tools).
+    pub fn from_parts(topic_prefix: &str, site: &str, gateway: &str) -> Topics {
+        let root = format!("{topic_prefix}/{site}");
+        let gateway = format!("{root}/gateways/{gateway}");
+        Topics { root, gateway }
+    }
+
+    /// `P` itself, for subscribers that want everything (`{P}/#`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// `P/gateways/{gateway}/status`: retained online status; the last will sets it offline.
+    pub fn status(&self) -> String {
+        format!("{}/status", self.gateway)
+    }
+
+    /// `P/alarms/{zone}/{device}/{point}/{rule}`: one alarm's events.
+    pub fn alarm(&self, zone: &str, device: &str, point: &str, rule: &str) -> String {
+        format!("{}/alarms/{zone}/{device}/{point}/{rule}", self.root)
+    }
+
+    /// `P/zones/{zone}/status`: retained zone level.
+    pub fn zone_status(&self, zone: &str) -> String {
+        format!("{}/zones/{zone}/status", self.root)
+    }
+
+    /// `P/telemetry/{device}`.
+    pub fn telemetry(&self, device: &str) -> String {
+        format!("{}/telemetry/{device}", self.root)
+    }
+
+    /// `P/gateways/{gateway}/cmd/{name}`: where commands to this gateway arrive.
+    pub fn cmd(&self, name: &str) -> String {
+        format!("{}/cmd/{name}", self.gateway)
+    }
+
+    /// `P/gateways/{gateway}/cmd/+`: the subscription that receives every command.
+    pub fn cmd_filter(&self) -> String {
+        self.cmd("+")
+    }
+
+    /// `P/gateways/{gateway}/cmd/result`: answers to commands. It matches [`cmd_filter`], so
+    /// the gateway hears its own answers and must not take them for commands.
+    ///
+    /// [`cmd_filter`]: Topics::cmd_filter
+    pub fn cmd_result(&self) -> String {
+        self.cmd(RESULT)
+    }
+
+    /// The command name of a topic matched by [`cmd_filter`](Topics::cmd_filter), or `None` for
+    /// any other topic (including `cmd/result`, this gateway's own answers).
+    pub fn command_name<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let name = topic
+            .strip_prefix(self.gateway.as_str())?
+            .strip_prefix("/cmd/")?;
+        if name.is_empty() || name.contains('/') || name == RESULT {
+            return None;
+        }
+        Some(name)
+    }
+
+    /// `P/drain/agents/{agent}`: retained agent presence.
+    pub fn drain_agent(&self, agent: &str) -> String {
+        format!("{}/drain/agents/{agent}", self.root)
+    }
+
+    /// `P/drain/{zone}/request`: retained drain request (or its cancellation).
+    pub fn drain_request(&self, zone: &str) -> String {
+        format!("{}/drain/{zone}/request", self.root)
+    }
+
+    /// `P/drain/{zone}/ack/{agent}`: one agent's progress on a drain.
+    pub fn drain_ack(&self, zone: &str, agent: &str) -> String {
+        format!("{}/drain/{zone}/ack/{agent}", self.root)
+    }
+
+    /// `P/drain/{zone}/ack/+`: every agent's progress on a zone's drain.
+    pub fn drain_ack_filter(&self, zone: &str) -> String {
+        self.drain_ack(zone, "+")
+    }
+
+    /// `P/drain/{zone}/status`: retained drain state.
+    pub fn drain_status(&self, zone: &str) -> String {
+        format!("{}/drain/{zone}/status", self.root)
+    }
+
+    /// `P/power/{zone}/clearance`: retained, advisory: power may be cut.
+    pub fn power_clearance(&self, zone: &str) -> String {
+        format!("{}/power/{zone}/clearance", self.root)
+    }
+}
+
+const RESULT: &str = "result";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Topics {
+        Topics::from_parts("emberwatch", "pangyo-a", "gw-b1")
+    }
+
+    #[test]
+    fn every_spec_topic_is_spelled_exactly() {
+        let t = t();
+        let cases: &[(String, &str)] = &[
+            (t.status(), "emberwatch/pangyo-a/gateways/gw-b1/status"),
+            (
+                t.alarm("room-1", "rack-01", "cell_temp_max", "cell-overtemp"),
+                "emberwatch/pangyo-a/alarms/room-1/rack-01/cell_temp_max/cell-overtemp",
+            ),
+            (
+                t.zone_status("room-1"),
+                "emberwatch/pangyo-a/zones/room-1/status",
+            ),
+            (
+                t.telemetry("rack-01"),
+                "emberwatch/pangyo-a/telemetry/rack-01",
+            ),
+            (t.cmd("ack"), "emberwatch/pangyo-a/gateways/gw-b1/cmd/ack"),
+            (t.cmd_filter(), "emberwatch/pangyo-a/gateways/gw-b1/cmd/+"),
+            (
+                t.cmd_result(),
+                "emberwatch/pangyo-a/gateways/gw-b1/cmd/result",
+            ),
+            (
+                t.drain_agent("lb-1"),
+                "emberwatch/pangyo-a/drain/agents/lb-1",
+            ),
+            (
+                t.drain_request("room-1"),
+                "emberwatch/pangyo-a/drain/room-1/request",
+            ),
+            (
+                t.drain_ack("room-1", "lb-1"),
+                "emberwatch/pangyo-a/drain/room-1/ack/lb-1",
+            ),
+            (
+                t.drain_ack_filter("room-1"),
+                "emberwatch/pangyo-a/drain/room-1/ack/+",
+            ),
+            (
+                t.drain_status("room-1"),
+                "emberwatch/pangyo-a/drain/room-1/status",
+            ),
+            (
+                t.power_clearance("room-1"),
+                "emberwatch/pangyo-a/power/room-1/clearance",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+        assert_eq!(t.root(), "emberwatch/pangyo-a");
+    }
+
+    #[test]
+    fn topics_come_from_the_config() {
+        let cfg = crate::config::Config::from_toml(
+            r#"
+[site]
+id = "site-9"
+gateway = "gw-x"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+topic_prefix = "acme/fire"
+[storage]
+dir = "/tmp/x"
+[[devices]]
+id = "rack-01"
+zone = "room-1"
+transport = "modbus-tcp"
+address = "127.0.0.1:5020"
+  [[devices.points]]
+  id = "offgas"
+  kind = "offgas"
+  address = 121
+"#,
+            crate::config::Role::Gateway,
+        )
+        .expect("test config is valid");
+        let t = Topics::new(&cfg);
+        assert_eq!(t.status(), "acme/fire/site-9/gateways/gw-x/status");
+        assert_eq!(t.telemetry("rack-01"), "acme/fire/site-9/telemetry/rack-01");
+    }
+
+    #[test]
+    fn command_names_are_read_back_from_topics() {
+        let t = t();
+        let cases: &[(&str, Option<&str>)] = &[
+            ("emberwatch/pangyo-a/gateways/gw-b1/cmd/ack", Some("ack")),
+            (
+                "emberwatch/pangyo-a/gateways/gw-b1/cmd/shelve",
+                Some("shelve"),
+            ),
+            (
+                "emberwatch/pangyo-a/gateways/gw-b1/cmd/replay",
+                Some("replay"),
+            ),
+            // Our own answers come back through the cmd/+ subscription.
+            ("emberwatch/pangyo-a/gateways/gw-b1/cmd/result", None),
+            ("emberwatch/pangyo-a/gateways/gw-b1/cmd/", None),
+            ("emberwatch/pangyo-a/gateways/gw-b1/cmd/a/b", None),
+            ("emberwatch/pangyo-a/gateways/gw-b2/cmd/ack", None),
+            ("emberwatch/pangyo-a/gateways/gw-b1x/cmd/ack", None),
+            ("emberwatch/pangyo-a/gateways/gw-b1/status", None),
+            ("emberwatch/pangyo-a/alarms/room-1/rack-01/p/r", None),
+        ];
+        for (topic, want) in cases {
+            assert_eq!(t.command_name(topic), *want, "{topic}");
+        }
+    }
+}
