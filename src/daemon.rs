@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alarms::{SeqError, SeqStore};
+use crate::alarms::{StateStore, StoreError};
 use crate::clock::Now;
 use crate::config::{Config, RuleBody};
 use crate::engine::Engine;
 use crate::fieldbus::{self, modbus::ModbusDevice};
-use crate::mqtt::{self, Topics};
+use crate::mqtt::{self, CommandResult, Outgoing, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -28,7 +28,7 @@ pub enum DaemonError {
         transport: &'static str,
     },
     #[error("storage.dir: {0}")]
-    Seq(#[from] SeqError),
+    Store(#[from] StoreError),
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
     #[error("cannot install signal handlers: {0}")]
@@ -63,12 +63,14 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             });
         }
     }
-    let (mut seq, last_seq) = SeqStore::open(&cfg.storage.dir)?;
+    let (mut store, snapshot) = StateStore::open(&cfg.storage.dir)?;
+    let last_seq = snapshot.last_seq;
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let link = mqtt::connect(&cfg, mqtt_cancel.clone()).await?;
+    let mut link = mqtt::connect(&cfg, mqtt_cancel.clone()).await?;
     let publisher = link.publisher.clone();
+    let mut commands = std::mem::replace(&mut link.commands, mpsc::channel(1).1);
     tracing::info!(
         site = %cfg.site.id,
         gateway = %cfg.site.gateway,
@@ -83,21 +85,32 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     fieldbus::spawn_pollers(&cfg, tx, &cancel, &tracker);
     tracker.close();
 
-    let mut engine = Engine::new(cfg.clone(), last_seq);
+    let mut engine = Engine::restore(cfg.clone(), snapshot);
     for msg in engine.zone_statuses(Now::system()) {
         publisher.send(msg).await;
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut result = Ok(());
     // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
-    while let Some(reading) = rx.recv().await {
+    loop {
+        let reading = tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            Some(cmd) = commands.recv() => {
+                publisher.send(Outgoing::CommandResult(answer(&cmd))).await;
+                continue;
+            }
+        };
         let out = engine.on_reading(&reading);
-        if let Some(last) = out.events.last() {
-            // The number is on disk before anyone can see it: seq never goes back.
-            if let Err(e) = seq.store(last.seq) {
-                tracing::error!(error = %e, "cannot persist seq; stopping so systemd restarts on a clean state");
-                result = Err(DaemonError::Seq(e));
+        if !out.events.is_empty() {
+            // On disk before anyone can see it: seq never goes back, and a restart does not
+            // raise these alarms again.
+            if let Err(e) = store.save(&engine.snapshot()) {
+                tracing::error!(error = %e, "cannot persist alarm state; stopping so systemd restarts on a clean state");
+                result = Err(DaemonError::Store(e));
                 cancel.cancel();
             }
         }
@@ -119,6 +132,17 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     mqtt_cancel.cancel();
     link.closed().await;
     result
+}
+
+/// Operator commands are not built yet (issue 3); every one still gets an answer, so nobody waits
+/// for an acknowledgement that will never come.
+fn answer(cmd: &mqtt::Command) -> CommandResult {
+    tracing::warn!(command = %cmd.name, "command not supported by this version; answered ok=false");
+    CommandResult {
+        command: cmd.name.clone(),
+        ok: false,
+        reason: Some(format!("command {:?} is not supported by this version", cmd.name)),
+    }
 }
 
 /// The `check-config` summary: what the daemon would watch and where it would publish.

@@ -7,12 +7,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::alarms::{AlarmEvent, AlarmKind, AlarmTable, Condition, Identity};
+use crate::alarms::{AlarmEvent, AlarmKind, AlarmTable, Condition, Identity, Snapshot};
 use crate::clock::{rfc3339, Now};
 use crate::config::{Config, Direction, RuleBody};
 use crate::fieldbus::{LinkError, PointReading, Reading};
 use crate::mqtt::{Outgoing, Quality, Telemetry};
+use crate::rules::rate::RateState;
 use crate::rules::threshold::ThresholdState;
+use crate::rules::vote::{self, Voter};
 use crate::rules::Severity;
 
 /// Consecutive failed polls before a device is declared not answering: one miss can be a
@@ -26,9 +28,10 @@ pub const FAULT_SEVERITY: Severity = Severity::Warning;
 pub struct Engine {
     cfg: std::sync::Arc<Config>,
     table: AlarmTable,
-    /// [device][point] → indexes of the threshold rules watching it.
+    /// [device][point] → indexes of the threshold and rate-of-rise rules watching it.
     watchers: Vec<Vec<Vec<usize>>>,
     thresholds: HashMap<(usize, usize, usize), ThresholdState>,
+    rates: HashMap<(usize, usize, usize), RateState>,
     /// Consecutive failed polls per device.
     misses: Vec<u32>,
 }
@@ -41,27 +44,92 @@ pub struct Output {
 }
 
 impl Engine {
-    /// `last_seq`: the last event number used by this gateway (from `storage.dir`).
+    /// A fresh engine; `last_seq` is the last event number used by this gateway.
     pub fn new(cfg: std::sync::Arc<Config>, last_seq: u64) -> Engine {
+        Engine::restore(
+            cfg,
+            Snapshot {
+                last_seq,
+                alarms: Vec::new(),
+            },
+        )
+    }
+
+    /// An engine that carries on from persisted state: alarms active before a restart stay
+    /// active without a new event, and rules resume at the level they were at, so the first
+    /// reading after the restart raises nothing that was already raised.
+    pub fn restore(cfg: std::sync::Arc<Config>, snapshot: Snapshot) -> Engine {
         let mut watchers: Vec<Vec<Vec<usize>>> = cfg
             .devices
             .iter()
             .map(|d| vec![Vec::new(); d.points.len()])
             .collect();
         for (ri, rule) in cfg.rules.iter().enumerate() {
-            if let RuleBody::Threshold(_) = rule.body {
-                for &(d, p) in &rule.targets {
-                    watchers[d][p].push(ri);
-                }
+            for &(d, p) in &rule.targets {
+                watchers[d][p].push(ri);
             }
         }
-        Engine {
-            table: AlarmTable::new(&cfg.site.id, &cfg.site.gateway, last_seq),
+        let mut engine = Engine {
+            table: AlarmTable::restore(&cfg.site.id, &cfg.site.gateway, snapshot),
             misses: vec![0; cfg.devices.len()],
-            cfg,
+            cfg: cfg.clone(),
             watchers,
             thresholds: HashMap::new(),
+            rates: HashMap::new(),
+        };
+        let restored: Vec<(String, Identity, Severity)> = engine
+            .table
+            .alarms()
+            .map(|a| (a.identity.key(), a.identity.clone(), a.severity))
+            .collect();
+        for (key, id, severity) in restored {
+            if !engine.seed(&id, severity) {
+                tracing::warn!(alarm = %key, "alarm from before the restart no longer matches the configuration; dropped");
+                engine.table.remove(&key);
+            }
         }
+        engine
+    }
+
+    /// Puts a rule's state back where a restored alarm says it was; false if the alarm's rule,
+    /// device or point is gone from the configuration.
+    fn seed(&mut self, id: &Identity, severity: Severity) -> bool {
+        let cfg = self.cfg.clone();
+        let Some(di) = cfg.devices.iter().position(|d| d.id == id.device) else {
+            // Votes belong to a zone, not a device.
+            return id.kind == AlarmKind::Vote
+                && cfg.rules.iter().any(|r| r.id == id.rule && matches!(r.body, RuleBody::Vote(_)));
+        };
+        if id.kind == AlarmKind::Fault {
+            if id.point == "_link" {
+                // Until the device answers, it is still not answering.
+                self.misses[di] = COMM_LOSS_AFTER;
+                return true;
+            }
+            return cfg.devices[di].points.iter().any(|p| p.id == id.point);
+        }
+        let Some(pi) = cfg.devices[di].points.iter().position(|p| p.id == id.point) else {
+            return false;
+        };
+        let Some(ri) = cfg.rules.iter().position(|r| r.id == id.rule && r.targets.contains(&(di, pi))) else {
+            return false;
+        };
+        match (&cfg.rules[ri].body, id.kind) {
+            (RuleBody::Threshold(_), AlarmKind::Threshold) => {
+                self.thresholds.insert((ri, di, pi), ThresholdState::at(Some(severity)));
+                true
+            }
+            (RuleBody::RateOfRise(_), AlarmKind::RateOfRise) => {
+                self.rates.insert((ri, di, pi), RateState::raised());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What to persist after a reading that produced events.
+    pub fn snapshot(&self) -> Snapshot {
+        self.table.snapshot()
     }
 
     /// The retained status of every zone, for start-up.
@@ -123,9 +191,12 @@ impl Engine {
                 }
             }
         };
-        let zones: BTreeSet<&str> = events.iter().map(|e| e.zone.as_str()).collect();
+        let zones: BTreeSet<String> = events.iter().map(|e| e.zone.clone()).collect();
+        for z in &zones {
+            self.votes(z, r.at, &mut events);
+        }
         let mut messages: Vec<Outgoing> = events.iter().cloned().map(Outgoing::Event).collect();
-        for z in zones {
+        for z in &zones {
             messages.push(Outgoing::Zone(self.table.zone_status(z, r.at)));
         }
         messages.push(Outgoing::Telemetry {
@@ -236,8 +307,40 @@ impl Engine {
         }
         for &ri in &self.watchers[device][p.point] {
             let rule = &self.cfg.rules[ri];
-            let RuleBody::Threshold(th) = &rule.body else {
-                continue;
+            let th = match &rule.body {
+                RuleBody::Threshold(th) => th,
+                RuleBody::RateOfRise(rr) => {
+                    let state = self.rates.entry((ri, device, p.point)).or_default();
+                    let Some(change) = rr.evaluate(state, value, now.mono) else {
+                        continue;
+                    };
+                    let unit = format!("{}/min", if point.unit.is_empty() { "units" } else { &point.unit });
+                    let rate = (change.per_minute * 100.0).round() / 100.0;
+                    let id = Identity {
+                        zone: d.zone.clone(),
+                        device: d.id.clone(),
+                        point: point.id.clone(),
+                        rule: rule.id.clone(),
+                        kind: AlarmKind::RateOfRise,
+                        unit: Some(unit.clone()),
+                    };
+                    let cond = Condition {
+                        severity: change.active.then_some(rr.severity),
+                        value: Some(rate),
+                        threshold: Some(rr.per_minute),
+                        message: if change.active {
+                            format!(
+                                "{} rising {rate:?} {unit} over {:?} (limit {:?})",
+                                point.id, rr.window, rr.per_minute
+                            )
+                        } else {
+                            format!("{} rise slowed to {rate:?} {unit} (limit {:?})", point.id, rr.per_minute)
+                        },
+                    };
+                    events.extend(self.table.update(&id, cond, now));
+                    continue;
+                }
+                RuleBody::Vote(_) => continue,
             };
             let state = self.thresholds.entry((ri, device, p.point)).or_default();
             let Some(change) = th.evaluate(state, value, now.mono) else {
@@ -283,6 +386,61 @@ impl Engine {
             events.extend(self.table.update(&id, cond, now));
         }
         Some(value)
+    }
+}
+
+impl Engine {
+    /// Re-counts every vote rule in one zone after its alarms changed.
+    fn votes(&mut self, zone: &str, now: Now, events: &mut Vec<AlarmEvent>) {
+        let cfg = self.cfg.clone();
+        for rule in &cfg.rules {
+            let RuleBody::Vote(v) = &rule.body else {
+                continue;
+            };
+            let kind_of = |device: &str, point: &str| {
+                cfg.devices
+                    .iter()
+                    .find(|d| d.id == device)
+                    .and_then(|d| d.points.iter().find(|p| p.id == point))
+                    .map_or("", |p| p.kind.as_str())
+            };
+            let candidates = self
+                .table
+                .active_in_zone(zone)
+                .filter(|(id, _)| !matches!(id.kind, AlarmKind::Fault | AlarmKind::Vote))
+                .map(|(id, severity)| Voter {
+                    device: &id.device,
+                    point: &id.point,
+                    point_kind: kind_of(&id.device, &id.point),
+                    rule: &id.rule,
+                    severity,
+                });
+            let voters = vote::voters(v, candidates);
+            let id = Identity {
+                zone: zone.to_string(),
+                device: "_zone".into(),
+                point: "_vote".into(),
+                rule: rule.id.clone(),
+                kind: AlarmKind::Vote,
+                unit: None,
+            };
+            let agreed = voters.len() >= v.need;
+            if !agreed && self.table.active_severity(&id.key()).is_none() {
+                continue;
+            }
+            let list = voters.iter().cloned().collect::<Vec<_>>().join(", ");
+            let cond = Condition {
+                severity: agreed.then_some(v.severity),
+                value: Some(voters.len() as f64),
+                threshold: Some(v.need as f64),
+                message: if agreed {
+                    format!("{} of {} sensors in {zone} agree: {list}", voters.len(), v.need)
+                } else {
+                    format!("vote released: {} of {} sensors in alarm", voters.len(), v.need)
+                },
+            };
+            events.extend(self.table.update(&id, cond, now));
+        }
     }
 }
 
@@ -399,5 +557,100 @@ above = { warning = 45.0, critical = 55.0 }
         assert_eq!(out.events[0].alarm, "rack-01/t/out-of-range");
         let out = e.on_reading(&reading(now, Some(25.0)));
         assert_eq!(out.events[0].state, AlarmState::Cleared);
+    }
+
+    const VOTE_CFG: &str = r#"
+[site]
+id = "s"
+gateway = "gw"
+[[devices]]
+id = "rack-01"
+zone = "room-1"
+address = "127.0.0.1:5020"
+  [[devices.points]]
+  id = "offgas"
+  kind = "offgas"
+  address = 121
+  [[devices.points]]
+  id = "smoke_stage"
+  kind = "smoke"
+  address = 120
+[[rules]]
+id = "offgas-high"
+points = ["*/offgas"]
+above = { warning = 20.0 }
+[[rules]]
+id = "smoke"
+points = ["*/smoke_stage"]
+above = { warning = 1.0 }
+[[rules]]
+id = "confirmed-fire"
+vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", severity = "emergency" }
+"#;
+
+    fn two_points(at: Now, offgas: f64, smoke: f64) -> Reading {
+        let pr = |point, v: f64| PointReading {
+            point,
+            result: Ok(Decoded { raw: Raw::Float(v), value: v }),
+        };
+        Reading {
+            device: 0,
+            at,
+            latency: Duration::ZERO,
+            outcome: Ok(vec![pr(0, offgas), pr(1, smoke)]),
+        }
+    }
+
+    #[test]
+    fn two_distinct_sensors_confirm_a_fire_by_vote() {
+        let cfg = Config::from_toml(VOTE_CFG, Role::Gateway).expect("valid");
+        let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+        let now = Now::system();
+        let out = e.on_reading(&two_points(now, 50.0, 0.0));
+        assert_eq!(out.events.len(), 1, "one sensor alone does not confirm");
+        let out = e.on_reading(&two_points(now, 50.0, 1.0));
+        let keys: Vec<&str> = out.events.iter().map(|e| e.alarm.as_str()).collect();
+        assert_eq!(keys, vec!["rack-01/smoke_stage/smoke", "_zone/_vote/confirmed-fire"]);
+        let vote = &out.events[1];
+        assert_eq!((vote.kind, vote.severity), (AlarmKind::Vote, Severity::Emergency));
+        assert_eq!(vote.message, "2 of 2 sensors in room-1 agree: rack-01/offgas, rack-01/smoke_stage");
+        assert!(matches!(&out.messages[2], Outgoing::Zone(z) if z.level == Level::Emergency));
+        let out = e.on_reading(&two_points(now, 0.0, 1.0));
+        assert_eq!(out.events[1].state, AlarmState::Cleared);
+    }
+
+    #[test]
+    fn a_fast_climb_raises_rate_of_rise() {
+        let text = CFG.replace(
+            "above = { warning = 45.0, critical = 55.0 }",
+            "rate_of_rise = { per_minute = 8.3, window = \"10s\", severity = \"critical\" }",
+        );
+        let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
+        let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+        let t0 = Now::system();
+        let mut raised = None;
+        for i in 0..20u64 {
+            let out = e.on_reading(&reading(t0.after(Duration::from_secs(i)), Some(25.0 + 0.5 * i as f64)));
+            if let Some(ev) = out.events.first() {
+                raised.get_or_insert((i, ev.clone()));
+            }
+        }
+        let (i, ev) = raised.expect("raised");
+        assert_eq!(i, 5, "after half the window");
+        assert_eq!((ev.kind, ev.value, ev.unit.as_deref()), (AlarmKind::RateOfRise, Some(30.0), Some("degC/min")));
+    }
+
+    #[test]
+    fn a_restart_does_not_raise_active_alarms_again() {
+        let cfg = std::sync::Arc::new(Config::from_toml(CFG, Role::Gateway).expect("valid"));
+        let mut e = Engine::new(cfg.clone(), 0);
+        let now = Now::system();
+        assert_eq!(e.on_reading(&reading(now, Some(57.2))).events.len(), 1);
+        let snap = e.snapshot();
+        assert_eq!((snap.last_seq, snap.alarms.len()), (1, 1));
+        let mut again = Engine::restore(cfg, snap);
+        assert!(again.on_reading(&reading(now, Some(57.2))).events.is_empty());
+        let out = again.on_reading(&reading(now, Some(20.0)));
+        assert_eq!((out.events[0].seq, out.events[0].state), (2, AlarmState::Cleared));
     }
 }

@@ -1,13 +1,14 @@
 //! Alarm state: which alarms are active, the events their changes produce, zone status.
 //!
-//! Pure: (condition, now) in, events out. The daemon persists `seq` through [`SeqStore`] so event
-//! numbers never go back, even across a crash.
+//! Pure: (condition, now) in, events out. The daemon persists the table's [`Snapshot`] through
+//! [`StateStore`] so event numbers never go back and active alarms are not raised again after a
+//! restart or crash.
 
-mod seq;
+mod store;
 mod table;
 
-pub use seq::{SeqError, SeqStore};
-pub use table::{AlarmTable, Condition, Identity};
+pub use store::{Snapshot, StateStore, StoreError};
+pub use table::{Alarm, AlarmTable, Condition, Identity};
 
 use serde::{Deserialize, Serialize};
 

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, Level, ZoneStatus};
+use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, Level, Snapshot, ZoneStatus};
 use crate::clock::{rfc3339, Now};
 use crate::rules::Severity;
 
 /// Who an alarm is about: fixed for the alarm's life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub zone: String,
     pub device: String,
@@ -40,13 +40,14 @@ pub struct Condition {
     pub message: String,
 }
 
-#[derive(Debug, Clone)]
-struct Alarm {
-    identity: Identity,
-    severity: Severity,
-    active: bool,
-    acked: bool,
-    since: SystemTime,
+/// One alarm's state, as persisted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Alarm {
+    pub identity: Identity,
+    pub severity: Severity,
+    pub active: bool,
+    pub acked: bool,
+    pub since: SystemTime,
 }
 
 /// All alarms of one gateway.
@@ -67,6 +68,33 @@ impl AlarmTable {
             alarms: BTreeMap::new(),
             last_seq,
         }
+    }
+
+    /// A table as it was persisted: active alarms stay active without a new event.
+    pub fn restore(site: &str, gateway: &str, snapshot: Snapshot) -> AlarmTable {
+        let mut t = AlarmTable::new(site, gateway, snapshot.last_seq);
+        for a in snapshot.alarms {
+            t.alarms.insert(a.identity.key(), a);
+        }
+        t
+    }
+
+    /// What must survive a restart: seq, and every alarm that is not plain normal.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            last_seq: self.last_seq,
+            alarms: self.alarms.values().filter(|a| a.active).cloned().collect(),
+        }
+    }
+
+    /// Every alarm held, active or not.
+    pub fn alarms(&self) -> impl Iterator<Item = &Alarm> {
+        self.alarms.values()
+    }
+
+    /// Forgets an alarm (its rule or device left the configuration).
+    pub fn remove(&mut self, key: &str) -> Option<Alarm> {
+        self.alarms.remove(key)
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -114,6 +142,10 @@ impl AlarmTable {
             }
         }
         let alarm = alarm.clone();
+        if !alarm.active {
+            // Cleared alarms carry no state worth keeping; dropping them bounds the table.
+            self.alarms.remove(&key);
+        }
         self.last_seq += 1;
         let seq = self.last_seq;
         Some(AlarmEvent {
@@ -149,6 +181,17 @@ impl AlarmTable {
             .get(key)
             .filter(|a| a.active)
             .map(|a| a.severity)
+    }
+
+    /// The active alarms of one zone, with their severity.
+    pub fn active_in_zone<'a>(
+        &'a self,
+        zone: &'a str,
+    ) -> impl Iterator<Item = (&'a Identity, Severity)> + 'a {
+        self.alarms
+            .values()
+            .filter(move |a| a.active && a.identity.zone == zone)
+            .map(|a| (&a.identity, a.severity))
     }
 
     /// The retained status of one zone.

@@ -4,7 +4,9 @@
 //! edge cases a fire-safety engineer cares about (exactly at threshold, inside the deadband,
 //! on/off delays) be tested as tables.
 
+pub mod rate;
 pub mod threshold;
+pub mod vote;
 
 use serde::{Deserialize, Serialize};
 

@@ -24,6 +24,16 @@ pub struct ThresholdState {
     pending: Option<(Option<Severity>, Instant)>,
 }
 
+impl ThresholdState {
+    /// A state already at `level`, as restored after a restart.
+    pub fn at(level: Option<Severity>) -> ThresholdState {
+        ThresholdState {
+            current: level,
+            pending: None,
+        }
+    }
+}
+
 /// The outcome of one evaluation that changed the level in force.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LevelChange {

@@ -1,0 +1,167 @@
+//! Rate-of-rise rules: how fast a value climbs, in units per minute, over a time window.
+//!
+//! A heat detector's rate-of-rise element trips at 8.3 °C/min (UL 521); a cell heading into
+//! thermal runaway climbs faster than any charge or ambient change. The rate is the Theil–Sen
+//! slope (the median of the slopes between every pair of samples in the window), so one noisy or
+//! glitched sample neither raises nor hides the alarm.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::RateOfRise;
+
+/// At most this many samples are kept per window; samples closer together than
+/// `window / MAX_SAMPLES` are thinned, which keeps the pairwise median cheap at fast polls.
+const MAX_SAMPLES: u32 = 32;
+
+/// The samples of one (point, rule) pair.
+#[derive(Debug, Clone, Default)]
+pub struct RateState {
+    samples: VecDeque<(Instant, f64)>,
+    /// Whether the alarm is currently raised.
+    pub active: bool,
+}
+
+impl RateState {
+    /// A raised alarm with no samples yet, as restored after a restart: it clears only once a
+    /// fresh window shows the rise has stopped.
+    pub fn raised() -> RateState {
+        RateState {
+            samples: VecDeque::new(),
+            active: true,
+        }
+    }
+}
+
+/// A change of the alarm's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateChange {
+    pub active: bool,
+    /// The rate measured, units per minute.
+    pub per_minute: f64,
+}
+
+impl RateOfRise {
+    /// Feeds one good reading; returns a change of the alarm state, if any.
+    pub fn evaluate(&self, st: &mut RateState, value: f64, now: Instant) -> Option<RateChange> {
+        let spacing = self.window / MAX_SAMPLES;
+        match st.samples.back() {
+            Some(&(t, _)) if now.saturating_duration_since(t) < spacing => {
+                // Too close to the last kept sample: replace it, so the newest value still counts.
+                st.samples.pop_back();
+            }
+            _ => {}
+        }
+        st.samples.push_back((now, value));
+        while let Some(&(t, _)) = st.samples.front() {
+            if now.saturating_duration_since(t) > self.window {
+                st.samples.pop_front();
+            } else {
+                break;
+            }
+        }
+        let rate = self.rate(st)?;
+        let active = rate >= self.per_minute;
+        if active == st.active {
+            return None;
+        }
+        st.active = active;
+        Some(RateChange {
+            active,
+            per_minute: rate,
+        })
+    }
+
+    /// The robust slope over the window, once the window is at least half covered and has
+    /// three samples (fewer could not outvote a single glitch).
+    fn rate(&self, st: &RateState) -> Option<f64> {
+        let (first, last) = (st.samples.front()?, st.samples.back()?);
+        if st.samples.len() < 3 || last.0.duration_since(first.0) < self.window / 2 {
+            return None;
+        }
+        let mut slopes = Vec::with_capacity(st.samples.len() * (st.samples.len() - 1) / 2);
+        for (i, a) in st.samples.iter().enumerate() {
+            for b in st.samples.iter().skip(i + 1) {
+                let dt = b.0.duration_since(a.0);
+                if dt > Duration::ZERO {
+                    slopes.push((b.1 - a.1) / dt.as_secs_f64() * 60.0);
+                }
+            }
+        }
+        if slopes.is_empty() {
+            return None;
+        }
+        slopes.sort_by(|a, b| a.total_cmp(b));
+        let m = slopes.len() / 2;
+        Some(if slopes.len() % 2 == 0 {
+            (slopes[m - 1] + slopes[m]) / 2.0
+        } else {
+            slopes[m]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Severity;
+
+    fn rule() -> RateOfRise {
+        RateOfRise {
+            per_minute: 8.3,
+            window: Duration::from_secs(30),
+            severity: Severity::Critical,
+        }
+    }
+
+    /// Plays one sample per second from `values`; returns the state after each.
+    fn play(values: &[f64]) -> Vec<bool> {
+        let r = rule();
+        let t0 = Instant::now();
+        let mut st = RateState::default();
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                r.evaluate(&mut st, v, t0 + Duration::from_secs(i as u64));
+                st.active
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steady_climb_past_the_rate_raises_after_half_a_window() {
+        // 0.2 °C/s = 12 °C/min.
+        let v: Vec<f64> = (0..40).map(|i| 25.0 + 0.2 * i as f64).collect();
+        let s = play(&v);
+        assert!(!s[14], "window not yet half covered");
+        assert!(s[15] && s[39]);
+    }
+
+    #[test]
+    fn a_slow_climb_does_not_raise() {
+        // 0.1 °C/s = 6 °C/min, below 8.3.
+        let v: Vec<f64> = (0..60).map(|i| 25.0 + 0.1 * i as f64).collect();
+        assert!(play(&v).iter().all(|a| !a));
+    }
+
+    #[test]
+    fn one_glitched_sample_neither_raises_nor_clears() {
+        let mut flat: Vec<f64> = vec![25.0; 40];
+        flat[30] = 90.0;
+        assert!(play(&flat).iter().all(|a| !a), "a spike is not a rise");
+        let mut climb: Vec<f64> = (0..40).map(|i| 25.0 + 0.3 * i as f64).collect();
+        climb[35] = 0.0;
+        let s = play(&climb);
+        assert!(s[34] && s[35] && s[36], "a dropout does not clear");
+    }
+
+    #[test]
+    fn clears_when_the_value_levels_off() {
+        let mut v: Vec<f64> = (0..30).map(|i| 25.0 + 0.3 * i as f64).collect();
+        v.extend(std::iter::repeat_n(33.7, 40));
+        let s = play(&v);
+        assert!(s[29]);
+        assert!(!s[69]);
+    }
+}
