@@ -87,7 +87,9 @@ impl Broker {
             let conf = dir.path().join("mosquitto.conf");
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"),
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+                ),
             )
             .expect("write mosquitto.conf");
             let child = Command::new("/usr/sbin/mosquitto")
@@ -189,10 +191,17 @@ impl Drop for Daemon {
 }
 
 async fn subscriber(port: u16, filter: &str) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut opts = MqttOptions::new(format!("bench-sub-{}", std::process::id()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(
+        format!("bench-sub-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
     opts.set_keep_alive(Duration::from_secs(10));
     let (client, mut ev) = AsyncClient::new(opts, 64);
-    client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     // Wait for the SUBACK so no event is missed.
     loop {
         if let Ok(Event::Incoming(Packet::SubAck(_))) = ev.poll().await {
@@ -218,7 +227,9 @@ async fn next_alarm(ev: &mut rumqttc::EventLoop, want_state: &str) -> Instant {
 }
 
 async fn latency(trials: usize) {
-    println!("\n== latency: Modbus register write → alarm at an MQTT subscriber (poll_interval 100 ms)");
+    println!(
+        "\n== latency: Modbus register write → alarm at an MQTT subscriber (poll_interval 100 ms)"
+    );
     let broker = Broker::start().await;
     let cancel = CancellationToken::new();
     let sim = sim::start(
@@ -235,14 +246,22 @@ async fn latency(trials: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bench.toml");
     let devices = device_toml("rack-01", sim.local_addr, "100ms", 1);
-    std::fs::write(&cfg, gateway_toml(broker.port, &dir.path().join("state"), &devices)).expect("config");
+    std::fs::write(
+        &cfg,
+        gateway_toml(broker.port, &dir.path().join("state"), &devices),
+    )
+    .expect("config");
     let (_client, mut ev) = subscriber(broker.port, "emberwatch/bench/alarms/#").await;
     let _daemon = Daemon::start(&cfg);
     let mut modbus = tokio_modbus::client::tcp::connect(sim.local_addr)
         .await
         .expect("modbus client");
     // Let the daemon connect and settle.
-    modbus.write_single_register(116, 250).await.expect("write").expect("no exception");
+    modbus
+        .write_single_register(116, 250)
+        .await
+        .expect("write")
+        .expect("no exception");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut samples = Vec::with_capacity(trials * 2);
     for _ in 0..trials {
@@ -273,9 +292,16 @@ async fn latency(trials: usize) {
 
 fn throughput() {
     println!("\n== throughput: decode + rule evaluation, one core");
-    let devices = device_toml("rack-01", SocketAddr::from(([127, 0, 0, 1], 5020)), "1s", 20);
-    let text = gateway_toml(1883, std::path::Path::new("/tmp/unused"), &devices)
-        .replace("points = [\"*/cell_temp_max\"]", "points = [\"*/cell_temp_max\", \"*/module_1\", \"*/module_2\", \"*/module_3\"]");
+    let devices = device_toml(
+        "rack-01",
+        SocketAddr::from(([127, 0, 0, 1], 5020)),
+        "1s",
+        20,
+    );
+    let text = gateway_toml(1883, std::path::Path::new("/tmp/unused"), &devices).replace(
+        "points = [\"*/cell_temp_max\"]",
+        "points = [\"*/cell_temp_max\", \"*/module_1\", \"*/module_2\", \"*/module_3\"]",
+    );
     let cfg = Arc::new(Config::from_toml(&text, Role::Gateway).expect("bench config"));
     let dev = &cfg.devices[0];
     let plan = plan_reads(&dev.points, dev.max_gap);
@@ -297,8 +323,12 @@ fn throughput() {
                     }
                     points.push(PointReading {
                         point: pi,
-                        result: decode_point(&dev.points[pi], span.start, &w[..])
-                            .map_err(|source| emberwatch::fieldbus::PointError::Decode { address: 0, source }),
+                        result: decode_point(&dev.points[pi], span.start, &w[..]).map_err(
+                            |source| emberwatch::fieldbus::PointError::Decode {
+                                address: 0,
+                                source,
+                            },
+                        ),
                     });
                 }
             }
@@ -343,7 +373,9 @@ fn proc_stat(pid: u32) -> (u64, u64) {
 }
 
 async fn footprint(n_devices: usize, points: usize, window: Duration) {
-    println!("\n== footprint: daemon polling {n_devices} simulated devices × {points} points at 1 Hz");
+    println!(
+        "\n== footprint: daemon polling {n_devices} simulated devices × {points} points at 1 Hz"
+    );
     let broker = Broker::start().await;
     let cancel = CancellationToken::new();
     let mut sims = Vec::new();
@@ -360,12 +392,21 @@ async fn footprint(n_devices: usize, points: usize, window: Duration) {
         )
         .await
         .expect("sim");
-        devices.push_str(&device_toml(&format!("rack-{i:03}"), s.local_addr, "1s", points));
+        devices.push_str(&device_toml(
+            &format!("rack-{i:03}"),
+            s.local_addr,
+            "1s",
+            points,
+        ));
         sims.push(s);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bench.toml");
-    std::fs::write(&cfg, gateway_toml(broker.port, &dir.path().join("state"), &devices)).expect("config");
+    std::fs::write(
+        &cfg,
+        gateway_toml(broker.port, &dir.path().join("state"), &devices),
+    )
+    .expect("config");
     let daemon = Daemon::start(&cfg);
     let pid = daemon.0.id();
     tokio::time::sleep(Duration::from_secs(5)).await; // warm-up: connect everything

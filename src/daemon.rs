@@ -21,7 +21,9 @@ use crate::mqtt::{self, CommandResult, Outgoing, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("devices[{index}] ({device}): transport {transport} is not supported by this build yet")]
+    #[error(
+        "devices[{index}] ({device}): transport {transport} is not supported by this build yet"
+    )]
     Unsupported {
         index: usize,
         device: String,
@@ -141,7 +143,10 @@ fn answer(cmd: &mqtt::Command) -> CommandResult {
     CommandResult {
         command: cmd.name.clone(),
         ok: false,
-        reason: Some(format!("command {:?} is not supported by this version", cmd.name)),
+        reason: Some(format!(
+            "command {:?} is not supported by this version",
+            cmd.name
+        )),
     }
 }
 
@@ -157,7 +162,11 @@ pub fn summary(cfg: &Config) -> String {
             RuleBody::Vote(_) => vote += 1,
         }
     }
-    let _ = writeln!(s, "configuration OK: site {}, gateway {}", cfg.site.id, cfg.site.gateway);
+    let _ = writeln!(
+        s,
+        "configuration OK: site {}, gateway {}",
+        cfg.site.id, cfg.site.gateway
+    );
     let _ = writeln!(
         s,
         "  {} devices, {} points, {} rules ({th} threshold, {ror} rate_of_rise, {vote} vote)",
@@ -185,7 +194,11 @@ pub fn summary(cfg: &Config) -> String {
     let _ = writeln!(s, "    {}  (retained, last will offline)", t.status());
     for z in cfg.zones() {
         let _ = writeln!(s, "    {}  (retained)", t.zone_status(&z));
-        let _ = writeln!(s, "    {}/#  (alarm events)", t.alarm(&z, "+", "+", "+").trim_end_matches("/+/+/+"));
+        let _ = writeln!(
+            s,
+            "    {}/#  (alarm events)",
+            t.alarm(&z, "+", "+", "+").trim_end_matches("/+/+/+")
+        );
     }
     for d in &cfg.devices {
         let _ = writeln!(s, "    {}", t.telemetry(&d.id));
@@ -199,8 +212,8 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
     let mut all_ok = true;
     let mut any = false;
     println!(
-        "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} {}",
-        "DEVICE", "POINT", "TABLE", "ADDR", "VALUE", "UNIT", "STATUS"
+        "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} STATUS",
+        "DEVICE", "POINT", "TABLE", "ADDR", "VALUE", "UNIT"
     );
     for (i, d) in cfg.devices.iter().enumerate() {
         if only.is_some_and(|o| o != d.id) {
@@ -208,7 +221,11 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
         }
         any = true;
         if !fieldbus::supported(&d.transport) {
-            println!("{:<16} transport {} not supported by this build yet", d.id, d.transport.name());
+            println!(
+                "{:<16} transport {} not supported by this build yet",
+                d.id,
+                d.transport.name()
+            );
             all_ok = false;
             continue;
         }
@@ -225,10 +242,16 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
                     let point = &d.points[p.point];
                     let (value, status) = match &p.result {
                         Ok(v) => {
-                            let bad = point.valid.is_some_and(|(lo, hi)| v.value < lo || v.value > hi);
+                            let bad = point
+                                .valid
+                                .is_some_and(|(lo, hi)| v.value < lo || v.value > hi);
                             (
                                 format!("{}", v.value),
-                                if bad { "outside valid range".to_string() } else { "ok".to_string() },
+                                if bad {
+                                    "outside valid range".to_string()
+                                } else {
+                                    "ok".to_string()
+                                },
                             )
                         }
                         Err(e) => {

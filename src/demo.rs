@@ -129,12 +129,13 @@ pub async fn run() -> Result<(), DemoError> {
     let setup = |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
 
     // Port 1883 lets an operator watch with a stock mosquitto_sub; another one if it is taken.
-    let broker = match embedded::start("127.0.0.1:1883".parse().map_err(|e| setup("address", &e))?).await {
-        Ok(b) => b,
-        Err(_) => embedded::start_on_free_port()
-            .await
-            .map_err(|e| setup("embedded broker", &e))?,
-    };
+    let broker =
+        match embedded::start("127.0.0.1:1883".parse().map_err(|e| setup("address", &e))?).await {
+            Ok(b) => b,
+            Err(_) => embedded::start_on_free_port()
+                .await
+                .map_err(|e| setup("embedded broker", &e))?,
+        };
     let sim = sim::start(
         SimOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -151,7 +152,10 @@ pub async fn run() -> Result<(), DemoError> {
     let cfg = Config::from_toml(&text, Role::Gateway).map_err(|ps| {
         DemoError::Setup(format!(
             "built-in configuration refused: {}",
-            ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")
+            ps.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
         ))
     })?;
     let prefix = format!("{}/{}", cfg.mqtt.topic_prefix, cfg.site.id);
@@ -199,7 +203,11 @@ pub async fn run() -> Result<(), DemoError> {
         };
         match ev {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = p.topic.strip_prefix(&prefix).unwrap_or(&p.topic).to_string();
+                let topic = p
+                    .topic
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&p.topic)
+                    .to_string();
                 if let Ok(json) = serde_json::from_slice::<Value>(&p.payload) {
                     story.observe(t0.elapsed(), &topic, &json);
                 }
@@ -217,7 +225,11 @@ pub async fn run() -> Result<(), DemoError> {
         loop {
             match tokio::time::timeout(Duration::from_millis(100), events.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    let topic = p.topic.strip_prefix(&prefix).unwrap_or(&p.topic).to_string();
+                    let topic = p
+                        .topic
+                        .strip_prefix(&prefix)
+                        .unwrap_or(&p.topic)
+                        .to_string();
                     if let Ok(json) = serde_json::from_slice::<Value>(&p.payload) {
                         story.observe(t0.elapsed(), &topic, &json);
                     }
@@ -245,7 +257,9 @@ pub async fn run() -> Result<(), DemoError> {
                 story.events,
                 story.lead_time().map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
             );
-            println!("In a real room those seconds are minutes (2-30 of off-gas warning): emberwatch");
+            println!(
+                "In a real room those seconds are minutes (2-30 of off-gas warning): emberwatch"
+            );
             println!("turns them into a traffic drain finished before the power is cut.");
         }
         Err(e) => println!("\n{e}"),
@@ -293,7 +307,12 @@ impl Story {
 
     fn observe(&mut self, at: Duration, topic: &str, json: &Value) {
         let ts = format!("[+{:5.1}s]", at.as_secs_f64());
-        let s = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let s = |k: &str| {
+            json.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string()
+        };
         let parts: Vec<&str> = topic.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["gateways", gw, "status"] => {
@@ -331,8 +350,14 @@ impl Story {
             ["zones", zone, "status"] => {
                 let level = s("level");
                 if self.zone_levels.get(*zone) != Some(&level) {
-                    let n = json.get("active").and_then(Value::as_array).map_or(0, Vec::len);
-                    println!("{ts} ZONE  {zone} is now {} ({n} active alarms)", level.to_uppercase());
+                    let n = json
+                        .get("active")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    println!(
+                        "{ts} ZONE  {zone} is now {} ({n} active alarms)",
+                        level.to_uppercase()
+                    );
                     self.zone_levels.insert(zone.to_string(), level);
                 }
             }

@@ -98,7 +98,10 @@ impl Engine {
         let Some(di) = cfg.devices.iter().position(|d| d.id == id.device) else {
             // Votes belong to a zone, not a device.
             return id.kind == AlarmKind::Vote
-                && cfg.rules.iter().any(|r| r.id == id.rule && matches!(r.body, RuleBody::Vote(_)));
+                && cfg
+                    .rules
+                    .iter()
+                    .any(|r| r.id == id.rule && matches!(r.body, RuleBody::Vote(_)));
         };
         if id.kind == AlarmKind::Fault {
             if id.point == "_link" {
@@ -111,12 +114,17 @@ impl Engine {
         let Some(pi) = cfg.devices[di].points.iter().position(|p| p.id == id.point) else {
             return false;
         };
-        let Some(ri) = cfg.rules.iter().position(|r| r.id == id.rule && r.targets.contains(&(di, pi))) else {
+        let Some(ri) = cfg
+            .rules
+            .iter()
+            .position(|r| r.id == id.rule && r.targets.contains(&(di, pi)))
+        else {
             return false;
         };
         match (&cfg.rules[ri].body, id.kind) {
             (RuleBody::Threshold(_), AlarmKind::Threshold) => {
-                self.thresholds.insert((ri, di, pi), ThresholdState::at(Some(severity)));
+                self.thresholds
+                    .insert((ri, di, pi), ThresholdState::at(Some(severity)));
                 true
             }
             (RuleBody::RateOfRise(_), AlarmKind::RateOfRise) => {
@@ -231,9 +239,8 @@ impl Engine {
                 message: m,
             },
             None => {
-                if self.table.active_severity(&id.key()).is_none() {
-                    return None;
-                }
+                // Nothing to clear unless the fault is active.
+                self.table.active_severity(&id.key())?;
                 Condition {
                     severity: None,
                     value: None,
@@ -314,7 +321,14 @@ impl Engine {
                     let Some(change) = rr.evaluate(state, value, now.mono) else {
                         continue;
                     };
-                    let unit = format!("{}/min", if point.unit.is_empty() { "units" } else { &point.unit });
+                    let unit = format!(
+                        "{}/min",
+                        if point.unit.is_empty() {
+                            "units"
+                        } else {
+                            &point.unit
+                        }
+                    );
                     let rate = (change.per_minute * 100.0).round() / 100.0;
                     let id = Identity {
                         zone: d.zone.clone(),
@@ -334,7 +348,10 @@ impl Engine {
                                 point.id, rr.window, rr.per_minute
                             )
                         } else {
-                            format!("{} rise slowed to {rate:?} {unit} (limit {:?})", point.id, rr.per_minute)
+                            format!(
+                                "{} rise slowed to {rate:?} {unit} (limit {:?})",
+                                point.id, rr.per_minute
+                            )
                         },
                     };
                     events.extend(self.table.update(&id, cond, now));
@@ -434,9 +451,17 @@ impl Engine {
                 value: Some(voters.len() as f64),
                 threshold: Some(v.need as f64),
                 message: if agreed {
-                    format!("{} of {} sensors in {zone} agree: {list}", voters.len(), v.need)
+                    format!(
+                        "{} of {} sensors in {zone} agree: {list}",
+                        voters.len(),
+                        v.need
+                    )
                 } else {
-                    format!("vote released: {} of {} sensors in alarm", voters.len(), v.need)
+                    format!(
+                        "vote released: {} of {} sensors in alarm",
+                        voters.len(),
+                        v.need
+                    )
                 },
             };
             events.extend(self.table.update(&id, cond, now));
@@ -591,7 +616,10 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
     fn two_points(at: Now, offgas: f64, smoke: f64) -> Reading {
         let pr = |point, v: f64| PointReading {
             point,
-            result: Ok(Decoded { raw: Raw::Float(v), value: v }),
+            result: Ok(Decoded {
+                raw: Raw::Float(v),
+                value: v,
+            }),
         };
         Reading {
             device: 0,
@@ -610,10 +638,19 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
         assert_eq!(out.events.len(), 1, "one sensor alone does not confirm");
         let out = e.on_reading(&two_points(now, 50.0, 1.0));
         let keys: Vec<&str> = out.events.iter().map(|e| e.alarm.as_str()).collect();
-        assert_eq!(keys, vec!["rack-01/smoke_stage/smoke", "_zone/_vote/confirmed-fire"]);
+        assert_eq!(
+            keys,
+            vec!["rack-01/smoke_stage/smoke", "_zone/_vote/confirmed-fire"]
+        );
         let vote = &out.events[1];
-        assert_eq!((vote.kind, vote.severity), (AlarmKind::Vote, Severity::Emergency));
-        assert_eq!(vote.message, "2 of 2 sensors in room-1 agree: rack-01/offgas, rack-01/smoke_stage");
+        assert_eq!(
+            (vote.kind, vote.severity),
+            (AlarmKind::Vote, Severity::Emergency)
+        );
+        assert_eq!(
+            vote.message,
+            "2 of 2 sensors in room-1 agree: rack-01/offgas, rack-01/smoke_stage"
+        );
         assert!(matches!(&out.messages[2], Outgoing::Zone(z) if z.level == Level::Emergency));
         let out = e.on_reading(&two_points(now, 0.0, 1.0));
         assert_eq!(out.events[1].state, AlarmState::Cleared);
@@ -630,14 +667,20 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
         let t0 = Now::system();
         let mut raised = None;
         for i in 0..20u64 {
-            let out = e.on_reading(&reading(t0.after(Duration::from_secs(i)), Some(25.0 + 0.5 * i as f64)));
+            let out = e.on_reading(&reading(
+                t0.after(Duration::from_secs(i)),
+                Some(25.0 + 0.5 * i as f64),
+            ));
             if let Some(ev) = out.events.first() {
                 raised.get_or_insert((i, ev.clone()));
             }
         }
         let (i, ev) = raised.expect("raised");
         assert_eq!(i, 5, "after half the window");
-        assert_eq!((ev.kind, ev.value, ev.unit.as_deref()), (AlarmKind::RateOfRise, Some(30.0), Some("degC/min")));
+        assert_eq!(
+            (ev.kind, ev.value, ev.unit.as_deref()),
+            (AlarmKind::RateOfRise, Some(30.0), Some("degC/min"))
+        );
     }
 
     #[test]
@@ -649,8 +692,14 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
         let snap = e.snapshot();
         assert_eq!((snap.last_seq, snap.alarms.len()), (1, 1));
         let mut again = Engine::restore(cfg, snap);
-        assert!(again.on_reading(&reading(now, Some(57.2))).events.is_empty());
+        assert!(again
+            .on_reading(&reading(now, Some(57.2)))
+            .events
+            .is_empty());
         let out = again.on_reading(&reading(now, Some(20.0)));
-        assert_eq!((out.events[0].seq, out.events[0].state), (2, AlarmState::Cleared));
+        assert_eq!(
+            (out.events[0].seq, out.events[0].state),
+            (2, AlarmState::Cleared)
+        );
     }
 }

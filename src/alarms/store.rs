@@ -107,11 +107,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, snap) = StateStore::open(dir.path()).unwrap();
         assert_eq!(snap, Snapshot::default());
-        s.save(&Snapshot { last_seq: 42, alarms: vec![] }).unwrap();
+        s.save(&Snapshot {
+            last_seq: 42,
+            alarms: vec![],
+        })
+        .unwrap();
         let (_, snap) = StateStore::open(dir.path()).unwrap();
         assert_eq!(snap.last_seq, 42);
         fs::write(dir.path().join("state.json"), "{\"last_seq\": 4").unwrap();
         let e = StateStore::open(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("state.json: not a valid emberwatch state file"), "{e}");
+        assert!(
+            e.contains("state.json: not a valid emberwatch state file"),
+            "{e}"
+        );
     }
 }

@@ -79,9 +79,18 @@ mod tests {
         let alarms = [
             v("rack-01", "offgas", "offgas", Severity::Critical),
             v("rack-01", "offgas", "offgas", Severity::Warning), // a second rule on the same sensor
-            v("rack-01", "cell_temp_max", "temperature", Severity::Emergency),
+            v(
+                "rack-01",
+                "cell_temp_max",
+                "temperature",
+                Severity::Emergency,
+            ),
         ];
-        assert_eq!(voters(&vote(), alarms).len(), 1, "one detector cannot vote twice");
+        assert_eq!(
+            voters(&vote(), alarms).len(),
+            1,
+            "one detector cannot vote twice"
+        );
         let alarms = [
             v("rack-01", "offgas", "offgas", Severity::Warning),
             v("det-02", "smoke_stage", "smoke", Severity::Warning),
