@@ -117,6 +117,15 @@ id = "cell-overtemp"
 points = ["*/cell_temp_max"]
 above = {{ warning = 45.0, critical = 55.0, emergency = 65.0 }}
 deadband = 1.0
+
+[[rules]]
+id = "cell-temp-rise"
+points = ["*/cell_temp_max"]
+rate_of_rise = {{ per_minute = 8.3, window = "20s", severity = "critical" }}
+
+[[rules]]
+id = "confirmed-fire"
+vote = {{ alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", severity = "emergency" }}
 "#,
         storage = storage.display()
     )

@@ -1,5 +1,6 @@
 //! Logs go to stderr through `tracing`: plain lines that journald stores well, or JSON lines for
-//! log shippers. `RUST_LOG` picks what is shown (default `info`).
+//! log shippers. `RUST_LOG` picks what is shown (default `info`; the embedded broker's own
+//! chatter, which logs ordinary disconnects as errors, is kept to warnings).
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,9 +12,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; call once, first thing in `main`.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber; call once, first thing in `main`. `default` is the filter
+/// used when `RUST_LOG` is not set (the demo wants its narration, not the daemon's log lines).
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -52,7 +52,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let default_filter = match cli.command {
+        Command::Demo => "warn,rumqttd=off",
+        _ => "info,rumqttd=warn",
+    };
+    logging::init(cli.log_format, default_filter);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

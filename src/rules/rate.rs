@@ -45,12 +45,11 @@ impl RateOfRise {
     /// Feeds one good reading; returns a change of the alarm state, if any.
     pub fn evaluate(&self, st: &mut RateState, value: f64, now: Instant) -> Option<RateChange> {
         let spacing = self.window / MAX_SAMPLES;
-        match st.samples.back() {
-            Some(&(t, _)) if now.saturating_duration_since(t) < spacing => {
-                // Too close to the last kept sample: replace it, so the newest value still counts.
-                st.samples.pop_back();
-            }
-            _ => {}
+        // The newest sample is provisional until it is `spacing` past the one kept before it:
+        // replacing it keeps the newest value while bounding how many samples the window holds.
+        let n = st.samples.len();
+        if n >= 2 && now.saturating_duration_since(st.samples[n - 2].0) < spacing {
+            st.samples.pop_back();
         }
         st.samples.push_back((now, value));
         while let Some(&(t, _)) = st.samples.front() {
@@ -136,6 +135,28 @@ mod tests {
         let s = play(&v);
         assert!(!s[14], "window not yet half covered");
         assert!(s[15] && s[39]);
+    }
+
+    #[test]
+    fn fast_polls_are_thinned_but_still_measured() {
+        let r = rule();
+        let t0 = Instant::now();
+        let mut st = RateState::default();
+        let mut raised_at = None;
+        // 100 ms polls, 0.2 °C/s = 12 °C/min.
+        for i in 0..400u64 {
+            let now = t0 + Duration::from_millis(100 * i);
+            r.evaluate(&mut st, 25.0 + 0.02 * i as f64, now);
+            if st.active && raised_at.is_none() {
+                raised_at = Some(i);
+            }
+            assert!(
+                st.samples.len() <= 2 * MAX_SAMPLES as usize,
+                "{}",
+                st.samples.len()
+            );
+        }
+        assert_eq!(raised_at, Some(150), "half a 30 s window");
     }
 
     #[test]
