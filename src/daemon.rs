@@ -17,7 +17,7 @@ use crate::clock::Now;
 use crate::config::{Config, RuleBody};
 use crate::engine::Engine;
 use crate::fieldbus::{self, modbus::ModbusDevice};
-use crate::mqtt::{self, CommandResult, Outgoing, Topics};
+use crate::mqtt::{self, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -94,22 +94,22 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut result = Ok(());
+    // Shelves expire on time even when no reading changes anything.
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
     loop {
-        let reading = tokio::select! {
+        let out = tokio::select! {
             r = rx.recv() => match r {
-                Some(r) => r,
+                Some(reading) => engine.on_reading(&reading),
                 None => break,
             },
-            Some(cmd) = commands.recv() => {
-                publisher.send(Outgoing::CommandResult(answer(&cmd))).await;
-                continue;
-            }
+            Some(cmd) = commands.recv() => engine.on_command(&cmd.name, &cmd.payload, Now::system()),
+            _ = ticker.tick() => engine.tick(Now::system()),
         };
-        let out = engine.on_reading(&reading);
         if !out.events.is_empty() {
-            // On disk before anyone can see it: seq never goes back, and a restart does not
-            // raise these alarms again.
+            // On disk before anyone can see it: seq never goes back, and a restart neither
+            // raises these alarms again nor forgets an acknowledgement or a shelf.
             if let Err(e) = store.save(&engine.snapshot()) {
                 tracing::error!(error = %e, "cannot persist alarm state; stopping so systemd restarts on a clean state");
                 result = Err(DaemonError::Store(e));
@@ -122,6 +122,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 seq = e.seq,
                 severity = %e.severity,
                 state = ?e.state,
+                isa_state = ?e.detail.isa_state,
                 "{}",
                 e.message
             );
@@ -134,20 +135,6 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     mqtt_cancel.cancel();
     link.closed().await;
     result
-}
-
-/// Operator commands are not built yet (issue 3); every one still gets an answer, so nobody waits
-/// for an acknowledgement that will never come.
-fn answer(cmd: &mqtt::Command) -> CommandResult {
-    tracing::warn!(command = %cmd.name, "command not supported by this version; answered ok=false");
-    CommandResult {
-        command: cmd.name.clone(),
-        ok: false,
-        reason: Some(format!(
-            "command {:?} is not supported by this version",
-            cmd.name
-        )),
-    }
 }
 
 /// The `check-config` summary: what the daemon would watch and where it would publish.

@@ -1,17 +1,27 @@
-//! The rule engine: one reading in, the messages it causes out.
+//! The rule engine: one reading (or operator command) in, the messages it causes out.
 //!
-//! Sits between `fieldbus` and `mqtt`: it runs each point's value through the rules that watch
-//! it, feeds the resulting conditions to the alarm table, and says what to publish (alarm events,
-//! zone statuses that changed, telemetry). It does no I/O and reads no clock, so the whole
-//! pipeline logic can be driven by tests and benchmarks with made-up readings.
+//! Sits between `fieldbus` and `mqtt`: it runs each point's value through the sensor-fault
+//! checks and the rules that watch it, feeds the resulting conditions to the alarm table, and
+//! says what to publish (alarm events, zone statuses that changed, telemetry, command results).
+//! It does no I/O and reads no clock, so the whole pipeline logic can be driven by tests and
+//! benchmarks with made-up readings and simulated time.
+//!
+//! Fail-safe rules enforced here: a point whose sensor is faulted (no answer, exception, value
+//! outside its valid range, stuck, trouble code) raises a fault and is *not* evaluated, so the
+//! last good value never clears a threshold alarm; faults never vote; and a zone whose every
+//! detector is faulted is itself a critical fault.
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
 
 use crate::alarms::{AlarmEvent, AlarmKind, AlarmTable, Condition, Identity, Snapshot};
 use crate::clock::{rfc3339, Now};
-use crate::config::{Config, Direction, RuleBody};
-use crate::fieldbus::{LinkError, PointReading, Reading};
-use crate::mqtt::{Outgoing, Quality, Telemetry};
+use crate::config::{Config, Device, Direction, Point, PointKind, RuleBody};
+use crate::decode::Raw;
+use crate::fieldbus::{LinkError, PointError, PointReading, Reading};
+use crate::mqtt::{CommandResult, Outgoing, Quality, Telemetry};
 use crate::rules::rate::RateState;
 use crate::rules::threshold::ThresholdState;
 use crate::rules::vote::{self, Voter};
@@ -25,6 +35,20 @@ pub const COMM_LOSS_AFTER: u32 = 2;
 /// Severity of sensor and link faults: they need a technician, not a drain.
 pub const FAULT_SEVERITY: Severity = Severity::Warning;
 
+/// Severity of a zone with no working detector left: the room is unwatched.
+pub const BLIND_ZONE_SEVERITY: Severity = Severity::Critical;
+
+/// Point kinds that detect a fire; a zone with none of them working is blind.
+const DETECTOR_KINDS: [PointKind; 4] = [
+    PointKind::Smoke,
+    PointKind::Offgas,
+    PointKind::Hydrogen,
+    PointKind::Temperature,
+];
+
+/// The per-point sensor faults, by rule name in the alarm key.
+const POINT_FAULTS: [&str; 4] = ["out-of-range", "stuck", "trouble", "unreadable"];
+
 pub struct Engine {
     cfg: std::sync::Arc<Config>,
     table: AlarmTable,
@@ -34,13 +58,44 @@ pub struct Engine {
     rates: HashMap<(usize, usize, usize), RateState>,
     /// Consecutive failed polls per device.
     misses: Vec<u32>,
+    /// [device][point] → the last raw value and since when it has not changed.
+    unchanged: Vec<Vec<Option<(Raw, Instant)>>>,
+    /// [device][point] → the sensor fault currently raised, so a healthy reading costs no
+    /// alarm-table lookups.
+    faulted: Vec<Vec<Option<&'static str>>>,
 }
 
-/// What one reading caused, in publishing order.
+/// What one input caused, in publishing order.
 #[derive(Debug, Default)]
 pub struct Output {
     pub events: Vec<AlarmEvent>,
     pub messages: Vec<Outgoing>,
+}
+
+/// `cmd/ack` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckCmd {
+    alarm: String,
+}
+
+/// `cmd/shelve` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShelveCmd {
+    alarm: String,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    reason: Option<String>,
+}
+
+/// `cmd/service` body: take an alarm out of service (`in_service: false`) or back.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceCmd {
+    alarm: String,
+    in_service: bool,
+    reason: Option<String>,
 }
 
 impl Engine {
@@ -69,21 +124,39 @@ impl Engine {
                 watchers[d][p].push(ri);
             }
         }
+        let mut table = AlarmTable::restore(&cfg.site.id, &cfg.site.gateway, snapshot);
+        table.set_chatter_limit(cfg.alarms.chatter_per_minute);
         let mut engine = Engine {
-            table: AlarmTable::restore(&cfg.site.id, &cfg.site.gateway, snapshot),
+            table,
             misses: vec![0; cfg.devices.len()],
+            unchanged: cfg
+                .devices
+                .iter()
+                .map(|d| vec![None; d.points.len()])
+                .collect(),
+            faulted: cfg
+                .devices
+                .iter()
+                .map(|d| vec![None; d.points.len()])
+                .collect(),
             cfg: cfg.clone(),
             watchers,
             thresholds: HashMap::new(),
             rates: HashMap::new(),
         };
-        let restored: Vec<(String, Identity, Severity)> = engine
+        let restored: Vec<(String, Identity, Option<Severity>)> = engine
             .table
             .alarms()
-            .map(|a| (a.identity.key(), a.identity.clone(), a.severity))
+            .map(|a| {
+                (
+                    a.identity.key(),
+                    a.identity.clone(),
+                    a.condition.then_some(a.severity),
+                )
+            })
             .collect();
-        for (key, id, severity) in restored {
-            if !engine.seed(&id, severity) {
+        for (key, id, level) in restored {
+            if !engine.seed(&id, level) {
                 tracing::warn!(alarm = %key, "alarm from before the restart no longer matches the configuration; dropped");
                 engine.table.remove(&key);
             }
@@ -93,23 +166,35 @@ impl Engine {
 
     /// Puts a rule's state back where a restored alarm says it was; false if the alarm's rule,
     /// device or point is gone from the configuration.
-    fn seed(&mut self, id: &Identity, severity: Severity) -> bool {
+    fn seed(&mut self, id: &Identity, level: Option<Severity>) -> bool {
         let cfg = self.cfg.clone();
         let Some(di) = cfg.devices.iter().position(|d| d.id == id.device) else {
-            // Votes belong to a zone, not a device.
-            return id.kind == AlarmKind::Vote
-                && cfg
-                    .rules
-                    .iter()
-                    .any(|r| r.id == id.rule && matches!(r.body, RuleBody::Vote(_)));
+            // Votes and blind-zone faults belong to a zone, not a device.
+            return id.device == "_zone"
+                && (id.kind == AlarmKind::Fault
+                    || cfg
+                        .rules
+                        .iter()
+                        .any(|r| r.id == id.rule && matches!(r.body, RuleBody::Vote(_))));
         };
         if id.kind == AlarmKind::Fault {
             if id.point == "_link" {
-                // Until the device answers, it is still not answering.
-                self.misses[di] = COMM_LOSS_AFTER;
+                if id.rule == "comm-loss" && level.is_some() {
+                    // Until the device answers, it is still not answering.
+                    self.misses[di] = COMM_LOSS_AFTER;
+                }
                 return true;
             }
-            return cfg.devices[di].points.iter().any(|p| p.id == id.point);
+            let Some(pi) = cfg.devices[di].points.iter().position(|p| p.id == id.point) else {
+                return false;
+            };
+            let Some(rule) = POINT_FAULTS.iter().find(|r| **r == id.rule) else {
+                return false;
+            };
+            if level.is_some() {
+                self.faulted[di][pi] = Some(rule);
+            }
+            return true;
         }
         let Some(pi) = cfg.devices[di].points.iter().position(|p| p.id == id.point) else {
             return false;
@@ -124,18 +209,20 @@ impl Engine {
         match (&cfg.rules[ri].body, id.kind) {
             (RuleBody::Threshold(_), AlarmKind::Threshold) => {
                 self.thresholds
-                    .insert((ri, di, pi), ThresholdState::at(Some(severity)));
+                    .insert((ri, di, pi), ThresholdState::at(level));
                 true
             }
             (RuleBody::RateOfRise(_), AlarmKind::RateOfRise) => {
-                self.rates.insert((ri, di, pi), RateState::raised());
+                if level.is_some() {
+                    self.rates.insert((ri, di, pi), RateState::raised());
+                }
                 true
             }
             _ => false,
         }
     }
 
-    /// What to persist after a reading that produced events.
+    /// What to persist after an input that produced events.
     pub fn snapshot(&self) -> Snapshot {
         self.table.snapshot()
     }
@@ -149,6 +236,117 @@ impl Engine {
             .collect()
     }
 
+    /// Events plus the zone statuses they changed, in publishing order.
+    fn finish(&mut self, mut events: Vec<AlarmEvent>, now: Now, extra: Vec<Outgoing>) -> Output {
+        let zones: BTreeSet<String> = events.iter().map(|e| e.zone.clone()).collect();
+        for z in &zones {
+            self.blind_zone(z, now, &mut events);
+            self.votes(z, now, &mut events);
+        }
+        let mut messages: Vec<Outgoing> = events.iter().cloned().map(Outgoing::Event).collect();
+        for z in &zones {
+            messages.push(Outgoing::Zone(self.table.zone_status(z, now)));
+        }
+        messages.extend(extra);
+        Output { events, messages }
+    }
+
+    /// Lifts expired shelves; the daemon calls this about once a second.
+    pub fn tick(&mut self, now: Now) -> Output {
+        let events = self.table.expire(now);
+        self.finish(events, now, Vec::new())
+    }
+
+    /// An operator command from `P/gateways/{gateway}/cmd/{name}`; always answered on
+    /// `cmd/result`, and bad input changes nothing.
+    pub fn on_command(&mut self, name: &str, payload: &[u8], now: Now) -> Output {
+        let result = self.command(name, payload, now);
+        let (events, answer) = match result {
+            Ok((events, reason)) => (
+                events,
+                CommandResult {
+                    command: name.to_string(),
+                    ok: true,
+                    reason,
+                },
+            ),
+            Err(reason) => {
+                tracing::warn!(command = %name, payload = %String::from_utf8_lossy(payload), %reason, "command refused");
+                (
+                    Vec::new(),
+                    CommandResult {
+                        command: name.to_string(),
+                        ok: false,
+                        reason: Some(reason),
+                    },
+                )
+            }
+        };
+        self.finish(events, now, vec![Outgoing::CommandResult(answer)])
+    }
+
+    fn command(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        now: Now,
+    ) -> Result<(Vec<AlarmEvent>, Option<String>), String> {
+        fn parse<'a, T: Deserialize<'a>>(name: &str, payload: &'a [u8]) -> Result<T, String> {
+            serde_json::from_slice(payload)
+                .map_err(|e| format!("cmd/{name}: not valid JSON for this command: {e}"))
+        }
+        match name {
+            "ack" => {
+                let c: AckCmd = parse(name, payload)?;
+                let events = self.table.ack(&c.alarm, now).map_err(|e| e.to_string())?;
+                let n = events.len();
+                Ok((events, Some(format!("{n} alarm(s) acknowledged"))))
+            }
+            "shelve" => {
+                let c: ShelveCmd = parse(name, payload)?;
+                let Some(for_) = c.for_ else {
+                    return Err(
+                        "cmd/shelve: \"for\" is required (e.g. \"30m\"): a shelf must expire"
+                            .into(),
+                    );
+                };
+                let for_ = crate::config::parse_duration(&for_)
+                    .map_err(|e| format!("cmd/shelve: \"for\": {e}"))?;
+                if for_.is_zero() {
+                    return Err("cmd/shelve: \"for\" must be more than 0".into());
+                }
+                let Some(reason) = c.reason.filter(|r| !r.trim().is_empty()) else {
+                    return Err(
+                        "cmd/shelve: \"reason\" is required: say why the alarm is hidden".into(),
+                    );
+                };
+                let ev = self
+                    .table
+                    .shelve(&c.alarm, for_, self.cfg.alarms.max_shelve, &reason, now)
+                    .map_err(|e| e.to_string())?;
+                Ok((vec![ev], None))
+            }
+            "service" => {
+                let c: ServiceCmd = parse(name, payload)?;
+                let out = if c.in_service {
+                    None
+                } else {
+                    Some(c.reason.filter(|r| !r.trim().is_empty()).ok_or(
+                        "cmd/service: \"reason\" is required to take an alarm out of service",
+                    )?)
+                };
+                let ev = self
+                    .table
+                    .set_service(&c.alarm, out, now)
+                    .map_err(|e| e.to_string())?;
+                Ok((vec![ev], None))
+            }
+            other => Err(format!(
+                "unknown command {other:?} (this gateway takes ack, shelve and service)"
+            )),
+        }
+    }
+
     pub fn on_reading(&mut self, r: &Reading) -> Output {
         let mut events = Vec::new();
         let cfg = self.cfg.clone();
@@ -158,7 +356,9 @@ impl Engine {
                 self.misses[r.device] = 0;
                 events.extend(self.link_fault(r.device, "comm-loss", None, r.at));
                 let exception = points.iter().find_map(|p| match &p.result {
-                    Err(e @ crate::fieldbus::PointError::Exception { .. }) => Some(e.to_string()),
+                    Err(e @ PointError::Exception { .. }) => {
+                        Some(format!("device {}: {e}", device.id))
+                    }
                     _ => None,
                 });
                 events.extend(self.link_fault(r.device, "exception", exception, r.at));
@@ -199,22 +399,63 @@ impl Engine {
                 }
             }
         };
-        let zones: BTreeSet<String> = events.iter().map(|e| e.zone.clone()).collect();
-        for z in &zones {
-            self.votes(z, r.at, &mut events);
-        }
-        let mut messages: Vec<Outgoing> = events.iter().cloned().map(Outgoing::Event).collect();
-        for z in &zones {
-            messages.push(Outgoing::Zone(self.table.zone_status(z, r.at)));
-        }
-        messages.push(Outgoing::Telemetry {
+        let telemetry = Outgoing::Telemetry {
             device: device.id.clone(),
             body: telemetry,
-        });
-        Output { events, messages }
+        };
+        self.finish(events, r.at, vec![telemetry])
     }
 
-    /// Raises (`Some(message)`) or clears (`None`) a device-level fault.
+    fn identity(
+        d: &Device,
+        point: &str,
+        rule: &str,
+        kind: AlarmKind,
+        unit: Option<String>,
+    ) -> Identity {
+        Identity {
+            zone: d.zone.clone(),
+            device: d.id.clone(),
+            point: point.to_string(),
+            rule: rule.to_string(),
+            kind,
+            unit: unit.filter(|u| !u.is_empty()),
+            latching: false,
+        }
+    }
+
+    /// Raises (`Some(message)`) or clears (`None`) a fault; clearing a fault that is not there
+    /// says nothing.
+    fn fault(
+        &mut self,
+        id: &Identity,
+        message: Option<String>,
+        value: Option<f64>,
+        now: Now,
+    ) -> Option<AlarmEvent> {
+        let cond = match message {
+            Some(m) => Condition {
+                severity: Some(FAULT_SEVERITY),
+                value,
+                threshold: None,
+                message: m,
+            },
+            None => {
+                if !self.table.condition(&id.key()) {
+                    return None;
+                }
+                Condition {
+                    severity: None,
+                    value,
+                    threshold: None,
+                    message: format!("{} {}: cleared", id.device, id.rule),
+                }
+            }
+        };
+        self.table.update(id, cond, now)
+    }
+
+    /// A device-level fault (`_link/comm-loss`, `_link/exception`).
     fn link_fault(
         &mut self,
         device: usize,
@@ -222,34 +463,14 @@ impl Engine {
         message: Option<String>,
         now: Now,
     ) -> Option<AlarmEvent> {
-        let d = &self.cfg.devices[device];
-        let id = Identity {
-            zone: d.zone.clone(),
-            device: d.id.clone(),
-            point: "_link".into(),
-            rule: rule.into(),
-            kind: AlarmKind::Fault,
-            unit: None,
-        };
-        let cond = match message {
-            Some(m) => Condition {
-                severity: Some(FAULT_SEVERITY),
-                value: None,
-                threshold: None,
-                message: m,
-            },
-            None => {
-                // Nothing to clear unless the fault is active.
-                self.table.active_severity(&id.key())?;
-                Condition {
-                    severity: None,
-                    value: None,
-                    threshold: None,
-                    message: format!("device {} {} cleared: answering again", d.id, rule),
-                }
-            }
-        };
-        self.table.update(&id, cond, now)
+        let id = Self::identity(
+            &self.cfg.devices[device],
+            "_link",
+            rule,
+            AlarmKind::Fault,
+            None,
+        );
+        self.fault(&id, message, None, now)
     }
 
     /// Evaluates one point; returns its value if it is good.
@@ -260,68 +481,193 @@ impl Engine {
         now: Now,
         events: &mut Vec<AlarmEvent>,
     ) -> Option<f64> {
-        let d = &self.cfg.devices[device];
+        let cfg = self.cfg.clone();
+        let d = &cfg.devices[device];
         let point = &d.points[p.point];
-        let fault_id = Identity {
-            zone: d.zone.clone(),
-            device: d.id.clone(),
-            point: point.id.clone(),
-            rule: "out-of-range".into(),
-            kind: AlarmKind::Fault,
-            unit: Some(point.unit.clone()).filter(|u| !u.is_empty()),
-        };
-        let value = match &p.result {
-            Ok(decoded) => decoded.value,
+        let (raw, value) = match &p.result {
+            Ok(decoded) => (decoded.raw, decoded.value),
             // Exceptions are reported once per device (`_link/exception`); the point simply has
-            // no value, and its threshold alarms stay as they are.
-            Err(crate::fieldbus::PointError::Exception { .. }) => return None,
+            // no value, and its alarms stay as they are.
+            Err(PointError::Exception { .. }) => return None,
             Err(e) => {
-                let cond = Condition {
-                    severity: Some(FAULT_SEVERITY),
-                    value: None,
-                    threshold: None,
-                    message: format!("device {} point {}: {e}", d.id, point.id),
-                };
-                events.extend(self.table.update(&fault_id, cond, now));
+                let msg = format!("device {} point {}: {e}", d.id, point.id);
+                self.point_faults(
+                    device,
+                    p.point,
+                    Some(("unreadable", msg)),
+                    None,
+                    now,
+                    events,
+                );
                 return None;
             }
         };
-        // A reading outside the sensor's valid range is a broken sensor, not a fire and not an
-        // all-clear: fault it, and leave threshold alarms as they are.
-        let out_of_range = point.valid.filter(|(lo, hi)| value < *lo || value > *hi);
-        let fault = match out_of_range {
-            Some((lo, hi)) => Condition {
-                severity: Some(FAULT_SEVERITY),
-                value: Some(value),
-                threshold: None,
-                message: format!(
-                    "{} {} {} outside valid range [{lo}, {hi}]: sensor fault",
-                    point.id, value, point.unit
-                ),
-            },
-            None => Condition {
-                severity: None,
-                value: Some(value),
-                threshold: None,
-                message: format!("{} {} {} back in valid range", point.id, value, point.unit),
-            },
-        };
-        if out_of_range.is_some() || self.table.active_severity(&fault_id.key()).is_some() {
-            events.extend(self.table.update(&fault_id, fault, now));
-        }
-        if out_of_range.is_some() {
+        if let Some(problem) = self.sensor_problem(device, p.point, point, raw, value, now.mono) {
+            self.point_faults(device, p.point, Some(problem), Some(value), now, events);
+            // A faulted sensor is not evaluated: its value neither raises nor clears anything.
             return None;
         }
-        for &ri in &self.watchers[device][p.point] {
-            let rule = &self.cfg.rules[ri];
-            let th = match &rule.body {
-                RuleBody::Threshold(th) => th,
+        self.point_faults(device, p.point, None, Some(value), now, events);
+        self.evaluate(device, p.point, value, now, events);
+        Some(value)
+    }
+
+    /// What is wrong with a sensor that answered, if anything: (fault rule, message).
+    fn sensor_problem(
+        &mut self,
+        device: usize,
+        pi: usize,
+        point: &Point,
+        raw: Raw,
+        value: f64,
+        now: Instant,
+    ) -> Option<(&'static str, String)> {
+        let unit = if point.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", point.unit)
+        };
+        // Stuck: the raw value, not the scaled one, so rounding cannot hide a change.
+        let slot = &mut self.unchanged[device][pi];
+        let since = match slot {
+            Some((last, since)) if *last == raw => *since,
+            _ => {
+                *slot = Some((raw, now));
+                now
+            }
+        };
+        if point.trouble.contains(&raw.as_f64()) {
+            return Some((
+                "trouble",
+                format!("{} reports trouble (code {:?})", point.id, raw.as_f64()),
+            ));
+        }
+        if let Some((lo, hi)) = point.valid.filter(|(lo, hi)| value < *lo || value > *hi) {
+            return Some((
+                "out-of-range",
+                format!(
+                    "{} {value:?}{unit} outside valid range [{lo:?}, {hi:?}]: sensor fault",
+                    point.id
+                ),
+            ));
+        }
+        if let Some(after) = point.stuck_after {
+            let frozen = now.saturating_duration_since(since);
+            if !after.is_zero() && frozen >= after {
+                return Some((
+                    "stuck",
+                    format!(
+                        "{} unchanged at {value:?}{unit} for {}: sensor stuck",
+                        point.id,
+                        humantime::format_duration(Duration::from_secs(frozen.as_secs()))
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Sets the point's one current fault (or none), clearing the one it replaces.
+    fn point_faults(
+        &mut self,
+        device: usize,
+        pi: usize,
+        current: Option<(&'static str, String)>,
+        value: Option<f64>,
+        now: Now,
+        events: &mut Vec<AlarmEvent>,
+    ) {
+        let was = self.faulted[device][pi];
+        let now_rule = current.as_ref().map(|(r, _)| *r);
+        if was == now_rule {
+            return;
+        }
+        let cfg = self.cfg.clone();
+        let d = &cfg.devices[device];
+        let point = &d.points[pi];
+        if let Some(old) = was {
+            let id = Self::identity(
+                d,
+                &point.id,
+                old,
+                AlarmKind::Fault,
+                Some(point.unit.clone()),
+            );
+            events.extend(self.fault(&id, None, value, now));
+        }
+        if let Some((rule, msg)) = current {
+            let id = Self::identity(
+                d,
+                &point.id,
+                rule,
+                AlarmKind::Fault,
+                Some(point.unit.clone()),
+            );
+            events.extend(self.fault(&id, Some(msg), value, now));
+        }
+        self.faulted[device][pi] = now_rule;
+    }
+
+    /// Runs a good value through the threshold and rate-of-rise rules watching it.
+    fn evaluate(
+        &mut self,
+        device: usize,
+        pi: usize,
+        value: f64,
+        now: Now,
+        events: &mut Vec<AlarmEvent>,
+    ) {
+        let cfg = self.cfg.clone();
+        let d = &cfg.devices[device];
+        let point = &d.points[pi];
+        let unit = if point.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", point.unit)
+        };
+        for &ri in &self.watchers[device][pi] {
+            let rule = &cfg.rules[ri];
+            let (kind, unit_out, cond) = match &rule.body {
+                RuleBody::Threshold(th) => {
+                    let state = self.thresholds.entry((ri, device, pi)).or_default();
+                    let Some(change) = th.evaluate(state, value, now.mono) else {
+                        continue;
+                    };
+                    let message = match change.to {
+                        Some(sev) => format!(
+                            "{} {value:?}{unit} {} {sev} {:?}",
+                            point.id,
+                            if th.direction == Direction::Above {
+                                "above"
+                            } else {
+                                "below"
+                            },
+                            change.threshold
+                        ),
+                        None => format!(
+                            "{} {value:?}{unit} back to normal (was {} at {:?})",
+                            point.id,
+                            change.from.map(|s| s.as_str()).unwrap_or("normal"),
+                            change.threshold
+                        ),
+                    };
+                    (
+                        AlarmKind::Threshold,
+                        Some(point.unit.clone()),
+                        Condition {
+                            severity: change.to,
+                            value: Some(value),
+                            threshold: Some(change.threshold),
+                            message,
+                        },
+                    )
+                }
                 RuleBody::RateOfRise(rr) => {
-                    let state = self.rates.entry((ri, device, p.point)).or_default();
+                    let state = self.rates.entry((ri, device, pi)).or_default();
                     let Some(change) = rr.evaluate(state, value, now.mono) else {
                         continue;
                     };
-                    let unit = format!(
+                    let per = format!(
                         "{}/min",
                         if point.unit.is_empty() {
                             "units"
@@ -330,83 +676,86 @@ impl Engine {
                         }
                     );
                     let rate = (change.per_minute * 100.0).round() / 100.0;
-                    let id = Identity {
-                        zone: d.zone.clone(),
-                        device: d.id.clone(),
-                        point: point.id.clone(),
-                        rule: rule.id.clone(),
-                        kind: AlarmKind::RateOfRise,
-                        unit: Some(unit.clone()),
+                    let message = if change.active {
+                        format!(
+                            "{} rising {rate:?} {per} over {:?} (limit {:?})",
+                            point.id, rr.window, rr.per_minute
+                        )
+                    } else {
+                        format!(
+                            "{} rise slowed to {rate:?} {per} (limit {:?})",
+                            point.id, rr.per_minute
+                        )
                     };
-                    let cond = Condition {
-                        severity: change.active.then_some(rr.severity),
-                        value: Some(rate),
-                        threshold: Some(rr.per_minute),
-                        message: if change.active {
-                            format!(
-                                "{} rising {rate:?} {unit} over {:?} (limit {:?})",
-                                point.id, rr.window, rr.per_minute
-                            )
-                        } else {
-                            format!(
-                                "{} rise slowed to {rate:?} {unit} (limit {:?})",
-                                point.id, rr.per_minute
-                            )
+                    (
+                        AlarmKind::RateOfRise,
+                        Some(per),
+                        Condition {
+                            severity: change.active.then_some(rr.severity),
+                            value: Some(rate),
+                            threshold: Some(rr.per_minute),
+                            message,
                         },
-                    };
-                    events.extend(self.table.update(&id, cond, now));
-                    continue;
+                    )
                 }
                 RuleBody::Vote(_) => continue,
             };
-            let state = self.thresholds.entry((ri, device, p.point)).or_default();
-            let Some(change) = th.evaluate(state, value, now.mono) else {
-                continue;
-            };
-            let unit = if point.unit.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", point.unit)
-            };
-            let message = match change.to {
-                Some(sev) => format!(
-                    "{} {value:?}{unit} {} {sev} {:?}",
-                    point.id,
-                    if th.direction == Direction::Above {
-                        "above"
-                    } else {
-                        "below"
-                    },
-                    change.threshold
-                ),
-                None => format!(
-                    "{} {value:?}{unit} back to normal (was {} at {:?})",
-                    point.id,
-                    change.from.map(|s| s.as_str()).unwrap_or("normal"),
-                    change.threshold
-                ),
-            };
-            let id = Identity {
-                zone: d.zone.clone(),
-                device: d.id.clone(),
-                point: point.id.clone(),
-                rule: rule.id.clone(),
-                kind: AlarmKind::Threshold,
-                unit: Some(point.unit.clone()).filter(|u| !u.is_empty()),
-            };
-            let cond = Condition {
-                severity: change.to,
-                value: Some(value),
-                threshold: Some(change.threshold),
-                message,
-            };
+            let mut id = Self::identity(d, &point.id, &rule.id, kind, unit_out);
+            id.latching = rule.latch;
             events.extend(self.table.update(&id, cond, now));
         }
-        Some(value)
     }
-}
 
-impl Engine {
+    /// A zone whose every detector is faulted (or whose devices do not answer) is blind: that
+    /// is itself a critical fault, whatever the single faults' severity.
+    fn blind_zone(&mut self, zone: &str, now: Now, events: &mut Vec<AlarmEvent>) {
+        let cfg = self.cfg.clone();
+        let mut detectors = 0;
+        let mut faulted = 0;
+        for d in cfg.devices.iter().filter(|d| d.zone == zone) {
+            let link_down = ["comm-loss", "exception"]
+                .iter()
+                .any(|r| self.table.condition(&format!("{}/_link/{r}", d.id)));
+            for p in d.points.iter().filter(|p| DETECTOR_KINDS.contains(&p.kind)) {
+                detectors += 1;
+                if link_down
+                    || POINT_FAULTS
+                        .iter()
+                        .any(|r| self.table.condition(&format!("{}/{}/{r}", d.id, p.id)))
+                {
+                    faulted += 1;
+                }
+            }
+        }
+        let id = Identity {
+            zone: zone.to_string(),
+            device: "_zone".into(),
+            point: "_detectors".into(),
+            rule: "all-faulted".into(),
+            kind: AlarmKind::Fault,
+            unit: None,
+            latching: false,
+        };
+        let blind = detectors > 0 && faulted == detectors;
+        if !blind && !self.table.condition(&id.key()) {
+            return;
+        }
+        let cond = Condition {
+            severity: blind.then_some(BLIND_ZONE_SEVERITY),
+            value: Some(faulted as f64),
+            threshold: Some(detectors as f64),
+            message: if blind {
+                format!("zone {zone} is blind: all {detectors} detectors faulted or not answering")
+            } else {
+                format!(
+                    "zone {zone}: {} of {detectors} detectors working again",
+                    detectors - faulted
+                )
+            },
+        };
+        events.extend(self.table.update(&id, cond, now));
+    }
+
     /// Re-counts every vote rule in one zone after its alarms changed.
     fn votes(&mut self, zone: &str, now: Now, events: &mut Vec<AlarmEvent>) {
         let cfg = self.cfg.clone();
@@ -440,9 +789,10 @@ impl Engine {
                 rule: rule.id.clone(),
                 kind: AlarmKind::Vote,
                 unit: None,
+                latching: rule.latch,
             };
             let agreed = voters.len() >= v.need;
-            if !agreed && self.table.active_severity(&id.key()).is_none() {
+            if !agreed && !self.table.condition(&id.key()) {
                 continue;
             }
             let list = voters.iter().cloned().collect::<Vec<_>>().join(", ");

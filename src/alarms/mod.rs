@@ -8,7 +8,7 @@ mod store;
 mod table;
 
 pub use store::{Snapshot, StateStore, StoreError};
-pub use table::{Alarm, AlarmTable, Condition, Identity};
+pub use table::{Alarm, AlarmTable, CommandError, Condition, Identity};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,38 @@ pub struct AlarmEvent {
     pub time: String,
     /// When the alarm entered its current state (raise time for an active alarm).
     pub since: String,
+    /// Alarm-management detail beyond SPEC's fields (ISA-18.2 state, shelving, chatter).
+    #[serde(flatten)]
+    pub detail: EventDetail,
+}
+
+/// The ISA-18.2 / IEC 62682 state of an alarm, as an operator's console shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsaState {
+    /// Condition gone and acknowledged (the event that says so is the last one).
+    #[default]
+    Normal,
+    ActiveUnacknowledged,
+    ActiveAcknowledged,
+    /// The condition went away before anyone acknowledged it.
+    ClearedUnacknowledged,
+    /// Hidden from the zone level by an operator, until `shelved_until`.
+    Shelved,
+    OutOfService,
+}
+
+/// Fields every alarm event carries in addition to SPEC's.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EventDetail {
+    pub isa_state: IsaState,
+    /// Set while the alarm is shelved.
+    pub shelved_until: Option<String>,
+    pub out_of_service: bool,
+    /// More than the configured number of active/cleared transitions in the last minute.
+    /// Reported, never used to drop events.
+    pub chattering: bool,
+    pub transitions_last_minute: u32,
 }
 
 /// Zone level: the highest active severity, or normal.
@@ -88,4 +120,7 @@ pub struct ZoneStatus {
     /// Active fault alarms: detectors the zone cannot currently rely on.
     pub faults: u32,
     pub time: String,
+    /// Active alarms an operator has shelved: not counted in `level` or `active`.
+    #[serde(default)]
+    pub shelved: Vec<String>,
 }

@@ -1,18 +1,27 @@
-//! The set of alarms of one gateway and the events their changes produce.
+//! The alarms of one gateway, managed as ISA-18.2 / IEC 62682 prescribe.
 //!
-//! One alarm per (device, point, rule). Rules decide the severity a condition deserves; this table
-//! turns changes of that severity into numbered events and keeps what zone status needs. It holds
-//! no clock and does no I/O: the caller passes `now` and persists `seq`.
+//! One alarm per (device, point, rule). Rules decide whether a condition is present and at which
+//! severity; this table adds what operators need to trust an alarm system: acknowledgement
+//! (an alarm that cleared before anyone saw it waits as "cleared, unacknowledged"), latching
+//! (stays active until acknowledged, even if the condition went away), shelving (temporarily
+//! hidden from the zone level, with a reason and an expiry; never for an emergency), out of
+//! service, and chatter counting. Every change of what an operator sees is one numbered event.
+//!
+//! Pure: the caller passes `now`, persists [`Snapshot`] and publishes the events.
 
-use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, SystemTime};
 
-use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, Level, Snapshot, ZoneStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::alarms::{
+    AlarmEvent, AlarmKind, AlarmState, EventDetail, IsaState, Level, Snapshot, ZoneStatus,
+};
 use crate::clock::{rfc3339, Now};
 use crate::rules::Severity;
 
 /// Who an alarm is about: fixed for the alarm's life.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub zone: String,
     pub device: String,
@@ -21,6 +30,9 @@ pub struct Identity {
     pub rule: String,
     pub kind: AlarmKind,
     pub unit: Option<String>,
+    /// Stays active until acknowledged, even after the condition clears.
+    #[serde(default)]
+    pub latching: bool,
 }
 
 impl Identity {
@@ -41,14 +53,79 @@ pub struct Condition {
 }
 
 /// One alarm's state, as persisted.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alarm {
     pub identity: Identity,
     pub severity: Severity,
+    /// Active as the operator sees it (a latched alarm stays active after its condition left).
     pub active: bool,
+    /// Whether the rule's condition is present right now.
+    #[serde(default)]
+    pub condition: bool,
     pub acked: bool,
     pub since: SystemTime,
+    #[serde(default)]
+    pub shelved_until: Option<SystemTime>,
+    #[serde(default)]
+    pub shelve_reason: Option<String>,
+    #[serde(default)]
+    pub out_of_service: Option<String>,
+    #[serde(default)]
+    pub value: Option<f64>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub message: String,
+    /// When the alarm changed active/cleared during the last minute (chatter counting).
+    #[serde(skip)]
+    transitions: VecDeque<SystemTime>,
 }
+
+impl Alarm {
+    fn isa_state(&self) -> IsaState {
+        match (
+            self.out_of_service.is_some(),
+            self.shelved_until.is_some(),
+            self.active,
+            self.acked,
+        ) {
+            (true, _, _, _) => IsaState::OutOfService,
+            (_, true, _, _) => IsaState::Shelved,
+            (_, _, true, false) => IsaState::ActiveUnacknowledged,
+            (_, _, true, true) => IsaState::ActiveAcknowledged,
+            (_, _, false, false) => IsaState::ClearedUnacknowledged,
+            (_, _, false, true) => IsaState::Normal,
+        }
+    }
+
+    /// Counts toward zone level and the active list: what the operator must act on.
+    fn counts(&self) -> bool {
+        self.active && self.shelved_until.is_none() && self.out_of_service.is_none()
+    }
+
+    /// Nothing left worth remembering: normal, acknowledged, not shelved, in service.
+    fn forgettable(&self) -> bool {
+        !self.active && self.acked && self.shelved_until.is_none() && self.out_of_service.is_none()
+    }
+}
+
+/// Why an operator command was refused; the text goes back on `cmd/result`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no alarm {0:?} (keys are device/point/rule, as in the events' \"alarm\" field)")]
+    Unknown(String),
+    #[error("alarm {0:?} is at emergency: emergency alarms cannot be shelved")]
+    Emergency(String),
+    #[error("shelving {key:?} for {asked:?} exceeds the maximum of {max:?} (alarms.max_shelve)")]
+    TooLong {
+        key: String,
+        asked: Duration,
+        max: Duration,
+    },
+}
+
+/// Chatter: more than this many transitions in a minute (ISA-18.2 "chattering alarm").
+pub const DEFAULT_CHATTER_PER_MINUTE: usize = 5;
 
 /// All alarms of one gateway.
 #[derive(Debug)]
@@ -57,6 +134,7 @@ pub struct AlarmTable {
     gateway: String,
     alarms: BTreeMap<String, Alarm>,
     last_seq: u64,
+    chatter_per_minute: usize,
 }
 
 impl AlarmTable {
@@ -67,10 +145,12 @@ impl AlarmTable {
             gateway: gateway.to_string(),
             alarms: BTreeMap::new(),
             last_seq,
+            chatter_per_minute: DEFAULT_CHATTER_PER_MINUTE,
         }
     }
 
-    /// A table as it was persisted: active alarms stay active without a new event.
+    /// A table as it was persisted: active alarms stay active without a new event, and
+    /// acknowledgements and shelves are kept.
     pub fn restore(site: &str, gateway: &str, snapshot: Snapshot) -> AlarmTable {
         let mut t = AlarmTable::new(site, gateway, snapshot.last_seq);
         for a in snapshot.alarms {
@@ -79,15 +159,23 @@ impl AlarmTable {
         t
     }
 
+    pub fn set_chatter_limit(&mut self, per_minute: usize) {
+        self.chatter_per_minute = per_minute;
+    }
+
     /// What must survive a restart: seq, and every alarm that is not plain normal.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             last_seq: self.last_seq,
-            alarms: self.alarms.values().filter(|a| a.active).cloned().collect(),
+            alarms: self.alarms.values().cloned().collect(),
         }
     }
 
-    /// Every alarm held, active or not.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Every alarm held.
     pub fn alarms(&self) -> impl Iterator<Item = &Alarm> {
         self.alarms.values()
     }
@@ -97,82 +185,233 @@ impl AlarmTable {
         self.alarms.remove(key)
     }
 
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
-    /// Applies a condition; returns the event if the alarm changed state or severity.
+    /// Applies a condition; returns the event if what the operator sees changed.
     pub fn update(&mut self, id: &Identity, cond: Condition, now: Now) -> Option<AlarmEvent> {
         let key = id.key();
-        let alarm = self.alarms.get_mut(&key);
-        let changed = match (&alarm, cond.severity) {
-            (None, None) => false,
-            (None, Some(_)) => true,
-            (Some(a), Some(s)) => !a.active || a.severity != s,
-            (Some(a), None) => a.active,
+        let a = match (self.alarms.get_mut(&key), cond.severity) {
+            (None, None) => return None,
+            (Some(a), _) => a,
+            (None, Some(s)) => self.alarms.entry(key.clone()).or_insert(Alarm {
+                identity: id.clone(),
+                severity: s,
+                active: false,
+                condition: false,
+                acked: true,
+                since: now.wall,
+                shelved_until: None,
+                shelve_reason: None,
+                out_of_service: None,
+                value: None,
+                threshold: None,
+                message: String::new(),
+                transitions: VecDeque::new(),
+            }),
+        };
+        a.value = cond.value;
+        a.threshold = cond.threshold;
+        let mut note = None;
+        let changed = match cond.severity {
+            Some(s) => {
+                let was = (a.active, a.severity);
+                if !a.active {
+                    a.since = now.wall;
+                    a.acked = false;
+                    a.transitions.push_back(now.wall);
+                } else if s > a.severity {
+                    // A worse condition needs the operator's attention again.
+                    a.acked = false;
+                }
+                if s == Severity::Emergency && a.shelved_until.is_some() {
+                    // Never hide an emergency: escalation lifts the shelf.
+                    a.shelved_until = None;
+                    a.shelve_reason = None;
+                    note = Some("shelf lifted: the alarm reached emergency".to_string());
+                }
+                a.active = true;
+                a.condition = true;
+                a.severity = s;
+                was != (true, s) || note.is_some()
+            }
+            None => {
+                a.condition = false;
+                if !a.active || (a.identity.latching && !a.acked) {
+                    // Normal already, or latched until someone acknowledges it.
+                    false
+                } else {
+                    a.active = false;
+                    a.since = now.wall;
+                    a.transitions.push_back(now.wall);
+                    true
+                }
+            }
         };
         if !changed {
             return None;
         }
-        let alarm = match alarm {
-            Some(a) => a,
-            None => self.alarms.entry(key.clone()).or_insert(Alarm {
-                identity: id.clone(),
-                severity: Severity::Warning,
-                active: false,
-                acked: false,
-                since: now.wall,
-            }),
+        a.message = match note {
+            Some(n) => format!("{}; {n}", cond.message),
+            None => cond.message,
         };
-        match cond.severity {
-            Some(s) => {
-                if !alarm.active {
-                    alarm.since = now.wall;
-                }
-                // A new or worse condition needs the operator's attention again.
-                if !alarm.active || s > alarm.severity {
-                    alarm.acked = false;
-                }
-                alarm.active = true;
-                alarm.severity = s;
-            }
-            None => {
-                alarm.active = false;
-                alarm.since = now.wall;
-            }
-        }
-        let alarm = alarm.clone();
-        if !alarm.active {
-            // Cleared alarms carry no state worth keeping; dropping them bounds the table.
-            self.alarms.remove(&key);
-        }
+        self.emit(&key, now)
+    }
+
+    /// Numbers and builds the event for the alarm's current state; forgets it if it is normal.
+    /// `None` only for a key not in the table, which callers have just looked up.
+    fn emit(&mut self, key: &str, now: Now) -> Option<AlarmEvent> {
+        let limit = self.chatter_per_minute;
+        let a = self.alarms.get_mut(key)?;
         self.last_seq += 1;
         let seq = self.last_seq;
-        Some(AlarmEvent {
+        let minute_ago = now
+            .wall
+            .checked_sub(Duration::from_secs(60))
+            .unwrap_or(now.wall);
+        while a.transitions.front().is_some_and(|t| *t < minute_ago) {
+            a.transitions.pop_front();
+        }
+        let transitions = a.transitions.len();
+        let ev = AlarmEvent {
             event_id: format!("{}-{}", self.gateway, seq),
             seq,
             site: self.site.clone(),
             gateway: self.gateway.clone(),
-            alarm: key,
-            rule: id.rule.clone(),
-            zone: id.zone.clone(),
-            device: id.device.clone(),
-            point: id.point.clone(),
-            kind: id.kind,
-            severity: alarm.severity,
-            state: if alarm.active {
+            alarm: key.to_string(),
+            rule: a.identity.rule.clone(),
+            zone: a.identity.zone.clone(),
+            device: a.identity.device.clone(),
+            point: a.identity.point.clone(),
+            kind: a.identity.kind,
+            severity: a.severity,
+            state: if a.active {
                 AlarmState::Active
             } else {
                 AlarmState::Cleared
             },
-            acked: alarm.acked,
-            value: cond.value,
-            threshold: cond.threshold,
-            unit: id.unit.clone(),
-            message: cond.message,
+            acked: a.acked,
+            value: a.value,
+            threshold: a.threshold,
+            unit: a.identity.unit.clone(),
+            message: a.message.clone(),
             time: rfc3339(now.wall),
-            since: rfc3339(alarm.since),
-        })
+            since: rfc3339(a.since),
+            detail: EventDetail {
+                isa_state: a.isa_state(),
+                shelved_until: a.shelved_until.map(rfc3339),
+                out_of_service: a.out_of_service.is_some(),
+                chattering: transitions > limit,
+                transitions_last_minute: transitions as u32,
+            },
+        };
+        if a.forgettable() {
+            self.alarms.remove(key);
+        }
+        Some(ev)
+    }
+
+    /// Acknowledges one alarm, or every unacknowledged one with `"*"`.
+    pub fn ack(&mut self, key: &str, now: Now) -> Result<Vec<AlarmEvent>, CommandError> {
+        let keys: Vec<String> = if key == "*" {
+            self.alarms
+                .iter()
+                .filter(|(_, a)| !a.acked)
+                .map(|(k, _)| k.clone())
+                .collect()
+        } else {
+            match self.alarms.get(key) {
+                None => return Err(CommandError::Unknown(key.to_string())),
+                Some(a) if a.acked => return Ok(Vec::new()),
+                Some(_) => vec![key.to_string()],
+            }
+        };
+        let mut events = Vec::new();
+        for k in keys {
+            let Some(a) = self.alarms.get_mut(&k) else {
+                continue;
+            };
+            a.acked = true;
+            if a.active && !a.condition {
+                // A latched alarm whose condition has gone clears on acknowledgement.
+                a.active = false;
+                a.since = now.wall;
+                a.transitions.push_back(now.wall);
+            }
+            a.message = format!("{} acknowledged", k);
+            events.extend(self.emit(&k, now));
+        }
+        Ok(events)
+    }
+
+    /// Shelves an alarm until `now + for_`; refused for emergencies and beyond `max`.
+    pub fn shelve(
+        &mut self,
+        key: &str,
+        for_: Duration,
+        max: Duration,
+        reason: &str,
+        now: Now,
+    ) -> Result<AlarmEvent, CommandError> {
+        let a = self
+            .alarms
+            .get_mut(key)
+            .ok_or_else(|| CommandError::Unknown(key.to_string()))?;
+        if a.active && a.severity == Severity::Emergency {
+            return Err(CommandError::Emergency(key.to_string()));
+        }
+        if for_ > max {
+            return Err(CommandError::TooLong {
+                key: key.to_string(),
+                asked: for_,
+                max,
+            });
+        }
+        a.shelved_until = Some(now.wall + for_);
+        a.shelve_reason = Some(reason.to_string());
+        a.message = format!(
+            "{key} shelved for {}: {reason}",
+            humantime::format_duration(for_)
+        );
+        self.emit(key, now)
+            .ok_or_else(|| CommandError::Unknown(key.to_string()))
+    }
+
+    /// Takes an alarm out of service (`Some(reason)`) or puts it back (`None`).
+    pub fn set_service(
+        &mut self,
+        key: &str,
+        out: Option<String>,
+        now: Now,
+    ) -> Result<AlarmEvent, CommandError> {
+        let a = self
+            .alarms
+            .get_mut(key)
+            .ok_or_else(|| CommandError::Unknown(key.to_string()))?;
+        a.message = match &out {
+            Some(r) => format!("{key} out of service: {r}"),
+            None => format!("{key} back in service"),
+        };
+        a.out_of_service = out;
+        self.emit(key, now)
+            .ok_or_else(|| CommandError::Unknown(key.to_string()))
+    }
+
+    /// Lifts shelves whose time is up; each lifted shelf is an event.
+    pub fn expire(&mut self, now: Now) -> Vec<AlarmEvent> {
+        let due: Vec<String> = self
+            .alarms
+            .iter()
+            .filter(|(_, a)| a.shelved_until.is_some_and(|t| t <= now.wall))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut events = Vec::new();
+        for k in due {
+            if let Some(a) = self.alarms.get_mut(&k) {
+                a.shelved_until = None;
+                a.shelve_reason = None;
+                a.message = format!("{k} shelf expired");
+                events.extend(self.emit(&k, now));
+            }
+        }
+        events
     }
 
     /// Whether the alarm with this key is active, and at which severity.
@@ -183,24 +422,37 @@ impl AlarmTable {
             .map(|a| a.severity)
     }
 
-    /// The active alarms of one zone, with their severity.
+    /// Whether the alarm's rule condition is present (faults and votes use this, not `active`,
+    /// so a latched or shelved alarm does not change what the rules see).
+    pub fn condition(&self, key: &str) -> bool {
+        self.alarms.get(key).is_some_and(|a| a.condition)
+    }
+
+    /// The alarms of one zone whose condition is present, with their severity.
     pub fn active_in_zone<'a>(
         &'a self,
         zone: &'a str,
     ) -> impl Iterator<Item = (&'a Identity, Severity)> + 'a {
         self.alarms
             .values()
-            .filter(move |a| a.active && a.identity.zone == zone)
+            .filter(move |a| a.condition && a.out_of_service.is_none() && a.identity.zone == zone)
             .map(|a| (&a.identity, a.severity))
     }
 
-    /// The retained status of one zone.
+    /// The retained status of one zone: shelved and out-of-service alarms excluded.
     pub fn zone_status(&self, zone: &str, now: Now) -> ZoneStatus {
         let mut level = Level::Normal;
         let mut active = Vec::new();
+        let mut shelved = Vec::new();
         let mut faults = 0;
         for (key, a) in &self.alarms {
-            if !a.active || a.identity.zone != zone {
+            if a.identity.zone != zone {
+                continue;
+            }
+            if a.active && a.shelved_until.is_some() {
+                shelved.push(key.clone());
+            }
+            if !a.counts() {
                 continue;
             }
             level = level.max(Level::from(a.severity));
@@ -215,6 +467,7 @@ impl AlarmTable {
             active,
             faults,
             time: rfc3339(now.wall),
+            shelved,
         }
     }
 }
@@ -222,7 +475,6 @@ impl AlarmTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn id(point: &str, kind: AlarmKind) -> Identity {
         Identity {
@@ -232,6 +484,7 @@ mod tests {
             rule: "r".into(),
             kind,
             unit: Some("degC".into()),
+            latching: false,
         }
     }
 
@@ -273,8 +526,244 @@ mod tests {
         assert!(t.update(&a, cond(None), later).is_none());
     }
 
+    /// One step of an alarm's life: what happens, and the ISA state and event it must produce.
+    enum Step {
+        Raise(Severity),
+        Clear,
+        Ack,
+        Shelve(u64),
+        Tick(u64),
+        TakeOutOfService,
+        InService,
+    }
+
+    /// Plays steps on one alarm and returns, per step, the ISA state published (None: no event).
+    fn play(latching: bool, steps: &[Step]) -> Vec<Option<IsaState>> {
+        let t0 = Now::system();
+        let mut now = t0;
+        let mut t = AlarmTable::new("s", "gw", 0);
+        let mut a = id("t", AlarmKind::Threshold);
+        a.latching = latching;
+        let key = a.key();
+        let max = Duration::from_secs(3600);
+        steps
+            .iter()
+            .map(|s| {
+                let evs: Vec<AlarmEvent> = match s {
+                    Step::Raise(sev) => t.update(&a, cond(Some(*sev)), now).into_iter().collect(),
+                    Step::Clear => t.update(&a, cond(None), now).into_iter().collect(),
+                    Step::Ack => t.ack(&key, now).unwrap_or_default(),
+                    Step::Shelve(secs) => t
+                        .shelve(&key, Duration::from_secs(*secs), max, "maintenance", now)
+                        .into_iter()
+                        .collect(),
+                    Step::Tick(secs) => {
+                        now = now.after(Duration::from_secs(*secs));
+                        t.expire(now)
+                    }
+                    Step::TakeOutOfService => t
+                        .set_service(&key, Some("detector replaced".into()), now)
+                        .into_iter()
+                        .collect(),
+                    Step::InService => t.set_service(&key, None, now).into_iter().collect(),
+                };
+                evs.last().map(|e| e.detail.isa_state)
+            })
+            .collect()
+    }
+
     #[test]
-    fn zone_status_takes_the_highest_active_severity_and_counts_faults() {
+    fn isa_18_2_transitions() {
+        use IsaState::*;
+        use Step::*;
+        let w = Severity::Warning;
+        type Case = (&'static str, bool, Vec<Step>, Vec<Option<IsaState>>);
+        let cases: Vec<Case> = vec![
+            (
+                "ack while active, then clear",
+                false,
+                vec![Raise(w), Ack, Clear],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(ActiveAcknowledged),
+                    Some(Normal),
+                ],
+            ),
+            (
+                "clear before ack waits for ack",
+                false,
+                vec![Raise(w), Clear, Ack],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(ClearedUnacknowledged),
+                    Some(Normal),
+                ],
+            ),
+            (
+                "returns while cleared-unacknowledged",
+                false,
+                vec![Raise(w), Clear, Raise(w)],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(ClearedUnacknowledged),
+                    Some(ActiveUnacknowledged),
+                ],
+            ),
+            (
+                "escalation needs a new ack",
+                false,
+                vec![Raise(w), Ack, Raise(Severity::Critical)],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(ActiveAcknowledged),
+                    Some(ActiveUnacknowledged),
+                ],
+            ),
+            (
+                "ack of an acknowledged alarm is silent",
+                false,
+                vec![Raise(w), Ack, Ack],
+                vec![Some(ActiveUnacknowledged), Some(ActiveAcknowledged), None],
+            ),
+            (
+                "latched: stays active after clear until acked",
+                true,
+                vec![Raise(w), Clear, Ack],
+                vec![Some(ActiveUnacknowledged), None, Some(Normal)],
+            ),
+            (
+                "latched and acked: clears with the condition",
+                true,
+                vec![Raise(w), Ack, Clear],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(ActiveAcknowledged),
+                    Some(Normal),
+                ],
+            ),
+            (
+                "clear while shelved, shelf expires",
+                false,
+                vec![Raise(w), Shelve(60), Clear, Tick(61)],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(Shelved),
+                    Some(Shelved),
+                    Some(ClearedUnacknowledged),
+                ],
+            ),
+            (
+                "shelf not yet expired",
+                false,
+                vec![Raise(w), Shelve(60), Tick(30)],
+                vec![Some(ActiveUnacknowledged), Some(Shelved), None],
+            ),
+            (
+                "escalation to emergency lifts the shelf",
+                false,
+                vec![Raise(w), Shelve(60), Raise(Severity::Emergency)],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(Shelved),
+                    Some(ActiveUnacknowledged),
+                ],
+            ),
+            (
+                "out of service and back",
+                false,
+                vec![Raise(w), TakeOutOfService, Clear, InService],
+                vec![
+                    Some(ActiveUnacknowledged),
+                    Some(OutOfService),
+                    Some(OutOfService),
+                    Some(ClearedUnacknowledged),
+                ],
+            ),
+        ];
+        for (name, latching, steps, want) in cases {
+            assert_eq!(play(latching, &steps), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn shelving_refuses_emergencies_unknown_keys_and_overlong_shelves() {
+        let now = Now::system();
+        let mut t = AlarmTable::new("s", "gw", 0);
+        let a = id("t", AlarmKind::Threshold);
+        t.update(&a, cond(Some(Severity::Emergency)), now);
+        let max = Duration::from_secs(3600);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            t.shelve(&a.key(), hour, max, "x", now),
+            Err(CommandError::Emergency(a.key()))
+        );
+        assert_eq!(
+            t.shelve("rack-99/x/y", hour, max, "x", now),
+            Err(CommandError::Unknown("rack-99/x/y".into()))
+        );
+        t.update(&a, cond(Some(Severity::Warning)), now);
+        assert!(matches!(
+            t.shelve(&a.key(), hour * 2, max, "x", now),
+            Err(CommandError::TooLong { .. })
+        ));
+        assert_eq!(
+            t.ack("rack-99/x/y", now),
+            Err(CommandError::Unknown("rack-99/x/y".into()))
+        );
+    }
+
+    #[test]
+    fn ack_star_acknowledges_every_unacknowledged_alarm() {
+        let now = Now::system();
+        let mut t = AlarmTable::new("s", "gw", 0);
+        t.update(
+            &id("a", AlarmKind::Threshold),
+            cond(Some(Severity::Warning)),
+            now,
+        );
+        t.update(
+            &id("b", AlarmKind::Threshold),
+            cond(Some(Severity::Critical)),
+            now,
+        );
+        let evs = t.ack("*", now).unwrap();
+        assert_eq!(evs.len(), 2);
+        assert!(evs.iter().all(|e| e.acked && e.state == AlarmState::Active));
+        assert!(t.ack("*", now).unwrap().is_empty());
+    }
+
+    #[test]
+    fn chattering_is_reported_not_suppressed() {
+        let mut now = Now::system();
+        let mut t = AlarmTable::new("s", "gw", 0);
+        let a = id("t", AlarmKind::Threshold);
+        let mut last = None;
+        for _ in 0..4 {
+            last = t.update(&a, cond(Some(Severity::Warning)), now);
+            assert!(last.is_some());
+            now = now.after(Duration::from_secs(2));
+            assert!(
+                t.update(&a, cond(None), now).is_some(),
+                "no event is dropped"
+            );
+            now = now.after(Duration::from_secs(2));
+        }
+        let e = last.unwrap();
+        assert!(e.detail.chattering, "{:?}", e.detail);
+        assert_eq!(e.detail.transitions_last_minute, 7);
+        // A quiet minute later it is no longer chattering.
+        let e = t
+            .update(
+                &a,
+                cond(Some(Severity::Warning)),
+                now.after(Duration::from_secs(120)),
+            )
+            .unwrap();
+        assert!(!e.detail.chattering);
+    }
+
+    #[test]
+    fn zone_status_excludes_shelved_and_counts_faults() {
         let now = Now::system();
         let mut t = AlarmTable::new("site", "gw", 0);
         t.update(
@@ -292,8 +781,45 @@ mod tests {
         assert_eq!(z.faults, 1);
         assert_eq!(z.active, vec!["rack-01/_link/r", "rack-01/t/r"]);
         assert_eq!(t.zone_status("room-2", now).level, Level::Normal);
-        t.update(&id("_link", AlarmKind::Fault), cond(None), now);
+        t.shelve(
+            "rack-01/_link/r",
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            "x",
+            now,
+        )
+        .unwrap();
         let z = t.zone_status("room-1", now);
         assert_eq!((z.level, z.faults), (Level::Warning, 0));
+        assert_eq!(z.shelved, vec!["rack-01/_link/r"]);
+    }
+
+    #[test]
+    fn restore_keeps_acks_and_shelves() {
+        let now = Now::system();
+        let mut t = AlarmTable::new("s", "gw", 0);
+        let a = id("t", AlarmKind::Threshold);
+        t.update(&a, cond(Some(Severity::Warning)), now);
+        t.ack(&a.key(), now).unwrap();
+        let b = id("u", AlarmKind::Threshold);
+        t.update(&b, cond(Some(Severity::Warning)), now);
+        t.shelve(
+            &b.key(),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            "x",
+            now,
+        )
+        .unwrap();
+        let snap: Snapshot =
+            serde_json::from_str(&serde_json::to_string(&t.snapshot()).unwrap()).unwrap();
+        let mut r = AlarmTable::restore("s", "gw", snap);
+        assert_eq!(r.last_seq(), 4);
+        assert!(
+            r.update(&a, cond(Some(Severity::Warning)), now).is_none(),
+            "not raised again"
+        );
+        assert!(r.ack(&a.key(), now).unwrap().is_empty(), "ack kept");
+        assert_eq!(r.zone_status("room-1", now).shelved, vec![b.key()]);
     }
 }

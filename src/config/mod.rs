@@ -62,6 +62,25 @@ pub struct Config {
     pub metrics: Option<Metrics>,
     pub drain: Option<Drain>,
     pub agent: Option<Agent>,
+    pub alarms: AlarmPolicy,
+}
+
+/// Site-wide alarm management settings (`[alarms]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmPolicy {
+    /// The longest an operator may shelve an alarm; a forgotten shelf must expire.
+    pub max_shelve: Duration,
+    /// More active/cleared transitions than this in a minute marks an alarm as chattering.
+    pub chatter_per_minute: usize,
+}
+
+impl Default for AlarmPolicy {
+    fn default() -> Self {
+        AlarmPolicy {
+            max_shelve: Duration::from_secs(8 * 3600),
+            chatter_per_minute: 5,
+        }
+    }
 }
 
 /// Where this gateway sits; both ids end up in every topic.
@@ -266,6 +285,9 @@ pub struct Point {
     pub valid: Option<(f64, f64)>,
     /// An unchanged raw value for this long is a sensor fault.
     pub stuck_after: Option<Duration>,
+    /// Raw values with which the detector reports its own trouble (e.g. an aspirating smoke
+    /// detector's flow fault): a fault, never a reading.
+    pub trouble: Vec<f64>,
 }
 
 /// A rule, with its `points` already resolved against the devices.
@@ -275,6 +297,8 @@ pub struct Rule {
     /// (device index, point index) pairs this rule watches.
     pub targets: Vec<(usize, usize)>,
     pub body: RuleBody,
+    /// The alarm stays active until acknowledged, even after its condition clears.
+    pub latch: bool,
 }
 
 #[derive(Debug, Clone)]

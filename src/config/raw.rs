@@ -22,6 +22,14 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     drain: Option<RawDrain>,
     agent: Option<RawAgent>,
+    alarms: RawAlarms,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawAlarms {
+    max_shelve: Option<String>,
+    chatter_per_minute: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +94,7 @@ struct RawPoint {
     unit: Option<String>,
     valid: Option<Vec<f64>>,
     stuck_after: Option<String>,
+    trouble: Vec<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +109,7 @@ struct RawRule {
     off_delay: Option<String>,
     rate_of_rise: Option<RawRateOfRise>,
     vote: Option<RawVote>,
+    latch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,6 +400,20 @@ impl Validator {
                 "missing [agent] section (id, zones, drain, restore)",
             );
         }
+        let defaults = AlarmPolicy::default();
+        let alarms = AlarmPolicy {
+            max_shelve: self.duration(
+                "alarms.max_shelve",
+                raw.alarms.max_shelve,
+                defaults.max_shelve,
+            ),
+            chatter_per_minute: self.int(
+                "alarms.chatter_per_minute",
+                raw.alarms.chatter_per_minute,
+                defaults.chatter_per_minute,
+                "0-10000",
+            ),
+        };
         Config {
             site,
             mqtt,
@@ -399,6 +423,7 @@ impl Validator {
             metrics,
             drain,
             agent,
+            alarms,
         }
     }
 
@@ -698,6 +723,7 @@ impl Validator {
             unit: p.unit.unwrap_or_default(),
             valid,
             stuck_after,
+            trouble: p.trouble,
         }
     }
 
@@ -869,7 +895,12 @@ impl Validator {
                 }
             }
         }
-        Some(Rule { id, targets, body })
+        Some(Rule {
+            id,
+            targets,
+            body,
+            latch: r.latch.unwrap_or(false),
+        })
     }
 
     fn agent(&mut self, a: RawAgent) -> Agent {

@@ -143,17 +143,25 @@ pub(crate) mod tests {
             message: "cell_temp_max 57.2 degC above critical 55.0".into(),
             time: "2026-11-24T13:40:02.123Z".into(),
             since: "2026-11-24T13:40:01.900Z".into(),
+            detail: crate::alarms::EventDetail {
+                isa_state: crate::alarms::IsaState::ActiveUnacknowledged,
+                transitions_last_minute: 1,
+                ..Default::default()
+            },
         }
     }
 
-    /// The SPEC example text, without its line breaks.
+    /// The SPEC example text, without its line breaks, followed by emberwatch's extension
+    /// fields (alarm management, issue 3).
     pub(crate) const SPEC_EVENT_JSON: &str = concat!(
         r#"{"event_id":"gw-b1-42","seq":42,"site":"pangyo-a","gateway":"gw-b1","#,
         r#""alarm":"rack-01/cell_temp_max/cell-overtemp","rule":"cell-overtemp","zone":"room-1","#,
         r#""device":"rack-01","point":"cell_temp_max","kind":"threshold","severity":"critical","#,
         r#""state":"active","acked":false,"value":57.2,"threshold":55.0,"unit":"degC","#,
         r#""message":"cell_temp_max 57.2 degC above critical 55.0","time":"2026-11-24T13:40:02.123Z","#,
-        r#""since":"2026-11-24T13:40:01.900Z"}"#
+        r#""since":"2026-11-24T13:40:01.900Z","#,
+        r#""isa_state":"active_unacknowledged","shelved_until":null,"out_of_service":false,"#,
+        r#""chattering":false,"transitions_last_minute":1}"#
     );
 
     fn topics() -> Topics {
@@ -197,12 +205,13 @@ pub(crate) mod tests {
             active: vec!["rack-01/cell_temp_max/cell-overtemp".into()],
             faults: 0,
             time: "2026-11-24T13:40:02.123Z".into(),
+            shelved: vec![],
         };
         let p = Publication::encode(&topics(), &Outgoing::Zone(z)).unwrap();
         assert_eq!(p.topic, "emberwatch/pangyo-a/zones/room-1/status");
         assert_eq!(
             String::from_utf8(p.payload).unwrap(),
-            r#"{"zone":"room-1","level":"critical","active":["rack-01/cell_temp_max/cell-overtemp"],"faults":0,"time":"2026-11-24T13:40:02.123Z"}"#
+            r#"{"zone":"room-1","level":"critical","active":["rack-01/cell_temp_max/cell-overtemp"],"faults":0,"time":"2026-11-24T13:40:02.123Z","shelved":[]}"#
         );
         assert_eq!(
             (p.qos, p.retain, p.class),

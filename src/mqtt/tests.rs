@@ -96,6 +96,7 @@ async fn zone_status_is_retained_for_late_subscribers() {
         active: vec!["rack-01/cell_temp_max/cell-overtemp".into()],
         faults: 1,
         time: "2026-11-24T13:40:02.123Z".into(),
+        shelved: vec![],
     };
     link.publisher.send(Outgoing::Zone(zone.clone())).await;
     // Once the broker has it (the stop waits for the ack), a late subscriber sees it.
