@@ -1052,4 +1052,123 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
             (2, AlarmState::Cleared)
         );
     }
+
+    fn cmd(e: &mut Engine, name: &str, body: &str) -> (Vec<AlarmEvent>, CommandResult) {
+        let out = e.on_command(name, body.as_bytes(), Now::system());
+        let result = out
+            .messages
+            .iter()
+            .find_map(|m| match m {
+                Outgoing::CommandResult(r) => Some(r.clone()),
+                _ => None,
+            })
+            .expect("every command is answered");
+        (out.events, result)
+    }
+
+    #[test]
+    fn bad_commands_are_answered_and_change_nothing() {
+        let mut e = engine();
+        e.on_reading(&reading(Now::system(), Some(57.2)));
+        let cases = [
+            ("ack", "not json", "cmd/ack: not valid JSON"),
+            (
+                "ack",
+                r#"{"alarm":"rack-99/x/y"}"#,
+                "no alarm \"rack-99/x/y\"",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"rack-01/t/hot","reason":"x"}"#,
+                "\"for\" is required",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"rack-01/t/hot","for":"30m"}"#,
+                "\"reason\" is required",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"rack-01/t/hot","for":"soon","reason":"x"}"#,
+                "is not a duration",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"rack-01/t/hot","for":"9h","reason":"x"}"#,
+                "exceeds the maximum of 8h",
+            ),
+            ("reboot", "{}", "unknown command \"reboot\""),
+        ];
+        for (name, body, want) in cases {
+            let (events, r) = cmd(&mut e, name, body);
+            assert!(events.is_empty(), "{name} {body}");
+            assert!(!r.ok, "{name} {body}");
+            let reason = r.reason.unwrap_or_default();
+            assert!(reason.contains(want), "{name} {body}: {reason}");
+        }
+        assert_eq!(e.snapshot().last_seq, 1, "nothing was numbered");
+    }
+
+    #[test]
+    fn ack_and_shelve_by_command() {
+        let mut e = engine();
+        e.on_reading(&reading(Now::system(), Some(57.2)));
+        let (events, r) = cmd(&mut e, "ack", r#"{"alarm":"*"}"#);
+        assert!(r.ok);
+        assert!(events[0].acked);
+        let (events, r) = cmd(
+            &mut e,
+            "shelve",
+            r#"{"alarm":"rack-01/t/hot","for":"30m","reason":"sensor swap"}"#,
+        );
+        assert!(r.ok, "{r:?}");
+        assert_eq!(events[0].detail.isa_state, crate::alarms::IsaState::Shelved);
+        assert!(events[0].detail.shelved_until.is_some());
+    }
+
+    #[test]
+    fn stuck_and_trouble_are_faults_that_freeze_evaluation() {
+        let text = CFG.replace(
+            "valid = [-40.0, 150.0]",
+            "valid = [-40.0, 150.0]\n  stuck_after = \"10s\"\n  trouble = [6553.5]",
+        );
+        let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
+        let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+        let t0 = Now::system();
+        e.on_reading(&reading(t0, Some(50.0)));
+        let out = e.on_reading(&reading(t0.after(Duration::from_secs(10)), Some(50.0)));
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events[0].alarm, "rack-01/t/stuck");
+        // While stuck, a value that would clear the threshold alarm cannot (it is the same value).
+        let out = e.on_reading(&reading(t0.after(Duration::from_secs(11)), Some(20.0)));
+        let keys: Vec<&str> = out.events.iter().map(|e| e.alarm.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["rack-01/t/stuck", "rack-01/t/hot"],
+            "unstuck, then evaluated"
+        );
+        let out = e.on_reading(&reading(t0.after(Duration::from_secs(12)), Some(6553.5)));
+        assert_eq!(out.events[0].alarm, "rack-01/t/trouble");
+        assert!(
+            matches!(&out.messages.last(), Some(Outgoing::Telemetry { body, .. }) if body.quality == Quality::Fault)
+        );
+    }
+
+    #[test]
+    fn a_zone_with_every_detector_silent_is_blind() {
+        let text = CFG.replace("  id = \"t\"\n", "  id = \"t\"\n  kind = \"temperature\"\n");
+        let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
+        let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+        let t0 = Now::system();
+        e.on_reading(&reading(t0, None));
+        let out = e.on_reading(&reading(t0, None));
+        let keys: Vec<&str> = out.events.iter().map(|e| e.alarm.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["rack-01/_link/comm-loss", "_zone/_detectors/all-faulted"]
+        );
+        assert_eq!(out.events[1].severity, Severity::Critical);
+        let out = e.on_reading(&reading(t0, Some(25.0)));
+        assert_eq!(out.events.len(), 2, "both clear");
+    }
 }

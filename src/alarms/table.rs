@@ -116,7 +116,7 @@ pub enum CommandError {
     Unknown(String),
     #[error("alarm {0:?} is at emergency: emergency alarms cannot be shelved")]
     Emergency(String),
-    #[error("shelving {key:?} for {asked:?} exceeds the maximum of {max:?} (alarms.max_shelve)")]
+    #[error("shelving {key:?} for {} exceeds the maximum of {} (alarms.max_shelve)", humantime::format_duration(*.asked), humantime::format_duration(*.max))]
     TooLong {
         key: String,
         asked: Duration,
