@@ -15,21 +15,34 @@ if ! have cargo; then
     exit 1
 fi
 
-if ! { [ -x /usr/sbin/mosquitto ] || have mosquitto; } || ! have socat || ! have mbpoll; then
+# What the tests drive, as "command package" pairs: a missing command installs its package.
+needs=(
+    "/usr/sbin/mosquitto mosquitto"
+    "mosquitto_sub mosquitto-clients"
+    "socat socat"
+    "mbpoll mbpoll"
+    "systemd-analyze systemd"
+)
+missing=()
+for pair in "${needs[@]}"; do
+    read -r cmd pkg <<<"$pair"
+    if ! { [ -x "$cmd" ] || have "$cmd"; }; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
     if ! have apt-get; then
-        echo "scripts/test.sh: mosquitto, socat and mbpoll are needed; install them with your" \
-            "package manager (on macOS: brew install mosquitto socat mbpoll, and set" \
-            "EMBERWATCH_TEST_MOSQUITTO to the mosquitto binary)" >&2
+        echo "scripts/test.sh: missing ${missing[*]}; install them with your package manager" >&2
         exit 1
     fi
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
         sudo="sudo"
     fi
-    echo "scripts/test.sh: installing mosquitto, mosquitto-clients, socat and mbpoll" >&2
+    echo "scripts/test.sh: installing ${missing[*]}" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-        mosquitto mosquitto-clients socat mbpoll
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
 # A system broker (started by the package) is harmless to the tests, which use free ports, but it
