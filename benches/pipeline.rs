@@ -446,13 +446,21 @@ fn flapping() {
         ("no deadband, no delays", "deadband = 0.0"),
         ("deadband 1.0", "deadband = 1.0"),
         ("deadband 2.5", "deadband = 2.5"),
-        ("on_delay 5s, off_delay 10s", "deadband = 0.0\non_delay = \"5s\"\noff_delay = \"10s\""),
-        ("deadband 1.0 + off_delay 10s", "deadband = 1.0\noff_delay = \"10s\""),
+        (
+            "on_delay 5s, off_delay 10s",
+            "deadband = 0.0\non_delay = \"5s\"\noff_delay = \"10s\"",
+        ),
+        (
+            "deadband 1.0 + off_delay 10s",
+            "deadband = 1.0\noff_delay = \"10s\"",
+        ),
     ];
     for (name, knobs) in variants {
         let devices = device_toml("rack-01", SocketAddr::from(([127, 0, 0, 1], 5020)), "1s", 1);
-        let text = gateway_toml(1883, std::path::Path::new("/tmp/unused"), &devices)
-            .replace("above = { warning = 45.0, critical = 55.0 }", &format!("above = {{ warning = 45.0, critical = 55.0 }}\n{knobs}"));
+        let text = gateway_toml(1883, std::path::Path::new("/tmp/unused"), &devices).replace(
+            "above = { warning = 45.0, critical = 55.0 }",
+            &format!("above = {{ warning = 45.0, critical = 55.0 }}\n{knobs}"),
+        );
         let cfg = Arc::new(Config::from_toml(&text, Role::Gateway).expect("bench config"));
         let mut engine = Engine::new(cfg.clone(), 0);
         let t0 = Now::system();
@@ -489,7 +497,8 @@ fn flapping() {
 async fn silence(trials: usize) {
     println!("\n== silence: device stops answering → comm-loss fault at a subscriber (poll 1 s, timeout 500 ms)");
     let broker = Broker::start().await;
-    let (_client, mut ev) = subscriber(broker.port, "emberwatch/bench/alarms/+/+/_link/comm-loss").await;
+    let (_client, mut ev) =
+        subscriber(broker.port, "emberwatch/bench/alarms/+/+/_link/comm-loss").await;
     let mut samples = Vec::new();
     for _ in 0..trials {
         let cancel = CancellationToken::new();
@@ -507,7 +516,11 @@ async fn silence(trials: usize) {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("bench.toml");
         let devices = device_toml("rack-01", sim.local_addr, "1s", 1);
-        std::fs::write(&cfg, gateway_toml(broker.port, &dir.path().join("state"), &devices)).expect("config");
+        std::fs::write(
+            &cfg,
+            gateway_toml(broker.port, &dir.path().join("state"), &devices),
+        )
+        .expect("config");
         let daemon = Daemon::start(&cfg);
         // Let it poll a few times, at a random phase of its poll cycle.
         tokio::time::sleep(Duration::from_millis(2000 + rand::random::<u64>() % 1000)).await;

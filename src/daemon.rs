@@ -17,6 +17,7 @@ use crate::clock::Now;
 use crate::config::{Config, RuleBody};
 use crate::engine::Engine;
 use crate::fieldbus::{self, modbus::ModbusDevice};
+use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
 use crate::mqtt::{self, Topics};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
+    #[error("{0}")]
+    Metrics(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -82,6 +85,23 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
         "emberwatch running"
     );
 
+    // `[metrics]`: the endpoint lives as long as the pollers.
+    let metrics = Metrics::new();
+    let metrics_task = match &cfg.metrics {
+        Some(m) => {
+            let addr = m.listen.parse().map_err(|_| {
+                DaemonError::Metrics(format!("metrics.listen {:?} is not an address", m.listen))
+            })?;
+            Some(
+                metrics
+                    .serve(addr, cancel.clone())
+                    .await
+                    .map_err(|e| DaemonError::Metrics(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel(1024);
     fieldbus::spawn_pollers(&cfg, tx, &cancel, &tracker);
@@ -101,12 +121,22 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     loop {
         let out = tokio::select! {
             r = rx.recv() => match r {
-                Some(reading) => engine.on_reading(&reading),
+                Some(reading) => {
+                    metrics.observe(&cfg.devices[reading.device].id, &reading);
+                    engine.on_reading(&reading)
+                }
                 None => break,
             },
             Some(cmd) = commands.recv() => engine.on_command(&cmd.name, &cmd.payload, Now::system()),
-            _ = ticker.tick() => engine.tick(Now::system()),
+            _ = ticker.tick() => {
+                update_gauges(&metrics, &engine, &publisher);
+                engine.tick(Now::system())
+            }
         };
+        metrics.alarm_events.inc_by(out.events.len() as u64);
+        metrics
+            .chattering_events
+            .inc_by(out.events.iter().filter(|e| e.detail.chattering).count() as u64);
         if !out.events.is_empty() {
             // On disk before anyone can see it: seq never goes back, and a restart neither
             // raises these alarms again nor forgets an acknowledgement or a shelf.
@@ -132,9 +162,42 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
         }
     }
     tracker.wait().await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     mqtt_cancel.cancel();
     link.closed().await;
     result
+}
+
+/// Gauges that describe state rather than count events, refreshed once a second.
+fn update_gauges(metrics: &Metrics, engine: &Engine, publisher: &mqtt::Publisher) {
+    let counts = engine.alarms().active_by_severity();
+    for (sev, n) in crate::rules::Severity::ALL.iter().zip(counts) {
+        metrics
+            .alarms_active
+            .get_or_create(&SeverityLabel {
+                severity: sev.to_string(),
+            })
+            .set(n as i64);
+    }
+    for msg in engine.zone_statuses(Now::system()) {
+        if let mqtt::Outgoing::Zone(z) = msg {
+            metrics
+                .zone_level
+                .get_or_create(&ZoneLabel { zone: z.zone })
+                .set(z.level as i64);
+        }
+    }
+    metrics
+        .broker_connected
+        .set(i64::from(publisher.is_connected()));
+    metrics
+        .telemetry_dropped
+        .set(i64::try_from(publisher.telemetry_dropped()).unwrap_or(i64::MAX));
+    metrics
+        .last_seq
+        .set(i64::try_from(engine.alarms().last_seq()).unwrap_or(i64::MAX));
 }
 
 /// The `check-config` summary: what the daemon would watch and where it would publish.

@@ -222,6 +222,11 @@ impl Engine {
         }
     }
 
+    /// The alarm table, for metrics and status.
+    pub fn alarms(&self) -> &AlarmTable {
+        &self.table
+    }
+
     /// What to persist after an input that produced events.
     pub fn snapshot(&self) -> Snapshot {
         self.table.snapshot()

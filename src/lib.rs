@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod fieldbus;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod rules;
 pub mod sim;

@@ -22,7 +22,10 @@ fn exposure(unit: &str) -> f64 {
 }
 
 fn has_systemd_analyze() -> bool {
-    Command::new("systemd-analyze").arg("--version").output().is_ok()
+    Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
 }
 
 #[test]
@@ -51,7 +54,10 @@ fn drain_agent_unit_is_hardened() {
     if !has_systemd_analyze() {
         panic!("systemd-analyze is missing: scripts/test.sh installs systemd");
     }
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/emberwatch-drain-agent.service");
+    let unit = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/emberwatch-drain-agent.service"
+    );
     let score = exposure(unit);
     assert!(score <= 2.0, "exposure {score} > 2.0");
 }

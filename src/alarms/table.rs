@@ -439,6 +439,15 @@ impl AlarmTable {
             .map(|a| (&a.identity, a.severity))
     }
 
+    /// Alarms the operator must act on, counted by severity (warning, critical, emergency).
+    pub fn active_by_severity(&self) -> [usize; 3] {
+        let mut n = [0; 3];
+        for a in self.alarms.values().filter(|a| a.counts()) {
+            n[a.severity as usize] += 1;
+        }
+        n
+    }
+
     /// The retained status of one zone: shelved and out-of-service alarms excluded.
     pub fn zone_status(&self, zone: &str, now: Now) -> ZoneStatus {
         let mut level = Level::Normal;
