@@ -111,7 +111,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     for msg in engine.zone_statuses(Now::system()) {
         publisher.send(msg).await;
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut supervision = Supervision::new(&cfg);
 
     let mut result = Ok(());
     // Shelves expire on time even when no reading changes anything.
@@ -122,6 +122,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
         let out = tokio::select! {
             r = rx.recv() => match r {
                 Some(reading) => {
+                    supervision.saw(&reading);
                     metrics.observe(&cfg.devices[reading.device].id, &reading);
                     engine.on_reading(&reading)
                 }
@@ -129,6 +130,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             },
             Some(cmd) = commands.recv() => engine.on_command(&cmd.name, &cmd.payload, Now::system()),
             _ = ticker.tick() => {
+                supervision.tick(&cfg);
                 update_gauges(&metrics, &engine, &publisher);
                 engine.tick(Now::system())
             }
@@ -168,6 +170,85 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     mqtt_cancel.cancel();
     link.closed().await;
     result
+}
+
+/// How long start-up may wait for every device's first good answer before telling systemd it is
+/// ready anyway (a dead device is a fault alarm, not a reason to hold the whole service back).
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// What systemd is told: READY once every device has answered (or after [`READY_WAIT`]), and
+/// watchdog pings only while every poll loop keeps delivering readings, so a hung task stops
+/// the pings and systemd restarts the daemon.
+struct Supervision {
+    started: std::time::Instant,
+    /// Per device: when its poll loop last delivered a reading (answer or not), and whether it
+    /// ever answered.
+    last: Vec<Option<std::time::Instant>>,
+    answered: Vec<bool>,
+    ready: bool,
+    watchdog: Option<Duration>,
+}
+
+impl Supervision {
+    fn new(cfg: &Config) -> Supervision {
+        Supervision {
+            started: std::time::Instant::now(),
+            last: vec![None; cfg.devices.len()],
+            answered: vec![false; cfg.devices.len()],
+            ready: false,
+            watchdog: sd_notify::watchdog_enabled(),
+        }
+    }
+
+    fn saw(&mut self, r: &fieldbus::Reading) {
+        self.last[r.device] = Some(std::time::Instant::now());
+        self.answered[r.device] |= r.outcome.is_ok();
+    }
+
+    fn tick(&mut self, cfg: &Config) {
+        let now = std::time::Instant::now();
+        if !self.ready {
+            let all = self.answered.iter().all(|a| *a);
+            if all || now.duration_since(self.started) >= READY_WAIT {
+                let silent: Vec<&str> = cfg
+                    .devices
+                    .iter()
+                    .zip(&self.answered)
+                    .filter(|(_, a)| !**a)
+                    .map(|(d, _)| d.id.as_str())
+                    .collect();
+                if silent.is_empty() {
+                    tracing::info!("every device answered: ready");
+                } else {
+                    tracing::warn!(devices = ?silent, "ready, but these devices have not answered yet");
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                self.ready = true;
+            }
+        }
+        if self.watchdog.is_none() || !self.ready {
+            return;
+        }
+        // A poll loop is alive if its last reading is no older than one cycle at its slowest:
+        // the interval plus a timeout for each request, plus slack.
+        let stale: Vec<&str> = cfg
+            .devices
+            .iter()
+            .zip(&self.last)
+            .filter(|(d, last)| {
+                let requests = crate::decode::plan_reads(&d.points, d.max_gap).len() as u32 + 1;
+                let bound = d.poll_interval + d.timeout * requests + Duration::from_secs(5);
+                let since = last.unwrap_or(self.started);
+                now.duration_since(since) > bound
+            })
+            .map(|(d, _)| d.id.as_str())
+            .collect();
+        if stale.is_empty() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(devices = ?stale, "poll loops stopped delivering readings: withholding the watchdog ping");
+        }
+    }
 }
 
 /// Gauges that describe state rather than count events, refreshed once a second.

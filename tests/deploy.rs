@@ -61,3 +61,37 @@ fn drain_agent_unit_is_hardened() {
     let score = exposure(unit);
     assert!(score <= 2.0, "exposure {score} > 2.0");
 }
+
+mod common;
+
+/// systemd's side of `Type=notify` and `WatchdogSec=`: a datagram socket the daemon writes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_ready_after_the_first_poll_and_pings_the_watchdog() {
+    use common::*;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = gateway_config(broker.port(), sim.port(), state.path(), "");
+    let sock_env = sock_path.display().to_string();
+    let _daemon = Daemon::start_with_env(
+        &config,
+        &[("NOTIFY_SOCKET", &sock_env), ("WATCHDOG_USEC", "4000000")],
+    );
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut buf = [0u8; 512];
+    while !(got.iter().any(|m: &String| m.contains("READY=1"))
+        && got.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, sock.recv(&mut buf)).await {
+            Ok(Ok(n)) => got.push(String::from_utf8_lossy(&buf[..n]).to_string()),
+            _ => panic!("no READY=1 and WATCHDOG=1 within 15 s; got {got:?}"),
+        }
+    }
+    let ready = got.iter().position(|m| m.contains("READY=1"));
+    assert_eq!(ready, Some(0), "READY comes first: {got:?}");
+}

@@ -351,6 +351,11 @@ impl Daemon {
     /// Writes `config_toml` to a file of its own and starts `emberwatch run --config FILE` with
     /// `RUST_LOG=info`. The test's config names the storage dir, so a second daemon can reuse it.
     pub fn start(config_toml: &str) -> Daemon {
+        Daemon::start_with_env(config_toml, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("emberwatch.toml");
         std::fs::write(&config, config_toml).expect("write config");
@@ -369,6 +374,9 @@ impl Daemon {
             if k.starts_with("EMBERWATCH__") {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn emberwatch run");
         let out = Output::default();
