@@ -40,21 +40,52 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(cfg: Config) -> Result<(), DaemonError> {
-    let cancel = CancellationToken::new();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(DaemonError::Signals)?;
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = stop.cancelled() => return,
-        }
-        stop.cancel();
-    });
-    serve(cfg, cancel).await
+/// Runs until SIGTERM or SIGINT. SIGHUP reloads `path`: the new file is validated first; a bad
+/// one is refused with its errors logged and the running configuration carries on. A good one
+/// restarts the pipeline on it (alarm state, acknowledgements, shelves and `seq` carry over
+/// through `storage.dir`, so nothing is raised twice; the MQTT link reconnects, so the status
+/// topic shows a brief offline/online).
+pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut cfg = cfg;
+    loop {
+        let cancel = CancellationToken::new();
+        let generation = serve(cfg.clone(), cancel.clone());
+        tokio::pin!(generation);
+        let next = loop {
+            tokio::select! {
+                r = &mut generation => return r,
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    cancel.cancel();
+                    return generation.await;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: stopping");
+                    cancel.cancel();
+                    return generation.await;
+                }
+                _ = hup.recv() => match Config::load(&path, crate::config::Role::Gateway) {
+                    Ok(new) => {
+                        tracing::info!(file = %path.display(), "SIGHUP: configuration valid, reloading");
+                        break new;
+                    }
+                    Err(e) => {
+                        for p in &e.problems {
+                            tracing::error!(file = %path.display(), problem = %p, "SIGHUP: reload refused");
+                        }
+                        tracing::error!(file = %path.display(), "SIGHUP: reload refused; still running the previous configuration");
+                    }
+                },
+            }
+        };
+        cancel.cancel();
+        generation.await?;
+        cfg = next;
+    }
 }
 
 /// Runs until `cancel`; the demo and tests use this directly.

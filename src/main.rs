@@ -77,7 +77,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run { config } => {
             let cfg = load_or_report(&config, Role::Gateway)?;
-            emberwatch::daemon::run(cfg).await?;
+            emberwatch::daemon::run(cfg, config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => Ok(match Config::load(&config, Role::Gateway) {

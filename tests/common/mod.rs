@@ -399,6 +399,21 @@ impl Daemon {
         &self.config
     }
 
+    /// Sends a signal by name (`HUP`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("the daemon is running");
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {pid} failed");
+    }
+
     /// SIGKILL: no goodbye, the broker has to notice (last will).
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
