@@ -457,3 +457,22 @@ async fn device_silence_is_a_fault() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_comes_back_is_reconnected() {
+    let mut rig = Rig::start().await;
+    let addr = rig.sim.addr().to_string();
+    rig.sim.kill().await;
+    rig.sub
+        .expect_where(COMM_LOSS, |j| j["state"] == "active", SOON)
+        .await;
+
+    // The rack is back on the same address: the daemon reconnects by itself.
+    rig.sim = Sim::start_at(&addr, "normal", 1).await;
+    rig.sub
+        .expect_where(COMM_LOSS, |j| j["state"] == "cleared", SOON)
+        .await;
+    rig.sub
+        .expect_where(TELEMETRY, |j| j["quality"] == "good", SOON)
+        .await;
+}

@@ -216,8 +216,14 @@ impl Sim {
     /// Starts the simulator and learns its port from the first stdout line,
     /// `emberwatch sim: listening on 127.0.0.1:PORT (...)`.
     pub async fn start(scenario: &str, speed: u32) -> Sim {
+        Sim::start_at("127.0.0.1:0", scenario, speed).await
+    }
+
+    /// As [`Sim::start`], listening on `listen` (e.g. the port of a simulator that was killed,
+    /// to play a device coming back).
+    pub async fn start_at(listen: &str, scenario: &str, speed: u32) -> Sim {
         let mut child = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
-            .args(["sim", "--listen", "127.0.0.1:0", "--scenario", scenario])
+            .args(["sim", "--listen", listen, "--scenario", scenario])
             .args(["--speed", &speed.to_string()])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
