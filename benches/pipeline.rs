@@ -259,9 +259,10 @@ async fn latency(trials: usize) {
     .expect("config");
     let (_client, mut ev) = subscriber(broker.port, "emberwatch/bench/alarms/#").await;
     let _daemon = Daemon::start(&cfg);
-    let mut modbus = tokio_modbus::client::tcp::connect(sim.local_addr)
-        .await
-        .expect("modbus client");
+    let mut modbus =
+        tokio_modbus::client::tcp::connect_slave(sim.local_addr, tokio_modbus::Slave(1))
+            .await
+            .expect("modbus client");
     // Let the daemon connect and settle.
     modbus
         .write_single_register(116, 250)
