@@ -273,6 +273,9 @@ async fn latency(trials: usize) {
     let mut samples = Vec::with_capacity(trials * 2);
     for _ in 0..trials {
         for (value, state) in [(572u16, "active"), (250u16, "cleared")] {
+            // A random phase against the poll cycle: writing right after an alarm arrives
+            // would always land just after a poll and measure only the worst case.
+            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 100)).await;
             let t = Instant::now();
             modbus
                 .write_single_register(116, value)
