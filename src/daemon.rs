@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::alarms::{StateStore, StoreError};
 use crate::clock::Now;
 use crate::config::{Config, RuleBody};
+use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
 use crate::fieldbus::{self, modbus::ModbusDevice};
 use crate::mqtt::{self, CommandResult, Outgoing, Topics};
@@ -33,6 +34,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
+    #[error("storage.dir: {0}")]
+    Drain(#[from] crate::drain::StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -70,9 +73,18 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let mut link = mqtt::connect(&cfg, mqtt_cancel.clone()).await?;
+    let mut link = mqtt::connect_with(
+        &cfg,
+        crate::drain::service::link_options(&cfg),
+        mqtt_cancel.clone(),
+    )
+    .await?;
     let publisher = link.publisher.clone();
     let mut commands = std::mem::replace(&mut link.commands, mpsc::channel(1).1);
+    // Drain coordination (issue 5): sees every zone status, takes cmd/drill and the
+    // acks/presence arriving on the link; stopped after the engine, before MQTT.
+    let incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);
+    let (drain, drain_service) = DrainService::start(&cfg, publisher.clone(), incoming)?;
     tracing::info!(
         site = %cfg.site.id,
         gateway = %cfg.site.gateway,
@@ -89,6 +101,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
 
     let mut engine = Engine::restore(cfg.clone(), snapshot);
     for msg in engine.zone_statuses(Now::system()) {
+        drain.observe(&msg).await;
         publisher.send(msg).await;
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -102,7 +115,11 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 None => break,
             },
             Some(cmd) = commands.recv() => {
-                publisher.send(Outgoing::CommandResult(answer(&cmd))).await;
+                if DrainHandle::takes(&cmd) {
+                    drain.drill(cmd).await;
+                } else {
+                    publisher.send(Outgoing::CommandResult(answer(&cmd))).await;
+                }
                 continue;
             }
         };
@@ -127,10 +144,13 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             );
         }
         for msg in out.messages {
+            drain.observe(&msg).await;
             publisher.send(msg).await;
         }
     }
     tracker.wait().await;
+    drop(drain);
+    drain_service.stopped().await;
     mqtt_cancel.cancel();
     link.closed().await;
     result
