@@ -45,6 +45,22 @@ enum Command {
     },
     /// Serve a simulated battery rack and UPS over Modbus TCP (register map in the README).
     Sim(emberwatch::sim::SimArgs),
+    /// Run a drain agent: on a drain request for its zones, run its drain hook and acknowledge;
+    /// on cancellation, run its restore hook.
+    DrainAgent {
+        /// Agent configuration file ([site], [mqtt], [storage], [agent]).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Rehearse a drain of ZONE end to end through the running gateway, every message marked
+    /// "drill": true; prints the timeline, exits 0 if every expected agent confirmed.
+    Drill {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The zone to drill.
+        #[arg(long)]
+        zone: String,
+    },
     /// Play a thermal-runaway in one process (simulator, embedded broker, daemon) and narrate
     /// what an operator sees on MQTT.
     Demo,
@@ -106,6 +122,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             emberwatch::demo::run().await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::DrainAgent { config } => {
+            let cfg = load_or_report(&config, Role::DrainAgent)?;
+            emberwatch::drain::agent::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill { config, zone } => {
+            let cfg = load_or_report(&config, Role::Gateway)?;
+            Ok(if emberwatch::drain::drill::run(&cfg, &zone).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

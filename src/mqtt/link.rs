@@ -272,7 +272,12 @@ pub async fn connect_with(
         tracing::info!("mqtt: embedded broker listening on {}", broker.addr);
     }
     let topics = Arc::new(Topics::new(cfg));
-    let mqtt_opts = options::build(m, &opts.client_id, &opts.presence, !opts.persistent_session)?;
+    let mqtt_opts = options::build(
+        m,
+        &opts.client_id,
+        Some(&opts.presence),
+        !opts.persistent_session,
+    )?;
     let (client, eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
     let (tx, rx) = mpsc::channel(QUEUE);
     let (cmd_tx, commands) = mpsc::channel(COMMANDS);

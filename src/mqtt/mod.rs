@@ -26,6 +26,16 @@ mod harness;
 mod tests;
 
 pub use embedded::EmbeddedBroker;
+
+/// rumqttc options for a short-lived client of `cfg.mqtt`'s broker (credentials and TLS as the
+/// gateway's, clean session, no last will): for tools such as `emberwatch drill` that watch and
+/// send a command but are nobody's presence.
+pub fn client_options(
+    cfg: &crate::config::Config,
+    client_id: &str,
+) -> Result<rumqttc::MqttOptions, MqttError> {
+    options::build(&cfg.mqtt, client_id, None, true)
+}
 pub use error::MqttError;
 pub use link::{connect, connect_with, Command, Inbound, Link, LinkOptions, Presence, Publisher};
 pub use payload::{CommandResult, GatewayStatus};

@@ -53,12 +53,12 @@ pub(crate) fn endpoint(url: &BrokerUrl) -> (String, u16) {
 }
 
 /// Builds the rumqttc options for `m`, reading the password and certificate files. The last
-/// will is the presence's offline form; `clean_session` is false only for connections that
+/// will is the presence's offline form (none for short-lived tools); `clean_session` is false only for connections that
 /// need the broker to queue what they miss while away (drain agents).
 pub(crate) fn build(
     m: &Mqtt,
     client_id: &str,
-    presence: &Presence,
+    presence: Option<&Presence>,
     clean_session: bool,
 ) -> Result<MqttOptions, MqttError> {
     let (host, port) = endpoint(&m.url);
@@ -71,12 +71,14 @@ pub(crate) fn build(
     o.set_clean_session(clean_session);
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     o.set_inflight(RUMQTTC_INFLIGHT);
-    o.set_last_will(LastWill::new(
-        presence.topic.clone(),
-        presence.offline.clone(),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    if let Some(presence) = presence {
+        o.set_last_will(LastWill::new(
+            presence.topic.clone(),
+            presence.offline.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     if let Some(user) = &m.username {
         let password = match &m.password_file {
             Some(path) => read_password(path)?,
