@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs emberwatch's whole test suite on a fresh Debian/Ubuntu machine: installs the tools the
 # integration tests drive (mosquitto, the broker they start on free ports; socat and mbpoll, for
-# serial and Modbus checks) when any is missing, then `cargo test --locked` (library, binary and
+# serial and Modbus checks; haproxy and curl, for the drain hooks in deploy/hooks/) when any is
+# missing, then `cargo test --locked` (library, binary and
 # integration tests; benches are built by clippy in CI but not run here). Exits with cargo's status.
 #
 # No mosquitto service needs to be running: every test starts its own broker.
@@ -15,9 +16,10 @@ if ! have cargo; then
     exit 1
 fi
 
-if ! { [ -x /usr/sbin/mosquitto ] || have mosquitto; } || ! have socat || ! have mbpoll; then
+if ! { [ -x /usr/sbin/mosquitto ] || have mosquitto; } || ! have socat || ! have mbpoll \
+    || ! [ -x /usr/sbin/haproxy ] || ! have curl; then
     if ! have apt-get; then
-        echo "scripts/test.sh: mosquitto, socat and mbpoll are needed; install them with your" \
+        echo "scripts/test.sh: mosquitto, socat, mbpoll, haproxy and curl are needed; install them with your" \
             "package manager (on macOS: brew install mosquitto socat mbpoll, and set" \
             "EMBERWATCH_TEST_MOSQUITTO to the mosquitto binary)" >&2
         exit 1
@@ -26,10 +28,10 @@ if ! { [ -x /usr/sbin/mosquitto ] || have mosquitto; } || ! have socat || ! have
     if [ "$(id -u)" -ne 0 ]; then
         sudo="sudo"
     fi
-    echo "scripts/test.sh: installing mosquitto, mosquitto-clients, socat and mbpoll" >&2
+    echo "scripts/test.sh: installing mosquitto, mosquitto-clients, socat, mbpoll, haproxy and curl" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-        mosquitto mosquitto-clients socat mbpoll
+        mosquitto mosquitto-clients socat mbpoll haproxy curl
 fi
 
 # A system broker (started by the package) is harmless to the tests, which use free ports, but it

@@ -203,8 +203,8 @@ pub async fn run() -> Result<(), DemoError> {
         ))
     })?;
     let prefix = format!("{}/{}", cfg.mqtt.topic_prefix, cfg.site.id);
-    let agent_cfg =
-        Config::from_toml(&agent_config(broker.addr, &storage), Role::DrainAgent).map_err(|ps| {
+    let agent_cfg = Config::from_toml(&agent_config(broker.addr, &storage), Role::DrainAgent)
+        .map_err(|ps| {
             DemoError::Setup(format!(
                 "built-in agent configuration refused: {}",
                 ps.iter()
@@ -448,11 +448,17 @@ impl Story {
                             .join(", ")
                     })
                     .unwrap_or_default();
-                println!("{ts} drain agent {agent} is {} (zones: {zones})", s("state"));
+                println!(
+                    "{ts} drain agent {agent} is {} (zones: {zones})",
+                    s("state")
+                );
             }
             ["drain", zone, "request"] => {
                 if json.get("state").and_then(Value::as_str) == Some("cancelled") {
-                    println!("{ts} DRAIN of {zone} cancelled ({}): agents restore", s("drain_id"));
+                    println!(
+                        "{ts} DRAIN of {zone} cancelled ({}): agents restore",
+                        s("drain_id")
+                    );
                 } else if self.drain_requested.is_none() {
                     self.drain_requested = Some(at);
                     println!(
