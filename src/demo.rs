@@ -500,13 +500,13 @@ impl Story {
                     self.drain_states.insert(zone.to_string(), state);
                 }
             }
-            ["power", zone, "clearance"] => {
-                if json.get("clear").and_then(Value::as_bool) == Some(true) {
-                    if self.clearance.is_none() {
-                        self.clearance = Some(at);
-                    }
-                    println!("{ts} *** POWER-CUT CLEARANCE for {zone}: {}", s("reason"));
+            ["power", zone, "clearance"]
+                if json.get("clear").and_then(Value::as_bool) == Some(true) =>
+            {
+                if self.clearance.is_none() {
+                    self.clearance = Some(at);
                 }
+                println!("{ts} *** POWER-CUT CLEARANCE for {zone}: {}", s("reason"));
             }
             ["zones", zone, "status"] => {
                 let level = s("level");
