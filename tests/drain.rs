@@ -568,3 +568,18 @@ async fn a_drill_runs_the_handshake_marked_and_restores() {
 fn status_ok(s: ExitStatus) -> bool {
     s.success()
 }
+
+/// The example agent configuration shipped in config/ is valid as it stands.
+#[test]
+fn the_example_agent_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/drain-agent.toml");
+    let cfg = emberwatch::config::Config::load_with_env(
+        &path,
+        emberwatch::config::Role::DrainAgent,
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let agent = cfg.agent.expect("[agent]");
+    assert_eq!(agent.id, "lb-1");
+    assert_eq!(agent.drain[0], "/usr/lib/emberwatch/hooks/haproxy-drain");
+}
