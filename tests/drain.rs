@@ -455,6 +455,46 @@ async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
     let _ = daemon.terminate().await;
 }
 
+/// A broker that restarts mid-drain (losing its retained messages and sessions) loses nothing
+/// that matters: the agent's ack waits in its link until the broker is back, the gateway repeats
+/// its request while the drain is open, the agent answers with what it already did, and the
+/// clearance comes; the hook ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_drain_still_ends_in_clearance() {
+    let mut rig = Rig::start(&["lb-1"], "60s").await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let _lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "sleep 2"),
+        &hook(&lb_runs, "true"),
+    );
+    rig.online("lb-1").await;
+    rig.set_cell_temp(60.0).await;
+    let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    rig.expect(&ack_topic("lb-1"), |v| v["state"] == "started")
+        .await;
+    rig.broker.restart().await;
+    rig.sub.resubscribed(SOON).await;
+    let clearance = rig
+        .expect_within(
+            CLEARANCE,
+            |v| v["clear"] == true && v["drain_id"] == id.as_str(),
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(
+        clearance["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("every expected agent confirmed"),
+        "{clearance}"
+    );
+    assert_eq!(runs(&lb_runs).len(), 1, "the hook ran once");
+}
+
 /// An agent killed while its hook runs never runs it again for that drain: after its restart
 /// (persistent session, retained request) it reports the drain interrupted instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,12 @@ use crate::rules::Severity;
 /// broker.
 pub const PRESENCE_GRACE: Duration = Duration::from_secs(10);
 
+/// While a drain waits for agents, its request is republished this often. Acks are not
+/// retained and the gateway's session is clean, so an ack sent while the gateway was
+/// reconnecting (a broker restart) is gone; agents answer a repeated request with what they
+/// already did, so the gateway catches up within this period.
+pub const REQUEST_REPEAT: Duration = Duration::from_secs(10);
+
 /// One drain of one zone: the current one, or the last one (kept so late acks and restores
 /// still find it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +156,8 @@ pub struct Coordinator {
     missing: BTreeSet<String>,
     /// The readiness last published (without its time), so it is republished only on change.
     readiness: Option<(BTreeMap<String, String>, Vec<String>)>,
+    /// When each zone's request was last published (this process only).
+    request_sent: BTreeMap<String, Instant>,
     dirty: bool,
 }
 
@@ -174,6 +182,7 @@ impl Coordinator {
             started: now.mono,
             missing: BTreeSet::new(),
             readiness: None,
+            request_sent: BTreeMap::new(),
             dirty: false,
         }
     }
@@ -199,6 +208,7 @@ impl Coordinator {
                 if rec.in_force() {
                     tracing::info!(zone = %zone, drain_id = %rec.drain_id, state = ?rec.state, "resuming drain after restart");
                 }
+                self.request_sent.insert(zone.clone(), now.mono);
                 fx.messages.push(self.request_message(rec));
                 fx.messages.push(self.status_message(rec));
                 if let Some(c) = self.clearance_message(rec) {
@@ -398,6 +408,14 @@ impl Coordinator {
             .collect();
         for zone in open {
             fx.extend(self.settle(&zone, now));
+            let due = self
+                .request_sent
+                .get(&zone)
+                .is_none_or(|at| now.mono.saturating_duration_since(*at) >= REQUEST_REPEAT);
+            if let Some(rec) = self.state.zones.get(&zone).filter(|r| r.open() && due) {
+                fx.messages.push(self.request_message(rec));
+                self.request_sent.insert(zone, now.mono);
+            }
         }
         fx
     }
@@ -451,6 +469,7 @@ impl Coordinator {
         fx.messages.push(self.request_message(&rec));
         fx.messages.push(self.status_message(&rec));
         fx.messages.extend(self.clearance_message(&rec));
+        self.request_sent.insert(zone.to_string(), now.mono);
         self.state.zones.insert(zone.to_string(), rec);
         self.dirty = true;
         fx.extend(self.settle(zone, now));

@@ -293,7 +293,10 @@ fn the_deadline_gives_clearance_naming_who_did_not_confirm() {
                     json!({"state": "draining", "agents": {"k8s-b": "failed"}}),
                 )],
             ),
-            (After(119), vec![]),
+            (
+                After(119),
+                vec![("drain/room-1/request", json!({"drain_id": "$id"}))],
+            ),
             (
                 After(1),
                 vec![
@@ -614,6 +617,23 @@ fn no_expected_agents_means_drained_at_once() {
             ],
         )],
     );
+}
+
+#[test]
+fn an_open_drain_repeats_its_request_so_lost_acks_are_answered_again() {
+    let mut b = Bench::new(&["lb-1"]);
+    b.run(&Zone(Level::Critical, &["a"]));
+    let requests = |got: &[(String, Value)]| {
+        got.iter()
+            .filter(|(t, _)| t == "drain/room-1/request")
+            .count()
+    };
+    assert_eq!(requests(&b.run(&After(5))), 0);
+    assert_eq!(requests(&b.run(&After(5))), 1);
+    assert_eq!(requests(&b.run(&After(1))), 0);
+    b.run(&Ack("lb-1", "done", "drain"));
+    // Drained: nothing left to ask.
+    assert_eq!(requests(&b.run(&After(30))), 0);
 }
 
 #[test]
