@@ -224,6 +224,35 @@ pub fn summary(cfg: &Config) -> String {
         let _ = writeln!(s, "    {}", t.telemetry(&d.id));
     }
     let _ = write!(s, "    {}  (commands in)", t.cmd_filter());
+    // Drain coordination (issue 5).
+    if let Some(d) = &cfg.drain {
+        let _ = write!(
+            s,
+            "\n  drain: trigger {}, deadline {}, agents {}",
+            d.trigger,
+            humantime::format_duration(d.deadline),
+            if d.agents.is_empty() {
+                "(none)".to_string()
+            } else {
+                d.agents.join(", ")
+            }
+        );
+        for z in cfg.zones() {
+            let _ = write!(
+                s,
+                "\n    {}  {}  {}  (retained)",
+                t.drain_request(&z),
+                t.drain_status(&z),
+                t.power_clearance(&z)
+            );
+        }
+        let _ = write!(
+            s,
+            "\n    {}  {}  (in)",
+            t.drain_acks_filter(),
+            t.drain_agents_filter()
+        );
+    }
     s
 }
 

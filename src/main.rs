@@ -55,6 +55,7 @@ enum Command {
     /// Rehearse a drain of ZONE end to end through the running gateway, every message marked
     /// "drill": true; prints the timeline, exits 0 if every expected agent confirmed.
     Drill {
+        /// The gateway's configuration file (the one `emberwatch run` uses).
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The zone to drill.
