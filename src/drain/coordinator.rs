@@ -365,10 +365,21 @@ impl Coordinator {
             .filter(|r| r.open() && r.agents.contains_key(agent))
             .map(|r| r.zone.clone())
             .collect();
+        let serves: Option<Vec<String>> = self.presence.get(agent).map(|p| p.zones.clone());
         for zone in zones {
+            // A drain started before this agent's presence was known (right after a restart)
+            // waited for it in every zone; one it does not serve stops waiting for it.
+            if let (Some(serves), Some(rec)) = (&serves, self.state.zones.get_mut(&zone)) {
+                if !serves.contains(&zone) && rec.agents.get(agent) == Some(&Progress::Pending) {
+                    tracing::info!(zone = %zone, agent, drain_id = %rec.drain_id, "drain: agent does not serve this zone; not waiting for it");
+                    rec.agents.remove(agent);
+                    self.dirty = true;
+                }
+            }
             if let Some(rec) = self.state.zones.get(&zone) {
                 fx.messages.push(self.status_message(rec));
             }
+            fx.extend(self.settle(&zone, now));
         }
         fx
     }

@@ -465,6 +465,36 @@ fn agents_serving_other_zones_are_not_waited_for() {
 }
 
 #[test]
+fn a_drain_started_before_presence_stops_waiting_for_agents_of_other_zones() {
+    play(
+        &["lb-1", "lb-2"],
+        &[
+            (
+                Zone(Level::Critical, &["a"]),
+                vec![(
+                    "drain/room-1/status",
+                    json!({"agents": {"lb-1": "pending", "lb-2": "pending"}}),
+                )],
+            ),
+            (
+                Ack("lb-1", "done", "drain"),
+                vec![("drain/room-1/status", json!({"state": "draining"}))],
+            ),
+            (
+                Presence("lb-2", "online", &["room-2"]),
+                vec![
+                    (
+                        "drain/room-1/status",
+                        json!({"state": "drained", "agents": {"lb-1": "done"}}),
+                    ),
+                    ("power/room-1/clearance", json!({"clear": true})),
+                ],
+            ),
+        ],
+    );
+}
+
+#[test]
 fn a_restart_mid_drain_resumes_the_same_drain() {
     let mut b = play(
         &["lb-1", "k8s-b"],
