@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs emberwatch's whole test suite on a fresh Debian/Ubuntu machine: installs the tools the
 # integration tests drive (mosquitto, the broker they start on free ports; socat and mbpoll, for
-# serial and Modbus checks) when any is missing, then `cargo test --locked` (library, binary and
+# serial and Modbus checks; haproxy and curl, for the drain hooks in deploy/hooks/; systemd-analyze,
+# for the units in deploy/) when any is missing, then `cargo test --locked` (library, binary and
 # integration tests; benches are built by clippy in CI but not run here). Exits with cargo's status.
 #
 # No mosquitto service needs to be running: every test starts its own broker.
@@ -22,6 +23,8 @@ needs=(
     "socat socat"
     "mbpoll mbpoll"
     "systemd-analyze systemd"
+    "/usr/sbin/haproxy haproxy"
+    "curl curl"
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::alarms::{StateStore, StoreError};
 use crate::clock::Now;
 use crate::config::{Config, RuleBody};
+use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
 use crate::fieldbus::{self, modbus::ModbusDevice};
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
@@ -36,6 +37,8 @@ pub enum DaemonError {
     Mqtt(#[from] mqtt::MqttError),
     #[error("{0}")]
     Metrics(String),
+    #[error("storage.dir: {0}")]
+    Drain(#[from] crate::drain::StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -104,9 +107,18 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let mut link = mqtt::connect(&cfg, mqtt_cancel.clone()).await?;
+    let mut link = mqtt::connect_with(
+        &cfg,
+        crate::drain::service::link_options(&cfg),
+        mqtt_cancel.clone(),
+    )
+    .await?;
     let publisher = link.publisher.clone();
     let mut commands = std::mem::replace(&mut link.commands, mpsc::channel(1).1);
+    // Drain coordination (issue 5): sees every zone status, takes cmd/drill and the
+    // acks/presence arriving on the link; stopped after the engine, before MQTT.
+    let incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);
+    let (drain, drain_service) = DrainService::start(&cfg, publisher.clone(), incoming)?;
     tracing::info!(
         site = %cfg.site.id,
         gateway = %cfg.site.gateway,
@@ -140,6 +152,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
 
     let mut engine = Engine::restore(cfg.clone(), snapshot);
     for msg in engine.zone_statuses(Now::system()) {
+        drain.observe(&msg).await;
         publisher.send(msg).await;
     }
     let mut supervision = Supervision::new(&cfg);
@@ -159,7 +172,13 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 }
                 None => break,
             },
-            Some(cmd) = commands.recv() => engine.on_command(&cmd.name, &cmd.payload, Now::system()),
+            Some(cmd) = commands.recv() => {
+                if DrainHandle::takes(&cmd) {
+                    drain.drill(cmd).await;
+                    continue;
+                }
+                engine.on_command(&cmd.name, &cmd.payload, Now::system())
+            }
             _ = ticker.tick() => {
                 supervision.tick(&cfg);
                 update_gauges(&metrics, &engine, &publisher);
@@ -191,6 +210,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             );
         }
         for msg in out.messages {
+            drain.observe(&msg).await;
             publisher.send(msg).await;
         }
     }
@@ -198,6 +218,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
+    drop(drain);
+    drain_service.stopped().await;
     mqtt_cancel.cancel();
     link.closed().await;
     result
@@ -366,6 +388,35 @@ pub fn summary(cfg: &Config) -> String {
         let _ = writeln!(s, "    {}", t.telemetry(&d.id));
     }
     let _ = write!(s, "    {}  (commands in)", t.cmd_filter());
+    // Drain coordination (issue 5).
+    if let Some(d) = &cfg.drain {
+        let _ = write!(
+            s,
+            "\n  drain: trigger {}, deadline {}, agents {}",
+            d.trigger,
+            humantime::format_duration(d.deadline),
+            if d.agents.is_empty() {
+                "(none)".to_string()
+            } else {
+                d.agents.join(", ")
+            }
+        );
+        for z in cfg.zones() {
+            let _ = write!(
+                s,
+                "\n    {}  {}  {}  (retained)",
+                t.drain_request(&z),
+                t.drain_status(&z),
+                t.power_clearance(&z)
+            );
+        }
+        let _ = write!(
+            s,
+            "\n    {}  {}  (in)",
+            t.drain_acks_filter(),
+            t.drain_agents_filter()
+        );
+    }
     s
 }
 

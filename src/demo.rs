@@ -1,8 +1,9 @@
 //! `emberwatch demo`: a battery-room fire, start to finish, on a machine with nothing installed.
 //!
 //! One process plays every part: the simulator runs `thermal-runaway`, an embedded broker carries
-//! the messages, the real daemon polls and alarms, and a subscriber narrates what an operator
-//! would see. The narration is built only from what arrives over MQTT: if the daemon did not
+//! the messages, the real daemon polls, alarms and coordinates the drain, a real drain agent
+//! (its hook a one-second `sleep` standing in for a load balancer draining) acknowledges, and a
+//! subscriber narrates what an operator would see. The narration is built only from what arrives over MQTT: if the daemon did not
 //! publish it, the demo does not say it.
 
 use std::collections::BTreeMap;
@@ -126,6 +127,40 @@ rate_of_rise = {{ per_minute = 8.3, window = "20s", severity = "critical" }}
 [[rules]]
 id = "confirmed-fire"
 vote = {{ alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", severity = "emergency" }}
+
+[drain]
+trigger = "critical"
+deadline = "30s"
+agents = ["{DEMO_AGENT}"]
+"#,
+        storage = storage.display()
+    )
+}
+
+/// The demo's drain agent: one load balancer in front of the battery room's services.
+const DEMO_AGENT: &str = "lb-demo";
+
+/// The drain agent's configuration: its hook is `sleep 1`, the time a load balancer might take
+/// to move its sessions (argv, no shell, as every hook).
+fn agent_config(broker: SocketAddr, storage: &std::path::Path) -> String {
+    format!(
+        r#"
+[site]
+id = "demo-site"
+
+[mqtt]
+url = "mqtt://{broker}"
+keep_alive = "5s"
+
+[storage]
+dir = "{storage}"
+
+[agent]
+id = "{DEMO_AGENT}"
+zones = ["battery-room-1"]
+drain = ["sleep", "1"]
+restore = ["true"]
+timeout = "10s"
 "#,
         storage = storage.display()
     )
@@ -168,6 +203,16 @@ pub async fn run() -> Result<(), DemoError> {
         ))
     })?;
     let prefix = format!("{}/{}", cfg.mqtt.topic_prefix, cfg.site.id);
+    let agent_cfg = Config::from_toml(&agent_config(broker.addr, &storage), Role::DrainAgent)
+        .map_err(|ps| {
+            DemoError::Setup(format!(
+                "built-in agent configuration refused: {}",
+                ps.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?;
 
     println!("emberwatch demo: a lithium-ion battery rack goes into thermal runaway.");
     println!(
@@ -195,6 +240,8 @@ pub async fn run() -> Result<(), DemoError> {
         .await
         .map_err(|e| setup("subscriber", &e))?;
 
+    let agent_cancel = cancel.child_token();
+    let agent = tokio::spawn(crate::drain::agent::serve(agent_cfg, agent_cancel.clone()));
     let daemon_cancel = cancel.child_token();
     let daemon = tokio::spawn(crate::daemon::serve(cfg, daemon_cancel.clone()));
 
@@ -229,7 +276,8 @@ pub async fn run() -> Result<(), DemoError> {
     };
 
     daemon_cancel.cancel();
-    // Let the daemon say goodbye (offline status) before the broker goes away.
+    agent_cancel.cancel();
+    // Let the daemon and the agent say goodbye (offline status) before the broker goes away.
     let stop = async {
         loop {
             match tokio::time::timeout(Duration::from_millis(100), events.poll()).await {
@@ -246,7 +294,7 @@ pub async fn run() -> Result<(), DemoError> {
                 Ok(Ok(_)) => {}
                 _ => {}
             }
-            if daemon.is_finished() {
+            if daemon.is_finished() && agent.is_finished() {
                 break;
             }
         }
@@ -266,10 +314,23 @@ pub async fn run() -> Result<(), DemoError> {
                 story.events,
                 story.lead_time().map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
             );
+            if let (Some(offgas), Some(clear)) = (story.first_offgas, story.clearance) {
+                println!(
+                    "Traffic was drained and the power-cut clearance given {:.1} s after the first off-gas alarm{}.",
+                    clear.saturating_sub(offgas).as_secs_f64(),
+                    match story.first_smoke {
+                        Some(smoke) if smoke > clear => format!(
+                            ", {:.1} s before the first smoke",
+                            (smoke - clear).as_secs_f64()
+                        ),
+                        _ => String::new(),
+                    }
+                );
+            }
             println!(
-                "In a real room those seconds are minutes (2-30 of off-gas warning): emberwatch"
+                "In a real room those seconds are minutes (2-30 of off-gas warning): enough to drain"
             );
-            println!("turns them into a traffic drain finished before the power is cut.");
+            println!("every service in the zone and confirm it before the power is cut.");
         }
         Err(e) => println!("\n{e}"),
     }
@@ -286,11 +347,22 @@ struct Story {
     smoke_emergency: bool,
     heat_emergency: bool,
     online: bool,
+    drain_requested: Option<Duration>,
+    drain_states: BTreeMap<String, String>,
+    agent_done: bool,
+    /// The last state told per agent, drain and action.
+    acks: BTreeMap<String, String>,
+    clearance: Option<Duration>,
 }
 
 impl Story {
     fn complete(&self) -> bool {
-        self.first_offgas.is_some() && self.smoke_emergency && self.heat_emergency
+        self.first_offgas.is_some()
+            && self.drain_requested.is_some()
+            && self.agent_done
+            && self.clearance.is_some()
+            && self.smoke_emergency
+            && self.heat_emergency
     }
 
     fn missing(&self) -> String {
@@ -300,6 +372,15 @@ impl Story {
         }
         if self.first_offgas.is_none() {
             m.push("off-gas alarm");
+        }
+        if self.drain_requested.is_none() {
+            m.push("drain request");
+        }
+        if !self.agent_done {
+            m.push("drain agent done");
+        }
+        if self.clearance.is_none() {
+            m.push("power-cut clearance");
         }
         if !self.smoke_emergency {
             m.push("smoke fire stage");
@@ -355,6 +436,77 @@ impl Story {
                     json.get("seq").and_then(Value::as_u64).unwrap_or(0),
                     s("alarm")
                 );
+            }
+            ["drain", "agents", agent] => {
+                let zones = json
+                    .get("zones")
+                    .and_then(Value::as_array)
+                    .map(|z| {
+                        z.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{ts} drain agent {agent} is {} (zones: {zones})",
+                    s("state")
+                );
+            }
+            ["drain", zone, "request"] => {
+                if json.get("state").and_then(Value::as_str) == Some("cancelled") {
+                    println!(
+                        "{ts} DRAIN of {zone} cancelled ({}): agents restore",
+                        s("drain_id")
+                    );
+                } else if self.drain_requested.is_none() {
+                    self.drain_requested = Some(at);
+                    println!(
+                        "{ts} DRAIN REQUESTED for {zone}: drain {} at severity {}, deadline {}",
+                        s("drain_id"),
+                        s("severity"),
+                        s("deadline")
+                    );
+                } else {
+                    println!(
+                        "{ts} drain {} now at severity {} (same drain: agents do not drain twice)",
+                        s("drain_id"),
+                        s("severity")
+                    );
+                }
+            }
+            ["drain", _zone, "ack", agent] => {
+                let state = s("state");
+                let action = json
+                    .get("action")
+                    .and_then(Value::as_str)
+                    .unwrap_or("drain")
+                    .to_string();
+                if state == "done" && action == "drain" {
+                    self.agent_done = true;
+                }
+                // An agent repeats its answer when it sees the request again (escalation, a
+                // gateway restart); the narration tells each step once.
+                let key = format!("{agent} {} {action}", s("drain_id"));
+                if self.acks.get(&key) != Some(&state) {
+                    println!("{ts} agent {agent}: {action} {state} ({})", s("detail"));
+                    self.acks.insert(key, state);
+                }
+            }
+            ["drain", zone, "status"] => {
+                let state = s("state");
+                if self.drain_states.get(*zone) != Some(&state) {
+                    println!("{ts} drain status of {zone}: {state}");
+                    self.drain_states.insert(zone.to_string(), state);
+                }
+            }
+            ["power", zone, "clearance"]
+                if json.get("clear").and_then(Value::as_bool) == Some(true) =>
+            {
+                if self.clearance.is_none() {
+                    self.clearance = Some(at);
+                }
+                println!("{ts} *** POWER-CUT CLEARANCE for {zone}: {}", s("reason"));
             }
             ["zones", zone, "status"] => {
                 let level = s("level");

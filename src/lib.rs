@@ -2,8 +2,8 @@
 //! heat) into alarms operators can trust and a traffic drain finished before the power is cut.
 //!
 //! The modules mirror the pipeline, in the order a register value travels:
-//! `config` → `fieldbus` (poll) → `decode` → `rules` → `alarms` → `mqtt`, with `sim` and `demo`
-//! standing in for a real battery room.
+//! `config` → `fieldbus` (poll) → `decode` → `rules` → `alarms` → `mqtt` → `drain`, with `sim`
+//! and `demo` standing in for a real battery room.
 
 pub mod alarms;
 pub mod clock;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod decode;
 pub mod demo;
+pub mod drain;
 pub mod engine;
 pub mod fieldbus;
 pub mod logging;

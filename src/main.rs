@@ -45,6 +45,23 @@ enum Command {
     },
     /// Serve a simulated battery rack and UPS over Modbus TCP (register map in the README).
     Sim(emberwatch::sim::SimArgs),
+    /// Run a drain agent: on a drain request for its zones, run its drain hook and acknowledge;
+    /// on cancellation, run its restore hook.
+    DrainAgent {
+        /// Agent configuration file ([site], [mqtt], [storage], [agent]).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Rehearse a drain of ZONE end to end through the running gateway, every message marked
+    /// "drill": true; prints the timeline, exits 0 if every expected agent confirmed.
+    Drill {
+        /// The gateway's configuration file (the one `emberwatch run` uses).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The zone to drill.
+        #[arg(long)]
+        zone: String,
+    },
     /// Play a thermal-runaway in one process (simulator, embedded broker, daemon) and narrate
     /// what an operator sees on MQTT.
     Demo,
@@ -53,7 +70,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Demo => "warn,rumqttd=off",
+        // The demo narrates the drain itself; its warn-level log lines would only repeat it.
+        Command::Demo => "warn,rumqttd=off,emberwatch::drain=error",
         _ => "info,rumqttd=warn",
     };
     logging::init(cli.log_format, default_filter);
@@ -106,6 +124,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             emberwatch::demo::run().await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::DrainAgent { config } => {
+            let cfg = load_or_report(&config, Role::DrainAgent)?;
+            emberwatch::drain::agent::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill { config, zone } => {
+            let cfg = load_or_report(&config, Role::Gateway)?;
+            Ok(if emberwatch::drain::drill::run(&cfg, &zone).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

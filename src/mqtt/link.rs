@@ -1,5 +1,8 @@
-//! The gateway's connection to its broker: a cheap [`Publisher`] handle for the pipeline and one
-//! task that owns rumqttc's event loop.
+//! A connection to the broker: a cheap [`Publisher`] handle for the pipeline and one task that
+//! owns rumqttc's event loop. The gateway uses it, and so does each drain agent: both need the
+//! same promise (nothing handed over is lost across a reconnect) and the same presence
+//! announcement (retained online status, last will offline). [`LinkOptions`] holds what
+//! differs between them.
 //!
 //! Shaped like rumqttc itself (handle vs. loop): the pipeline never touches the socket, and the
 //! socket never waits on the pipeline. Between them is one bounded channel. Alarm events and
@@ -9,11 +12,13 @@
 //! The loop task
 //! - polls rumqttc continuously, reconnecting with jittered exponential backoff for as long as
 //!   it runs, logging each failure once with the broker URL and the reason;
-//! - on every CONNACK publishes the retained online status and subscribes to `cmd/+`;
+//! - on every CONNACK publishes the retained online presence and subscribes to `cmd/+` (the
+//!   gateway) and to the caller's extra filters;
 //! - hands publications to rumqttc through a [`Ledger`] that tracks every QoS 1 publish until
 //!   the broker's PUBACK, and after a reconnect resends, in order, whatever was not confirmed
 //!   (rumqttc itself drops those on a clean session: see `ledger.rs`);
-//! - turns publishes on `cmd/+` into [`Command`]s;
+//! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
+//!   [`Inbound`] messages;
 //! - on cancellation, sends what is queued, then the retained offline status, waits (up to
 //!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
 //!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
@@ -37,6 +42,7 @@ use super::embedded;
 use super::ledger::{Entry, Ledger};
 use super::options::{self, RUMQTTC_INFLIGHT};
 use super::payload::{Class, GatewayStatus, Publication};
+use super::topics;
 use super::{MqttError, Outgoing, Topics};
 use crate::config::{BrokerUrl, Config};
 
@@ -55,6 +61,11 @@ const TELEMETRY_SLOTS: usize = 256;
 /// Room for commands not yet taken by the daemon; more are dropped with a warning rather than
 /// stall the connection.
 const COMMANDS: usize = 64;
+
+/// Room for messages on the extra subscriptions not yet taken by the caller. They were acked to
+/// the broker on receipt, so the room is generous; beyond it they are dropped with a warning
+/// rather than stall keep-alives.
+const INBOUND: usize = 1024;
 
 /// After cancellation: how long queued messages may take to be confirmed.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -76,6 +87,65 @@ pub struct Command {
     pub name: String,
     /// The raw payload; parsing is the command handler's business.
     pub payload: Vec<u8>,
+}
+
+/// A publish received on one of [`LinkOptions::subscriptions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The broker delivered a stored retained message (a new subscription's first look).
+    pub retain: bool,
+}
+
+/// Whose presence a connection announces: retained `online` on every connect; `offline` as
+/// the last will and as the last message of a clean stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub topic: String,
+    pub online: Vec<u8>,
+    pub offline: Vec<u8>,
+}
+
+/// What differs between the gateway's connection and a drain agent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkOptions {
+    pub client_id: String,
+    pub presence: Presence,
+    /// Subscribe to `P/gateways/{gateway}/cmd/+` and deliver commands on [`Link::commands`].
+    pub commands: bool,
+    /// Further filters, subscribed at QoS 1 on every connect; what arrives on them is
+    /// delivered on [`Link::incoming`].
+    pub subscriptions: Vec<String>,
+    /// Ask the broker to keep a session (clean_session = false), so QoS 1 messages on the
+    /// subscriptions published while this client is away are delivered when it returns.
+    pub persistent_session: bool,
+    /// `mqtt.url = "embedded"` starts the in-process broker (the gateway hosts it); false
+    /// just connects to 127.0.0.1:1883 (a drain agent next to such a gateway).
+    pub host_embedded: bool,
+}
+
+impl LinkOptions {
+    /// The gateway: `P/gateways/{gateway}/status` with version and start time, commands on.
+    pub fn gateway(cfg: &Config) -> LinkOptions {
+        let topics = Topics::new(cfg);
+        let online = GatewayStatus::Online {
+            version: crate::VERSION.to_string(),
+            started_at: crate::clock::rfc3339(SystemTime::now()),
+        };
+        LinkOptions {
+            client_id: cfg.mqtt.client_id.clone(),
+            presence: Presence {
+                topic: topics.status(),
+                online: online.to_json(),
+                offline: GatewayStatus::Offline.to_json(),
+            },
+            commands: true,
+            subscriptions: Vec::new(),
+            persistent_session: false,
+            host_embedded: true,
+        }
+    }
 }
 
 /// The pipeline's handle on the link. Cheap to clone.
@@ -140,11 +210,14 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// A running link: the publishing handle, the incoming commands, and the loop task.
+/// A running link: the publishing handle, the incoming commands and messages, and the loop
+/// task.
 #[derive(Debug)]
 pub struct Link {
     pub publisher: Publisher,
     pub commands: mpsc::Receiver<Command>,
+    /// Publishes on [`LinkOptions::subscriptions`].
+    pub incoming: mpsc::Receiver<Inbound>,
     task: JoinHandle<()>,
 }
 
@@ -168,12 +241,22 @@ impl Link {
     }
 }
 
-/// Starts the link described by `cfg.mqtt` and returns at once: the broker need not be up
-/// (messages queue until it is). `mqtt.url = "embedded"` first starts the in-process broker on
-/// 127.0.0.1:1883. Fails only on set-up problems: unreadable password or certificate files,
-/// or an embedded broker that cannot listen. The loop runs until `cancel` fires.
+/// Starts the gateway's link described by `cfg.mqtt` and returns at once: the broker need not
+/// be up (messages queue until it is). `mqtt.url = "embedded"` first starts the in-process
+/// broker on 127.0.0.1:1883. Fails only on set-up problems: unreadable password or
+/// certificate files, or an embedded broker that cannot listen. The loop runs until `cancel`
+/// fires.
 pub async fn connect(cfg: &Config, cancel: CancellationToken) -> Result<Link, MqttError> {
-    let started_at = SystemTime::now();
+    connect_with(cfg, LinkOptions::gateway(cfg), cancel).await
+}
+
+/// As [`connect`], for any identity: the broker and credentials come from `cfg.mqtt`, the
+/// rest from `opts`.
+pub async fn connect_with(
+    cfg: &Config,
+    opts: LinkOptions,
+    cancel: CancellationToken,
+) -> Result<Link, MqttError> {
     let m = &cfg.mqtt;
     if !m.also.is_empty() {
         let also: Vec<String> = m.also.iter().map(ToString::to_string).collect();
@@ -183,25 +266,34 @@ pub async fn connect(cfg: &Config, cancel: CancellationToken) -> Result<Link, Mq
             m.url
         );
     }
-    if m.url == BrokerUrl::Embedded {
+    if m.url == BrokerUrl::Embedded && opts.host_embedded {
         let (ip, port) = options::EMBEDDED_ADDR;
         let broker = embedded::start((ip, port).into()).await?;
         tracing::info!("mqtt: embedded broker listening on {}", broker.addr);
     }
     let topics = Arc::new(Topics::new(cfg));
-    let opts = options::build(m, &topics)?;
-    let (client, eventloop) = AsyncClient::new(opts, WINDOW + TELEMETRY_SLOTS + 8);
+    let mqtt_opts = options::build(
+        m,
+        &opts.client_id,
+        Some(&opts.presence),
+        !opts.persistent_session,
+    )?;
+    let (client, eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
     let (tx, rx) = mpsc::channel(QUEUE);
     let (cmd_tx, commands) = mpsc::channel(COMMANDS);
+    let (in_tx, incoming) = mpsc::channel(INBOUND);
     let shared = Arc::new(Shared::default());
     let runner = Runner {
         url: m.url.clone(),
-        client_id: m.client_id.clone(),
+        client_id: opts.client_id,
         topics: topics.clone(),
-        started_at: crate::clock::rfc3339(started_at),
+        presence: opts.presence,
+        wants_commands: opts.commands,
+        subscriptions: opts.subscriptions,
         client,
         rx,
         commands: cmd_tx,
+        incoming: in_tx,
         shared: shared.clone(),
         ledger: Ledger::new(WINDOW),
         telemetry_in_channel: 0,
@@ -219,6 +311,7 @@ pub async fn connect(cfg: &Config, cancel: CancellationToken) -> Result<Link, Mq
     Ok(Link {
         publisher: Publisher { tx, topics, shared },
         commands,
+        incoming,
         task,
     })
 }
@@ -236,10 +329,13 @@ struct Runner {
     url: BrokerUrl,
     client_id: String,
     topics: Arc<Topics>,
-    started_at: String,
+    presence: Presence,
+    wants_commands: bool,
+    subscriptions: Vec<String>,
     client: AsyncClient,
     rx: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<Command>,
+    incoming: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     ledger: Ledger,
     /// QoS 0 publishes handed to rumqttc and not yet written.
@@ -390,7 +486,7 @@ impl Runner {
     }
 
     fn queue_offline(&mut self) {
-        let offline = Publication::status(&self.topics, &GatewayStatus::Offline);
+        let offline = Publication::presence(&self.presence.topic, &self.presence.offline, false);
         let entry = self.ledger.stamp(offline);
         self.ledger.push_backlog(entry);
         self.pump();
@@ -416,7 +512,7 @@ impl Runner {
     fn on_event(&mut self, event: Event) -> bool {
         match event {
             Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
-            Event::Incoming(Incoming::Publish(p)) => self.on_command(p),
+            Event::Incoming(Incoming::Publish(p)) => self.on_publish(p),
             Event::Incoming(Incoming::PubAck(ack)) => self.on_puback(ack.pkid),
             Event::Incoming(Incoming::SubAck(ack)) => self.on_suback(&ack),
             Event::Outgoing(Wire::Publish(0)) => {
@@ -449,9 +545,9 @@ impl Runner {
             .any(|c| matches!(c, SubscribeReasonCode::Failure));
         if refused {
             tracing::warn!(
-                "mqtt broker {}: subscription to {} refused; commands will not arrive",
+                "mqtt broker {}: subscription to {} refused; those messages will not arrive",
                 self.url,
-                self.topics.cmd_filter()
+                self.filters().join(", ")
             );
         }
     }
@@ -477,22 +573,13 @@ impl Runner {
             // announcing "online" now would be a lie.
             return;
         }
-        let online = GatewayStatus::Online {
-            version: crate::VERSION.to_string(),
-            started_at: self.started_at.clone(),
-        };
-        let entry = self
-            .ledger
-            .stamp(Publication::status(&self.topics, &online));
+        let online = Publication::presence(&self.presence.topic, &self.presence.online, true);
+        let entry = self.ledger.stamp(online);
         self.hand(entry);
-        if let Err(e) = self
-            .client
-            .try_subscribe(self.topics.cmd_filter(), QoS::AtLeastOnce)
-        {
-            tracing::error!(
-                "mqtt: cannot subscribe to {}: {e}",
-                self.topics.cmd_filter()
-            );
+        for filter in self.filters() {
+            if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                tracing::error!("mqtt: cannot subscribe to {filter}: {e}");
+            }
         }
         if !self.ledger.backlog_is_empty() {
             tracing::info!(
@@ -503,11 +590,50 @@ impl Runner {
         }
     }
 
-    fn on_command(&mut self, p: rumqttc::Publish) {
-        let Some(name) = self.topics.command_name(&p.topic) else {
+    /// Every filter subscribed on connect: commands (if wanted), then the extras.
+    fn filters(&self) -> Vec<String> {
+        let mut f = Vec::with_capacity(self.subscriptions.len() + 1);
+        if self.wants_commands {
+            f.push(self.topics.cmd_filter());
+        }
+        f.extend(self.subscriptions.iter().cloned());
+        f
+    }
+
+    /// Routes a received publish: commands to [`Link::commands`], anything on the extra
+    /// filters to [`Link::incoming`].
+    fn on_publish(&mut self, p: rumqttc::Publish) {
+        if self.wants_commands && self.topics.command_name(&p.topic).is_some() {
+            return self.on_command(p);
+        }
+        if !self
+            .subscriptions
+            .iter()
+            .any(|f| topics::matches(&p.topic, f))
+        {
             if p.topic != self.topics.cmd_result() {
                 tracing::debug!("mqtt: ignoring publish on {}", p.topic);
             }
+            return;
+        }
+        let msg = Inbound {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            retain: p.retain,
+        };
+        match self.incoming.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                tracing::warn!("mqtt: inbound queue full; dropped a message on {}", m.topic)
+            }
+            Err(mpsc::error::TrySendError::Closed(m)) => {
+                tracing::debug!("mqtt: nobody takes inbound messages; dropped {}", m.topic)
+            }
+        }
+    }
+
+    fn on_command(&mut self, p: rumqttc::Publish) {
+        let Some(name) = self.topics.command_name(&p.topic) else {
             return;
         };
         if p.retain {

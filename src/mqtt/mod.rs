@@ -7,8 +7,9 @@
 //!
 //! - [`topics`]: the one place topic strings are built (SPEC "MQTT" table).
 //! - [`payload`]: the gateway status and command result bodies.
-//! - [`link`]: the gateway's connection: a cloneable [`Publisher`] handle and a loop task that
-//!   owns the rumqttc event loop, in the handle-vs-loop shape rumqttc itself uses.
+//! - [`link`]: a connection (the gateway's, or a drain agent's): a cloneable [`Publisher`]
+//!   handle and a loop task that owns the rumqttc event loop, in the handle-vs-loop shape
+//!   rumqttc itself uses. [`LinkOptions`] says whose presence it announces and what it hears.
 //! - [`embedded`]: an in-process rumqttd broker for `mqtt.url = "embedded"` and the demo.
 
 pub mod embedded;
@@ -25,8 +26,18 @@ mod harness;
 mod tests;
 
 pub use embedded::EmbeddedBroker;
+
+/// rumqttc options for a short-lived client of `cfg.mqtt`'s broker (credentials and TLS as the
+/// gateway's, clean session, no last will): for tools such as `emberwatch drill` that watch and
+/// send a command but are nobody's presence.
+pub fn client_options(
+    cfg: &crate::config::Config,
+    client_id: &str,
+) -> Result<rumqttc::MqttOptions, MqttError> {
+    options::build(&cfg.mqtt, client_id, None, true)
+}
 pub use error::MqttError;
-pub use link::{connect, Command, Link, Publisher};
+pub use link::{connect, connect_with, Command, Inbound, Link, LinkOptions, Presence, Publisher};
 pub use payload::{CommandResult, GatewayStatus};
 pub use topics::Topics;
 
@@ -47,6 +58,14 @@ pub enum Outgoing {
     /// QoS 1, not retained, on `P/gateways/{gateway}/cmd/result`: the answer to every command
     /// received, so whoever sent it knows it was seen.
     CommandResult(CommandResult),
+    /// QoS 1 on any topic, durable like events (queued while disconnected, resent after a
+    /// reconnect): drain requests, statuses, clearances, agents' acknowledgements. The caller
+    /// builds the topic with [`Topics`] and the body with its own payload type.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    },
 }
 
 /// `P/telemetry/{device}`.

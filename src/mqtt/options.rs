@@ -13,8 +13,8 @@ use rumqttc::tokio_rustls::rustls::pki_types::pem::PemObject;
 use rumqttc::tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 
-use super::payload::GatewayStatus;
-use super::{MqttError, Topics};
+use super::link::Presence;
+use super::MqttError;
 use crate::config::{BrokerUrl, Mqtt};
 
 /// Where the embedded broker listens when `mqtt.url = "embedded"` (SPEC).
@@ -52,22 +52,33 @@ pub(crate) fn endpoint(url: &BrokerUrl) -> (String, u16) {
     }
 }
 
-/// Builds the rumqttc options for `m`, reading the password and certificate files.
-pub(crate) fn build(m: &Mqtt, topics: &Topics) -> Result<MqttOptions, MqttError> {
+/// Builds the rumqttc options for `m`, reading the password and certificate files. The last
+/// will is the presence's offline form (none for short-lived tools); `clean_session` is false only for connections that
+/// need the broker to queue what they miss while away (drain agents).
+pub(crate) fn build(
+    m: &Mqtt,
+    client_id: &str,
+    presence: Option<&Presence>,
+    clean_session: bool,
+) -> Result<MqttOptions, MqttError> {
     let (host, port) = endpoint(&m.url);
-    let mut o = MqttOptions::new(m.client_id.clone(), host, port);
+    let mut o = MqttOptions::new(client_id.to_string(), host, port);
     o.set_keep_alive(keep_alive(m.keep_alive));
-    // The link keeps its own ledger of unacked messages and resends them itself, so a broker
-    // session buys nothing and a clean one keeps brokers from queueing for a dead gateway.
-    o.set_clean_session(true);
+    // The link keeps its own ledger of unacked messages and resends them itself, so for what it
+    // publishes a broker session buys nothing, and a clean one keeps brokers from queueing for
+    // a dead gateway. A drain agent asks for a session anyway: requests published while it was
+    // reconnecting must still reach it.
+    o.set_clean_session(clean_session);
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     o.set_inflight(RUMQTTC_INFLIGHT);
-    o.set_last_will(LastWill::new(
-        topics.status(),
-        GatewayStatus::Offline.to_json(),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    if let Some(presence) = presence {
+        o.set_last_will(LastWill::new(
+            presence.topic.clone(),
+            presence.offline.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     if let Some(user) = &m.username {
         let password = match &m.password_file {
             Some(path) => read_password(path)?,

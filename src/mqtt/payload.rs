@@ -62,18 +62,20 @@ pub(crate) struct Publication {
 }
 
 impl Publication {
-    /// The gateway status, QoS 1 retained, as SPEC asks.
-    pub fn status(topics: &Topics, status: &GatewayStatus) -> Publication {
-        let class = match status {
-            GatewayStatus::Online { .. } => Class::Presence,
-            GatewayStatus::Offline => Class::Durable,
-        };
+    /// A connection's presence (`online` or the final `offline`), QoS 1 retained. The online
+    /// form is republished on every connect, so it is never resent; the offline form must
+    /// arrive (it is what a clean stop leaves behind), so it is durable.
+    pub fn presence(topic: &str, payload: &[u8], online: bool) -> Publication {
         Publication {
-            topic: topics.status(),
-            payload: status.to_json(),
+            topic: topic.to_string(),
+            payload: payload.to_vec(),
             qos: QoS::AtLeastOnce,
             retain: true,
-            class,
+            class: if online {
+                Class::Presence
+            } else {
+                Class::Durable
+            },
         }
     }
 
@@ -106,6 +108,17 @@ impl Publication {
                 payload: serde_json::to_vec(r)?,
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                class: Class::Durable,
+            },
+            Outgoing::Message {
+                topic,
+                payload,
+                retain,
+            } => Publication {
+                topic: topic.clone(),
+                payload: payload.clone(),
+                qos: QoS::AtLeastOnce,
+                retain: *retain,
                 class: Class::Durable,
             },
         })
@@ -262,21 +275,33 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn status_publications_are_retained_qos1() {
+    fn generic_messages_are_durable_qos1_with_their_own_retain_flag() {
+        for retain in [false, true] {
+            let m = Outgoing::Message {
+                topic: "emberwatch/pangyo-a/drain/room-1/status".into(),
+                payload: br#"{"x":1}"#.to_vec(),
+                retain,
+            };
+            let p = Publication::encode(&topics(), &m).unwrap();
+            assert_eq!(p.topic, "emberwatch/pangyo-a/drain/room-1/status");
+            assert_eq!(p.payload, br#"{"x":1}"#);
+            assert_eq!(
+                (p.qos, p.retain, p.class),
+                (QoS::AtLeastOnce, retain, Class::Durable)
+            );
+        }
+    }
+
+    #[test]
+    fn presence_publications_are_retained_qos1() {
         let t = topics();
-        let off = Publication::status(&t, &GatewayStatus::Offline);
+        let off = Publication::presence(&t.status(), &GatewayStatus::Offline.to_json(), false);
         assert_eq!(off.topic, "emberwatch/pangyo-a/gateways/gw-b1/status");
         assert_eq!(
             (off.qos, off.retain, off.class),
             (QoS::AtLeastOnce, true, Class::Durable)
         );
-        let on = Publication::status(
-            &t,
-            &GatewayStatus::Online {
-                version: "1".into(),
-                started_at: "t".into(),
-            },
-        );
-        assert_eq!(on.class, Class::Presence);
+        let on = Publication::presence(&t.status(), b"{}", true);
+        assert_eq!((on.retain, on.class), (true, Class::Presence));
     }
 }

@@ -554,3 +554,99 @@ async fn the_gateway_link_works_against_the_embedded_broker() {
         .await
         .is_none());
 }
+
+/// A drain agent's link: its own presence (retained, last will offline), no commands, extra
+/// subscriptions delivered on `incoming`, and a broker session that keeps QoS 1 messages
+/// published while it was away.
+#[tokio::test]
+async fn an_agent_link_hears_its_filters_and_keeps_its_session() {
+    let broker = Mosquitto::start().await;
+    let cfg = config(&broker.url());
+    let opts = super::LinkOptions {
+        client_id: "emberwatch-agent-test".into(),
+        presence: super::Presence {
+            topic: "emberwatch/pangyo-a/drain/agents/lb-1".into(),
+            online: br#"{"state":"online","zones":["room-1"]}"#.to_vec(),
+            offline: br#"{"state":"offline","zones":["room-1"]}"#.to_vec(),
+        },
+        commands: false,
+        subscriptions: vec!["emberwatch/pangyo-a/drain/+/request".into()],
+        persistent_session: true,
+        host_embedded: false,
+    };
+    let start = |opts: super::LinkOptions| {
+        let cfg = cfg.clone();
+        async move {
+            let cancel = CancellationToken::new();
+            let link = super::connect_with(&cfg, opts, cancel.clone())
+                .await
+                .expect("link starts");
+            eventually("the agent link to connect", || {
+                link.publisher.is_connected()
+            })
+            .await;
+            (link, cancel)
+        }
+    };
+    let mut presence = Watcher::new(broker.port, "emberwatch/pangyo-a/drain/agents/+").await;
+    let (mut link, cancel) = start(opts.clone()).await;
+    let p = presence.next().await;
+    assert_eq!(&p.payload[..], br#"{"state":"online","zones":["room-1"]}"#);
+    // The subscription is in place once the online presence went out (SUBSCRIBE follows it on
+    // the wire); wait for the broker to have it by publishing until it arrives.
+    let operator = Watcher::new(broker.port, "nothing/at/all").await;
+    let got = timeout(WAIT, async {
+        loop {
+            operator
+                .client
+                .publish(
+                    "emberwatch/pangyo-a/drain/room-1/request",
+                    QoS::AtLeastOnce,
+                    false,
+                    "first",
+                )
+                .await
+                .unwrap();
+            if let Ok(Some(m)) = timeout(Duration::from_millis(200), link.incoming.recv()).await {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("a request on the extra filter arrives");
+    assert_eq!(got.topic, "emberwatch/pangyo-a/drain/room-1/request");
+    assert_eq!(got.payload, b"first");
+    assert!(link.commands.try_recv().is_err());
+    stop(link, cancel).await;
+    assert_eq!(
+        &presence.next().await.payload[..],
+        br#"{"state":"offline","zones":["room-1"]}"#
+    );
+    // Published while the agent is away (a watcher confirms the broker has it): the broker
+    // keeps it in the agent's session.
+    let mut seen = Watcher::new(broker.port, "emberwatch/pangyo-a/drain/room-2/request").await;
+    operator
+        .client
+        .publish(
+            "emberwatch/pangyo-a/drain/room-2/request",
+            QoS::AtLeastOnce,
+            false,
+            "while away",
+        )
+        .await
+        .unwrap();
+    assert_eq!(&seen.next().await.payload[..], b"while away");
+    let (mut link, cancel) = start(opts).await;
+    let m = loop {
+        let m = timeout(WAIT, link.incoming.recv())
+            .await
+            .expect("queued message after reconnect")
+            .expect("incoming open");
+        if m.payload != b"first" {
+            break m;
+        }
+    };
+    assert_eq!(m.topic, "emberwatch/pangyo-a/drain/room-2/request");
+    assert_eq!(m.payload, b"while away");
+    stop(link, cancel).await;
+}

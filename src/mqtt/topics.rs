@@ -103,6 +103,41 @@ impl Topics {
         self.drain_ack(zone, "+")
     }
 
+    /// `P/drain/+/ack/+`: every agent's progress on every zone's drain (the coordinator).
+    pub fn drain_acks_filter(&self) -> String {
+        format!("{}/drain/+/ack/+", self.root)
+    }
+
+    /// `P/drain/agents/+`: every agent's presence (the coordinator, operators).
+    pub fn drain_agents_filter(&self) -> String {
+        self.drain_agent("+")
+    }
+
+    /// `P/drain/readiness`: retained, which expected agents are missing (emberwatch's addition
+    /// to SPEC: an expected agent offline is a warning-level fault).
+    pub fn drain_readiness(&self) -> String {
+        format!("{}/drain/readiness", self.root)
+    }
+
+    /// `(zone, agent)` of a `P/drain/{zone}/ack/{agent}` topic; `None` for any other topic.
+    pub fn drain_ack_parts<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("/drain/")?;
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [zone, "ack", agent] if !zone.is_empty() && !agent.is_empty() => Some((zone, agent)),
+            _ => None,
+        }
+    }
+
+    /// The agent id of a `P/drain/agents/{agent}` topic; `None` for any other topic.
+    pub fn drain_agent_id<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let agent = topic
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("/drain/agents/")?;
+        (!agent.is_empty() && !agent.contains('/')).then_some(agent)
+    }
+
     /// `P/drain/{zone}/status`: retained drain state.
     pub fn drain_status(&self, zone: &str) -> String {
         format!("{}/drain/{zone}/status", self.root)
@@ -115,6 +150,21 @@ impl Topics {
 }
 
 const RESULT: &str = "result";
+
+/// Whether `topic` matches the subscription `filter` (`+` one level, `#` the rest), as the
+/// broker decides it; used to route what arrives on a link with several subscriptions.
+pub fn matches(topic: &str, filter: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match (f, t.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(seg)) if f == seg => {}
+            _ => return false,
+        }
+    }
+    t.next().is_none()
+}
 
 #[cfg(test)]
 mod tests {
@@ -206,6 +256,59 @@ address = "127.0.0.1:5020"
         let t = Topics::new(&cfg);
         assert_eq!(t.status(), "acme/fire/site-9/gateways/gw-x/status");
         assert_eq!(t.telemetry("rack-01"), "acme/fire/site-9/telemetry/rack-01");
+    }
+
+    #[test]
+    fn drain_topics_are_read_back() {
+        let t = t();
+        assert_eq!(
+            t.drain_ack_parts("emberwatch/pangyo-a/drain/room-1/ack/lb-1"),
+            Some(("room-1", "lb-1"))
+        );
+        assert_eq!(
+            t.drain_ack_parts("emberwatch/pangyo-a/drain/room-1/status"),
+            None
+        );
+        assert_eq!(
+            t.drain_ack_parts("emberwatch/pangyo-a/drain/room-1/ack/"),
+            None
+        );
+        assert_eq!(
+            t.drain_ack_parts("emberwatch/other/drain/room-1/ack/lb-1"),
+            None
+        );
+        assert_eq!(
+            t.drain_agent_id("emberwatch/pangyo-a/drain/agents/lb-1"),
+            Some("lb-1")
+        );
+        assert_eq!(
+            t.drain_agent_id("emberwatch/pangyo-a/drain/agents/a/b"),
+            None
+        );
+        assert_eq!(t.drain_acks_filter(), "emberwatch/pangyo-a/drain/+/ack/+");
+        assert_eq!(
+            t.drain_agents_filter(),
+            "emberwatch/pangyo-a/drain/agents/+"
+        );
+        assert_eq!(t.drain_readiness(), "emberwatch/pangyo-a/drain/readiness");
+    }
+
+    #[test]
+    fn filters_match_like_a_broker() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("p/drain/room-1/ack/lb-1", "p/drain/+/ack/+", true),
+            ("p/drain/room-1/ack", "p/drain/+/ack/+", false),
+            ("p/drain/room-1/ack/lb-1/x", "p/drain/+/ack/+", false),
+            ("p/drain/agents/lb-1", "p/drain/agents/+", true),
+            ("p/drain/room-1/request", "p/drain/room-1/request", true),
+            ("p/drain/room-2/request", "p/drain/room-1/request", false),
+            ("p/drain/a/b", "p/drain/#", true),
+            ("p/drain", "p/drain/#", true),
+            ("p/other", "p/drain/#", false),
+        ];
+        for (topic, filter, want) in cases {
+            assert_eq!(matches(topic, filter), *want, "{topic} ~ {filter}");
+        }
     }
 
     #[test]

@@ -1,0 +1,782 @@
+//! The gateway's side of the drain handshake, as a pure state machine.
+//!
+//! Zone statuses, agents' acks and presence, drill commands and the passing of time go in;
+//! retained requests, drain statuses, power-cut clearances and readiness come out as
+//! [`Outgoing`] messages. No I/O and no clock: every input carries its `now`, so a whole drain
+//! (escalation, a failing agent, the deadline, a cancel) is a table of steps in the tests below,
+//! and the async shell in `service.rs` only feeds it and publishes what it returns.
+//!
+//! The rules, in the order they matter during a fire:
+//! - a zone whose level reaches `drain.trigger` gets a drain with a new `drain_id`; a higher
+//!   severity later keeps the same drain (agents must not drain twice) and republishes the
+//!   request with the new severity;
+//! - the drain is `drained` once every expected agent said `done`; at the deadline it is
+//!   `timed_out`; either way the clearance becomes `clear: true` with a reason that names who
+//!   did not confirm. A `failed` agent does not end the wait early: someone may still fix it
+//!   by hand before the deadline;
+//! - a zone back to `normal` cancels: request `{"drain_id","state":"cancelled"}`, clearance
+//!   withdrawn (`clear: false`), agents restore;
+//! - acks for another `drain_id`, from agents not in `drain.agents`, or not expected for that
+//!   zone, are logged and ignored;
+//! - the drain set of a zone is `drain.agents`, less agents whose presence lists other zones
+//!   only; it is fixed when the drain starts;
+//! - an expected agent that is offline (its last will) or has not announced itself within
+//!   [`PRESENCE_GRACE`] is a warning-level fault: reported in `P/drain/readiness`, in the
+//!   drain status's `offline` list, in the log, and returned as an [`AgentFault`];
+//! - a drill is a drain with `drill: true` in every message, cancelled (agents restore) as soon
+//!   as it is drained or timed out; a real trigger supersedes a running drill.
+//!
+//! Deadlines are kept in wall-clock milliseconds because they must survive a restart
+//! ([`Persisted`]); the monotonic clock is used only for the presence grace of this process.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::messages::{
+    Ack, AckState, Action, Cancelled, CancelledState, Clearance, DrainState, Presence,
+    PresenceState, Progress, Readiness, Request,
+};
+use crate::alarms::{Level, ZoneStatus};
+use crate::clock::Now;
+use crate::config;
+use crate::mqtt::{Outgoing, Topics};
+use crate::rules::Severity;
+
+/// How long after start-up an expected agent may stay unheard of before it counts as missing:
+/// retained presence arrives right after the subscription, so this only needs to cover a slow
+/// broker.
+pub const PRESENCE_GRACE: Duration = Duration::from_secs(10);
+
+/// While a drain waits for agents, its request is republished this often. Acks are not
+/// retained and the gateway's session is clean, so an ack sent while the gateway was
+/// reconnecting (a broker restart) is gone; agents answer a repeated request with what they
+/// already did, so the gateway catches up within this period.
+pub const REQUEST_REPEAT: Duration = Duration::from_secs(10);
+
+/// One drain of one zone: the current one, or the last one (kept so late acks and restores
+/// still find it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    pub drain_id: String,
+    pub zone: String,
+    pub severity: Severity,
+    pub reason: Vec<String>,
+    pub requested_at: String,
+    /// Unix milliseconds; wall clock, so it survives a restart.
+    pub deadline_ms: u64,
+    pub drill: bool,
+    pub state: DrainState,
+    /// The agents this drain waits for, and how far each got.
+    pub agents: BTreeMap<String, Progress>,
+    /// What a failed agent said, for the clearance reason.
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+    pub clearance: Option<ClearanceRecord>,
+}
+
+/// The clearance last published for a drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearanceRecord {
+    pub clear: bool,
+    pub reason: String,
+    pub time: String,
+}
+
+impl DrainRecord {
+    /// Still wanted: not cancelled (drained and timed-out drains stay in force until the zone
+    /// is back to normal).
+    fn in_force(&self) -> bool {
+        self.state != DrainState::Cancelled
+    }
+
+    /// Still waiting for agents or the deadline.
+    fn open(&self) -> bool {
+        matches!(self.state, DrainState::Requested | DrainState::Draining)
+    }
+}
+
+/// What the coordinator keeps in `storage.dir/drain.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// The millisecond stamp of the last `drain_id`, so a new id is always new, even if the
+    /// clock steps back.
+    pub last_id_ms: u64,
+    /// The current or last drain of each zone.
+    pub zones: BTreeMap<String, DrainRecord>,
+}
+
+/// An expected agent went missing (`active`) or came back: a warning-level fault for the
+/// operator. The alarm table is the natural home for it (see the README); until it is wired
+/// there, the service logs it and `P/drain/readiness` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFault {
+    pub agent: String,
+    pub active: bool,
+    pub severity: Severity,
+    pub detail: String,
+}
+
+/// What one input produced.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub messages: Vec<Outgoing>,
+    pub faults: Vec<AgentFault>,
+}
+
+impl Effects {
+    fn extend(&mut self, other: Effects) {
+        self.messages.extend(other.messages);
+        self.faults.extend(other.faults);
+    }
+}
+
+/// Why a drill was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrillRefused {
+    #[error("zone {0:?} is not watched by this gateway")]
+    UnknownZone(String),
+    #[error("zone {zone:?} has a real drain in progress ({drain_id}); no drill now")]
+    RealDrain { zone: String, drain_id: String },
+    #[error("zone {zone:?} is already running drill {drain_id}")]
+    AlreadyDrilling { zone: String, drain_id: String },
+}
+
+pub struct Coordinator {
+    topics: Topics,
+    trigger: Severity,
+    deadline: Duration,
+    expected: Vec<String>,
+    zones: Vec<String>,
+    state: Persisted,
+    presence: BTreeMap<String, Presence>,
+    started: Instant,
+    /// Agents reported missing so far (faults raised and not yet cleared).
+    missing: BTreeSet<String>,
+    /// The readiness last published (without its time), so it is republished only on change.
+    readiness: Option<(BTreeMap<String, String>, Vec<String>)>,
+    /// When each zone's request was last published (this process only).
+    request_sent: BTreeMap<String, Instant>,
+    dirty: bool,
+}
+
+impl Coordinator {
+    /// `zones` are the gateway's zones (drills are refused for others); `persisted` is what
+    /// the last run left in `drain.json`.
+    pub fn new(
+        topics: Topics,
+        drain: &config::Drain,
+        zones: Vec<String>,
+        persisted: Persisted,
+        now: Now,
+    ) -> Coordinator {
+        Coordinator {
+            topics,
+            trigger: drain.trigger,
+            deadline: drain.deadline,
+            expected: drain.agents.clone(),
+            zones,
+            state: persisted,
+            presence: BTreeMap::new(),
+            started: now.mono,
+            missing: BTreeSet::new(),
+            readiness: None,
+            request_sent: BTreeMap::new(),
+            dirty: false,
+        }
+    }
+
+    /// The state to persist.
+    pub fn persisted(&self) -> &Persisted {
+        &self.state
+    }
+
+    /// True once after each change of [`Coordinator::persisted`]: save it before publishing.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// After a restart: republish every zone's retained request, status and clearance as
+    /// persisted (the broker may have lost them), so agents see the same `drain_id` again and
+    /// answer with what they already did, and time out what expired while the gateway was down.
+    pub fn resume(&mut self, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        let zones: Vec<String> = self.state.zones.keys().cloned().collect();
+        for zone in zones {
+            if let Some(rec) = self.state.zones.get(&zone) {
+                if rec.in_force() {
+                    tracing::info!(zone = %zone, drain_id = %rec.drain_id, state = ?rec.state, "resuming drain after restart");
+                }
+                self.request_sent.insert(zone.clone(), now.mono);
+                fx.messages.push(self.request_message(rec));
+                fx.messages.push(self.status_message(rec));
+                if let Some(c) = self.clearance_message(rec) {
+                    fx.messages.push(c);
+                }
+            }
+        }
+        fx.extend(self.tick(now));
+        fx
+    }
+
+    /// A zone's status changed (or was published at start-up).
+    pub fn on_zone(&mut self, z: &ZoneStatus, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        let trigger = Level::from(self.trigger);
+        let current = self.state.zones.get(&z.zone).filter(|r| r.in_force());
+        if z.level >= trigger {
+            let severity = severity_of(z.level).unwrap_or(self.trigger);
+            match current {
+                Some(rec) if !rec.drill => {
+                    if severity > rec.severity {
+                        fx.extend(self.escalate(&z.zone, severity, &z.active));
+                    }
+                }
+                Some(_drill) => {
+                    fx.extend(self.cancel(&z.zone, "a real drain supersedes the drill", now));
+                    fx.extend(self.start(&z.zone, severity, z.active.clone(), false, now));
+                }
+                None => fx.extend(self.start(&z.zone, severity, z.active.clone(), false, now)),
+            }
+        } else if z.level == Level::Normal && current.is_some_and(|r| !r.drill) {
+            fx.extend(self.cancel(&z.zone, "zone back to normal", now));
+        }
+        fx
+    }
+
+    /// Any publish on the coordinator's subscriptions: acks and agents' presence.
+    pub fn on_inbound(&mut self, topic: &str, payload: &[u8], now: Now) -> Effects {
+        if let Some((zone, agent)) = self.topics.drain_ack_parts(topic) {
+            let (zone, agent) = (zone.to_string(), agent.to_string());
+            return self.on_ack(&zone, &agent, payload, now);
+        }
+        if let Some(agent) = self.topics.drain_agent_id(topic) {
+            let agent = agent.to_string();
+            return self.on_presence(&agent, payload, now);
+        }
+        tracing::debug!("drain: ignoring publish on {topic}");
+        Effects::default()
+    }
+
+    /// An agent's ack on `P/drain/{zone}/ack/{agent}`.
+    pub fn on_ack(&mut self, zone: &str, agent: &str, payload: &[u8], now: Now) -> Effects {
+        let ack: Ack = match serde_json::from_slice(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    zone,
+                    agent,
+                    "drain: ignoring an ack that is not an ack ({e})"
+                );
+                return Effects::default();
+            }
+        };
+        if ack.agent != agent {
+            tracing::warn!(zone, agent, claimed = %ack.agent, "drain: ignoring an ack whose agent does not match its topic");
+            return Effects::default();
+        }
+        if !self.expected.iter().any(|a| a == agent) {
+            tracing::warn!(zone, agent, drain_id = %ack.drain_id, "drain: ack from unknown agent {agent:?} (not in drain.agents) ignored");
+            return Effects::default();
+        }
+        let Some(rec) = self.state.zones.get_mut(zone) else {
+            tracing::info!(zone, agent, drain_id = %ack.drain_id, "drain: ack for a zone with no drain ignored");
+            return Effects::default();
+        };
+        if rec.drain_id != ack.drain_id {
+            tracing::info!(zone, agent, drain_id = %ack.drain_id, current = %rec.drain_id, "drain: ack for another drain ignored");
+            return Effects::default();
+        }
+        let Some(progress) = rec.agents.get(agent).copied() else {
+            tracing::warn!(zone, agent, drain_id = %ack.drain_id, "drain: ack from an agent not expected for this zone ignored");
+            return Effects::default();
+        };
+        if ack.action == Action::Restore && rec.state != DrainState::Cancelled {
+            tracing::info!(zone, agent, drain_id = %ack.drain_id, "drain: restore ack for a drain still in force ignored");
+            return Effects::default();
+        }
+        let next = match (ack.action, ack.state) {
+            (Action::Drain, AckState::Started) => Progress::Started,
+            (Action::Drain, AckState::Done) => Progress::Done,
+            (Action::Drain, AckState::Failed) => Progress::Failed,
+            (Action::Restore, AckState::Started) => return Effects::default(),
+            (Action::Restore, AckState::Done) => Progress::Restored,
+            (Action::Restore, AckState::Failed) => Progress::RestoreFailed,
+        };
+        // Progress only moves forward: a resent `started` after `done` changes nothing, and the
+        // first final answer stands.
+        let forward = match progress {
+            Progress::Pending => true,
+            Progress::Started => next != Progress::Started,
+            Progress::Done | Progress::Failed => {
+                matches!(next, Progress::Restored | Progress::RestoreFailed)
+            }
+            Progress::Restored | Progress::RestoreFailed => false,
+        };
+        if !forward {
+            return Effects::default();
+        }
+        tracing::info!(zone, agent, drain_id = %rec.drain_id, progress = ?next, detail = %ack.detail, "drain: agent progress");
+        rec.agents.insert(agent.to_string(), next);
+        if next == Progress::Failed {
+            rec.details.insert(agent.to_string(), ack.detail.clone());
+        }
+        if rec.state == DrainState::Requested
+            && matches!(next, Progress::Started | Progress::Done | Progress::Failed)
+        {
+            rec.state = DrainState::Draining;
+        }
+        self.dirty = true;
+        let zone = zone.to_string();
+        let mut fx = Effects::default();
+        if let Some(rec) = self.state.zones.get(&zone) {
+            fx.messages.push(self.status_message(rec));
+        }
+        fx.extend(self.settle(&zone, now));
+        fx
+    }
+
+    /// An agent's retained presence on `P/drain/agents/{agent}`.
+    pub fn on_presence(&mut self, agent: &str, payload: &[u8], now: Now) -> Effects {
+        if payload.is_empty() {
+            // A cleared retained message: the agent was decommissioned.
+            self.presence.remove(agent);
+        } else {
+            match serde_json::from_slice::<Presence>(payload) {
+                Ok(p) => {
+                    self.presence.insert(agent.to_string(), p);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        agent,
+                        "drain: ignoring an agent presence that is not one ({e})"
+                    );
+                    return Effects::default();
+                }
+            }
+        }
+        let mut fx = self.check_readiness(now);
+        // Open drains show who is offline in their status.
+        let zones: Vec<String> = self
+            .state
+            .zones
+            .values()
+            .filter(|r| r.open() && r.agents.contains_key(agent))
+            .map(|r| r.zone.clone())
+            .collect();
+        let serves: Option<Vec<String>> = self.presence.get(agent).map(|p| p.zones.clone());
+        for zone in zones {
+            // A drain started before this agent's presence was known (right after a restart)
+            // waited for it in every zone; one it does not serve stops waiting for it.
+            if let (Some(serves), Some(rec)) = (&serves, self.state.zones.get_mut(&zone)) {
+                if !serves.contains(&zone) && rec.agents.get(agent) == Some(&Progress::Pending) {
+                    tracing::info!(zone = %zone, agent, drain_id = %rec.drain_id, "drain: agent does not serve this zone; not waiting for it");
+                    rec.agents.remove(agent);
+                    self.dirty = true;
+                }
+            }
+            if let Some(rec) = self.state.zones.get(&zone) {
+                fx.messages.push(self.status_message(rec));
+            }
+            fx.extend(self.settle(&zone, now));
+        }
+        fx
+    }
+
+    /// `emberwatch drill` / `cmd/drill`: rehearse a drain of `zone`.
+    pub fn drill(&mut self, zone: &str, now: Now) -> Result<(String, Effects), DrillRefused> {
+        if !self.zones.iter().any(|z| z == zone) {
+            return Err(DrillRefused::UnknownZone(zone.to_string()));
+        }
+        if let Some(rec) = self.state.zones.get(zone).filter(|r| r.in_force()) {
+            let (zone, drain_id) = (zone.to_string(), rec.drain_id.clone());
+            return Err(if rec.drill {
+                DrillRefused::AlreadyDrilling { zone, drain_id }
+            } else {
+                DrillRefused::RealDrain { zone, drain_id }
+            });
+        }
+        let fx = self.start(zone, self.trigger, vec!["drill".to_string()], true, now);
+        let id = self
+            .state
+            .zones
+            .get(zone)
+            .map(|r| r.drain_id.clone())
+            .unwrap_or_default();
+        Ok((id, fx))
+    }
+
+    /// The passing of time: deadlines, and the presence grace.
+    pub fn tick(&mut self, now: Now) -> Effects {
+        let mut fx = self.check_readiness(now);
+        let open: Vec<String> = self
+            .state
+            .zones
+            .values()
+            .filter(|r| r.open())
+            .map(|r| r.zone.clone())
+            .collect();
+        for zone in open {
+            fx.extend(self.settle(&zone, now));
+            let due = self
+                .request_sent
+                .get(&zone)
+                .is_none_or(|at| now.mono.saturating_duration_since(*at) >= REQUEST_REPEAT);
+            if let Some(rec) = self.state.zones.get(&zone).filter(|r| r.open() && due) {
+                fx.messages.push(self.request_message(rec));
+                self.request_sent.insert(zone, now.mono);
+            }
+        }
+        fx
+    }
+
+    fn start(
+        &mut self,
+        zone: &str,
+        severity: Severity,
+        reason: Vec<String>,
+        drill: bool,
+        now: Now,
+    ) -> Effects {
+        let now_ms = unix_ms(now.wall);
+        let id_ms = now_ms.max(self.state.last_id_ms + 1);
+        self.state.last_id_ms = id_ms;
+        let drain_id = if drill {
+            format!("drill-{zone}-{id_ms}")
+        } else {
+            format!("{zone}-{id_ms}")
+        };
+        let agents: BTreeMap<String, Progress> = self
+            .expected_for(zone)
+            .into_iter()
+            .map(|a| (a, Progress::Pending))
+            .collect();
+        let waiting = agents.keys().cloned().collect::<Vec<_>>().join(", ");
+        let deadline_ms = now_ms.saturating_add(self.deadline.as_millis() as u64);
+        let rec = DrainRecord {
+            drain_id: drain_id.clone(),
+            zone: zone.to_string(),
+            severity,
+            reason,
+            requested_at: crate::clock::rfc3339(now.wall),
+            deadline_ms,
+            drill,
+            state: DrainState::Requested,
+            agents,
+            details: BTreeMap::new(),
+            clearance: Some(ClearanceRecord {
+                clear: false,
+                reason: format!("drain {drain_id} requested; waiting for: {waiting}"),
+                time: crate::clock::rfc3339(now.wall),
+            }),
+        };
+        if drill {
+            tracing::info!(zone, drain_id = %drain_id, "drill: drain requested");
+        } else {
+            tracing::warn!(zone, drain_id = %drain_id, severity = %severity, reason = ?rec.reason, "drain requested: zone reached drain.trigger");
+        }
+        let mut fx = Effects::default();
+        fx.messages.push(self.request_message(&rec));
+        fx.messages.push(self.status_message(&rec));
+        fx.messages.extend(self.clearance_message(&rec));
+        self.request_sent.insert(zone.to_string(), now.mono);
+        self.state.zones.insert(zone.to_string(), rec);
+        self.dirty = true;
+        fx.extend(self.settle(zone, now));
+        fx
+    }
+
+    fn escalate(&mut self, zone: &str, severity: Severity, active: &[String]) -> Effects {
+        let mut fx = Effects::default();
+        let Some(rec) = self.state.zones.get_mut(zone) else {
+            return fx;
+        };
+        tracing::warn!(zone, drain_id = %rec.drain_id, from = %rec.severity, to = %severity, "drain escalated; same drain");
+        rec.severity = severity;
+        for a in active {
+            if !rec.reason.contains(a) {
+                rec.reason.push(a.clone());
+            }
+        }
+        self.dirty = true;
+        if let Some(rec) = self.state.zones.get(zone) {
+            fx.messages.push(self.request_message(rec));
+        }
+        fx
+    }
+
+    fn cancel(&mut self, zone: &str, why: &str, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        let Some(rec) = self.state.zones.get_mut(zone) else {
+            return fx;
+        };
+        rec.state = DrainState::Cancelled;
+        rec.clearance = Some(ClearanceRecord {
+            clear: false,
+            reason: format!("{why}: drain {} cancelled; agents restore", rec.drain_id),
+            time: crate::clock::rfc3339(now.wall),
+        });
+        tracing::warn!(zone, drain_id = %rec.drain_id, "drain cancelled: {why}");
+        self.dirty = true;
+        if let Some(rec) = self.state.zones.get(zone) {
+            fx.messages.push(self.request_message(rec));
+            fx.messages.push(self.status_message(rec));
+            fx.messages.extend(self.clearance_message(rec));
+        }
+        fx
+    }
+
+    /// Ends an open drain once every agent is done or the deadline passed; a finished drill is
+    /// then cancelled so agents restore.
+    fn settle(&mut self, zone: &str, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        let deadline = self.deadline;
+        let Some(rec) = self.state.zones.get_mut(zone) else {
+            return fx;
+        };
+        if !rec.open() {
+            return fx;
+        }
+        let all_done = rec.agents.values().all(|p| *p == Progress::Done);
+        let expired = unix_ms(now.wall) >= rec.deadline_ms;
+        let reason = if all_done {
+            rec.state = DrainState::Drained;
+            if rec.agents.is_empty() {
+                "drained: no agents expected (drain.agents is empty)".to_string()
+            } else {
+                format!(
+                    "drained: every expected agent confirmed ({})",
+                    rec.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        } else if expired {
+            rec.state = DrainState::TimedOut;
+            let missing: Vec<String> = rec
+                .agents
+                .iter()
+                .filter(|(_, p)| **p != Progress::Done)
+                .map(|(a, p)| match p {
+                    Progress::Failed => match rec.details.get(a) {
+                        Some(d) if !d.is_empty() => format!("{a} failed: {d}"),
+                        _ => format!("{a} failed"),
+                    },
+                    Progress::Started => format!("{a} still draining"),
+                    _ => format!("{a} never answered"),
+                })
+                .collect();
+            format!(
+                "deadline of {} passed without every agent's confirmation: {}",
+                humantime::format_duration(deadline),
+                missing.join("; ")
+            )
+        } else {
+            return fx;
+        };
+        rec.clearance = Some(ClearanceRecord {
+            clear: true,
+            reason,
+            time: crate::clock::rfc3339(now.wall),
+        });
+        tracing::warn!(zone, drain_id = %rec.drain_id, state = ?rec.state, "power-cut clearance given");
+        let drill = rec.drill;
+        self.dirty = true;
+        if let Some(rec) = self.state.zones.get(zone) {
+            fx.messages.push(self.status_message(rec));
+            fx.messages.extend(self.clearance_message(rec));
+        }
+        if drill {
+            fx.extend(self.cancel(zone, "drill over", now));
+        }
+        fx
+    }
+
+    /// `drain.agents`, less agents whose presence lists only other zones.
+    fn expected_for(&self, zone: &str) -> Vec<String> {
+        self.expected
+            .iter()
+            .filter(|a| {
+                self.presence
+                    .get(*a)
+                    .is_none_or(|p| p.zones.iter().any(|z| z == zone))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How an expected agent looks now: `online`, `offline`, or `unknown`.
+    fn presence_of(&self, agent: &str) -> &'static str {
+        match self.presence.get(agent).map(|p| p.state) {
+            Some(PresenceState::Online) => "online",
+            Some(PresenceState::Offline) => "offline",
+            None => "unknown",
+        }
+    }
+
+    fn is_missing(&self, agent: &str, now: Now) -> bool {
+        match self.presence_of(agent) {
+            "online" => false,
+            "offline" => true,
+            _ => now.mono.saturating_duration_since(self.started) >= PRESENCE_GRACE,
+        }
+    }
+
+    /// Publishes `P/drain/readiness` when it changed, raising or clearing agent faults.
+    fn check_readiness(&mut self, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        let agents: BTreeMap<String, String> = self
+            .expected
+            .iter()
+            .map(|a| (a.clone(), self.presence_of(a).to_string()))
+            .collect();
+        let mut missing: Vec<String> = self
+            .expected
+            .iter()
+            .filter(|a| self.is_missing(a, now))
+            .cloned()
+            .collect();
+        missing.sort();
+        for a in &missing {
+            if self.missing.insert(a.clone()) {
+                let detail = format!(
+                    "drain agent {a} is {}: drains it takes part in will wait for their deadline",
+                    if self.presence_of(a) == "offline" {
+                        "offline"
+                    } else {
+                        "not announced"
+                    }
+                );
+                fx.faults.push(AgentFault {
+                    agent: a.clone(),
+                    active: true,
+                    severity: Severity::Warning,
+                    detail,
+                });
+            }
+        }
+        let back: Vec<String> = self
+            .missing
+            .iter()
+            .filter(|a| !missing.contains(a))
+            .cloned()
+            .collect();
+        for a in back {
+            self.missing.remove(&a);
+            fx.faults.push(AgentFault {
+                detail: format!("drain agent {a} is online again"),
+                agent: a,
+                active: false,
+                severity: Severity::Warning,
+            });
+        }
+        let current = (agents, missing);
+        if self.readiness.as_ref() != Some(&current) && !self.expected.is_empty() {
+            let body = Readiness {
+                agents: current.0.clone(),
+                missing: current.1.clone(),
+                severity: (!current.1.is_empty()).then_some(Severity::Warning),
+                time: crate::clock::rfc3339(now.wall),
+            };
+            fx.messages
+                .push(message(self.topics.drain_readiness(), &body));
+            self.readiness = Some(current);
+        }
+        fx
+    }
+
+    fn request_message(&self, rec: &DrainRecord) -> Outgoing {
+        let topic = self.topics.drain_request(&rec.zone);
+        if rec.state == DrainState::Cancelled {
+            message(
+                topic,
+                &Cancelled {
+                    drain_id: rec.drain_id.clone(),
+                    state: CancelledState::Cancelled,
+                    drill: rec.drill,
+                },
+            )
+        } else {
+            message(
+                topic,
+                &Request {
+                    drain_id: rec.drain_id.clone(),
+                    zone: rec.zone.clone(),
+                    severity: rec.severity,
+                    reason: rec.reason.clone(),
+                    requested_at: rec.requested_at.clone(),
+                    deadline: crate::clock::rfc3339(
+                        UNIX_EPOCH + Duration::from_millis(rec.deadline_ms),
+                    ),
+                    drill: rec.drill,
+                },
+            )
+        }
+    }
+
+    fn status_message(&self, rec: &DrainRecord) -> Outgoing {
+        let offline = if rec.open() {
+            rec.agents
+                .iter()
+                .filter(|(a, p)| **p == Progress::Pending && self.presence_of(a) != "online")
+                .map(|(a, _)| a.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        message(
+            self.topics.drain_status(&rec.zone),
+            &super::messages::Status {
+                drain_id: rec.drain_id.clone(),
+                state: rec.state,
+                agents: rec.agents.clone(),
+                offline,
+                drill: rec.drill,
+            },
+        )
+    }
+
+    fn clearance_message(&self, rec: &DrainRecord) -> Option<Outgoing> {
+        let c = rec.clearance.as_ref()?;
+        Some(message(
+            self.topics.power_clearance(&rec.zone),
+            &Clearance {
+                zone: rec.zone.clone(),
+                clear: c.clear,
+                drain_id: rec.drain_id.clone(),
+                reason: c.reason.clone(),
+                time: c.time.clone(),
+                drill: rec.drill,
+            },
+        ))
+    }
+}
+
+/// A retained drain message.
+fn message<T: Serialize>(topic: String, body: &T) -> Outgoing {
+    // These bodies are strings, numbers and maps of strings: serialising cannot fail; an
+    // empty body (which would clear the retained message) is the fallback all the same.
+    let payload = serde_json::to_vec(body).unwrap_or_default();
+    Outgoing::Message {
+        topic,
+        payload,
+        retain: true,
+    }
+}
+
+fn severity_of(level: Level) -> Option<Severity> {
+    match level {
+        Level::Normal => None,
+        Level::Warning => Some(Severity::Warning),
+        Level::Critical => Some(Severity::Critical),
+        Level::Emergency => Some(Severity::Emergency),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

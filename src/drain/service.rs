@@ -1,0 +1,238 @@
+//! The gateway's drain task: the async shell around the pure [`Coordinator`].
+//!
+//! The daemon hands it every zone status it publishes and every `cmd/drill`; the MQTT link
+//! hands it the acks and presence it subscribed to; a ticker brings the deadlines. It saves
+//! the coordinator's state to `storage.dir/drain.json` before publishing anything that state
+//! implies, so a restart mid-drain resumes the same `drain_id`. Shaped like the other
+//! long-lived parts: a [`DrainHandle`] the daemon holds, one task that owns the state, bounded
+//! channels between; the task ends when the handle is dropped (after the engine's last zone
+//! status), so the daemon can stop it before the MQTT link says goodbye.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::coordinator::{Coordinator, Effects, Persisted};
+use super::messages::DrillCommand;
+use super::store::{JsonStore, StoreError};
+use crate::alarms::ZoneStatus;
+use crate::clock::Now;
+use crate::config::Config;
+use crate::mqtt::{Command, CommandResult, Inbound, LinkOptions, Outgoing, Publisher, Topics};
+
+/// How often deadlines are checked; the clearance is at most this late.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Room for zone statuses and drill commands not yet taken by the task.
+const QUEUE: usize = 256;
+
+/// The file under `storage.dir`.
+pub const STATE_FILE: &str = "drain.json";
+
+/// The gateway's MQTT link, plus the drain subscriptions when `[drain]` is configured.
+pub fn link_options(cfg: &Config) -> LinkOptions {
+    let mut opts = LinkOptions::gateway(cfg);
+    if cfg.drain.is_some() {
+        let t = Topics::new(cfg);
+        opts.subscriptions = vec![t.drain_acks_filter(), t.drain_agents_filter()];
+    }
+    opts
+}
+
+/// The daemon's side: feeds the drain task. Without `[drain]` it does nothing (drills are
+/// answered as refused).
+#[derive(Debug)]
+pub struct DrainHandle {
+    zones: Option<mpsc::Sender<ZoneStatus>>,
+    drills: Option<mpsc::Sender<Command>>,
+    publisher: Publisher,
+}
+
+impl DrainHandle {
+    /// Called with every message the daemon publishes; zone statuses go to the coordinator.
+    pub async fn observe(&self, msg: &Outgoing) {
+        if let (Some(tx), Outgoing::Zone(z)) = (&self.zones, msg) {
+            if tx.send(z.clone()).await.is_err() {
+                tracing::error!(
+                    "drain: the drain task has stopped; zone {} not seen",
+                    z.zone
+                );
+            }
+        }
+    }
+
+    /// True for the commands this handle answers (`cmd/drill`).
+    pub fn takes(cmd: &Command) -> bool {
+        cmd.name == "drill"
+    }
+
+    /// A `cmd/drill` command; answered on `cmd/result` by the task.
+    pub async fn drill(&self, cmd: Command) {
+        match &self.drills {
+            Some(tx) => {
+                if tx.send(cmd).await.is_err() {
+                    tracing::error!("drain: the drain task has stopped; drill not run");
+                }
+            }
+            None => {
+                let result = CommandResult {
+                    command: cmd.name,
+                    ok: false,
+                    reason: Some(
+                        "no [drain] section in this gateway's configuration: nothing to drill"
+                            .into(),
+                    ),
+                };
+                self.publisher.send(Outgoing::CommandResult(result)).await;
+            }
+        }
+    }
+}
+
+/// The running drain task, to be awaited after its handle is dropped.
+#[derive(Debug)]
+pub struct DrainService {
+    task: Option<JoinHandle<()>>,
+}
+
+impl DrainService {
+    /// Starts the task if `[drain]` is configured; fails only when `drain.json` cannot be read.
+    pub fn start(
+        cfg: &Config,
+        publisher: Publisher,
+        incoming: mpsc::Receiver<Inbound>,
+    ) -> Result<(DrainHandle, DrainService), StoreError> {
+        let Some(drain) = &cfg.drain else {
+            let handle = DrainHandle {
+                zones: None,
+                drills: None,
+                publisher,
+            };
+            return Ok((handle, DrainService { task: None }));
+        };
+        let (store, persisted): (JsonStore, Persisted) =
+            JsonStore::open(&cfg.storage.dir, STATE_FILE)?;
+        let coordinator = Coordinator::new(
+            Topics::new(cfg),
+            drain,
+            cfg.zones(),
+            persisted,
+            Now::system(),
+        );
+        let (zone_tx, zones) = mpsc::channel(QUEUE);
+        let (drill_tx, drills) = mpsc::channel(QUEUE);
+        let runner = Runner {
+            coordinator,
+            store,
+            publisher: publisher.clone(),
+            zones,
+            drills,
+            incoming,
+        };
+        let task = tokio::spawn(runner.run());
+        let handle = DrainHandle {
+            zones: Some(zone_tx),
+            drills: Some(drill_tx),
+            publisher,
+        };
+        Ok((handle, DrainService { task: Some(task) }))
+    }
+
+    /// Waits for the task, which ends once its [`DrainHandle`] is dropped.
+    pub async fn stopped(self) {
+        if let Some(task) = self.task {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("drain: the drain task panicked: {e}");
+                }
+            }
+        }
+    }
+}
+
+struct Runner {
+    coordinator: Coordinator,
+    store: JsonStore,
+    publisher: Publisher,
+    zones: mpsc::Receiver<ZoneStatus>,
+    drills: mpsc::Receiver<Command>,
+    incoming: mpsc::Receiver<Inbound>,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let fx = self.coordinator.resume(Now::system());
+        self.apply(fx).await;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut incoming_open = true;
+        loop {
+            let fx = tokio::select! {
+                z = self.zones.recv() => match z {
+                    Some(z) => self.coordinator.on_zone(&z, Now::system()),
+                    // The daemon is done: its last zone status has been seen.
+                    None => break,
+                },
+                Some(cmd) = self.drills.recv() => self.drill(cmd),
+                m = self.incoming.recv(), if incoming_open => match m {
+                    Some(m) => self.coordinator.on_inbound(&m.topic, &m.payload, Now::system()),
+                    None => {
+                        incoming_open = false;
+                        Effects::default()
+                    }
+                },
+                _ = tick.tick() => self.coordinator.tick(Now::system()),
+            };
+            self.apply(fx).await;
+        }
+        tracing::debug!("drain: coordinator stopped");
+    }
+
+    fn drill(&mut self, cmd: Command) -> Effects {
+        let parsed: Result<DrillCommand, _> = serde_json::from_slice(&cmd.payload);
+        let (result, mut fx) = match parsed {
+            Err(e) => (
+                Err(format!("cmd/drill wants {{\"zone\": ZONE}}: {e}")),
+                Effects::default(),
+            ),
+            Ok(d) => match self.coordinator.drill(&d.zone, Now::system()) {
+                Ok((id, fx)) => (Ok(format!("drill {id} of zone {} started", d.zone)), fx),
+                Err(refused) => (Err(refused.to_string()), Effects::default()),
+            },
+        };
+        let (ok, reason) = match result {
+            Ok(r) => (true, r),
+            Err(r) => {
+                tracing::warn!("drill refused: {r}");
+                (false, r)
+            }
+        };
+        fx.messages.push(Outgoing::CommandResult(CommandResult {
+            command: cmd.name,
+            ok,
+            reason: Some(reason),
+        }));
+        fx
+    }
+
+    /// Saves the state if it changed, then publishes and reports.
+    async fn apply(&mut self, fx: Effects) {
+        if self.coordinator.take_dirty() {
+            if let Err(e) = self.store.save(self.coordinator.persisted()) {
+                // Publishing still goes ahead: the drain matters more than its resumability.
+                tracing::error!(error = %e, "drain: cannot persist drain state; a restart would not resume this drain");
+            }
+        }
+        for f in fx.faults {
+            if f.active {
+                tracing::warn!(agent = %f.agent, severity = %f.severity, "drain agent fault: {}", f.detail);
+            } else {
+                tracing::info!(agent = %f.agent, "drain agent fault cleared: {}", f.detail);
+            }
+        }
+        for m in fx.messages {
+            self.publisher.send(m).await;
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! Drain coordination end to end, as a site sees it on MQTT: the real gateway (`emberwatch run`)
+//! and real agents (`emberwatch drain-agent`, running shell hooks) against a real mosquitto, the
+//! zone driven by writing the simulator's cell temperature over Modbus.
+//!
+//! Every wait is on an MQTT message, a file or a process exit, with a deadline; no fixed sleeps.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+const REQUEST: &str = "emberwatch/test-site/drain/room-1/request";
+const STATUS: &str = "emberwatch/test-site/drain/room-1/status";
+const CLEARANCE: &str = "emberwatch/test-site/power/room-1/clearance";
+const READINESS: &str = "emberwatch/test-site/drain/readiness";
+
+fn ack_topic(agent: &str) -> String {
+    format!("emberwatch/test-site/drain/room-1/ack/{agent}")
+}
+
+fn presence_topic(agent: &str) -> String {
+    format!("emberwatch/test-site/drain/agents/{agent}")
+}
+
+/// Register 116 of the simulator: max cell temperature, i16, 0.1 degC.
+const CELL_TEMP_MAX: u16 = 116;
+
+/// For things that take a poll or two; waited this long only when something is wrong.
+const SOON: Duration = Duration::from_secs(15);
+
+/// Text a child process wrote, shown when a test fails.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    fn collect<R: AsyncRead + Unpin + Send + 'static>(&self, r: R) {
+        let buf = self.0.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut b = buf.lock().unwrap();
+                b.push_str(&line);
+                b.push('\n');
+            }
+        });
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// `emberwatch drain-agent` on a configuration the test wrote.
+struct Agent {
+    id: String,
+    config: PathBuf,
+    child: Option<Child>,
+    log: Log,
+}
+
+impl Agent {
+    /// `drain`/`restore` are TOML arrays (argv). The agent keeps its state in `state`.
+    fn start(port: u16, state: &Path, id: &str, drain: &str, restore: &str) -> Agent {
+        let config = state.join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"[site]
+id = "test-site"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+topic_prefix = "emberwatch"
+keep_alive = "5s"
+[storage]
+dir = '{dir}'
+[agent]
+id = "{id}"
+zones = ["room-1"]
+drain = {drain}
+restore = {restore}
+timeout = "20s"
+"#,
+                dir = state.display()
+            ),
+        )
+        .expect("write agent config");
+        let mut a = Agent {
+            id: id.to_string(),
+            config,
+            child: None,
+            log: Log::default(),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emberwatch"));
+        cmd.arg("drain-agent")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("EMBERWATCH") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn emberwatch drain-agent");
+        self.log.collect(child.stderr.take().expect("stderr"));
+        self.log.collect(child.stdout.take().expect("stdout"));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: the agent dies mid-whatever; the broker publishes its last will.
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- agent {} -----\n{}----- end of agent {} -----",
+                self.id,
+                self.log.text(),
+                self.id
+            );
+        }
+    }
+}
+
+/// A `sh -c` hook that appends a line to `file` (so the test can count runs and see the
+/// environment), then runs `then`.
+fn hook(file: &Path, then: &str) -> String {
+    format!(
+        r#"["sh", "-c", "echo \"$EMBERWATCH_ACTION $EMBERWATCH_DRAIN_ID $EMBERWATCH_ZONE $EMBERWATCH_SEVERITY drill=${{EMBERWATCH_DRILL:-0}}\" >> '{}'; {then}"]"#,
+        file.display()
+    )
+}
+
+/// The lines of a hook's log file (empty if it was never written).
+fn runs(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `file` has `n` lines.
+async fn wait_runs(file: &Path, n: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = runs(file);
+        if r.len() >= n {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} has {} lines, expected {n}: {r:?}",
+            file.display(),
+            r.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A broker, a simulated rack, a gateway with `[drain]`, and a subscriber to everything.
+struct Rig {
+    sub: Subscriber,
+    daemon: Daemon,
+    state: tempfile::TempDir,
+    sim: Sim,
+    broker: Mosquitto,
+    gateway_config: String,
+}
+
+impl Rig {
+    async fn start(agents: &[&str], deadline: &str) -> Rig {
+        let broker = Mosquitto::start().await;
+        let sim = Sim::start("normal", 1).await;
+        let state = tempfile::tempdir().expect("tempdir");
+        let sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+        let agents = agents
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let drain = format!(
+            "\n[drain]\ntrigger = \"critical\"\ndeadline = \"{deadline}\"\nagents = [{agents}]\n"
+        );
+        let gateway_config = gateway_config(broker.port(), sim.port(), state.path(), &drain);
+        let daemon = Daemon::start(&gateway_config);
+        let mut rig = Rig {
+            sub,
+            daemon,
+            state,
+            sim,
+            broker,
+            gateway_config,
+        };
+        rig.sub
+            .expect_where(
+                "emberwatch/test-site/gateways/gw-t/status",
+                |v| v["state"] == "online",
+                SOON,
+            )
+            .await;
+        rig
+    }
+
+    fn port(&self) -> u16 {
+        self.broker.port()
+    }
+
+    fn dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    async fn set_cell_temp(&self, celsius: f64) {
+        self.sim
+            .write(CELL_TEMP_MAX, (celsius * 10.0).round() as i16 as u16)
+            .await;
+    }
+
+    async fn online(&mut self, agent: &str) {
+        self.sub
+            .expect_where(&presence_topic(agent), |v| v["state"] == "online", SOON)
+            .await;
+    }
+
+    async fn expect(&mut self, topic: &str, pred: impl FnMut(&Value) -> bool) -> Value {
+        self.sub.expect_where(topic, pred, SOON).await
+    }
+
+    async fn expect_within(
+        &mut self,
+        topic: &str,
+        pred: impl FnMut(&Value) -> bool,
+        within: Duration,
+    ) -> Value {
+        self.sub.expect_where(topic, pred, within).await
+    }
+}
+
+/// Two agents, one slow and one failing, and a third expected agent that never shows up: the
+/// gateway waits until the deadline, then gives clearance naming who did not confirm; back to
+/// normal, it cancels, withdraws clearance, and the agents restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_restore() {
+    let mut rig = Rig::start(&["lb-1", "k8s-b", "dns-1"], "8s").await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let k8s_runs = rig.dir().join("k8s-b.runs");
+    let _lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "sleep 2; echo lb drained"),
+        &hook(&lb_runs, "echo restored"),
+    );
+    let _k8s = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "k8s-b",
+        &hook(&k8s_runs, "echo 'error: nodes not found' >&2; exit 3"),
+        &hook(&k8s_runs, "true"),
+    );
+    rig.online("lb-1").await;
+    rig.online("k8s-b").await;
+
+    let t0 = Instant::now();
+    rig.set_cell_temp(60.0).await;
+    let req = rig
+        .expect(REQUEST, |v| {
+            v["severity"] == "critical" && v["zone"] == "room-1"
+        })
+        .await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    assert_eq!(
+        req["reason"],
+        serde_json::json!(["rack-01/cell_temp_max/cell-overtemp"])
+    );
+    assert!(
+        req.get("drill").is_none(),
+        "a real drain is not marked drill"
+    );
+    rig.expect(STATUS, |v| {
+        v["drain_id"] == id.as_str()
+            && v["state"] == "requested"
+            && v["agents"]["dns-1"] == "pending"
+    })
+    .await;
+
+    // The failing agent says why, with its exit status and output.
+    let failed = rig
+        .expect(&ack_topic("k8s-b"), |v| v["state"] == "failed")
+        .await;
+    assert_eq!(failed["drain_id"], id.as_str());
+    assert_eq!(failed["exit_status"], 3);
+    assert!(
+        failed["output"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nodes not found"),
+        "{failed}"
+    );
+    // The slow one starts, then finishes.
+    rig.expect(&ack_topic("lb-1"), |v| v["state"] == "started")
+        .await;
+    let done = rig
+        .expect(&ack_topic("lb-1"), |v| v["state"] == "done")
+        .await;
+    assert_eq!(done["exit_status"], 0);
+    assert_eq!(done["drain_id"], id.as_str());
+
+    // An ack from an agent nobody expects changes nothing.
+    publish(
+        rig.port(),
+        &ack_topic("intruder"),
+        format!(r#"{{"drain_id":"{id}","agent":"intruder","state":"done","detail":""}}"#)
+            .as_bytes(),
+        false,
+    )
+    .await;
+
+    // The deadline: timed out, clearance given, naming the failed and the missing agent.
+    let status = rig
+        .expect_within(
+            STATUS,
+            |v| v["state"] == "timed_out",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(status["agents"]["lb-1"], "done");
+    assert_eq!(status["agents"]["k8s-b"], "failed");
+    assert_eq!(status["agents"]["dns-1"], "pending");
+    assert!(status["agents"].get("intruder").is_none());
+    let clearance = rig.expect(CLEARANCE, |v| v["clear"] == true).await;
+    let elapsed = t0.elapsed();
+    assert_eq!(clearance["drain_id"], id.as_str());
+    let reason = clearance["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("k8s-b failed") && reason.contains("dns-1 never answered"),
+        "{reason}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(7),
+        "clearance before the 8 s deadline: {elapsed:?}"
+    );
+    assert!(rig.daemon.stderr().contains("unknown agent \"intruder\""));
+
+    // The missing agent is a warning the operator sees.
+    let readiness = rig
+        .expect(READINESS, |v| v["missing"] == serde_json::json!(["dns-1"]))
+        .await;
+    assert_eq!(readiness["severity"], "warning");
+
+    // Back to normal: cancelled, clearance withdrawn, agents restore.
+    rig.set_cell_temp(25.0).await;
+    rig.expect(REQUEST, |v| {
+        v["drain_id"] == id.as_str() && v["state"] == "cancelled"
+    })
+    .await;
+    rig.expect(CLEARANCE, |v| {
+        v["clear"] == false && v["drain_id"] == id.as_str()
+    })
+    .await;
+    rig.expect(&ack_topic("lb-1"), |v| {
+        v["action"] == "restore" && v["state"] == "done"
+    })
+    .await;
+    rig.expect(STATUS, |v| {
+        v["state"] == "cancelled" && v["agents"]["lb-1"] == "restored"
+    })
+    .await;
+    let lb = runs(&lb_runs);
+    assert_eq!(
+        lb,
+        vec![
+            format!("drain {id} room-1 critical drill=0"),
+            format!("restore {id} room-1  drill=0"),
+        ]
+    );
+}
+
+/// Escalation to emergency keeps the drain; a gateway killed mid-drain comes back to the same
+/// drain and learns from the agent what it missed; the hook ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
+    let mut rig = Rig::start(&["lb-1"], "60s").await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let _lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "sleep 3"),
+        &hook(&lb_runs, "true"),
+    );
+    rig.online("lb-1").await;
+    rig.set_cell_temp(60.0).await;
+    let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    rig.set_cell_temp(70.0).await;
+    rig.expect(REQUEST, |v| {
+        v["severity"] == "emergency" && v["drain_id"] == id.as_str()
+    })
+    .await;
+    rig.expect(&ack_topic("lb-1"), |v| v["state"] == "started")
+        .await;
+
+    // The gateway dies while the agent drains; the agent's `done` goes unheard.
+    rig.daemon.kill().await;
+    rig.expect(&ack_topic("lb-1"), |v| v["state"] == "done")
+        .await;
+    rig.sub.forget();
+
+    let mut daemon = Daemon::start(&rig.gateway_config);
+    let req = rig.expect(REQUEST, |_| true).await;
+    assert_eq!(req["drain_id"], id.as_str(), "same drain after restart");
+    assert_eq!(req["severity"], "emergency");
+    let clearance = rig
+        .expect(CLEARANCE, |v| {
+            v["clear"] == true && v["drain_id"] == id.as_str()
+        })
+        .await;
+    assert!(
+        clearance["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("every expected agent confirmed"),
+        "{clearance}"
+    );
+    rig.expect(STATUS, |v| v["state"] == "drained").await;
+    assert_eq!(runs(&lb_runs).len(), 1, "the hook ran once");
+    assert!(daemon.stderr().contains("resuming drain after restart"));
+    let _ = daemon.terminate().await;
+}
+
+/// A broker that restarts mid-drain (losing its retained messages and sessions) loses nothing
+/// that matters: the agent's ack waits in its link until the broker is back, the gateway repeats
+/// its request while the drain is open, the agent answers with what it already did, and the
+/// clearance comes; the hook ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_drain_still_ends_in_clearance() {
+    let mut rig = Rig::start(&["lb-1"], "60s").await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let _lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "sleep 2"),
+        &hook(&lb_runs, "true"),
+    );
+    rig.online("lb-1").await;
+    rig.set_cell_temp(60.0).await;
+    let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    rig.expect(&ack_topic("lb-1"), |v| v["state"] == "started")
+        .await;
+    rig.broker.restart().await;
+    rig.sub.resubscribed(SOON).await;
+    let clearance = rig
+        .expect_within(
+            CLEARANCE,
+            |v| v["clear"] == true && v["drain_id"] == id.as_str(),
+            Duration::from_secs(40),
+        )
+        .await;
+    assert!(
+        clearance["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("every expected agent confirmed"),
+        "{clearance}"
+    );
+    assert_eq!(runs(&lb_runs).len(), 1, "the hook ran once");
+}
+
+/// An agent killed while its hook runs never runs it again for that drain: after its restart
+/// (persistent session, retained request) it reports the drain interrupted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_never_runs_a_hook_twice() {
+    let mut rig = Rig::start(&["lb-1"], "60s").await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let mut lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "sleep 30"),
+        &hook(&lb_runs, "true"),
+    );
+    rig.online("lb-1").await;
+    rig.set_cell_temp(60.0).await;
+    let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    rig.expect(&ack_topic("lb-1"), |v| v["state"] == "started")
+        .await;
+    wait_runs(&lb_runs, 1, SOON).await;
+
+    lb.kill().await;
+    rig.expect(&presence_topic("lb-1"), |v| v["state"] == "offline")
+        .await;
+    // The gateway sees the expected agent go missing.
+    rig.expect(READINESS, |v| v["missing"] == serde_json::json!(["lb-1"]))
+        .await;
+
+    lb.spawn();
+    let failed = rig
+        .expect(&ack_topic("lb-1"), |v| v["state"] == "failed")
+        .await;
+    assert_eq!(failed["drain_id"], id.as_str());
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interrupted"),
+        "{failed}"
+    );
+    rig.expect(STATUS, |v| v["agents"]["lb-1"] == "failed")
+        .await;
+    assert_eq!(
+        runs(&lb_runs).len(),
+        1,
+        "not run again: {:?}",
+        runs(&lb_runs)
+    );
+}
+
+/// `emberwatch drill` rehearses the whole handshake through the running gateway: every message
+/// is marked as a drill, the hook sees EMBERWATCH_DRILL=1, the agents restore afterwards, and
+/// the command exits 0 with the timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_runs_the_handshake_marked_and_restores() {
+    let mut rig = Rig::start(&["lb-1"], "30s").await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let _lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "echo drained"),
+        &hook(&lb_runs, "echo restored"),
+    );
+    rig.online("lb-1").await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+        .args(["drill", "--zone", "room-1", "--config"])
+        .arg(rig.daemon.config_path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("drill finishes")
+        .expect("run drill");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status_ok(out.status),
+        "drill failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("drained, clearance given"), "{stdout}");
+    assert!(stdout.contains("agent lb-1: restore done"), "{stdout}");
+
+    let req = rig.expect(REQUEST, |v| v["drill"] == true).await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    rig.expect(&ack_topic("lb-1"), |v| {
+        v["state"] == "done" && v["drill"] == true
+    })
+    .await;
+    rig.expect(CLEARANCE, |v| v["clear"] == true && v["drill"] == true)
+        .await;
+    rig.expect(REQUEST, |v| v["state"] == "cancelled" && v["drill"] == true)
+        .await;
+    let r = runs(&lb_runs);
+    assert_eq!(
+        r,
+        vec![
+            format!("drain {id} room-1 critical drill=1"),
+            format!("restore {id} room-1  drill=1"),
+        ]
+    );
+    // Retained state after a drill: no clearance in force.
+    let mut late = Subscriber::connect(rig.port(), CLEARANCE).await;
+    let c = late.expect(CLEARANCE, SOON).await;
+    assert_eq!(c["clear"], false);
+}
+
+fn status_ok(s: ExitStatus) -> bool {
+    s.success()
+}
+
+/// The example agent configuration shipped in config/ is valid as it stands.
+#[test]
+fn the_example_agent_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/drain-agent.toml");
+    let cfg = emberwatch::config::Config::load_with_env(
+        &path,
+        emberwatch::config::Role::DrainAgent,
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let agent = cfg.agent.expect("[agent]");
+    assert_eq!(agent.id, "lb-1");
+    assert_eq!(agent.drain[0], "/usr/lib/emberwatch/hooks/haproxy-drain");
+}
