@@ -303,6 +303,7 @@ mod tests {
             unit: String::new(),
             valid: None,
             stuck_after: None,
+            field: None,
         }
     }
 

@@ -175,10 +175,21 @@ pub struct Device {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transport {
-    ModbusTcp { address: String },
-    ModbusRtu { serial: SerialPort },
-    ModbusRtuOverTcp { address: String },
-    SerialLines { serial: SerialPort },
+    ModbusTcp {
+        address: String,
+    },
+    ModbusRtu {
+        serial: SerialPort,
+    },
+    ModbusRtuOverTcp {
+        address: String,
+    },
+    /// A sensor printing ASCII lines. Without `pattern`, lines are `KEY=VALUE` tokens; with it,
+    /// the regex's named groups are the fields (for formats like `$ASD,24.5,3*7F`).
+    SerialLines {
+        serial: SerialPort,
+        pattern: Option<String>,
+    },
 }
 
 impl Transport {
@@ -266,6 +277,9 @@ pub struct Point {
     pub valid: Option<(f64, f64)>,
     /// An unchanged raw value for this long is a sensor fault.
     pub stuck_after: Option<Duration>,
+    /// serial-lines only: the key (or the pattern's named group) this point's value comes from.
+    /// Defaults to the point id.
+    pub field: Option<String>,
 }
 
 /// A rule, with its `points` already resolved against the devices.
