@@ -231,7 +231,7 @@ async fn two_racks_on_one_rs485_bus_alarm_independently() {
     let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
     let devices = rtu_device("rack-01", 1, &serial_link(&cable.b()))
         + &rtu_device("rack-02", 2, &serial_link(&cable.b()));
-    let _daemon = Daemon::start(&config(&broker, state.path(), &devices));
+    let mut daemon = Daemon::start(&config(&broker, state.path(), &devices));
 
     for rack in ["rack-01", "rack-02"] {
         let t = sub.expect_where(&telemetry(rack), is_good, SOON).await;
@@ -264,6 +264,9 @@ async fn two_racks_on_one_rs485_bus_alarm_independently() {
         .is_none(),
         "rack-01 raised an alarm it should not have"
     );
+    // The bus owner stops with everything else: a clean exit on SIGTERM, the port released.
+    let status = daemon.terminate().await;
+    assert!(status.success(), "{status}\n{}", daemon.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

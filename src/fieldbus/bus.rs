@@ -24,6 +24,11 @@ use crate::fieldbus::counters::{Counters, LinkCounters};
 use crate::fieldbus::frame::{self, Fault, Payload, Scan, Seen};
 use crate::fieldbus::{span_points, LinkError, PointReading, Reading, SpanAnswer};
 
+/// After a failed exchange the line must be quiet this long (not just 3.5 characters) before the
+/// next request: a slave that answers a little after its timeout would otherwise have that late
+/// answer read as the reply to the next request for the same registers.
+pub const SETTLE_AFTER_FAILURE: Duration = Duration::from_millis(50);
+
 /// Where a bus is reached. Devices with equal endpoints share one owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Endpoint {
@@ -151,6 +156,8 @@ pub struct Bus {
     gap: Duration,
     /// When the line last carried a byte either way.
     last_activity: Instant,
+    /// The last exchange failed: wait [`SETTLE_AFTER_FAILURE`] of silence before the next.
+    settle: bool,
 }
 
 impl Bus {
@@ -171,6 +178,7 @@ impl Bus {
             char_time,
             gap,
             last_activity: Instant::now(),
+            settle: false,
         }
     }
 
@@ -340,8 +348,14 @@ impl Bus {
         };
         let mut scratch = [0u8; 256];
         let mut stray = 0usize;
+        let gap = if self.settle {
+            self.gap.max(SETTLE_AFTER_FAILURE)
+        } else {
+            self.gap
+        };
+        self.settle = false;
         loop {
-            let until = self.last_activity + self.gap;
+            let until = self.last_activity + gap;
             // Give pending bytes a chance to show up even when the gap is already over.
             match timeout_at(until.max(Instant::now()), line.read(&mut scratch)).await {
                 Err(_) => break,
@@ -414,6 +428,7 @@ impl Bus {
             }
         }
         self.last_activity = Instant::now();
+        self.settle = true;
         LinkCounters::add(&c.wrong_unit, seen.wrong_unit.len() as u64);
         let timeout = device.timeout;
         Err(ExchangeError::Failed(
@@ -526,6 +541,70 @@ mod tests {
         assert!(polls[0].abs_diff(polls[1]) <= 1, "{polls:?}");
         let total: u32 = polls.iter().sum();
         assert!(total >= 124, "the bus idled: {polls:?}");
+    }
+
+    /// A fake slave behind a TCP "device server": answers the first request late (just after
+    /// the timeout) with 111, every later one at once with 222.
+    async fn late_slave() -> (String, tokio::task::JoinHandle<()>) {
+        use crate::decode::Table;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let task = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut req = [0u8; 8];
+            let mut first = true;
+            while s.read_exact(&mut req).await.is_ok() {
+                let value = if first { 111 } else { 222 };
+                if first {
+                    tokio::time::sleep(Duration::from_millis(130)).await;
+                }
+                first = false;
+                let f = frame::reply_frame(req[0], Table::Holding, &Payload::Words(vec![value]));
+                if s.write_all(&f).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_never_taken_for_the_next_one() {
+        let (addr, slave) = late_slave().await;
+        let text = format!(
+            "[site]\nid = \"s\"\ngateway = \"g\"\n[[devices]]\nid = \"r\"\nzone = \"z\"\n\
+             transport = \"modbus-rtu-over-tcp\"\naddress = \"{addr}\"\ntimeout = \"100ms\"\n\
+             [[devices.points]]\nid = \"t\"\naddress = 116\n"
+        );
+        let cfg =
+            crate::config::Config::from_toml(&text, crate::config::Role::Gateway).expect("config");
+        let endpoint = Endpoint::of(&cfg.devices[0].transport).expect("rtu");
+        let counters = Counters::new(1);
+        let mut bus = Bus::new(endpoint, counters.clone());
+        let dev = BusDevice::new(cfg.devices[0].clone());
+        let first = bus.poll(0, &dev).await;
+        assert!(
+            matches!(&first.outcome, Err(LinkError::Rtu { problem, .. }) if problem.contains("no answer")),
+            "{:?}",
+            first.outcome
+        );
+        let second = bus.poll(0, &dev).await;
+        let value = second
+            .outcome
+            .as_ref()
+            .ok()
+            .and_then(|p| p.first())
+            .and_then(|p| p.result.as_ref().ok())
+            .map(|d| d.value);
+        assert_eq!(value, Some(222.0), "{:?}", second.outcome);
+        let s = counters.stats(0);
+        assert_eq!((s.requests, s.timeouts, s.garbage), (2, 1, 1), "{s}");
+        bus.close().await;
+        slave.abort();
     }
 
     #[test]
