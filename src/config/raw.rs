@@ -1158,6 +1158,70 @@ agents = ["lb-1"]
     }
 
     #[test]
+    fn serial_devices_are_checked_together() {
+        let serial = |id: &str, transport: &str, baud: u32, extra: &str| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\nzone = \"z\"\ntransport = \"{transport}\"\n\
+                 port = \"/dev/ttyUSB0\"\nbaud = {baud}\n{extra}\n\
+                 [[devices.points]]\nid = \"t\"\nfield = \"T1\"\n"
+            )
+        };
+        let head = "[site]\nid = \"s\"\ngateway = \"g\"\n";
+        // A serial-lines sensor with a pattern whose groups name the fields: fine.
+        let ok = format!(
+            "{head}{}",
+            serial("asd", "serial-lines", 9600, "pattern = '(?P<T1>[0-9.]+)'")
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new());
+        let cases: &[(String, &str)] = &[
+            (
+                serial("asd", "serial-lines", 9600, "pattern = '(?P<T2>[0-9.]+)'"),
+                "devices[0].points[0].field: \"T1\" is not a named group",
+            ),
+            (
+                serial("asd", "serial-lines", 9600, "pattern = '(unclosed'"),
+                "devices[0].pattern: not a valid regex",
+            ),
+            (
+                serial("asd", "serial-lines", 9600, "") + &serial("rack", "serial-lines", 9600, ""),
+                "devices[1].port: \"/dev/ttyUSB0\" is also used by devices[0]",
+            ),
+        ];
+        for (devices, want) in cases {
+            let e = errors(&format!("{head}{devices}"));
+            assert!(e.iter().any(|x| x.starts_with(want)), "{want:?} in {e:#?}");
+        }
+        // Modbus RTU devices may share a port, with one set of settings.
+        let rtu = |id: &str, baud: u32| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\nzone = \"z\"\ntransport = \"modbus-rtu\"\n\
+                 port = \"/dev/ttyUSB0\"\nbaud = {baud}\n\
+                 [[devices.points]]\nid = \"t\"\naddress = 116\n"
+            )
+        };
+        assert_eq!(
+            errors(&format!("{head}{}{}", rtu("a", 19200), rtu("b", 19200))),
+            Vec::<String>::new()
+        );
+        let e = errors(&format!("{head}{}{}", rtu("a", 19200), rtu("b", 9600)));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("devices[1].port") && x.contains("other settings")),
+            "{e:#?}"
+        );
+        // A Modbus point has an address, not a field.
+        let e = errors(&format!(
+            "{head}{}",
+            rtu("a", 19200).replace("address = 116", "address = 116\nfield = \"T1\"")
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("devices[0].points[0].field")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
     fn broker_urls() {
         assert_eq!(BrokerUrl::parse("embedded"), Ok(BrokerUrl::Embedded));
         assert_eq!(
