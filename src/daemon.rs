@@ -17,7 +17,7 @@ use crate::clock::Now;
 use crate::config::{Config, RuleBody};
 use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
-use crate::fieldbus::{self, modbus::ModbusDevice};
+use crate::fieldbus;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
 use crate::mqtt::{self, Topics};
 
@@ -424,6 +424,7 @@ pub fn summary(cfg: &Config) -> String {
 pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonError> {
     let mut all_ok = true;
     let mut any = false;
+    let counters = fieldbus::Counters::new(cfg.devices.len());
     println!(
         "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} STATUS",
         "DEVICE", "POINT", "TABLE", "ADDR", "VALUE", "UNIT"
@@ -442,13 +443,15 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
             all_ok = false;
             continue;
         }
-        let mut dev = ModbusDevice::new(d.clone());
-        let reading = dev.poll(i).await;
-        dev.close().await;
+        let Some((reading, requests)) = fieldbus::poll_once(cfg, i, &counters).await else {
+            continue;
+        };
+        let link = counters.stats(i);
         match reading.outcome {
             Err(e) => {
                 all_ok = false;
                 println!("{:<16} {:<20} {}", d.id, "-", e);
+                println!("{:<16} (link: {link})", "");
             }
             Ok(points) => {
                 for p in points {
@@ -484,9 +487,9 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
                     );
                 }
                 println!(
-                    "{:<16} ({} requests, {:?})",
+                    "{:<16} ({} requests, {:?}; link: {link})",
                     "",
-                    dev.plan().len(),
+                    requests,
                     Duration::from_micros(reading.latency.as_micros() as u64)
                 );
             }

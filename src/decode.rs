@@ -304,6 +304,7 @@ mod tests {
             valid: None,
             stuck_after: None,
             trouble: Vec::new(),
+            field: None,
         }
     }
 

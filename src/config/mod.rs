@@ -194,10 +194,21 @@ pub struct Device {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transport {
-    ModbusTcp { address: String },
-    ModbusRtu { serial: SerialPort },
-    ModbusRtuOverTcp { address: String },
-    SerialLines { serial: SerialPort },
+    ModbusTcp {
+        address: String,
+    },
+    ModbusRtu {
+        serial: SerialPort,
+    },
+    ModbusRtuOverTcp {
+        address: String,
+    },
+    /// A sensor printing ASCII lines. Without `pattern`, lines are `KEY=VALUE` tokens; with it,
+    /// the regex's named groups are the fields (for formats like `$ASD,24.5,3*7F`).
+    SerialLines {
+        serial: SerialPort,
+        pattern: Option<String>,
+    },
 }
 
 impl Transport {
@@ -288,6 +299,9 @@ pub struct Point {
     /// Raw values with which the detector reports its own trouble (e.g. an aspirating smoke
     /// detector's flow fault): a fault, never a reading.
     pub trouble: Vec<f64>,
+    /// serial-lines only: the key (or the pattern's named group) this point's value comes from.
+    /// Defaults to the point id.
+    pub field: Option<String>,
 }
 
 /// A rule, with its `points` already resolved against the devices.

@@ -76,6 +76,7 @@ struct RawDevice {
     poll_interval: Option<String>,
     timeout: Option<String>,
     max_gap: Option<i64>,
+    pattern: Option<String>,
     points: Vec<RawPoint>,
 }
 
@@ -95,6 +96,7 @@ struct RawPoint {
     valid: Option<Vec<f64>>,
     stuck_after: Option<String>,
     trouble: Vec<f64>,
+    field: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,6 +363,7 @@ impl Validator {
             }
             devices.push(dev);
         }
+        self.shared_ports(&devices);
         if role == Role::Gateway && devices.is_empty() {
             self.problem("devices", "no [[devices]]: there is nothing to watch");
         }
@@ -552,6 +555,7 @@ impl Validator {
             },
             Some("serial-lines") => Transport::SerialLines {
                 serial: self.serial(&at, &d),
+                pattern: d.pattern.clone(),
             },
             Some(t) => {
                 self.problem(
@@ -583,10 +587,22 @@ impl Validator {
             self.problem(format!("{at}.timeout"), "must be more than 0");
         }
         let max_gap: u16 = self.int(&format!("{at}.max_gap"), d.max_gap, 16, "0-124");
+        let lines = matches!(transport, Transport::SerialLines { .. });
+        let groups = self.pattern(&at, d.pattern.as_deref(), lines);
         let mut points = Vec::new();
         let mut seen = HashSet::new();
         for (j, p) in d.points.into_iter().enumerate() {
-            let point = self.point(&format!("{at}.points[{j}]"), p);
+            let pat = format!("{at}.points[{j}]");
+            let point = self.point(&pat, p, lines);
+            if let (Some(groups), true) = (&groups, lines) {
+                let field = point.field.as_deref().unwrap_or(&point.id);
+                if !groups.iter().any(|g| g == field) {
+                    self.problem(
+                        format!("{pat}.field"),
+                        format!("{field:?} is not a named group of {at}.pattern"),
+                    );
+                }
+            }
             if !point.id.is_empty() && !seen.insert(point.id.clone()) {
                 self.problem(
                     format!("{at}.points[{j}].id"),
@@ -626,7 +642,62 @@ impl Validator {
         a
     }
 
-    fn point(&mut self, at: &str, p: RawPoint) -> Point {
+    /// Devices on one serial port share it: Modbus RTU devices must agree on its settings, and a
+    /// serial-lines sensor needs the port to itself.
+    fn shared_ports(&mut self, devices: &[Device]) {
+        let mut first: BTreeMap<&str, (usize, &Transport)> = BTreeMap::new();
+        for (i, d) in devices.iter().enumerate() {
+            let serial = match &d.transport {
+                Transport::ModbusRtu { serial } | Transport::SerialLines { serial, .. } => serial,
+                _ => continue,
+            };
+            let Some(&(j, other)) = first.get(serial.port.as_str()) else {
+                first.insert(&serial.port, (i, &d.transport));
+                continue;
+            };
+            match other {
+                Transport::ModbusRtu { serial: s } if matches!(d.transport, Transport::ModbusRtu { .. }) => {
+                    if s != serial {
+                        self.problem(
+                            format!("devices[{i}].port"),
+                            format!(
+                                "{:?} is shared with devices[{j}] but with other settings (baud, parity, data or stop bits): one bus has one set",
+                                serial.port
+                            ),
+                        );
+                    }
+                }
+                _ => self.problem(
+                    format!("devices[{i}].port"),
+                    format!(
+                        "{:?} is also used by devices[{j}]: a serial-lines sensor needs its port to itself",
+                        serial.port
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// serial-lines `pattern`: it must compile; returns its named groups.
+    fn pattern(&mut self, at: &str, p: Option<&str>, lines: bool) -> Option<Vec<String>> {
+        let p = p?;
+        if !lines {
+            self.problem(
+                format!("{at}.pattern"),
+                "only serial-lines devices have a pattern",
+            );
+            return None;
+        }
+        match regex::Regex::new(p) {
+            Ok(re) => Some(re.capture_names().flatten().map(String::from).collect()),
+            Err(e) => {
+                self.problem(format!("{at}.pattern"), format!("not a valid regex: {e}"));
+                None
+            }
+        }
+    }
+
+    fn point(&mut self, at: &str, p: RawPoint, lines: bool) -> Point {
         let id = self.id(&format!("{at}.id"), p.id, &['_'], "[a-z0-9_]+");
         let kind = match p.kind.as_deref() {
             None => PointKind::Generic,
@@ -651,10 +722,20 @@ impl Validator {
                 Table::Holding
             }),
         };
-        let address: u16 = match self.required(&format!("{at}.address"), p.address) {
-            Some(a) => self.int(&format!("{at}.address"), Some(a), 0, "0-65535"),
-            None => 0,
+        // A serial-lines point has a field instead of a register.
+        let address: u16 = match p.address {
+            None if lines => 0,
+            a => match self.required(&format!("{at}.address"), a) {
+                Some(a) => self.int(&format!("{at}.address"), Some(a), 0, "0-65535"),
+                None => 0,
+            },
         };
+        if p.field.is_some() && !lines {
+            self.problem(
+                format!("{at}.field"),
+                "only points of serial-lines devices have a field (Modbus points have an address)",
+            );
+        }
         let value_type = match p.value_type.as_deref() {
             None if table.is_bits() => ValueType::Bool,
             None => ValueType::U16,
@@ -724,6 +805,7 @@ impl Validator {
             valid,
             stuck_after,
             trouble: p.trouble,
+            field: p.field,
         }
     }
 
@@ -1103,6 +1185,70 @@ agents = ["lb-1"]
                 .any(|x| x
                     .starts_with("rules[0].below.warning: warning 10 must be above critical 20")),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn serial_devices_are_checked_together() {
+        let serial = |id: &str, transport: &str, baud: u32, extra: &str| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\nzone = \"z\"\ntransport = \"{transport}\"\n\
+                 port = \"/dev/ttyUSB0\"\nbaud = {baud}\n{extra}\n\
+                 [[devices.points]]\nid = \"t\"\nfield = \"T1\"\n"
+            )
+        };
+        let head = "[site]\nid = \"s\"\ngateway = \"g\"\n";
+        // A serial-lines sensor with a pattern whose groups name the fields: fine.
+        let ok = format!(
+            "{head}{}",
+            serial("asd", "serial-lines", 9600, "pattern = '(?P<T1>[0-9.]+)'")
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new());
+        let cases: &[(String, &str)] = &[
+            (
+                serial("asd", "serial-lines", 9600, "pattern = '(?P<T2>[0-9.]+)'"),
+                "devices[0].points[0].field: \"T1\" is not a named group",
+            ),
+            (
+                serial("asd", "serial-lines", 9600, "pattern = '(unclosed'"),
+                "devices[0].pattern: not a valid regex",
+            ),
+            (
+                serial("asd", "serial-lines", 9600, "") + &serial("rack", "serial-lines", 9600, ""),
+                "devices[1].port: \"/dev/ttyUSB0\" is also used by devices[0]",
+            ),
+        ];
+        for (devices, want) in cases {
+            let e = errors(&format!("{head}{devices}"));
+            assert!(e.iter().any(|x| x.starts_with(want)), "{want:?} in {e:#?}");
+        }
+        // Modbus RTU devices may share a port, with one set of settings.
+        let rtu = |id: &str, baud: u32| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\nzone = \"z\"\ntransport = \"modbus-rtu\"\n\
+                 port = \"/dev/ttyUSB0\"\nbaud = {baud}\n\
+                 [[devices.points]]\nid = \"t\"\naddress = 116\n"
+            )
+        };
+        assert_eq!(
+            errors(&format!("{head}{}{}", rtu("a", 19200), rtu("b", 19200))),
+            Vec::<String>::new()
+        );
+        let e = errors(&format!("{head}{}{}", rtu("a", 19200), rtu("b", 9600)));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("devices[1].port") && x.contains("other settings")),
+            "{e:#?}"
+        );
+        // A Modbus point has an address, not a field.
+        let e = errors(&format!(
+            "{head}{}",
+            rtu("a", 19200).replace("address = 116", "address = 116\nfield = \"T1\"")
+        ));
+        assert!(
+            e.iter()
+                .any(|x| x.starts_with("devices[0].points[0].field")),
+            "{e:#?}"
         );
     }
 

@@ -1,12 +1,20 @@
 //! Field buses: where readings come from.
 //!
-//! Each device is polled by its own task on its own `poll_interval`, so a device that hangs until
-//! its timeout never delays another. A poll yields one [`Reading`]: either the decoded points, or
-//! the reason the device could not be read at all. Both go to the rule engine; silence is never
-//! reported as "normal".
+//! A Modbus TCP device is polled by its own task on its own `poll_interval`, so a device that
+//! hangs until its timeout never delays another. Devices that share a wire cannot work that way:
+//! all `modbus-rtu` devices on one serial port, and all `modbus-rtu-over-tcp` devices behind one
+//! serial device server, go through one bus owner ([`bus`]) that sends one request at a time. A
+//! `serial-lines` sensor gets a reader task of its own ([`lines`]). Every poll or line yields one
+//! [`Reading`]: either the decoded points, or the reason the device could not be read at all.
+//! Both go to the rule engine; silence is never reported as "normal".
 
+pub mod bus;
+pub mod counters;
+pub mod frame;
+pub mod lines;
 pub mod modbus;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -15,7 +23,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Now;
 use crate::config::{Config, Device, Transport};
-use crate::decode::{DecodeError, Decoded};
+use crate::decode::{decode_bit, decode_point, DecodeError, Decoded, ReadSpan};
+
+pub use counters::{Counters, LinkStats};
 
 /// The outcome of one poll of one device.
 #[derive(Debug, Clone)]
@@ -48,6 +58,9 @@ pub enum PointError {
     },
     #[error("register {address}: {source}")]
     Decode { address: u16, source: DecodeError },
+    /// A serial-lines field that a line lacked, or that was not a number.
+    #[error("field {field}: {problem}")]
+    Field { field: String, problem: String },
 }
 
 /// Why a device could not be read at all.
@@ -78,23 +91,172 @@ pub enum LinkError {
         device: String,
         transport: &'static str,
     },
+    /// The serial port (or the device server's TCP connection) is missing, cannot be opened, or
+    /// was lost: every device on it gets this until it is back.
+    #[error("device {device}: port {port}: {reason}")]
+    Port {
+        device: String,
+        port: String,
+        reason: String,
+    },
+    /// One RTU exchange failed; the bus goes on with the next request.
+    #[error("device {device} (unit {unit} on {port}) {table} register {register}: {problem}")]
+    Rtu {
+        device: String,
+        port: String,
+        unit: u8,
+        table: &'static str,
+        register: u16,
+        problem: String,
+    },
+    /// A serial-lines sensor printed no readable line for too long.
+    #[error("device {device} on {port}: no readable line for {silent:?}{}", malformed_note(*.malformed))]
+    Silent {
+        device: String,
+        port: String,
+        silent: Duration,
+        malformed: u64,
+    },
 }
 
-/// Starts one polling task per device; readings go to `tx` until `cancel`.
+fn malformed_note(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        1 => " (1 malformed line)".into(),
+        n => format!(" ({n} malformed lines)"),
+    }
+}
+
+/// What one read request brought back, whichever client made it.
+pub(crate) enum SpanAnswer<'a> {
+    Words(&'a [u16]),
+    Bits(&'a [bool]),
+    Exception(u8),
+}
+
+/// The name of a Modbus exception code, for messages (application protocol v1.1b3, 7).
+pub(crate) fn exception_name(code: u8) -> &'static str {
+    match code {
+        0x01 => "illegal function",
+        0x02 => "illegal data address",
+        0x03 => "illegal data value",
+        0x04 => "server device failure",
+        0x05 => "acknowledge",
+        0x06 => "server device busy",
+        0x08 => "memory parity error",
+        0x0A => "gateway path unavailable",
+        0x0B => "gateway target device failed to respond",
+        _ => "unknown exception",
+    }
+}
+
+/// Decodes the points one read served and appends them to `out`.
+pub(crate) fn span_points(
+    device: &Device,
+    span: &ReadSpan,
+    answer: SpanAnswer<'_>,
+    out: &mut Vec<PointReading>,
+) {
+    for &pi in &span.points {
+        let Some(point) = device.points.get(pi) else {
+            continue;
+        };
+        let result = match answer {
+            SpanAnswer::Words(w) => decode_point(point, span.start, w),
+            SpanAnswer::Bits(b) => decode_bit(point, span.start, b),
+            SpanAnswer::Exception(code) => {
+                out.push(PointReading {
+                    point: pi,
+                    result: Err(PointError::Exception {
+                        address: span.start,
+                        code,
+                        name: exception_name(code).to_string(),
+                    }),
+                });
+                continue;
+            }
+        };
+        out.push(PointReading {
+            point: pi,
+            result: result.map_err(|source| PointError::Decode {
+                address: point.address,
+                source,
+            }),
+        });
+    }
+}
+
+/// Starts the tasks that read every device: one per Modbus TCP device, one bus owner per serial
+/// port or serial device server, one reader per serial-lines sensor. Readings go to `tx` until
+/// `cancel`. The returned counters are the link statistics of every device, live.
 pub fn spawn_pollers(
     cfg: &Config,
     tx: mpsc::Sender<Reading>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
-) {
+) -> Counters {
+    let counters = Counters::new(cfg.devices.len());
+    let mut buses: BTreeMap<bus::Endpoint, Vec<(usize, Device)>> = BTreeMap::new();
     for (index, device) in cfg.devices.iter().enumerate() {
         let device = device.clone();
         let tx = tx.clone();
         let cancel = cancel.clone();
+        match &device.transport {
+            Transport::ModbusTcp { .. } => {
+                tracker.spawn(async move {
+                    poll_loop(index, device, tx, cancel).await;
+                });
+            }
+            Transport::ModbusRtu { .. } | Transport::ModbusRtuOverTcp { .. } => {
+                if let Some(endpoint) = bus::Endpoint::of(&device.transport) {
+                    buses.entry(endpoint).or_default().push((index, device));
+                }
+            }
+            Transport::SerialLines { .. } => {
+                let counters = counters.clone();
+                tracker.spawn(async move {
+                    lines::run(index, device, counters, tx, cancel).await;
+                });
+            }
+        }
+    }
+    for (endpoint, devices) in buses {
+        let owner = bus::Bus::new(endpoint, counters.clone());
+        let tx = tx.clone();
+        let cancel = cancel.clone();
         tracker.spawn(async move {
-            poll_loop(index, device, tx, cancel).await;
+            owner.run(devices, tx, cancel).await;
         });
     }
+    counters
+}
+
+/// One poll of one device, outside the daemon (`emberwatch read`): the reading, and how many
+/// requests it took. The device's port or connection is opened for this poll and closed after.
+pub async fn poll_once(
+    cfg: &Config,
+    index: usize,
+    counters: &Counters,
+) -> Option<(Reading, usize)> {
+    let device = cfg.devices.get(index)?.clone();
+    Some(match &device.transport {
+        Transport::ModbusTcp { .. } => {
+            let mut link = modbus::ModbusDevice::new(device);
+            let reading = link.poll(index).await;
+            let requests = link.plan().len();
+            link.close().await;
+            (reading, requests)
+        }
+        Transport::ModbusRtu { .. } | Transport::ModbusRtuOverTcp { .. } => {
+            let endpoint = bus::Endpoint::of(&device.transport)?;
+            let requests = crate::decode::plan_reads(&device.points, device.max_gap).len();
+            let mut owner = bus::Bus::new(endpoint, counters.clone());
+            let reading = owner.poll(index, &bus::BusDevice::new(device)).await;
+            owner.close().await;
+            (reading, requests)
+        }
+        Transport::SerialLines { .. } => (lines::read_once(index, &device, counters).await, 1),
+    })
 }
 
 async fn poll_loop(
@@ -105,7 +267,7 @@ async fn poll_loop(
 ) {
     let mut link = modbus::ModbusDevice::new(device.clone());
     let mut ticker = tokio::time::interval(device.poll_interval);
-    // A slow poll must not be followed by a burst of catch-up polls that hog a shared bus.
+    // A slow poll must not be followed by a burst of catch-up polls.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -128,8 +290,10 @@ async fn poll_loop(
 
 /// Whether this build can poll a transport; the daemon refuses to start otherwise.
 pub fn supported(t: &Transport) -> bool {
-    matches!(
-        t,
-        Transport::ModbusTcp { .. } | Transport::ModbusRtuOverTcp { .. }
-    )
+    match t {
+        Transport::ModbusTcp { .. }
+        | Transport::ModbusRtu { .. }
+        | Transport::ModbusRtuOverTcp { .. }
+        | Transport::SerialLines { .. } => true,
+    }
 }

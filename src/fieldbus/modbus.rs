@@ -1,7 +1,10 @@
-//! Modbus TCP and RTU-over-TCP devices: connect, read the coalesced plan, decode.
+//! Modbus TCP devices: connect, read the coalesced plan, decode.
 //!
 //! Any transport error or timeout drops the connection: a late answer to a timed-out request
 //! would otherwise be taken as the answer to the next one. The next poll reconnects.
+//!
+//! RTU over TCP is not here: a serial device server fronts one RS-485 bus, so its devices share
+//! one bus owner and its framing and error counting (`bus`), like a local serial port.
 
 use std::time::Duration;
 
@@ -10,8 +13,8 @@ use tokio_modbus::slave::{Slave, SlaveContext};
 
 use crate::clock::Now;
 use crate::config::{Device, Transport};
-use crate::decode::{decode_bit, decode_point, plan_reads, ReadSpan, Table};
-use crate::fieldbus::{LinkError, PointError, PointReading, Reading};
+use crate::decode::{plan_reads, ReadSpan, Table};
+use crate::fieldbus::{span_points, LinkError, PointReading, Reading, SpanAnswer};
 
 /// One Modbus device and its (possibly absent) connection.
 pub struct ModbusDevice {
@@ -63,9 +66,8 @@ impl ModbusDevice {
     }
 
     async fn connect(device: &Device) -> Result<Context, LinkError> {
-        let (address, rtu) = match &device.transport {
-            Transport::ModbusTcp { address } => (address.clone(), false),
-            Transport::ModbusRtuOverTcp { address } => (address.clone(), true),
+        let address = match &device.transport {
+            Transport::ModbusTcp { address } => address.clone(),
             other => {
                 return Err(LinkError::Unsupported {
                     device: device.id.clone(),
@@ -87,11 +89,7 @@ impl ModbusDevice {
         .map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let slave = Slave(device.unit);
-        Ok(if rtu {
-            tokio_modbus::client::rtu::attach_slave(stream, slave)
-        } else {
-            tokio_modbus::client::tcp::attach_slave(stream, slave)
-        })
+        Ok(tokio_modbus::client::tcp::attach_slave(stream, slave))
     }
 
     async fn poll_points(&mut self) -> Result<Vec<PointReading>, LinkError> {
@@ -138,31 +136,12 @@ impl ModbusDevice {
                     register: span.start,
                     reason: e.to_string(),
                 })?;
-            for &pi in &span.points {
-                let point = &self.device.points[pi];
-                let result = match &answer {
-                    Ok(SpanData::Words(w)) => decode_point(point, span.start, w),
-                    Ok(SpanData::Bits(b)) => decode_bit(point, span.start, b),
-                    Err(code) => {
-                        out.push(PointReading {
-                            point: pi,
-                            result: Err(PointError::Exception {
-                                address: span.start,
-                                code: u8::from(*code),
-                                name: format!("{code:?}"),
-                            }),
-                        });
-                        continue;
-                    }
-                };
-                out.push(PointReading {
-                    point: pi,
-                    result: result.map_err(|source| PointError::Decode {
-                        address: point.address,
-                        source,
-                    }),
-                });
-            }
+            let answer = match &answer {
+                Ok(SpanData::Words(w)) => SpanAnswer::Words(w),
+                Ok(SpanData::Bits(b)) => SpanAnswer::Bits(b),
+                Err(code) => SpanAnswer::Exception(u8::from(*code)),
+            };
+            span_points(&self.device, span, answer, &mut out);
         }
         out.sort_by_key(|p| p.point);
         self.ctx = Some(ctx);

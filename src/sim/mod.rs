@@ -4,10 +4,12 @@
 //! The register map ([`map`]) is the contract in SPEC.md. What the sensors read is a pure
 //! function of scenario time ([`scenario`]); the register bank with client overrides lives in
 //! `bank`, and only `server` touches the network. `emberwatch sim` is [`run_cli`]; the demo,
-//! tests and benchmarks use [`start`] directly.
+//! tests and benchmarks use [`start`] directly. `rtu` serves the same racks as Modbus RTU on a
+//! serial port (`--rtu`), several of them on one bus with `--also-unit`.
 
 mod bank;
 pub mod map;
+mod rtu;
 pub mod scenario;
 mod server;
 #[cfg(test)]
@@ -20,8 +22,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+pub use rtu::RtuPort;
 pub use scenario::{RackState, Scenario};
-pub use server::{start, RunningSim, SimError, SimOptions};
+pub use server::{start, start_with, RunningSim, SimBus, SimError, SimOptions};
 
 /// `emberwatch sim` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -39,7 +42,12 @@ pub struct SimArgs {
     /// Run scenario time N times faster than the clock (10 plays thermal-runaway in seconds).
     #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = parse_speed)]
     pub speed: f64,
-    /// Serve Modbus RTU on this serial port instead of TCP (not built yet).
+    /// Another unit id on the same bus, a rack of its own playing the same scenario (repeatable).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=247))]
+    pub also_unit: Vec<u8>,
+    /// Also serve Modbus RTU on this serial port (the TCP listener stays, for changing registers
+    /// while the serial port is busy).
     #[arg(long, value_name = "PATH")]
     pub rtu: Option<PathBuf>,
     /// Serial speed for --rtu.
@@ -59,11 +67,20 @@ pub enum Parity {
 }
 
 impl SimArgs {
-    /// What to start, or why the command line asks for something this build cannot serve.
-    pub fn options(&self) -> Result<SimOptions, SimError> {
-        if let Some(path) = &self.rtu {
-            return Err(SimError::RtuNotBuilt { path: path.clone() });
+    /// What to serve beyond one rack over TCP: more units, RTU on a serial port.
+    pub fn bus(&self) -> SimBus {
+        SimBus {
+            also_units: self.also_unit.clone(),
+            rtu: self.rtu.as_ref().map(|path| RtuPort {
+                path: path.clone(),
+                baud: self.baud,
+                parity: self.parity,
+            }),
         }
+    }
+
+    /// What to start.
+    pub fn options(&self) -> Result<SimOptions, SimError> {
         Ok(SimOptions {
             listen: self.listen,
             unit: self.unit,
@@ -76,13 +93,31 @@ impl SimArgs {
 /// `emberwatch sim`: serve until Ctrl-C or SIGTERM, then close every connection and return.
 pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let opts = args.options()?;
+    let bus = args.bus();
     let cancel = CancellationToken::new();
-    let sim = start(opts.clone(), cancel.clone()).await?;
+    let sim = start_with(opts.clone(), bus.clone(), cancel.clone()).await?;
     {
         // Scripts and tests started with `--listen 127.0.0.1:0` read the port from this line, so
         // it must leave the process now, not when a buffer fills.
+        let mut line = banner(&opts, sim.local_addr);
+        if !bus.also_units.is_empty() {
+            let more: Vec<String> = bus.also_units.iter().map(|u| u.to_string()).collect();
+            line.push_str(&format!(", also units {}", more.join(",")));
+        }
+        if let Some(rtu) = &bus.rtu {
+            line.push_str(&format!(
+                ", Modbus RTU on {} at {} baud, parity {}",
+                rtu.path.display(),
+                rtu.baud,
+                match rtu.parity {
+                    Parity::None => "none",
+                    Parity::Even => "even",
+                    Parity::Odd => "odd",
+                }
+            ));
+        }
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", banner(&opts, sim.local_addr))
+        writeln!(stdout, "{line}")
             .and_then(|()| stdout.flush())
             .context("sim: cannot write the listening address to stdout")?;
     }

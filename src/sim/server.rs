@@ -1,4 +1,5 @@
-//! The simulated rack on the network: a Modbus TCP server in front of the register bank.
+//! The simulated rack on the network: a Modbus TCP server in front of the register bank, and
+//! optionally the same racks as Modbus RTU on a serial port (`rtu`).
 //!
 //! This is the only part of `sim` that owns sockets, tasks and a clock. The demo, the integration
 //! tests and the benchmarks start simulators in-process through [`start`] (many per process, on
@@ -80,11 +81,23 @@ pub enum SimError {
         #[source]
         source: io::Error,
     },
-    #[error(
-        "sim: serving Modbus RTU on {} is not built yet; serve Modbus TCP with --listen instead",
-        path.display()
-    )]
-    RtuNotBuilt { path: std::path::PathBuf },
+    #[error("sim on {listen}: unit {unit} given twice; every rack on a bus needs its own unit id")]
+    DuplicateUnit { listen: SocketAddr, unit: u8 },
+    #[error("sim: cannot serve Modbus RTU on {}: {reason}", path.display())]
+    Rtu {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// What a simulator serves beyond one rack over TCP: more racks (unit ids) on the same bus, and
+/// the same bus as Modbus RTU on a serial port.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SimBus {
+    /// More unit ids, each a rack of its own playing the same scenario.
+    pub also_units: Vec<u8>,
+    /// Serve RTU on this serial port too.
+    pub rtu: Option<super::rtu::RtuPort>,
 }
 
 /// A simulator that is serving. Dropping it stops the server too, so a failing test cannot
@@ -94,7 +107,9 @@ pub struct RunningSim {
     /// Where it actually listens (the real port when asked for port 0).
     pub local_addr: SocketAddr,
     rack: Arc<Rack>,
+    units: Arc<Units>,
     server: JoinHandle<()>,
+    rtu: Option<JoinHandle<()>>,
     connections: TaskTracker,
     _stop_on_drop: DropGuard,
 }
@@ -102,6 +117,17 @@ pub struct RunningSim {
 /// Binds and starts serving; returns once the listener accepts connections. Cancelling `cancel`
 /// stops the server and closes every client connection.
 pub async fn start(opts: SimOptions, cancel: CancellationToken) -> Result<RunningSim, SimError> {
+    start_with(opts, SimBus::default(), cancel).await
+}
+
+/// As [`start`], with more racks on the bus and/or RTU on a serial port. The TCP listener is
+/// served either way: over RTU it is the maintenance port through which tests and operators
+/// change registers while the serial port is busy with the client under test.
+pub async fn start_with(
+    opts: SimOptions,
+    bus: SimBus,
+    cancel: CancellationToken,
+) -> Result<RunningSim, SimError> {
     let listen = opts.listen;
     if !(opts.speed.is_finite() && opts.speed > 0.0) {
         return Err(SimError::Speed {
@@ -122,20 +148,46 @@ pub async fn start(opts: SimOptions, cancel: CancellationToken) -> Result<Runnin
         .local_addr()
         .map_err(|source| SimError::LocalAddr { listen, source })?;
 
-    let rack = Arc::new(Rack {
-        local_addr,
-        scenario: opts.scenario,
-        speed: opts.speed,
-        started: Instant::now(),
-        bank: Mutex::new(Bank::new(opts.scenario)),
-        silent: AtomicBool::new(false),
-    });
+    let mut racks: Vec<(u8, Arc<Rack>)> = Vec::new();
+    let started = Instant::now();
+    for unit in std::iter::once(opts.unit).chain(bus.also_units.iter().copied()) {
+        if !UNIT_RANGE.contains(&unit) {
+            return Err(SimError::Unit { listen, unit });
+        }
+        if racks.iter().any(|(u, _)| *u == unit) {
+            return Err(SimError::DuplicateUnit { listen, unit });
+        }
+        racks.push((
+            unit,
+            Arc::new(Rack {
+                local_addr,
+                scenario: opts.scenario,
+                speed: opts.speed,
+                started,
+                bank: Mutex::new(Bank::new(opts.scenario)),
+                silent: AtomicBool::new(false),
+            }),
+        ));
+    }
+    let rack = Arc::clone(&racks[0].1);
+    let units = Arc::new(Units(racks));
     let connections = TaskTracker::new();
     let stop = cancel.child_token();
+    let rtu = match &bus.rtu {
+        None => None,
+        Some(port) => {
+            let serial = super::rtu::open(port)?;
+            Some(tokio::spawn(super::rtu::serve(
+                serial,
+                port.clone(),
+                Arc::clone(&units),
+                stop.clone(),
+            )))
+        }
+    };
     let server = tokio::spawn(serve(
         listener,
-        opts.unit,
-        Arc::clone(&rack),
+        Arc::clone(&units),
         connections.clone(),
         stop.clone(),
     ));
@@ -149,7 +201,9 @@ pub async fn start(opts: SimOptions, cancel: CancellationToken) -> Result<Runnin
     Ok(RunningSim {
         local_addr,
         rack,
+        units,
         server,
+        rtu,
         connections,
         _stop_on_drop: stop.drop_guard(),
     })
@@ -162,12 +216,18 @@ impl RunningSim {
         let RunningSim {
             local_addr,
             server,
+            rtu,
             connections,
             _stop_on_drop,
             ..
         } = self;
         if let Err(e) = server.await {
             error!(sim = %local_addr, "simulator server task failed: {e}");
+        }
+        if let Some(rtu) = rtu {
+            if let Err(e) = rtu.await {
+                error!(sim = %local_addr, "simulator RTU task failed: {e}");
+            }
         }
         connections.close();
         connections.wait().await;
@@ -179,6 +239,18 @@ impl RunningSim {
     pub fn write(&self, addr: u16, value: u16) {
         if let Err(e) = self.rack.bank().write(addr, &[value]) {
             warn!(sim = %self.local_addr, "in-process write to register {addr} refused: {e}");
+        }
+    }
+
+    /// As [`RunningSim::write`], on the rack of another unit on the bus (ignored if no such unit).
+    pub fn write_unit(&self, unit: u8, addr: u16, value: u16) {
+        match self.units.get(unit) {
+            Some(rack) => {
+                if let Err(e) = rack.bank().write(addr, &[value]) {
+                    warn!(sim = %self.local_addr, "in-process write to unit {unit} register {addr} refused: {e}");
+                }
+            }
+            None => warn!(sim = %self.local_addr, "in-process write to unit {unit}: no such unit"),
         }
     }
 
@@ -195,9 +267,19 @@ impl RunningSim {
     }
 }
 
-/// The state every connection of one simulator shares.
+/// Every rack on the simulated bus, by unit id.
 #[derive(Debug)]
-struct Rack {
+pub(super) struct Units(Vec<(u8, Arc<Rack>)>);
+
+impl Units {
+    pub(super) fn get(&self, unit: u8) -> Option<&Arc<Rack>> {
+        self.0.iter().find(|(u, _)| *u == unit).map(|(_, r)| r)
+    }
+}
+
+/// The state every connection of one simulated rack shares.
+#[derive(Debug)]
+pub(super) struct Rack {
     local_addr: SocketAddr,
     scenario: Scenario,
     speed: f64,
@@ -238,20 +320,21 @@ impl Rack {
 /// connection tasks it spawned.
 async fn serve(
     listener: TcpListener,
-    unit: u8,
-    rack: Arc<Rack>,
+    units: Arc<Units>,
     connections: TaskTracker,
     stop: CancellationToken,
 ) {
-    let local_addr = rack.local_addr;
+    let Some(local_addr) = units.0.first().map(|(_, r)| r.local_addr) else {
+        return;
+    };
     let server = Server::new(listener);
     let on_connected = |stream: TcpStream, peer: SocketAddr| {
         debug!(sim = %local_addr, %peer, "client connected");
         let device = Device {
-            unit,
-            peer,
-            rack: Arc::clone(&rack),
-            _connection: connections.token(),
+            units: Arc::clone(&units),
+            peer: peer.to_string(),
+            rtu: false,
+            _connection: Some(connections.token()),
         };
         async move { io::Result::Ok(Some((device, stream))) }
     };
@@ -275,42 +358,48 @@ async fn serve(
     info!(sim = %local_addr, "simulated rack stopped serving");
 }
 
-/// One client connection's view of the rack.
+/// One client connection's (or the serial port's) view of the racks.
 #[derive(Debug)]
-struct Device {
-    unit: u8,
-    peer: SocketAddr,
-    rack: Arc<Rack>,
-    /// Held for as long as tokio-modbus's task for this connection lives.
-    _connection: TaskTrackerToken,
+pub(super) struct Device {
+    pub(super) units: Arc<Units>,
+    /// The TCP peer or the serial port, for logs.
+    pub(super) peer: String,
+    /// On a serial bus a request for another unit is none of our business: no answer at all.
+    /// Over TCP the simulator acts as a gateway and answers exception 0x0B.
+    pub(super) rtu: bool,
+    /// Held for as long as tokio-modbus's task for this TCP connection lives.
+    pub(super) _connection: Option<TaskTrackerToken>,
 }
 
 impl Device {
     /// `Ok(None)` means no reply at all: how a silent device looks to its poller.
     fn answer(&self, req: SlaveRequest<'static>) -> Result<Option<Response>, ExceptionCode> {
-        let t = self.rack.scenario_time();
-        if !self.rack.answers(t) {
-            debug!(sim = %self.rack.local_addr, peer = %self.peer, "comm-loss: request dropped");
-            return Ok(None);
-        }
-        if req.slave != self.unit {
+        let Some(rack) = self.units.get(req.slave) else {
+            if self.rtu {
+                return Ok(None);
+            }
             return Err(ExceptionCode::GatewayTargetDevice);
+        };
+        let t = rack.scenario_time();
+        if !rack.answers(t) {
+            debug!(sim = %rack.local_addr, peer = %self.peer, "comm-loss: request dropped");
+            return Ok(None);
         }
         let response = match req.request {
             Request::ReadHoldingRegisters(addr, count) => {
-                Response::ReadHoldingRegisters(self.rack.bank().read(t, addr, count)?)
+                Response::ReadHoldingRegisters(rack.bank().read(t, addr, count)?)
             }
             Request::ReadInputRegisters(addr, count) => {
-                Response::ReadInputRegisters(self.rack.bank().read(t, addr, count)?)
+                Response::ReadInputRegisters(rack.bank().read(t, addr, count)?)
             }
             Request::WriteSingleRegister(addr, value) => {
-                self.rack.bank().write(addr, &[value])?;
-                self.log_write(addr, &[value]);
+                rack.bank().write(addr, &[value])?;
+                self.log_write(rack, addr, &[value]);
                 Response::WriteSingleRegister(addr, value)
             }
             Request::WriteMultipleRegisters(addr, values) => {
-                self.rack.bank().write(addr, &values)?;
-                self.log_write(addr, &values);
+                rack.bank().write(addr, &values)?;
+                self.log_write(rack, addr, &values);
                 // The bank accepted at most MAX_WRITE values, so the count fits.
                 let count =
                     u16::try_from(values.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
@@ -323,9 +412,9 @@ impl Device {
 
     /// Overrides change what every poller sees from then on; the operator should find out why
     /// a value froze in the log.
-    fn log_write(&self, addr: u16, values: &[u16]) {
+    fn log_write(&self, rack: &Rack, addr: u16, values: &[u16]) {
         info!(
-            sim = %self.rack.local_addr,
+            sim = %rack.local_addr,
             peer = %self.peer,
             "register {addr} overridden by a client: {values:?}"
         );
@@ -345,6 +434,6 @@ impl Service for Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        debug!(sim = %self.rack.local_addr, peer = %self.peer, "client disconnected");
+        debug!(peer = %self.peer, "client disconnected");
     }
 }

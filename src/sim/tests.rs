@@ -302,7 +302,7 @@ fn command_line_refusals() {
 }
 
 #[test]
-fn rtu_is_refused_with_a_clear_message() -> anyhow::Result<()> {
+fn rtu_options_reach_the_bus() -> anyhow::Result<()> {
     let args = parse(&[
         "--rtu",
         "/dev/ttyUSB0",
@@ -310,15 +310,41 @@ fn rtu_is_refused_with_a_clear_message() -> anyhow::Result<()> {
         "9600",
         "--parity",
         "none",
+        "--also-unit",
+        "2",
+        "--also-unit",
+        "3",
     ])?;
-    assert_eq!((args.baud, args.parity), (9600, Parity::None));
-    let e = args.options().err().context("RTU accepted")?;
-    let message = e.to_string();
-    assert!(
-        message.contains("/dev/ttyUSB0") && message.contains("not built yet"),
-        "{message}"
+    let bus = args.bus();
+    assert_eq!(bus.also_units, vec![2, 3]);
+    let rtu = bus.rtu.context("no RTU port")?;
+    assert_eq!(
+        (rtu.path.to_string_lossy().as_ref(), rtu.baud, rtu.parity),
+        ("/dev/ttyUSB0", 9600, Parity::None)
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_serial_port_is_named() {
+    let bus = SimBus {
+        also_units: vec![],
+        rtu: Some(RtuPort {
+            path: "/nonexistent/tty-emberwatch".into(),
+            baud: 19200,
+            parity: Parity::None,
+        }),
+    };
+    let opts = SimOptions {
+        listen: any_port(),
+        ..SimOptions::default()
+    };
+    let e = start_with(opts, bus, CancellationToken::new())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("/nonexistent/tty-emberwatch"), "{e}");
 }
 
 #[test]

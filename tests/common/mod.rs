@@ -216,15 +216,25 @@ impl Sim {
     /// Starts the simulator and learns its port from the first stdout line,
     /// `emberwatch sim: listening on 127.0.0.1:PORT (...)`.
     pub async fn start(scenario: &str, speed: u32) -> Sim {
-        Sim::start_at("127.0.0.1:0", scenario, speed).await
+        Sim::start_with(scenario, speed, &[]).await
     }
 
     /// As [`Sim::start`], listening on `listen` (e.g. the port of a simulator that was killed,
     /// to play a device coming back).
     pub async fn start_at(listen: &str, scenario: &str, speed: u32) -> Sim {
+        Sim::spawn(listen, scenario, speed, &[]).await
+    }
+
+    /// As [`Sim::start`], with more arguments (`--rtu PATH --parity none`, `--also-unit 2`).
+    pub async fn start_with(scenario: &str, speed: u32, extra: &[&str]) -> Sim {
+        Sim::spawn("127.0.0.1:0", scenario, speed, extra).await
+    }
+
+    async fn spawn(listen: &str, scenario: &str, speed: u32, extra: &[&str]) -> Sim {
         let mut child = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
             .args(["sim", "--listen", listen, "--scenario", scenario])
             .args(["--speed", &speed.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -277,7 +287,12 @@ impl Sim {
     }
 
     async fn connect(&self) -> tokio_modbus::client::Context {
-        let connect = tokio_modbus::client::tcp::connect_slave(self.addr, tokio_modbus::Slave(1));
+        self.connect_unit(1).await
+    }
+
+    async fn connect_unit(&self, unit: u8) -> tokio_modbus::client::Context {
+        let connect =
+            tokio_modbus::client::tcp::connect_slave(self.addr, tokio_modbus::Slave(unit));
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(ctx)) => ctx,
             Ok(Err(e)) => panic!("modbus connect to sim {}: {e}", self.addr),
@@ -287,8 +302,13 @@ impl Sim {
 
     /// FC 06, write single holding register, unit 1: overrides the scenario for that register.
     pub async fn write(&self, addr: u16, value: u16) {
+        self.write_unit(1, addr, value).await
+    }
+
+    /// As [`Sim::write`], to another rack on the simulated bus (`--also-unit`).
+    pub async fn write_unit(&self, unit: u8, addr: u16, value: u16) {
         use tokio_modbus::client::Writer;
-        let mut ctx = self.connect().await;
+        let mut ctx = self.connect_unit(unit).await;
         let r = tokio::time::timeout(
             Duration::from_secs(5),
             ctx.write_single_register(addr, value),
