@@ -25,6 +25,7 @@ needs=(
     "systemd-analyze systemd"
     "/usr/sbin/haproxy haproxy"
     "curl curl"
+    "openssl openssl"
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -156,6 +156,23 @@ impl Mosquitto {
         m
     }
 
+    /// A mosquitto on a free port with the test's own configuration: `conf(port)` must open a
+    /// listener on 127.0.0.1:`port` (the harness waits for it) and may add more.
+    pub async fn start_custom(conf: impl FnOnce(u16) -> String) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        std::fs::write(dir.path().join("mosquitto.conf"), conf(port))
+            .expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+            out: Output::default(),
+        };
+        m.spawn().await;
+        m
+    }
+
     async fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
         let mut child = Command::new(mosquitto_binary())
