@@ -58,4 +58,10 @@ fi
 
 status=0
 cargo test --locked --no-fail-fast "$@" || status=$?
+
+# The Debian package, installed and started on this machine (root only: it installs a package,
+# then purges it). Skipped when arguments narrow the run to some tests.
+if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && have apt-get; then
+    bash scripts/package-test.sh || status=$?
+fi
 exit "$status"
