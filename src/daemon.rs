@@ -118,7 +118,10 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     // Drain coordination (issue 5): sees every zone status, takes cmd/drill and the
     // acks/presence arriving on the link; stopped after the engine, before MQTT.
     let incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);
-    let (drain, drain_service) = DrainService::start(&cfg, publisher.clone(), incoming)?;
+    // Missing drain agents become alarms in the engine's table (`_drain/{agent}/agent-offline`).
+    let (fault_tx, mut agent_faults) = mpsc::channel(64);
+    let (drain, drain_service) =
+        DrainService::start(&cfg, publisher.clone(), incoming, Some(fault_tx))?;
     tracing::info!(
         site = %cfg.site.id,
         gateway = %cfg.site.gateway,
@@ -179,6 +182,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 }
                 engine.on_command(&cmd.name, &cmd.payload, Now::system())
             }
+            Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.detail, Now::system()),
             _ = ticker.tick() => {
                 supervision.tick(&cfg);
                 update_gauges(&metrics, &engine, &publisher);

@@ -168,6 +168,13 @@ impl Engine {
     /// device or point is gone from the configuration.
     fn seed(&mut self, id: &Identity, level: Option<Severity>) -> bool {
         let cfg = self.cfg.clone();
+        if id.device == "_drain" {
+            // Kept while the agent is still expected; the drain task reports it back or gone.
+            return cfg
+                .drain
+                .as_ref()
+                .is_some_and(|d| d.agents.contains(&id.point));
+        }
         let Some(di) = cfg.devices.iter().position(|d| d.id == id.device) else {
             // Votes and blind-zone faults belong to a zone, not a device.
             return id.device == "_zone"
@@ -254,6 +261,41 @@ impl Engine {
         }
         messages.extend(extra);
         Output { events, messages }
+    }
+
+    /// An expected drain agent missing (`Some(severity)`) or back (`None`): a fault alarm
+    /// `_drain/{agent}/agent-offline`, so operators see before a fire that a drain would not be
+    /// confirmed. It belongs to the gateway's first zone (drain agents serve the whole gateway).
+    pub fn agent_fault(
+        &mut self,
+        agent: &str,
+        severity: Option<Severity>,
+        detail: &str,
+        now: Now,
+    ) -> Output {
+        let Some(zone) = self.cfg.zones().into_iter().next() else {
+            return Output::default();
+        };
+        let id = Identity {
+            zone,
+            device: "_drain".into(),
+            point: agent.to_string(),
+            rule: "agent-offline".into(),
+            kind: AlarmKind::Fault,
+            unit: None,
+            latching: false,
+        };
+        if severity.is_none() && !self.table.condition(&id.key()) {
+            return Output::default();
+        }
+        let cond = Condition {
+            severity,
+            value: None,
+            threshold: None,
+            message: detail.to_string(),
+        };
+        let events = self.table.update(&id, cond, now).into_iter().collect();
+        self.finish(events, now, Vec::new())
     }
 
     /// Lifts expired shelves; the daemon calls this about once a second.

@@ -373,6 +373,15 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
         .expect(READINESS, |v| v["missing"] == serde_json::json!(["dns-1"]))
         .await;
     assert_eq!(readiness["severity"], "warning");
+    // ... and a fault alarm in the alarm table, like any other.
+    let fault = rig
+        .expect(
+            "emberwatch/test-site/alarms/room-1/_drain/dns-1/agent-offline",
+            |v| v["state"] == "active",
+        )
+        .await;
+    assert_eq!(fault["kind"], "fault");
+    assert_eq!(fault["severity"], "warning");
 
     // Back to normal: cancelled, clearance withdrawn, agents restore.
     rig.set_cell_temp(25.0).await;
@@ -522,6 +531,11 @@ async fn an_agent_restart_never_runs_a_hook_twice() {
     // The gateway sees the expected agent go missing.
     rig.expect(READINESS, |v| v["missing"] == serde_json::json!(["lb-1"]))
         .await;
+    rig.expect(
+        "emberwatch/test-site/alarms/room-1/_drain/lb-1/agent-offline",
+        |v| v["state"] == "active",
+    )
+    .await;
 
     lb.spawn();
     let failed = rig
@@ -537,6 +551,11 @@ async fn an_agent_restart_never_runs_a_hook_twice() {
     );
     rig.expect(STATUS, |v| v["agents"]["lb-1"] == "failed")
         .await;
+    rig.expect(
+        "emberwatch/test-site/alarms/room-1/_drain/lb-1/agent-offline",
+        |v| v["state"] == "cleared",
+    )
+    .await;
     assert_eq!(
         runs(&lb_runs).len(),
         1,

@@ -123,4 +123,7 @@ pub struct ZoneStatus {
     /// Active alarms an operator has shelved: not counted in `level` or `active`.
     #[serde(default)]
     pub shelved: Vec<String>,
+    /// Alarms of the zone (active or cleared) no one has acknowledged yet.
+    #[serde(default)]
+    pub unacknowledged: u32,
 }

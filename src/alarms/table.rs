@@ -454,9 +454,13 @@ impl AlarmTable {
         let mut active = Vec::new();
         let mut shelved = Vec::new();
         let mut faults = 0;
+        let mut unacknowledged = 0;
         for (key, a) in &self.alarms {
             if a.identity.zone != zone {
                 continue;
+            }
+            if !a.acked {
+                unacknowledged += 1;
             }
             if a.active && a.shelved_until.is_some() {
                 shelved.push(key.clone());
@@ -464,7 +468,11 @@ impl AlarmTable {
             if !a.counts() {
                 continue;
             }
-            level = level.max(Level::from(a.severity));
+            // A missing drain agent is the drain's trouble, not the room's: listed and counted
+            // as a fault, but it neither raises the level nor keeps a finished drain going.
+            if a.identity.device != "_drain" {
+                level = level.max(Level::from(a.severity));
+            }
             if a.identity.kind == AlarmKind::Fault {
                 faults += 1;
             }
@@ -477,6 +485,7 @@ impl AlarmTable {
             faults,
             time: rfc3339(now.wall),
             shelved,
+            unacknowledged,
         }
     }
 }

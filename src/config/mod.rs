@@ -366,6 +366,9 @@ pub struct Drain {
     pub trigger: Severity,
     pub deadline: Duration,
     pub agents: Vec<String>,
+    /// A zone back to normal cancels its drain only once every alarm of the zone has been
+    /// acknowledged (`cancel_after = "acknowledged"`), or as soon as it is normal (`"normal"`).
+    pub cancel_after_ack: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -143,6 +143,7 @@ struct RawDrain {
     trigger: Option<String>,
     deadline: Option<String>,
     agents: Vec<String>,
+    cancel_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,6 +396,17 @@ impl Validator {
             trigger: self.severity("drain.trigger", d.trigger, Severity::Critical),
             deadline: self.duration("drain.deadline", d.deadline, Duration::from_secs(120)),
             agents: d.agents,
+            cancel_after_ack: match d.cancel_after.as_deref() {
+                None | Some("normal") => false,
+                Some("acknowledged") => true,
+                Some(other) => {
+                    self.problem(
+                        "drain.cancel_after",
+                        format!("{other:?}: expected \"normal\" or \"acknowledged\""),
+                    );
+                    false
+                }
+            },
         });
         let agent = raw.agent.map(|a| self.agent(a));
         if role == Role::DrainAgent && agent.is_none() {

@@ -149,6 +149,7 @@ pub struct Coordinator {
     deadline: Duration,
     expected: Vec<String>,
     zones: Vec<String>,
+    cancel_after_ack: bool,
     state: Persisted,
     presence: BTreeMap<String, Presence>,
     started: Instant,
@@ -174,6 +175,7 @@ impl Coordinator {
         Coordinator {
             topics,
             trigger: drain.trigger,
+            cancel_after_ack: drain.cancel_after_ack,
             deadline: drain.deadline,
             expected: drain.agents.clone(),
             zones,
@@ -240,7 +242,15 @@ impl Coordinator {
                 None => fx.extend(self.start(&z.zone, severity, z.active.clone(), false, now)),
             }
         } else if z.level == Level::Normal && current.is_some_and(|r| !r.drill) {
-            fx.extend(self.cancel(&z.zone, "zone back to normal", now));
+            if !self.cancel_after_ack {
+                fx.extend(self.cancel(&z.zone, "zone back to normal", now));
+            } else if z.unacknowledged == 0 {
+                fx.extend(self.cancel(
+                    &z.zone,
+                    "zone back to normal and every alarm acknowledged",
+                    now,
+                ));
+            }
         }
         fx
     }
@@ -679,6 +689,16 @@ impl Coordinator {
             };
             fx.messages
                 .push(message(self.topics.drain_readiness(), &body));
+            // The whole picture on every change, so an alarm table restored from before a
+            // restart learns that an agent it still holds as missing is back.
+            for a in self.expected.iter().filter(|a| !current.1.contains(a)) {
+                fx.faults.push(AgentFault {
+                    agent: a.clone(),
+                    active: false,
+                    severity: Severity::Warning,
+                    detail: format!("drain agent {a} is online"),
+                });
+            }
             self.readiness = Some(current);
         }
         fx

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::coordinator::{Coordinator, Effects, Persisted};
+use super::coordinator::{AgentFault, Coordinator, Effects, Persisted};
 use super::messages::DrillCommand;
 use super::store::{JsonStore, StoreError};
 use crate::alarms::ZoneStatus;
@@ -102,6 +102,7 @@ impl DrainService {
         cfg: &Config,
         publisher: Publisher,
         incoming: mpsc::Receiver<Inbound>,
+        faults: Option<mpsc::Sender<AgentFault>>,
     ) -> Result<(DrainHandle, DrainService), StoreError> {
         let Some(drain) = &cfg.drain else {
             let handle = DrainHandle {
@@ -129,6 +130,7 @@ impl DrainService {
             zones,
             drills,
             incoming,
+            faults,
         };
         let task = tokio::spawn(runner.run());
         let handle = DrainHandle {
@@ -158,6 +160,7 @@ struct Runner {
     zones: mpsc::Receiver<ZoneStatus>,
     drills: mpsc::Receiver<Command>,
     incoming: mpsc::Receiver<Inbound>,
+    faults: Option<mpsc::Sender<AgentFault>>,
 }
 
 impl Runner {
@@ -227,8 +230,12 @@ impl Runner {
         for f in fx.faults {
             if f.active {
                 tracing::warn!(agent = %f.agent, severity = %f.severity, "drain agent fault: {}", f.detail);
-            } else {
-                tracing::info!(agent = %f.agent, "drain agent fault cleared: {}", f.detail);
+            }
+            // The daemon turns these into `_drain/{agent}/agent-offline` alarms.
+            if let Some(tx) = &self.faults {
+                if tx.try_send(f).is_err() {
+                    tracing::warn!("drain: agent fault not handed to the alarm table (queue full)");
+                }
             }
         }
         for m in fx.messages {

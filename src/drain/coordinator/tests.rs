@@ -12,6 +12,8 @@ const P: &str = "emberwatch/pangyo-a";
 enum Step {
     /// The zone's level and active alarm keys.
     Zone(Level, &'static [&'static str]),
+    /// The zone's level with this many alarms not yet acknowledged.
+    Unacked(Level, u32),
     /// An ack for the zone's current drain from `agent`: (agent, state, action).
     Ack(&'static str, &'static str, &'static str),
     /// An ack for a drain id that is not the current one.
@@ -36,10 +38,15 @@ struct Bench {
 
 impl Bench {
     fn new(agents: &[&str]) -> Bench {
+        Bench::new_with(agents, false)
+    }
+
+    fn new_with(agents: &[&str], cancel_after_ack: bool) -> Bench {
         let drain = config::Drain {
             trigger: Severity::Critical,
             deadline: Duration::from_secs(120),
             agents: agents.iter().map(|s| s.to_string()).collect(),
+            cancel_after_ack,
         };
         let t0 = Now::system();
         let c = Coordinator::new(
@@ -81,6 +88,19 @@ impl Bench {
                     faults: 0,
                     time: "t".into(),
                     shelved: vec![],
+                    unacknowledged: 0,
+                };
+                self.c.on_zone(&z, now)
+            }
+            Step::Unacked(level, n) => {
+                let z = ZoneStatus {
+                    zone: "room-1".into(),
+                    level: *level,
+                    active: vec![],
+                    faults: 0,
+                    time: "t".into(),
+                    shelved: vec![],
+                    unacknowledged: *n,
                 };
                 self.c.on_zone(&z, now)
             }
@@ -401,8 +421,10 @@ fn a_missing_agent_is_a_warning_fault_and_shows_in_the_status() {
     b.run(&Presence("lb-1", "online", &["room-1"]));
     b.at += PRESENCE_GRACE;
     let fx = b.c.tick(b.now());
+    // Every readiness change reports each expected agent; the one that is missing is active.
+    assert!(fx.faults.iter().any(|f| f.agent == "lb-1" && !f.active));
     assert_eq!(
-        fx.faults,
+        fx.faults.into_iter().filter(|f| f.active).collect::<Vec<_>>(),
         vec![AgentFault {
             agent: "k8s-b".into(),
             active: true,
@@ -675,4 +697,22 @@ fn drain_ids_are_new_even_within_one_millisecond() {
     b.run(&Zone(Level::Normal, &[]));
     b.run(&Zone(Level::Critical, &["a"]));
     assert_ne!(b.id(), first);
+}
+
+#[test]
+fn with_cancel_after_acknowledged_a_normal_zone_waits_for_every_ack() {
+    let mut b = Bench::new_with(&["lb-1"], true);
+    b.run(&Zone(Level::Critical, &["a"]));
+    b.run(&Ack("lb-1", "done", "drain"));
+    let out = b.run(&Unacked(Level::Normal, 2));
+    assert!(
+        out.iter().all(|(t, _)| t != "drain/room-1/request"),
+        "cancelled while alarms were unacknowledged: {out:?}"
+    );
+    let out = b.run(&Unacked(Level::Normal, 0));
+    assert!(
+        out.iter()
+            .any(|(t, v)| t == "drain/room-1/request" && v["state"] == "cancelled"),
+        "not cancelled once everything was acknowledged: {out:?}"
+    );
 }
