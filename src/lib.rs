@@ -15,6 +15,7 @@ pub mod engine;
 pub mod fieldbus;
 pub mod logging;
 pub mod mqtt;
+pub mod outbox;
 pub mod rules;
 pub mod sim;
 

@@ -50,6 +50,9 @@ struct RawMqtt {
 #[serde(default)]
 struct RawStorage {
     dir: Option<String>,
+    outbox_max: Option<String>,
+    journal_max: Option<String>,
+    journal_max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +296,16 @@ impl Validator {
         }
     }
 
+    fn size(&mut self, path: &str, v: Option<String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => parse_size(&s).unwrap_or_else(|e| {
+                self.problem(path, e);
+                default
+            }),
+        }
+    }
+
     fn severity(&mut self, path: &str, v: Option<String>, default: Severity) -> Severity {
         match v {
             None => default,
@@ -333,6 +346,13 @@ impl Validator {
         };
         let mqtt = self.mqtt(raw.mqtt, &site);
         let storage = Storage {
+            outbox_max: self.size("storage.outbox_max", raw.storage.outbox_max, 64 << 20),
+            journal_max: self.size("storage.journal_max", raw.storage.journal_max, 16 << 20),
+            journal_max_age: self.duration(
+                "storage.journal_max_age",
+                raw.storage.journal_max_age,
+                Duration::from_secs(7 * 24 * 3600),
+            ),
             dir: PathBuf::from(
                 raw.storage
                     .dir
@@ -957,6 +977,30 @@ agents = ["lb-1"]
             Ok(_) => vec![],
             Err(ps) => ps.into_iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn outbox_bounds_have_defaults_and_accept_sizes() {
+        let c = parse(GOOD, vec![], Role::Gateway).expect("valid");
+        assert_eq!(c.storage.outbox_max, 64 << 20);
+        assert_eq!(c.storage.journal_max, 16 << 20);
+        let text = GOOD.replace(
+            "dir = \"/tmp/x\"",
+            "dir = \"/tmp/x\"\noutbox_max = \"512KB\"\njournal_max = \"1MB\"\njournal_max_age = \"1h\"",
+        );
+        let c = parse(&text, vec![], Role::Gateway).expect("valid");
+        assert_eq!(c.storage.outbox_max, 512 << 10);
+        assert_eq!(c.storage.journal_max, 1 << 20);
+        assert_eq!(c.storage.journal_max_age, Duration::from_secs(3600));
+        let text = GOOD.replace(
+            "dir = \"/tmp/x\"",
+            "dir = \"/tmp/x\"\noutbox_max = \"lots\"",
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter().any(|e| e.starts_with("storage.outbox_max: ")),
+            "{e:?}"
+        );
     }
 
     #[test]
