@@ -17,7 +17,8 @@ use crate::clock::Now;
 use crate::config::{Config, RuleBody};
 use crate::engine::Engine;
 use crate::fieldbus::{self, modbus::ModbusDevice};
-use crate::mqtt::{self, CommandResult, Outgoing, Topics};
+use crate::mqtt::{self, CommandResult, Durable, Outgoing, Topics};
+use crate::outbox::OutboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -33,6 +34,10 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
+    #[error("storage.dir: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error("stopping so the supervisor restarts on a clean file: {0}")]
+    OutboxFailed(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -70,7 +75,10 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let mut link = mqtt::connect(&cfg, mqtt_cancel.clone()).await?;
+    // Durable messages are on disk before they count as sent; what earlier runs left
+    // unconfirmed is delivered first, to each broker from its own cursor.
+    let durable = Durable::open(&cfg)?;
+    let mut link = mqtt::connect_durable(&cfg, mqtt_cancel.clone(), durable).await?;
     let publisher = link.publisher.clone();
     let mut commands = std::mem::replace(&mut link.commands, mpsc::channel(1).1);
     tracing::info!(
@@ -105,6 +113,15 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 publisher.send(Outgoing::CommandResult(answer(&cmd))).await;
                 continue;
             }
+            reason = publisher.outbox_failed() => {
+                // Not retried: a failed fsync may report success the second time for data
+                // that never reached the disk.
+                tracing::error!("outbox: {reason}; publishing a fault and stopping");
+                publisher.report_fault(&reason).await;
+                result = Err(DaemonError::OutboxFailed(reason));
+                cancel.cancel();
+                break;
+            }
         };
         let out = engine.on_reading(&reading);
         if !out.events.is_empty() {
@@ -126,10 +143,10 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 e.message
             );
         }
-        for msg in out.messages {
-            publisher.send(msg).await;
-        }
+        publisher.send_all(out.messages).await;
     }
+    // Pollers still sending after a failure find the channel closed and end.
+    drop(rx);
     tracker.wait().await;
     mqtt_cancel.cancel();
     link.closed().await;

@@ -86,6 +86,9 @@ pub struct Mqtt {
     /// Redundant brokers; every message goes to each.
     pub also: Vec<BrokerUrl>,
     pub keep_alive: Duration,
+    /// `heartbeat = "10s"`: how often the retained status is republished with the latest event
+    /// `seq`, so a subscriber can see a gap at the tail (events it never got).
+    pub heartbeat: Duration,
 }
 
 /// A parsed `mqtt.url`.

@@ -44,6 +44,7 @@ struct RawMqtt {
     key_file: Option<String>,
     also: Vec<String>,
     keep_alive: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +462,10 @@ impl Validator {
         if keep_alive < Duration::from_secs(1) {
             self.problem("mqtt.keep_alive", "must be at least 1s");
         }
+        let heartbeat = self.duration("mqtt.heartbeat", m.heartbeat, Duration::from_secs(10));
+        if heartbeat < Duration::from_millis(100) {
+            self.problem("mqtt.heartbeat", "must be at least 100ms");
+        }
         if m.cert_file.is_some() != m.key_file.is_some() {
             self.problem(
                 "mqtt.cert_file",
@@ -480,6 +485,7 @@ impl Validator {
             key_file: m.key_file.map(PathBuf::from),
             also,
             keep_alive,
+            heartbeat,
         }
     }
 

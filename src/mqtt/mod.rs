@@ -9,8 +9,11 @@
 //! - [`payload`]: the gateway status and command result bodies.
 //! - [`link`]: the gateway's connection: a cloneable [`Publisher`] handle and a loop task that
 //!   owns the rumqttc event loop, in the handle-vs-loop shape rumqttc itself uses.
+//! - [`delivery`]: the durable outbox between the pipeline and each broker's loop: per-broker
+//!   cursors, `cmd/replay`, the `seq` heartbeat.
 //! - [`embedded`]: an in-process rumqttd broker for `mqtt.url = "embedded"` and the demo.
 
+pub mod delivery;
 pub mod embedded;
 mod error;
 mod ledger;
@@ -24,9 +27,10 @@ mod harness;
 #[cfg(test)]
 mod tests;
 
+pub use delivery::Durable;
 pub use embedded::EmbeddedBroker;
 pub use error::MqttError;
-pub use link::{connect, Command, Link, Publisher};
+pub use link::{connect, connect_durable, Command, Link, Publisher};
 pub use payload::{CommandResult, GatewayStatus};
 pub use topics::Topics;
 

@@ -19,8 +19,35 @@ pub enum GatewayStatus {
         version: String,
         /// When this gateway process started (RFC 3339); a change means it restarted.
         started_at: String,
+        /// The latest alarm event `seq` raised (durable links only; republished every
+        /// `mqtt.heartbeat`), so a subscriber sees a gap at the tail of what it received.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// How full the durable outbox is (durable links only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outbox: Option<OutboxHealth>,
+    },
+    /// The gateway hit a fault it cannot continue with (a failed outbox write or fsync) and is
+    /// exiting so that its supervisor restarts it; `reason` says what failed, and where.
+    Fault {
+        reason: String,
     },
     Offline,
+}
+
+/// The outbox's state as published in the gateway status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxHealth {
+    /// Bytes on disk, and `storage.outbox_max`.
+    pub bytes: u64,
+    pub max: u64,
+    /// Over the bound with only alarm events (never dropped) and the newest retained messages
+    /// left: the broker has been away too long for the disk the outbox was given.
+    pub over_bound: bool,
+    /// Records dropped to stay within the bound since the daemon started.
+    pub dropped: u64,
+    /// Records the slowest broker has not confirmed yet.
+    pub undelivered: u64,
 }
 
 impl GatewayStatus {
@@ -66,7 +93,7 @@ impl Publication {
     pub fn status(topics: &Topics, status: &GatewayStatus) -> Publication {
         let class = match status {
             GatewayStatus::Online { .. } => Class::Presence,
-            GatewayStatus::Offline => Class::Durable,
+            GatewayStatus::Fault { .. } | GatewayStatus::Offline => Class::Durable,
         };
         Publication {
             topic: topics.status(),
@@ -165,6 +192,8 @@ pub(crate) mod tests {
         let online = GatewayStatus::Online {
             version: "0.1.0".into(),
             started_at: "2026-11-24T13:40:00.000Z".into(),
+            seq: None,
+            outbox: None,
         };
         assert_eq!(
             String::from_utf8(online.to_json()).unwrap(),
@@ -266,6 +295,8 @@ pub(crate) mod tests {
             &GatewayStatus::Online {
                 version: "1".into(),
                 started_at: "t".into(),
+                seq: None,
+                outbox: None,
             },
         );
         assert_eq!(on.class, Class::Presence);
