@@ -70,14 +70,25 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             });
         }
     }
-    let (mut store, snapshot) = StateStore::open(&cfg.storage.dir)?;
+    let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
+    // Durable messages are on disk before they count as raised; what earlier runs left
+    // unconfirmed is delivered first, to each broker from its own cursor.
+    let durable = Durable::open(&cfg)?;
+    // Events reach the outbox before the alarm state is saved (an event must never exist only
+    // in the state file), so a crash between the two leaves the outbox ahead: numbering goes
+    // on from whichever is further, and no seq is ever used twice.
+    if let Some(seq) = durable.latest_seq().filter(|&s| s > snapshot.last_seq) {
+        tracing::warn!(
+            "alarm state ends at seq {} but the outbox holds seq {seq} (a crash between the two \
+             writes); numbering goes on from {seq}",
+            snapshot.last_seq
+        );
+        snapshot.last_seq = seq;
+    }
     let last_seq = snapshot.last_seq;
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    // Durable messages are on disk before they count as sent; what earlier runs left
-    // unconfirmed is delivered first, to each broker from its own cursor.
-    let durable = Durable::open(&cfg)?;
     let mut link = mqtt::connect_durable(&cfg, mqtt_cancel.clone(), durable).await?;
     let publisher = link.publisher.clone();
     let mut commands = std::mem::replace(&mut link.commands, mpsc::channel(1).1);
@@ -96,12 +107,14 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     tracker.close();
 
     let mut engine = Engine::restore(cfg.clone(), snapshot);
-    for msg in engine.zone_statuses(Now::system()) {
-        publisher.send(msg).await;
-    }
+    // Best effort here: a failure is noticed in the loop below.
+    let _ = publisher
+        .send_all(engine.zone_statuses(Now::system()))
+        .await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     let mut result = Ok(());
+    let mut outbox_failure = None;
     // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
     loop {
         let reading = tokio::select! {
@@ -114,18 +127,20 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 continue;
             }
             reason = publisher.outbox_failed() => {
-                // Not retried: a failed fsync may report success the second time for data
-                // that never reached the disk.
-                tracing::error!("outbox: {reason}; publishing a fault and stopping");
-                publisher.report_fault(&reason).await;
-                result = Err(DaemonError::OutboxFailed(reason));
-                cancel.cancel();
+                outbox_failure = Some(reason);
                 break;
             }
         };
         let out = engine.on_reading(&reading);
+        // Raised: in the outbox, fsynced, before the state that numbers them is saved. If that
+        // fails they were not raised, so the state is not saved either: after the restart the
+        // engine sees the condition again and raises it then.
+        if let Err(reason) = publisher.send_all(out.messages).await {
+            outbox_failure = Some(reason);
+            break;
+        }
         if !out.events.is_empty() {
-            // On disk before anyone can see it: seq never goes back, and a restart does not
+            // Saved before the next reading: seq never goes back, and a restart does not
             // raise these alarms again.
             if let Err(e) = store.save(&engine.snapshot()) {
                 tracing::error!(error = %e, "cannot persist alarm state; stopping so systemd restarts on a clean state");
@@ -143,7 +158,14 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 e.message
             );
         }
-        publisher.send_all(out.messages).await;
+    }
+    if let Some(reason) = outbox_failure {
+        // Not retried: a failed fsync may report success the second time for data that never
+        // reached the disk. Say so on every broker, then stop and let systemd restart us.
+        tracing::error!("outbox: {reason}; publishing a fault and stopping");
+        publisher.report_fault(&reason).await;
+        result = Err(DaemonError::OutboxFailed(reason));
+        cancel.cancel();
     }
     // Pollers still sending after a failure find the channel closed and end.
     drop(rx);

@@ -110,11 +110,14 @@ impl Publisher {
     /// reconnect (waiting only when the queue is full).
     /// Telemetry: never waits; dropped and counted when disconnected or when the queue is full.
     pub async fn send(&self, msg: Outgoing) {
-        self.send_all(vec![msg]).await;
+        // A failure is logged here and reported through `outbox_failed`.
+        let _ = self.send_all(vec![msg]).await;
     }
 
-    /// As [`Publisher::send`] for several messages; the durable ones share one fsync.
-    pub async fn send_all(&self, msgs: Vec<Outgoing>) {
+    /// As [`Publisher::send`] for several messages; the durable ones share one fsync. Fails
+    /// only when the outbox could not make them durable (they were not sent, and the outbox
+    /// accepts nothing more: see [`Publisher::outbox_failed`]).
+    pub async fn send_all(&self, msgs: Vec<Outgoing>) -> Result<(), String> {
         let mut entries = Vec::new();
         for msg in msgs {
             let publication = match Publication::encode(&self.topics, &msg) {
@@ -133,10 +136,11 @@ impl Publisher {
         }
         if let (Some(durable), false) = (&self.durable, entries.is_empty()) {
             if let Err(reason) = durable.append(entries).await {
-                // The daemon learns of it through `Durable::failed` and stops.
                 tracing::error!("mqtt: not raised, the outbox failed: {reason}");
+                return Err(reason);
             }
         }
+        Ok(())
     }
 
     fn send_telemetry(&self, publication: Publication) {

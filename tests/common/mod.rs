@@ -13,6 +13,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
