@@ -441,6 +441,11 @@ impl Validator {
                     format!("mqtt.also[{i}]"),
                     "\"embedded\" can only be the main url",
                 ),
+                // Each broker has its own delivery cursor, named by its URL.
+                Ok(u) if u == url || also.contains(&u) => self.problem(
+                    format!("mqtt.also[{i}]"),
+                    format!("{u} is already a broker of this gateway"),
+                ),
                 Ok(u) => also.push(u),
                 Err(e) => self.problem(format!("mqtt.also[{i}]"), e),
             }
@@ -1007,6 +1012,18 @@ agents = ["lb-1"]
             e.iter().any(|e| e.starts_with("storage.outbox_max: ")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_broker_is_listed_once() {
+        let text = GOOD.replace(
+            "url = \"mqtt://127.0.0.1:1883\"",
+            "url = \"mqtt://127.0.0.1:1883\"\nalso = [\"mqtt://10.0.0.2\", \"mqtt://127.0.0.1\", \"mqtt://10.0.0.2:1883\"]",
+        );
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.starts_with("mqtt.also[1]: ")), "{e:?}");
+        assert!(e.iter().any(|e| e.starts_with("mqtt.also[2]: ")), "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]

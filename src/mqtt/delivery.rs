@@ -465,7 +465,112 @@ fn valid_topic(t: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::harness::config;
+    use super::super::payload::tests::spec_event;
     use super::*;
+    use crate::alarms::AlarmEvent;
+
+    const A: &str = "mqtt://127.0.0.1:1";
+    const B: &str = "mqtt://127.0.0.1:2";
+
+    fn event(seq: u64) -> Outgoing {
+        Outgoing::Event(AlarmEvent {
+            seq,
+            event_id: format!("gw-b1-{seq}"),
+            ..spec_event()
+        })
+    }
+
+    async fn raise(d: &Durable, topics: &Topics, seqs: std::ops::RangeInclusive<u64>) {
+        let entries = seqs
+            .map(|s| {
+                let msg = event(s);
+                let p = Publication::encode(topics, &msg).expect("encode");
+                entry(&msg, p)
+            })
+            .collect();
+        d.append(entries).await.expect("durable");
+    }
+
+    fn two_brokers(dir: &std::path::Path) -> Config {
+        let mut cfg = config(A);
+        cfg.storage.dir = dir.to_path_buf();
+        cfg.mqtt.also = vec![crate::config::BrokerUrl::parse(B).expect("url")];
+        cfg
+    }
+
+    /// Each broker's feed starts at its own cursor; acks of one do not move the other; both
+    /// survive a close and reopen.
+    #[tokio::test]
+    async fn each_broker_feeds_from_its_own_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = two_brokers(dir.path());
+        let topics = Topics::new(&cfg);
+        let d = Durable::open(&cfg).expect("open");
+        let (mut a, mut b) = (d.feed(A), d.feed(B));
+        raise(&d, &topics, 1..=4).await;
+        assert!(a.has_more() && b.has_more());
+        let sent = a.take(10);
+        assert_eq!(sent.len(), 4);
+        for (i, (pos, _)) in sent.iter().enumerate() {
+            a.track(100 + i as u64, *pos);
+            a.acked(100 + i as u64);
+        }
+        assert!(!a.has_more());
+        let first = b.take(1);
+        b.track(7, first[0].0);
+        b.acked(7);
+        d.close().await;
+        drop((a, b, d));
+
+        let d = Durable::open(&cfg).expect("reopen");
+        let (mut a, mut b) = (d.feed(A), d.feed(B));
+        assert!(a.take(10).is_empty(), "A confirmed everything");
+        let rest: Vec<u64> = b
+            .take(10)
+            .iter()
+            .map(|(_, p)| {
+                serde_json::from_slice::<AlarmEvent>(&p.payload)
+                    .expect("json")
+                    .seq
+            })
+            .collect();
+        assert_eq!(rest, [2, 3, 4], "B goes on where it was, in order");
+        assert_eq!(d.latest_seq(), Some(4));
+        d.close().await;
+    }
+
+    #[tokio::test]
+    async fn replay_republishes_held_events_and_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = two_brokers(dir.path());
+        let topics = Topics::new(&cfg);
+        let d = Durable::open(&cfg).expect("open");
+        raise(&d, &topics, 1..=5).await;
+        let feed = d.feed(A);
+        let out = feed.replay(br#"{"from_seq": 3, "reply_to": "ops/replay"}"#, &topics);
+        assert_eq!(out.len(), 4, "three events and the result");
+        assert!(out[..3]
+            .iter()
+            .all(|p| p.topic == "ops/replay" && !p.retain));
+        let result: CommandResult = serde_json::from_slice(&out[3].payload).expect("result");
+        assert!(result.ok, "{result:?}");
+        assert_eq!(out[3].topic, topics.cmd_result());
+        for bad in [
+            &br#"{"from_seq": 1}"#[..],
+            br#"{"from_seq": 1, "reply_to": "a/#"}"#,
+        ] {
+            let out = feed.replay(bad, &topics);
+            let result: CommandResult = serde_json::from_slice(&out[0].payload).expect("result");
+            assert_eq!((out.len(), result.ok), (1, false), "{result:?}");
+        }
+        let GatewayStatus::Online { seq, outbox, .. } = feed.status("1", "t") else {
+            panic!("online")
+        };
+        assert_eq!(seq, Some(5));
+        assert_eq!(outbox.map(|o| o.undelivered), Some(5));
+        d.close().await;
+    }
 
     #[test]
     fn replay_topics_must_be_publishable() {

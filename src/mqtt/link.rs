@@ -2,9 +2,12 @@
 //! task that owns rumqttc's event loop.
 //!
 //! Shaped like rumqttc itself (handle vs. loop): the pipeline never touches the socket, and the
-//! socket never waits on the pipeline. Between them is one bounded channel. Alarm events and
-//! zone statuses wait for room in it (they must not be lost); telemetry never waits and is
-//! dropped and counted instead.
+//! socket never waits on the pipeline. Between them is one bounded channel per broker. Without
+//! an outbox ([`connect`]), alarm events and zone statuses wait for room in it (they must not be
+//! lost); with one ([`connect_durable`], the daemon), they go to disk instead and each broker's
+//! loop reads them from there through its own cursor (`delivery.rs`), so a broker that is away
+//! holds up neither the pipeline nor the other brokers. Telemetry never waits and is dropped
+//! and counted instead.
 //!
 //! The loop task
 //! - polls rumqttc continuously, reconnecting with jittered exponential backoff for as long as
@@ -13,6 +16,9 @@
 //! - hands publications to rumqttc through a [`Ledger`] that tracks every QoS 1 publish until
 //!   the broker's PUBACK, and after a reconnect resends, in order, whatever was not confirmed
 //!   (rumqttc itself drops those on a clean session: see `ledger.rs`);
+//! - with an outbox: takes records from its feed while the window has room, reports PUBACKs
+//!   back to it, republishes the retained status every `mqtt.heartbeat` with the latest `seq`,
+//!   and answers `cmd/replay` itself from the journal;
 //! - turns publishes on `cmd/+` into [`Command`]s;
 //! - on cancellation, sends what is queued, then the retained offline status, waits (up to
 //!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
