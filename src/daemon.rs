@@ -19,7 +19,8 @@ use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
 use crate::fieldbus;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
-use crate::mqtt::{self, Topics};
+use crate::mqtt::{self, Durable, Outgoing, Topics};
+use crate::outbox::OutboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -39,6 +40,10 @@ pub enum DaemonError {
     Metrics(String),
     #[error("storage.dir: {0}")]
     Drain(#[from] crate::drain::StoreError),
+    #[error("storage.dir: {0}")]
+    Outbox(#[from] OutboxError),
+    #[error("stopping so the supervisor restarts on a clean file: {0}")]
+    OutboxFailed(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -102,15 +107,30 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             });
         }
     }
-    let (mut store, snapshot) = StateStore::open(&cfg.storage.dir)?;
+    let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
+    // Durable messages are on disk before they count as raised; what earlier runs left
+    // unconfirmed is delivered first, to each broker from its own cursor.
+    let durable = Durable::open(&cfg)?;
+    // Events reach the outbox before the alarm state is saved (an event must never exist only
+    // in the state file), so a crash between the two leaves the outbox ahead: numbering goes
+    // on from whichever is further, and no seq is ever used twice.
+    if let Some(seq) = durable.latest_seq().filter(|&s| s > snapshot.last_seq) {
+        tracing::warn!(
+            "alarm state ends at seq {} but the outbox holds seq {seq} (a crash between the two \
+             writes); numbering goes on from {seq}",
+            snapshot.last_seq
+        );
+        snapshot.last_seq = seq;
+    }
     let last_seq = snapshot.last_seq;
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let mut link = mqtt::connect_with(
+    let mut link = mqtt::connect_durable(
         &cfg,
         crate::drain::service::link_options(&cfg),
         mqtt_cancel.clone(),
+        durable,
     )
     .await?;
     let publisher = link.publisher.clone();
@@ -154,13 +174,16 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     tracker.close();
 
     let mut engine = Engine::restore(cfg.clone(), snapshot);
-    for msg in engine.zone_statuses(Now::system()) {
-        drain.observe(&msg).await;
-        publisher.send(msg).await;
+    let statuses = engine.zone_statuses(Now::system());
+    for msg in &statuses {
+        drain.observe(msg).await;
     }
+    // Best effort here: a failure is noticed in the loop below.
+    let _ = publisher.send_all(statuses).await;
     let mut supervision = Supervision::new(&cfg);
 
     let mut result = Ok(());
+    let mut outbox_failure = None;
     // Shelves expire on time even when no reading changes anything.
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,13 +211,31 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 update_gauges(&metrics, &engine, &publisher);
                 engine.tick(Now::system())
             }
+            reason = publisher.outbox_failed() => {
+                outbox_failure = Some(reason);
+                break;
+            }
         };
         metrics.alarm_events.inc_by(out.events.len() as u64);
         metrics
             .chattering_events
             .inc_by(out.events.iter().filter(|e| e.detail.chattering).count() as u64);
+        // The drain coordinator sees the zone statuses once they are raised.
+        let zones: Vec<Outgoing> = out
+            .messages
+            .iter()
+            .filter(|m| matches!(m, Outgoing::Zone(_)))
+            .cloned()
+            .collect();
+        // Raised: in the outbox, fsynced, before the state that numbers them is saved. If that
+        // fails they were not raised, so the state is not saved either: after the restart the
+        // engine sees the condition again and raises it then.
+        if let Err(reason) = publisher.send_all(out.messages).await {
+            outbox_failure = Some(reason);
+            break;
+        }
         if !out.events.is_empty() {
-            // On disk before anyone can see it: seq never goes back, and a restart neither
+            // Saved before the next reading: seq never goes back, and a restart neither
             // raises these alarms again nor forgets an acknowledgement or a shelf.
             if let Err(e) = store.save(&engine.snapshot()) {
                 tracing::error!(error = %e, "cannot persist alarm state; stopping so systemd restarts on a clean state");
@@ -213,11 +254,20 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 e.message
             );
         }
-        for msg in out.messages {
-            drain.observe(&msg).await;
-            publisher.send(msg).await;
+        for msg in &zones {
+            drain.observe(msg).await;
         }
     }
+    if let Some(reason) = outbox_failure {
+        // Not retried: a failed fsync may report success the second time for data that never
+        // reached the disk. Say so on every broker, then stop and let systemd restart us.
+        tracing::error!("outbox: {reason}; publishing a fault and stopping");
+        publisher.report_fault(&reason).await;
+        result = Err(DaemonError::OutboxFailed(reason));
+        cancel.cancel();
+    }
+    // Pollers still sending after a failure find the channel closed and end.
+    drop(rx);
     tracker.wait().await;
     if let Some(task) = metrics_task {
         let _ = task.await;

@@ -17,6 +17,7 @@ pub mod fieldbus;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod outbox;
 pub mod rules;
 pub mod sim;
 

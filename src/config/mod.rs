@@ -105,6 +105,9 @@ pub struct Mqtt {
     /// Redundant brokers; every message goes to each.
     pub also: Vec<BrokerUrl>,
     pub keep_alive: Duration,
+    /// `heartbeat = "10s"`: how often the retained status is republished with the latest event
+    /// `seq`, so a subscriber can see a gap at the tail (events it never got).
+    pub heartbeat: Duration,
 }
 
 /// A parsed `mqtt.url`.
@@ -173,8 +176,16 @@ impl fmt::Display for BrokerUrl {
 
 #[derive(Debug, Clone)]
 pub struct Storage {
-    /// Alarm state, `seq` and (later) the durable outbox live here.
+    /// Alarm state, `seq` and the durable outbox live here.
     pub dir: PathBuf,
+    /// `outbox_max = "64MB"`: disk the outbox may use. Over it, superseded zone statuses and
+    /// other non-alarm messages are dropped first; alarm events never are.
+    pub outbox_max: u64,
+    /// `journal_max = "16MB"`: events every broker has confirmed are kept this much, for
+    /// `cmd/replay` to repair a subscriber's gap.
+    pub journal_max: u64,
+    /// `journal_max_age = "7d"`: and for at most this long.
+    pub journal_max_age: Duration,
 }
 
 /// One polled device: a rack BMS, a UPS, a detector.
@@ -443,4 +454,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"15m\"")
     })
+}
+
+/// Parses `"64MB"`, `"512KB"`, `"1GB"` or a plain byte count. Units are binary (1KB = 1024
+/// bytes), as disk quotas usually are.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a size; write e.g. \"64MB\", \"512KB\""
+            ))
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. \"64MB\", \"512KB\""))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }

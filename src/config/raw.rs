@@ -52,12 +52,16 @@ struct RawMqtt {
     key_file: Option<String>,
     also: Vec<String>,
     keep_alive: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawStorage {
     dir: Option<String>,
+    outbox_max: Option<String>,
+    journal_max: Option<String>,
+    journal_max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,6 +310,16 @@ impl Validator {
         }
     }
 
+    fn size(&mut self, path: &str, v: Option<String>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => parse_size(&s).unwrap_or_else(|e| {
+                self.problem(path, e);
+                default
+            }),
+        }
+    }
+
     fn severity(&mut self, path: &str, v: Option<String>, default: Severity) -> Severity {
         match v {
             None => default,
@@ -346,6 +360,13 @@ impl Validator {
         };
         let mqtt = self.mqtt(raw.mqtt, &site);
         let storage = Storage {
+            outbox_max: self.size("storage.outbox_max", raw.storage.outbox_max, 64 << 20),
+            journal_max: self.size("storage.journal_max", raw.storage.journal_max, 16 << 20),
+            journal_max_age: self.duration(
+                "storage.journal_max_age",
+                raw.storage.journal_max_age,
+                Duration::from_secs(7 * 24 * 3600),
+            ),
             dir: PathBuf::from(
                 raw.storage
                     .dir
@@ -460,6 +481,11 @@ impl Validator {
                     format!("mqtt.also[{i}]"),
                     "\"embedded\" can only be the main url",
                 ),
+                // Each broker has its own delivery cursor, named by its URL.
+                Ok(u) if u == url || also.contains(&u) => self.problem(
+                    format!("mqtt.also[{i}]"),
+                    format!("{u} is already a broker of this gateway"),
+                ),
                 Ok(u) => also.push(u),
                 Err(e) => self.problem(format!("mqtt.also[{i}]"), e),
             }
@@ -481,6 +507,10 @@ impl Validator {
         if keep_alive < Duration::from_secs(1) {
             self.problem("mqtt.keep_alive", "must be at least 1s");
         }
+        let heartbeat = self.duration("mqtt.heartbeat", m.heartbeat, Duration::from_secs(10));
+        if heartbeat < Duration::from_millis(100) {
+            self.problem("mqtt.heartbeat", "must be at least 100ms");
+        }
         if m.cert_file.is_some() != m.key_file.is_some() {
             self.problem(
                 "mqtt.cert_file",
@@ -500,6 +530,7 @@ impl Validator {
             key_file: m.key_file.map(PathBuf::from),
             also,
             keep_alive,
+            heartbeat,
         }
     }
 
@@ -1082,6 +1113,42 @@ agents = ["lb-1"]
             Ok(_) => vec![],
             Err(ps) => ps.into_iter().map(|p| p.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn outbox_bounds_have_defaults_and_accept_sizes() {
+        let c = parse(GOOD, vec![], Role::Gateway).expect("valid");
+        assert_eq!(c.storage.outbox_max, 64 << 20);
+        assert_eq!(c.storage.journal_max, 16 << 20);
+        let text = GOOD.replace(
+            "dir = \"/tmp/x\"",
+            "dir = \"/tmp/x\"\noutbox_max = \"512KB\"\njournal_max = \"1MB\"\njournal_max_age = \"1h\"",
+        );
+        let c = parse(&text, vec![], Role::Gateway).expect("valid");
+        assert_eq!(c.storage.outbox_max, 512 << 10);
+        assert_eq!(c.storage.journal_max, 1 << 20);
+        assert_eq!(c.storage.journal_max_age, Duration::from_secs(3600));
+        let text = GOOD.replace(
+            "dir = \"/tmp/x\"",
+            "dir = \"/tmp/x\"\noutbox_max = \"lots\"",
+        );
+        let e = errors(&text);
+        assert!(
+            e.iter().any(|e| e.starts_with("storage.outbox_max: ")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_broker_is_listed_once() {
+        let text = GOOD.replace(
+            "url = \"mqtt://127.0.0.1:1883\"",
+            "url = \"mqtt://127.0.0.1:1883\"\nalso = [\"mqtt://10.0.0.2\", \"mqtt://127.0.0.1\", \"mqtt://10.0.0.2:1883\"]",
+        );
+        let e = errors(&text);
+        assert!(e.iter().any(|e| e.starts_with("mqtt.also[1]: ")), "{e:?}");
+        assert!(e.iter().any(|e| e.starts_with("mqtt.also[2]: ")), "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]

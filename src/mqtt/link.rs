@@ -5,9 +5,12 @@
 //! differs between them.
 //!
 //! Shaped like rumqttc itself (handle vs. loop): the pipeline never touches the socket, and the
-//! socket never waits on the pipeline. Between them is one bounded channel. Alarm events and
-//! zone statuses wait for room in it (they must not be lost); telemetry never waits and is
-//! dropped and counted instead.
+//! socket never waits on the pipeline. Between them is one bounded channel per broker. Without
+//! an outbox ([`connect`]), alarm events and zone statuses wait for room in it (they must not be
+//! lost); with one ([`connect_durable`], the daemon), they go to disk instead and each broker's
+//! loop reads them from there through its own cursor (`delivery.rs`), so a broker that is away
+//! holds up neither the pipeline nor the other brokers. Telemetry never waits and is dropped
+//! and counted instead.
 //!
 //! The loop task
 //! - polls rumqttc continuously, reconnecting with jittered exponential backoff for as long as
@@ -17,8 +20,11 @@
 //! - hands publications to rumqttc through a [`Ledger`] that tracks every QoS 1 publish until
 //!   the broker's PUBACK, and after a reconnect resends, in order, whatever was not confirmed
 //!   (rumqttc itself drops those on a clean session: see `ledger.rs`);
+//! - with an outbox: takes records from its feed while the window has room, reports PUBACKs
+//!   back to it, republishes the retained status every `mqtt.heartbeat` with the latest `seq`,
+//!   and answers `cmd/replay` itself from the journal;
 //! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
-//!   [`Inbound`] messages;
+//!   [`Inbound`] messages (every broker's loop feeds the same two channels);
 //! - on cancellation, sends what is queued, then the retained offline status, waits (up to
 //!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
 //!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
@@ -38,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::delivery::{self, Durable, Feed};
 use super::embedded;
 use super::ledger::{Entry, Ledger};
 use super::options::{self, RUMQTTC_INFLIGHT};
@@ -132,6 +139,8 @@ impl LinkOptions {
         let online = GatewayStatus::Online {
             version: crate::VERSION.to_string(),
             started_at: crate::clock::rfc3339(SystemTime::now()),
+            seq: None,
+            outbox: None,
         };
         LinkOptions {
             client_id: cfg.mqtt.client_id.clone(),
@@ -151,8 +160,17 @@ impl LinkOptions {
 /// The pipeline's handle on the link. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<Publication>,
+    /// One per broker loop: `mqtt.url` first, then each of `mqtt.also` (durable links only).
+    routes: Arc<[Route]>,
     topics: Arc<Topics>,
+    /// The outbox durable messages go through; `None` for a link without one (tests, tools).
+    durable: Option<Arc<Durable>>,
+}
+
+/// The way into one broker loop.
+#[derive(Clone)]
+struct Route {
+    tx: mpsc::Sender<Publication>,
     shared: Arc<Shared>,
 }
 
@@ -164,40 +182,101 @@ struct Shared {
 }
 
 impl Publisher {
-    /// Events, zone statuses and command results: never dropped; queued in memory while
-    /// disconnected and sent in order after reconnect. Waits only when the queue is full.
+    /// Events, zone statuses, command results and other durable messages: never dropped. With
+    /// an outbox they are on disk when this returns, and each broker's loop takes them from
+    /// there; without one they are queued in memory while disconnected and sent in order after
+    /// reconnect (waiting only when the queue is full).
     /// Telemetry: never waits; dropped and counted when disconnected or when the queue is full.
     pub async fn send(&self, msg: Outgoing) {
-        let publication = match Publication::encode(&self.topics, &msg) {
-            Ok(p) => p,
-            Err(e) => {
-                // Cannot happen for these types; logged rather than unwrapped all the same.
-                tracing::error!("mqtt: cannot encode {msg:?}: {e}; not sent");
-                return;
+        // A failure is logged here and reported through `outbox_failed`.
+        let _ = self.send_all(vec![msg]).await;
+    }
+
+    /// As [`Publisher::send`] for several messages; the durable ones share one fsync. Fails
+    /// only when the outbox could not make them durable (they were not sent, and the outbox
+    /// accepts nothing more: see [`Publisher::outbox_failed`]).
+    pub async fn send_all(&self, msgs: Vec<Outgoing>) -> Result<(), String> {
+        let mut entries = Vec::new();
+        for msg in msgs {
+            let publication = match Publication::encode(&self.topics, &msg) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Cannot happen for these types; logged rather than unwrapped all the same.
+                    tracing::error!("mqtt: cannot encode {msg:?}: {e}; not sent");
+                    continue;
+                }
+            };
+            match (&self.durable, publication.class) {
+                (_, Class::Telemetry) => self.send_telemetry(publication),
+                (Some(_), Class::Durable) => entries.push(delivery::entry(&msg, publication)),
+                _ => self.send_queued(publication).await,
             }
+        }
+        if let (Some(durable), false) = (&self.durable, entries.is_empty()) {
+            if let Err(reason) = durable.append(entries).await {
+                tracing::error!("mqtt: not raised, the outbox failed: {reason}");
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_telemetry(&self, publication: Publication) {
+        for r in self.routes.iter() {
+            if !r.shared.connected.load(Ordering::Relaxed)
+                || r.tx.try_send(publication.clone()).is_err()
+            {
+                r.shared.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn send_queued(&self, publication: Publication) {
+        for r in self.routes.iter() {
+            let topic = publication.topic.clone();
+            if r.tx.send(publication.clone()).await.is_err() {
+                tracing::warn!("mqtt: link already stopped; message for {topic} not sent");
+            }
+        }
+    }
+
+    /// Publishes the retained fault status on every broker, straight from memory (the outbox
+    /// is what failed), ahead of the offline status the stop then sends.
+    pub async fn report_fault(&self, reason: &str) {
+        let status = GatewayStatus::Fault {
+            reason: reason.to_string(),
         };
-        if publication.class == Class::Telemetry {
-            if !self.is_connected() || self.tx.try_send(publication).is_err() {
-                self.shared
-                    .telemetry_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            return;
-        }
-        let topic = publication.topic.clone();
-        if self.tx.send(publication).await.is_err() {
-            tracing::warn!("mqtt: link already stopped; message for {topic} not sent");
+        self.send_queued(Publication::status(&self.topics, &status))
+            .await;
+    }
+
+    /// Resolves with the reason when the outbox can no longer write: the daemon must stop.
+    /// Never resolves for a link without an outbox.
+    pub async fn outbox_failed(&self) -> String {
+        match &self.durable {
+            Some(d) => d.failed().await,
+            None => std::future::pending().await,
         }
     }
 
-    /// Telemetry messages dropped so far (disconnected, or queues full).
+    /// The outbox, for its pressure and latest `seq` (metrics, logs).
+    pub fn outbox(&self) -> Option<&Arc<Durable>> {
+        self.durable.as_ref()
+    }
+
+    /// Telemetry messages dropped so far (disconnected, or queues full), over all brokers.
     pub fn telemetry_dropped(&self) -> u64 {
-        self.shared.telemetry_dropped.load(Ordering::Relaxed)
+        self.routes
+            .iter()
+            .map(|r| r.shared.telemetry_dropped.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// True between the broker's CONNACK and the next connection error.
+    /// True between a broker's CONNACK and the next connection error, for any broker.
     pub fn is_connected(&self) -> bool {
-        self.shared.connected.load(Ordering::Relaxed)
+        self.routes
+            .iter()
+            .any(|r| r.shared.connected.load(Ordering::Relaxed))
     }
 }
 
@@ -216,28 +295,37 @@ impl std::fmt::Debug for Publisher {
 pub struct Link {
     pub publisher: Publisher,
     pub commands: mpsc::Receiver<Command>,
-    /// Publishes on [`LinkOptions::subscriptions`].
+    /// Publishes on [`LinkOptions::subscriptions`], from every broker.
     pub incoming: mpsc::Receiver<Inbound>,
-    task: JoinHandle<()>,
+    /// One loop per broker.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Link {
-    /// Waits for the loop task to finish, which it does after the cancellation token given to
-    /// [`connect`] fires: at most about [`STOP_GRACE`] later.
+    /// Waits for the loop tasks to finish, which they do after the cancellation token given to
+    /// [`connect`] fires: at most about [`STOP_GRACE`] later. Then the outbox, if any, commits
+    /// its cursors a last time and closes.
     pub async fn closed(self) {
-        if let Err(e) = self.task.await {
-            if e.is_panic() {
-                tracing::error!("mqtt: the link task panicked: {e}");
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("mqtt: the link task panicked: {e}");
+                }
             }
+        }
+        if let Some(d) = &self.publisher.durable {
+            d.close().await;
         }
     }
 
-    /// Kills the loop task without any goodbye, as a crash would (the socket closes without
+    /// Kills the loop tasks without any goodbye, as a crash would (the socket closes without
     /// DISCONNECT, so the broker publishes the last will).
     #[cfg(test)]
     pub(crate) async fn crash(self) {
-        self.task.abort();
-        let _ = self.task.await;
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
@@ -246,73 +334,124 @@ impl Link {
 /// broker on 127.0.0.1:1883. Fails only on set-up problems: unreadable password or
 /// certificate files, or an embedded broker that cannot listen. The loop runs until `cancel`
 /// fires.
+///
+/// Durable messages wait in memory: this is the link for tools and tests. The daemon uses
+/// [`connect_durable`].
 pub async fn connect(cfg: &Config, cancel: CancellationToken) -> Result<Link, MqttError> {
     connect_with(cfg, LinkOptions::gateway(cfg), cancel).await
 }
 
 /// As [`connect`], for any identity: the broker and credentials come from `cfg.mqtt`, the
-/// rest from `opts`.
+/// rest from `opts`. Durable messages wait in memory (a drain agent, tools).
 pub async fn connect_with(
     cfg: &Config,
     opts: LinkOptions,
     cancel: CancellationToken,
 ) -> Result<Link, MqttError> {
+    start(cfg, opts, cancel, None).await
+}
+
+/// As [`connect_with`], with durable messages going through `durable` (the outbox), and one
+/// loop per broker, `mqtt.url` and each of `mqtt.also`, each delivering from its own cursor.
+/// The online presence is then the gateway status with the latest `seq` and the outbox's
+/// health, republished every `mqtt.heartbeat`.
+pub async fn connect_durable(
+    cfg: &Config,
+    opts: LinkOptions,
+    cancel: CancellationToken,
+    durable: Arc<Durable>,
+) -> Result<Link, MqttError> {
+    start(cfg, opts, cancel, Some(durable)).await
+}
+
+async fn start(
+    cfg: &Config,
+    opts: LinkOptions,
+    cancel: CancellationToken,
+    durable: Option<Arc<Durable>>,
+) -> Result<Link, MqttError> {
+    let started_at = crate::clock::rfc3339(SystemTime::now());
     let m = &cfg.mqtt;
-    if !m.also.is_empty() {
+    let mut urls = vec![m.url.clone()];
+    if durable.is_some() {
+        urls.extend(m.also.iter().cloned());
+    } else if !m.also.is_empty() {
         let also: Vec<String> = m.also.iter().map(ToString::to_string).collect();
         tracing::warn!(
-            "mqtt.also ({}) is not supported yet; publishing to {} only",
+            "mqtt.also ({}) needs the durable outbox; publishing to {} only",
             also.join(", "),
             m.url
         );
     }
-    if m.url == BrokerUrl::Embedded && opts.host_embedded {
+    if urls.contains(&BrokerUrl::Embedded) && opts.host_embedded {
         let (ip, port) = options::EMBEDDED_ADDR;
         let broker = embedded::start((ip, port).into()).await?;
         tracing::info!("mqtt: embedded broker listening on {}", broker.addr);
     }
     let topics = Arc::new(Topics::new(cfg));
-    let mqtt_opts = options::build(
-        m,
-        &opts.client_id,
-        Some(&opts.presence),
-        !opts.persistent_session,
-    )?;
-    let (client, eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
-    let (tx, rx) = mpsc::channel(QUEUE);
     let (cmd_tx, commands) = mpsc::channel(COMMANDS);
     let (in_tx, incoming) = mpsc::channel(INBOUND);
-    let shared = Arc::new(Shared::default());
-    let runner = Runner {
-        url: m.url.clone(),
-        client_id: opts.client_id,
-        topics: topics.clone(),
-        presence: opts.presence,
-        wants_commands: opts.commands,
-        subscriptions: opts.subscriptions,
-        client,
-        rx,
-        commands: cmd_tx,
-        incoming: in_tx,
-        shared: shared.clone(),
-        ledger: Ledger::new(WINDOW),
-        telemetry_in_channel: 0,
-        cancel,
-        stopping: false,
-        deadline: Instant::now(),
-        rx_done: false,
-        disconnect_sent: false,
-        failures: 0,
-        connected_since: None,
-        last_error: None,
-        next_delay: BACKOFF_FIRST,
-    };
-    let task = tokio::spawn(runner.run(eventloop));
+    let mut routes = Vec::new();
+    let mut tasks = Vec::new();
+    for url in urls {
+        let mut broker = m.clone();
+        broker.url = url.clone();
+        let mqtt_opts = options::build(
+            &broker,
+            &opts.client_id,
+            Some(&opts.presence),
+            !opts.persistent_session,
+        )?;
+        let (client, eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared::default());
+        let feed = durable.as_ref().map(|d| d.feed(&url.to_string()));
+        let heartbeat = feed.as_ref().map(|_| {
+            let mut i = tokio::time::interval(m.heartbeat);
+            // After a disconnection, one heartbeat, not a burst of the missed ones.
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let runner = Runner {
+            url,
+            client_id: opts.client_id.clone(),
+            topics: topics.clone(),
+            presence: opts.presence.clone(),
+            wants_commands: opts.commands,
+            subscriptions: opts.subscriptions.clone(),
+            started_at: started_at.clone(),
+            client,
+            rx,
+            commands: cmd_tx.clone(),
+            incoming: in_tx.clone(),
+            shared: shared.clone(),
+            ledger: Ledger::new(WINDOW),
+            feed,
+            heartbeat,
+            telemetry_in_channel: 0,
+            cancel: cancel.clone(),
+            stopping: false,
+            deadline: Instant::now(),
+            rx_done: false,
+            offline_queued: false,
+            disconnect_sent: false,
+            failures: 0,
+            connected_since: None,
+            last_error: None,
+            next_delay: BACKOFF_FIRST,
+        };
+        tasks.push(tokio::spawn(runner.run(eventloop)));
+        routes.push(Route { tx, shared });
+    }
     Ok(Link {
-        publisher: Publisher { tx, topics, shared },
+        publisher: Publisher {
+            routes: routes.into(),
+            topics,
+            durable,
+        },
         commands,
         incoming,
-        task,
+        tasks,
     })
 }
 
@@ -332,12 +471,18 @@ struct Runner {
     presence: Presence,
     wants_commands: bool,
     subscriptions: Vec<String>,
+    /// When this process started (RFC 3339), for the outbox-enriched gateway status.
+    started_at: String,
     client: AsyncClient,
     rx: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<Command>,
     incoming: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     ledger: Ledger,
+    /// This broker's view of the outbox (durable links only).
+    feed: Option<Feed>,
+    /// When to republish the retained status with the latest `seq` (durable links only).
+    heartbeat: Option<tokio::time::Interval>,
     /// QoS 0 publishes handed to rumqttc and not yet written.
     telemetry_in_channel: usize,
     cancel: CancellationToken,
@@ -346,6 +491,8 @@ struct Runner {
     deadline: Instant,
     /// The pipeline channel is closed and empty.
     rx_done: bool,
+    /// The final offline status is queued: nothing more is taken.
+    offline_queued: bool,
     disconnect_sent: bool,
     /// Consecutive failures, for the backoff.
     failures: u32,
@@ -371,6 +518,8 @@ impl Runner {
                         r = &mut poll => break Step::Polled(r),
                         () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
                         m = self.rx.recv(), if self.can_take() => self.take(m),
+                        () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
+                        () = tick(&mut self.heartbeat), if self.connected() && !self.stopping => self.send_heartbeat(),
                         () = sleep_until(self.deadline), if self.stopping => break Step::Deadline,
                     }
                 }
@@ -407,12 +556,66 @@ impl Runner {
             && self.ledger.has_room()
     }
 
+    /// Outbox records are taken on the same terms, until the offline status is queued.
+    fn can_take_durable(&self) -> bool {
+        self.feed.is_some()
+            && self.connected()
+            && !self.offline_queued
+            && self.ledger.backlog_is_empty()
+            && self.ledger.has_room()
+    }
+
+    /// Hands outbox records to rumqttc while the window has room.
+    fn pump_feed(&mut self) {
+        while self.can_take_durable() {
+            let room = WINDOW.saturating_sub(self.ledger.outstanding());
+            let Some(feed) = self.feed.as_mut() else {
+                return;
+            };
+            if !feed.has_more() {
+                return;
+            }
+            let batch = feed.take(room);
+            if batch.is_empty() {
+                return;
+            }
+            for (pos, publication) in batch {
+                let entry = self.ledger.stamp(publication);
+                if let Some(feed) = self.feed.as_mut() {
+                    feed.track(entry.seq, pos);
+                }
+                if !self.hand(entry) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The online presence: with an outbox, the gateway status with the latest `seq` and the
+    /// outbox's health; without one, the caller's online payload as given.
+    fn online_presence(&self) -> Publication {
+        match &self.feed {
+            Some(feed) => {
+                let status = feed.status(crate::VERSION, &self.started_at);
+                Publication::presence(&self.presence.topic, &status.to_json(), true)
+            }
+            None => Publication::presence(&self.presence.topic, &self.presence.online, true),
+        }
+    }
+
+    /// The retained status again, with the latest `seq` (durable links only).
+    fn send_heartbeat(&mut self) {
+        if self.feed.is_none() {
+            return;
+        }
+        let entry = self.ledger.stamp(self.online_presence());
+        self.hand(entry);
+    }
+
     fn take(&mut self, msg: Option<Publication>) {
         let Some(p) = msg else {
             self.rx_done = true;
-            if self.stopping {
-                self.queue_offline();
-            }
+            self.maybe_queue_offline();
             return;
         };
         if p.class == Class::Telemetry {
@@ -467,9 +670,11 @@ impl Runner {
         }
         while let Some(entry) = self.ledger.next_from_backlog() {
             if !self.hand(entry) {
-                break;
+                return;
             }
         }
+        self.pump_feed();
+        self.maybe_queue_offline();
     }
 
     fn begin_stop(&mut self) {
@@ -478,11 +683,19 @@ impl Runner {
         // Nothing new gets in; what is already queued is still delivered, then the offline
         // status goes last.
         self.rx.close();
-        if self.rx_done {
-            self.queue_offline();
-        }
+        self.maybe_queue_offline();
         self.pump();
         self.maybe_disconnect();
+    }
+
+    /// The offline status goes last: once stopping, the pipeline channel is drained and every
+    /// outbox record has been handed over.
+    fn maybe_queue_offline(&mut self) {
+        let drained = self.feed.as_ref().is_none_or(|f| !f.has_more());
+        if self.stopping && self.rx_done && drained && !self.offline_queued {
+            self.offline_queued = true;
+            self.queue_offline();
+        }
     }
 
     fn queue_offline(&mut self) {
@@ -495,11 +708,7 @@ impl Runner {
     /// Once stopping and everything (offline status included) is confirmed: DISCONNECT, so
     /// the broker discards the last will (the retained status already says offline).
     fn maybe_disconnect(&mut self) {
-        if self.stopping
-            && self.rx_done
-            && self.ledger.is_idle()
-            && self.connected()
-            && !self.disconnect_sent
+        if self.offline_queued && self.ledger.is_idle() && self.connected() && !self.disconnect_sent
         {
             match self.client.try_disconnect() {
                 Ok(()) => self.disconnect_sent = true,
@@ -527,8 +736,13 @@ impl Runner {
     }
 
     fn on_puback(&mut self, pkid: u16) {
-        if self.ledger.acked(pkid).is_none() {
-            tracing::debug!("mqtt: PUBACK {pkid} for nothing outstanding");
+        match self.ledger.acked(pkid) {
+            Some(entry) => {
+                if let Some(feed) = self.feed.as_mut() {
+                    feed.acked(entry.seq);
+                }
+            }
+            None => tracing::debug!("mqtt: PUBACK {pkid} for nothing outstanding"),
         }
     }
 
@@ -573,7 +787,7 @@ impl Runner {
             // announcing "online" now would be a lie.
             return;
         }
-        let online = Publication::presence(&self.presence.topic, &self.presence.online, true);
+        let online = self.online_presence();
         let entry = self.ledger.stamp(online);
         self.hand(entry);
         for filter in self.filters() {
@@ -642,6 +856,14 @@ impl Runner {
                 "mqtt: ignoring retained command on {}; commands must not be retained",
                 p.topic
             );
+            return;
+        }
+        if let (Some(feed), "replay") = (&self.feed, name) {
+            // Answered here, on the broker that asked, from the outbox's journal.
+            for publication in feed.replay(&p.payload, &self.topics) {
+                let entry = self.ledger.stamp(publication);
+                self.ledger.push_backlog(entry);
+            }
             return;
         }
         let cmd = Command {
@@ -745,6 +967,16 @@ impl Runner {
     fn finish(&mut self) {
         self.shared.connected.store(false, Ordering::Relaxed);
         tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
+    }
+}
+
+/// The next heartbeat tick; never, for a link without heartbeats.
+async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
+    match heartbeat {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

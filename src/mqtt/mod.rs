@@ -8,10 +8,14 @@
 //! - [`topics`]: the one place topic strings are built (SPEC "MQTT" table).
 //! - [`payload`]: the gateway status and command result bodies.
 //! - [`link`]: a connection (the gateway's, or a drain agent's): a cloneable [`Publisher`]
-//!   handle and a loop task that owns the rumqttc event loop, in the handle-vs-loop shape
-//!   rumqttc itself uses. [`LinkOptions`] says whose presence it announces and what it hears.
+//!   handle and one loop task per broker that owns its rumqttc event loop, in the
+//!   handle-vs-loop shape rumqttc itself uses. [`LinkOptions`] says whose presence it announces
+//!   and what it hears.
+//! - [`delivery`]: the durable outbox between the pipeline and each broker's loop: per-broker
+//!   cursors, `cmd/replay`, the `seq` heartbeat.
 //! - [`embedded`]: an in-process rumqttd broker for `mqtt.url = "embedded"` and the demo.
 
+pub mod delivery;
 pub mod embedded;
 mod error;
 mod ledger;
@@ -25,6 +29,7 @@ mod harness;
 #[cfg(test)]
 mod tests;
 
+pub use delivery::Durable;
 pub use embedded::EmbeddedBroker;
 
 /// rumqttc options for a short-lived client of `cfg.mqtt`'s broker (credentials and TLS as the
@@ -37,7 +42,10 @@ pub fn client_options(
     options::build(&cfg.mqtt, client_id, None, true)
 }
 pub use error::MqttError;
-pub use link::{connect, connect_with, Command, Inbound, Link, LinkOptions, Presence, Publisher};
+pub use link::{
+    connect, connect_durable, connect_with, Command, Inbound, Link, LinkOptions, Presence,
+    Publisher,
+};
 pub use payload::{CommandResult, GatewayStatus};
 pub use topics::Topics;
 

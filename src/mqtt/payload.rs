@@ -19,8 +19,35 @@ pub enum GatewayStatus {
         version: String,
         /// When this gateway process started (RFC 3339); a change means it restarted.
         started_at: String,
+        /// The latest alarm event `seq` raised (durable links only; republished every
+        /// `mqtt.heartbeat`), so a subscriber sees a gap at the tail of what it received.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// How full the durable outbox is (durable links only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outbox: Option<OutboxHealth>,
+    },
+    /// The gateway hit a fault it cannot continue with (a failed outbox write or fsync) and is
+    /// exiting so that its supervisor restarts it; `reason` says what failed, and where.
+    Fault {
+        reason: String,
     },
     Offline,
+}
+
+/// The outbox's state as published in the gateway status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxHealth {
+    /// Bytes on disk, and `storage.outbox_max`.
+    pub bytes: u64,
+    pub max: u64,
+    /// Over the bound with only alarm events (never dropped) and the newest retained messages
+    /// left: the broker has been away too long for the disk the outbox was given.
+    pub over_bound: bool,
+    /// Records dropped to stay within the bound since the daemon started.
+    pub dropped: u64,
+    /// Records the slowest broker has not confirmed yet.
+    pub undelivered: u64,
 }
 
 impl GatewayStatus {
@@ -62,6 +89,14 @@ pub(crate) struct Publication {
 }
 
 impl Publication {
+    /// The gateway status on `P/gateways/{gateway}/status`, QoS 1 retained, as SPEC asks: a
+    /// gateway's presence, whose online form carries `seq` and the outbox's health when it has
+    /// one, and whose fault form (like offline) must arrive.
+    pub fn status(topics: &Topics, status: &GatewayStatus) -> Publication {
+        let online = matches!(status, GatewayStatus::Online { .. });
+        Publication::presence(&topics.status(), &status.to_json(), online)
+    }
+
     /// A connection's presence (`online` or the final `offline`), QoS 1 retained. The online
     /// form is republished on every connect, so it is never resent; the offline form must
     /// arrive (it is what a clean stop leaves behind), so it is durable.
@@ -186,6 +221,8 @@ pub(crate) mod tests {
         let online = GatewayStatus::Online {
             version: "0.1.0".into(),
             started_at: "2026-11-24T13:40:00.000Z".into(),
+            seq: None,
+            outbox: None,
         };
         assert_eq!(
             String::from_utf8(online.to_json()).unwrap(),
@@ -304,5 +341,17 @@ pub(crate) mod tests {
         );
         let on = Publication::presence(&t.status(), b"{}", true);
         assert_eq!((on.retain, on.class), (true, Class::Presence));
+        let on = Publication::status(
+            &t,
+            &GatewayStatus::Online {
+                version: "1".into(),
+                started_at: "t".into(),
+                seq: None,
+                outbox: None,
+            },
+        );
+        assert_eq!(on.class, Class::Presence);
+        let fault = Publication::status(&t, &GatewayStatus::Fault { reason: "x".into() });
+        assert_eq!(fault.class, Class::Durable);
     }
 }

@@ -13,6 +13,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -203,6 +205,14 @@ impl Mosquitto {
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the broker again if it is not running: after a [`Mosquitto::restart`] that was
+    /// cancelled between the kill and the start (a `select!` that stopped the chaos loop).
+    pub async fn ensure_running(&mut self) {
+        if self.child.is_none() {
+            self.spawn().await;
         }
     }
 

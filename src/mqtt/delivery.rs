@@ -1,0 +1,583 @@
+//! Durable delivery: the outbox between the pipeline and every broker link.
+//!
+//! Without it, an alarm event waited in memory for the broker, and was gone if the daemon died
+//! first. With it:
+//!
+//! - [`Durable::append`] puts alarm events, zone statuses and every other durable message into
+//!   the [`Outbox`] (written and fsynced: only then has an event been raised). One writer thread
+//!   does every append, so messages that arrive together share one fsync (group commit), and the
+//!   async pipeline never blocks on the disk.
+//! - each broker link (the `mqtt.url`, and each of `mqtt.also`) reads the outbox through its own
+//!   [`Feed`], from its own cursor, and reports that broker's PUBACKs to it. A broker that is
+//!   away holds up nobody: the others' cursors move on, and its records wait on disk.
+//! - the writer thread persists the cursors every [`COMMIT_EVERY`]; a crash in between only
+//!   means those messages are sent again (at least once; subscribers drop copies by `event_id`).
+//! - `cmd/replay` is answered by the link that received it, from the outbox's event journal
+//!   ([`Feed::replay`]); the retained status is republished every `mqtt.heartbeat` with the
+//!   latest `seq` ([`Feed::heartbeat`]).
+//! - a failed write or fsync is not retried (a retried fsync can report success for lost data):
+//!   every later append fails, and [`Durable::failed`] tells the daemon, which publishes a
+//!   fault status and exits so that its supervisor restarts it on a clean file.
+
+use std::collections::HashMap;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rumqttc::QoS;
+use serde::Deserialize;
+use tokio::sync::{oneshot, watch};
+
+use super::payload::{Class, CommandResult, GatewayStatus, OutboxHealth, Publication};
+use super::{Outgoing, Topics};
+use crate::config::Config;
+use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
+
+/// How often acknowledged positions are written to the cursor files.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How often the journal is checked for records past `storage.journal_max_age`.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// One batch waiting for the writer thread, and who to tell when it is durable.
+struct Request {
+    entries: Vec<Entry>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The outbox as shared by the pipeline's handles and the broker links.
+pub struct Durable {
+    outbox: Arc<Mutex<Outbox>>,
+    /// To the writer thread; `None` once closed.
+    requests: Mutex<Option<std_mpsc::Sender<Request>>>,
+    /// The outbox's next position after each append: wakes the links.
+    appended: watch::Receiver<u64>,
+    /// Set once, to the first write or fsync failure.
+    failure: watch::Receiver<Option<String>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("pressure", &self.pressure())
+            .finish()
+    }
+}
+
+fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+    // A panic while holding the lock leaves the outbox as consistent as its files: go on.
+    outbox.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The broker names cursors are kept under: the URLs as configured.
+pub fn brokers(cfg: &Config) -> Vec<String> {
+    std::iter::once(&cfg.mqtt.url)
+        .chain(&cfg.mqtt.also)
+        .map(ToString::to_string)
+        .collect()
+}
+
+impl Durable {
+    /// Opens the outbox under `storage.dir` with a cursor for `mqtt.url` and each `mqtt.also`,
+    /// and starts the writer thread.
+    pub fn open(cfg: &Config) -> Result<Arc<Durable>, OutboxError> {
+        let outbox = Outbox::open(
+            &cfg.storage.dir,
+            Options::from_config(&cfg.storage),
+            &brokers(cfg),
+        )?;
+        let pressure = outbox.pressure();
+        if pressure.undelivered > 0 {
+            tracing::info!(
+                "outbox: {} message(s) from before the restart not yet confirmed by every broker; delivering them first",
+                pressure.undelivered
+            );
+        }
+        let (appended_tx, appended) = watch::channel(outbox.next_pos());
+        let (failure_tx, failure) = watch::channel(None);
+        let outbox = Arc::new(Mutex::new(outbox));
+        let (tx, rx) = std_mpsc::channel();
+        let shared = outbox.clone();
+        let writer = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || write_loop(&shared, &rx, &appended_tx, &failure_tx))
+            .map_err(|source| OutboxError::Io {
+                path: cfg.storage.dir.clone(),
+                op: "start the outbox writer thread",
+                source,
+            })?;
+        Ok(Arc::new(Durable {
+            outbox,
+            requests: Mutex::new(Some(tx)),
+            appended,
+            failure,
+            writer: Mutex::new(Some(writer)),
+        }))
+    }
+
+    /// Makes `entries` durable; returns once they are fsynced, or with the reason they could
+    /// not be (then the outbox is dead: see [`Durable::failed`]).
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<(), String> {
+        if let Some(reason) = self.failure.borrow().clone() {
+            return Err(reason);
+        }
+        let (done, wait) = oneshot::channel();
+        let sent = self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|tx| tx.send(Request { entries, done }).is_ok());
+        if sent != Some(true) {
+            return Err("outbox: closed".into());
+        }
+        wait.await
+            .unwrap_or_else(|_| Err("outbox: the writer thread stopped".into()))
+    }
+
+    /// Resolves with the reason once an outbox write or fsync has failed.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(r) => r,
+            // The writer thread is gone without a failure: nothing will fail any more.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// How full the outbox is.
+    pub fn pressure(&self) -> Pressure {
+        lock(&self.outbox).pressure()
+    }
+
+    /// The latest alarm event `seq` the outbox has held.
+    pub fn latest_seq(&self) -> Option<u64> {
+        lock(&self.outbox).latest_seq()
+    }
+
+    /// A link's view of the outbox, from `broker`'s cursor.
+    pub(crate) fn feed(self: &Arc<Self>, broker: &str) -> Feed {
+        let next = lock(&self.outbox).cursor(broker).unwrap_or_else(|e| {
+            tracing::error!("{e}; delivering everything held");
+            0
+        });
+        Feed {
+            durable: self.clone(),
+            broker: broker.to_string(),
+            next,
+            appended: self.appended.clone(),
+            positions: HashMap::new(),
+        }
+    }
+
+    /// Stops the writer thread after a last cursor commit, so a clean stop resends nothing.
+    /// Called once every link has finished.
+    pub async fn close(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+}
+
+/// The writer thread: appends batches (everything queued when it wakes is one fsync), commits
+/// cursors every [`COMMIT_EVERY`], ages the journal every [`TRIM_EVERY`].
+fn write_loop(
+    outbox: &Mutex<Outbox>,
+    rx: &std_mpsc::Receiver<Request>,
+    appended: &watch::Sender<u64>,
+    failure: &watch::Sender<Option<String>>,
+) {
+    let mut dead: Option<String> = None;
+    let fail = |e: OutboxError, dead: &mut Option<String>| {
+        let reason = e.to_string();
+        if dead.is_none() {
+            tracing::error!("outbox: {reason}");
+            *dead = Some(reason.clone());
+            failure.send_replace(Some(reason));
+        }
+    };
+    let mut last_commit = Instant::now();
+    let mut last_trim = Instant::now();
+    loop {
+        match rx.recv_timeout(COMMIT_EVERY) {
+            Ok(first) => {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let entries: Vec<Entry> = batch
+                    .iter_mut()
+                    .flat_map(|r| std::mem::take(&mut r.entries))
+                    .collect();
+                let result = match &dead {
+                    Some(reason) => Err(reason.clone()),
+                    None => {
+                        let mut o = lock(outbox);
+                        match o.append(entries) {
+                            Ok(_) => {
+                                appended.send_replace(o.next_pos());
+                                Ok(())
+                            }
+                            Err(e) => {
+                                drop(o);
+                                fail(e, &mut dead);
+                                Err(dead.clone().unwrap_or_default())
+                            }
+                        }
+                    }
+                };
+                for r in batch {
+                    let _ = r.done.send(result.clone());
+                }
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if dead.is_none() && last_commit.elapsed() >= COMMIT_EVERY {
+            last_commit = Instant::now();
+            let r = lock(outbox).commit();
+            if let Err(e) = r {
+                fail(e, &mut dead);
+            }
+        }
+        if dead.is_none() && last_trim.elapsed() >= TRIM_EVERY {
+            last_trim = Instant::now();
+            let r = lock(outbox).trim(SystemTime::now());
+            if let Err(e) = r {
+                tracing::warn!("outbox: {e}");
+            }
+        }
+    }
+    if dead.is_none() {
+        if let Err(e) = lock(outbox).commit() {
+            tracing::error!("outbox: final cursor commit: {e}");
+        }
+    }
+}
+
+/// What an outgoing pipeline message becomes in the outbox.
+pub(crate) fn entry(msg: &Outgoing, p: Publication) -> Entry {
+    let (kind, seq) = match msg {
+        Outgoing::Event(e) => (Kind::Event, e.seq),
+        Outgoing::Zone(_) => (Kind::Zone, 0),
+        _ => (Kind::Message, 0),
+    };
+    Entry {
+        kind,
+        seq,
+        topic: p.topic,
+        retain: p.retain,
+        payload: p.payload,
+    }
+}
+
+/// `{"from_seq": N, "reply_to": TOPIC}` on `cmd/replay`.
+#[derive(Debug, Deserialize)]
+struct ReplayRequest {
+    from_seq: u64,
+    reply_to: String,
+}
+
+/// One broker link's view of the outbox: where it is, and which of its in-flight
+/// publications are outbox records (so their PUBACKs move the cursor).
+#[derive(Debug)]
+pub(crate) struct Feed {
+    durable: Arc<Durable>,
+    broker: String,
+    /// The next position to hand to the broker.
+    next: u64,
+    appended: watch::Receiver<u64>,
+    /// The link's ledger number of each handed record → its outbox position.
+    positions: HashMap<u64, u64>,
+}
+
+impl Feed {
+    /// Resolves when something new was appended.
+    pub async fn appended(feed: &mut Option<Feed>) {
+        let alive = match feed {
+            Some(f) => f.appended.changed().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// True if records wait at or after `next`.
+    pub fn has_more(&self) -> bool {
+        *self.appended.borrow() > self.next
+    }
+
+    /// Up to `max` records to hand to the broker next, as publications with their positions.
+    pub fn take(&mut self, max: usize) -> Vec<(u64, Publication)> {
+        let records = {
+            let o = lock(&self.durable.outbox);
+            let records = o.read_from(self.next, max);
+            self.next = match records.last() {
+                // Fewer than asked for: everything appended so far has been taken (records
+                // dropped over the bound leave holes that must not look like more to come).
+                _ if records.len() < max => o.next_pos(),
+                Some(last) => last.pos + 1,
+                None => self.next,
+            };
+            records
+        };
+        records
+            .into_iter()
+            .map(|r| {
+                (
+                    r.pos,
+                    Publication {
+                        topic: r.topic.clone(),
+                        payload: r.payload.clone(),
+                        qos: QoS::AtLeastOnce,
+                        retain: r.retain,
+                        class: Class::Durable,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The ledger gave the record at `pos` the number `ledger_seq`.
+    pub fn track(&mut self, ledger_seq: u64, pos: u64) {
+        self.positions.insert(ledger_seq, pos);
+    }
+
+    /// The broker acknowledged the ledger's entry `ledger_seq`; if it is an outbox record, the
+    /// broker's cursor may move.
+    pub fn acked(&mut self, ledger_seq: u64) {
+        if let Some(pos) = self.positions.remove(&ledger_seq) {
+            if let Err(e) = lock(&self.durable.outbox).ack(&self.broker, pos) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// The retained status with the latest `seq` and the outbox's state.
+    pub fn status(&self, version: &str, started_at: &str) -> GatewayStatus {
+        let (seq, p) = {
+            let o = lock(&self.durable.outbox);
+            (o.latest_seq(), o.pressure())
+        };
+        GatewayStatus::Online {
+            version: version.to_string(),
+            started_at: started_at.to_string(),
+            seq,
+            outbox: Some(OutboxHealth {
+                bytes: p.bytes,
+                max: p.max,
+                over_bound: p.over_bound,
+                dropped: p.dropped,
+                undelivered: p.undelivered as u64,
+            }),
+        }
+    }
+
+    /// Answers `cmd/replay`: the journaled events from `from_seq` republished, unchanged, on
+    /// `reply_to`, then the command result.
+    pub fn replay(&self, payload: &[u8], topics: &Topics) -> Vec<Publication> {
+        let (mut out, result) = match serde_json::from_slice::<ReplayRequest>(payload) {
+            Err(e) => (
+                Vec::new(),
+                CommandResult {
+                    command: "replay".into(),
+                    ok: false,
+                    reason: Some(format!(
+                        "expected {{\"from_seq\": N, \"reply_to\": TOPIC}}: {e}"
+                    )),
+                },
+            ),
+            Ok(req) if !valid_topic(&req.reply_to) => (
+                Vec::new(),
+                CommandResult {
+                    command: "replay".into(),
+                    ok: false,
+                    reason: Some(format!(
+                        "reply_to {:?} is not a topic one can publish to",
+                        req.reply_to
+                    )),
+                },
+            ),
+            Ok(req) => {
+                let replay = lock(&self.durable.outbox).replay_from(req.from_seq);
+                let n = replay.events.len();
+                let mut reason = match (replay.events.first(), replay.events.last()) {
+                    (Some(a), Some(b)) => {
+                        format!(
+                            "republished {n} event(s), seq {}..={}, on {}",
+                            a.seq, b.seq, req.reply_to
+                        )
+                    }
+                    _ => format!("no event with seq >= {} is held", req.from_seq),
+                };
+                if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq) {
+                    reason.push_str(&format!(
+                        "; events before seq {oldest} are no longer held (storage.journal_max, journal_max_age)"
+                    ));
+                }
+                let events = replay
+                    .events
+                    .iter()
+                    .map(|r| Publication {
+                        topic: req.reply_to.clone(),
+                        payload: r.payload.clone(),
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        class: Class::Durable,
+                    })
+                    .collect();
+                (
+                    events,
+                    CommandResult {
+                        command: "replay".into(),
+                        ok: true,
+                        reason: Some(reason),
+                    },
+                )
+            }
+        };
+        match Publication::encode(topics, &Outgoing::CommandResult(result)) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::error!("mqtt: cannot encode the replay result: {e}"),
+        }
+        out
+    }
+}
+
+/// A topic a client may publish to: not empty, no wildcards, not a `$SYS`-style topic.
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('$') && t.len() < 65_536
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::harness::config;
+    use super::super::payload::tests::spec_event;
+    use super::*;
+    use crate::alarms::AlarmEvent;
+
+    const A: &str = "mqtt://127.0.0.1:1";
+    const B: &str = "mqtt://127.0.0.1:2";
+
+    fn event(seq: u64) -> Outgoing {
+        Outgoing::Event(AlarmEvent {
+            seq,
+            event_id: format!("gw-b1-{seq}"),
+            ..spec_event()
+        })
+    }
+
+    async fn raise(d: &Durable, topics: &Topics, seqs: std::ops::RangeInclusive<u64>) {
+        let entries = seqs
+            .map(|s| {
+                let msg = event(s);
+                let p = Publication::encode(topics, &msg).expect("encode");
+                entry(&msg, p)
+            })
+            .collect();
+        d.append(entries).await.expect("durable");
+    }
+
+    fn two_brokers(dir: &std::path::Path) -> Config {
+        let mut cfg = config(A);
+        cfg.storage.dir = dir.to_path_buf();
+        cfg.mqtt.also = vec![crate::config::BrokerUrl::parse(B).expect("url")];
+        cfg
+    }
+
+    /// Each broker's feed starts at its own cursor; acks of one do not move the other; both
+    /// survive a close and reopen.
+    #[tokio::test]
+    async fn each_broker_feeds_from_its_own_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = two_brokers(dir.path());
+        let topics = Topics::new(&cfg);
+        let d = Durable::open(&cfg).expect("open");
+        let (mut a, mut b) = (d.feed(A), d.feed(B));
+        raise(&d, &topics, 1..=4).await;
+        assert!(a.has_more() && b.has_more());
+        let sent = a.take(10);
+        assert_eq!(sent.len(), 4);
+        for (i, (pos, _)) in sent.iter().enumerate() {
+            a.track(100 + i as u64, *pos);
+            a.acked(100 + i as u64);
+        }
+        assert!(!a.has_more());
+        let first = b.take(1);
+        b.track(7, first[0].0);
+        b.acked(7);
+        d.close().await;
+        drop((a, b, d));
+
+        let d = Durable::open(&cfg).expect("reopen");
+        let (mut a, mut b) = (d.feed(A), d.feed(B));
+        assert!(a.take(10).is_empty(), "A confirmed everything");
+        let rest: Vec<u64> = b
+            .take(10)
+            .iter()
+            .map(|(_, p)| {
+                serde_json::from_slice::<AlarmEvent>(&p.payload)
+                    .expect("json")
+                    .seq
+            })
+            .collect();
+        assert_eq!(rest, [2, 3, 4], "B goes on where it was, in order");
+        assert_eq!(d.latest_seq(), Some(4));
+        d.close().await;
+    }
+
+    #[tokio::test]
+    async fn replay_republishes_held_events_and_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = two_brokers(dir.path());
+        let topics = Topics::new(&cfg);
+        let d = Durable::open(&cfg).expect("open");
+        raise(&d, &topics, 1..=5).await;
+        let feed = d.feed(A);
+        let out = feed.replay(br#"{"from_seq": 3, "reply_to": "ops/replay"}"#, &topics);
+        assert_eq!(out.len(), 4, "three events and the result");
+        assert!(out[..3]
+            .iter()
+            .all(|p| p.topic == "ops/replay" && !p.retain));
+        let result: CommandResult = serde_json::from_slice(&out[3].payload).expect("result");
+        assert!(result.ok, "{result:?}");
+        assert_eq!(out[3].topic, topics.cmd_result());
+        for bad in [
+            &br#"{"from_seq": 1}"#[..],
+            br#"{"from_seq": 1, "reply_to": "a/#"}"#,
+        ] {
+            let out = feed.replay(bad, &topics);
+            let result: CommandResult = serde_json::from_slice(&out[0].payload).expect("result");
+            assert_eq!((out.len(), result.ok), (1, false), "{result:?}");
+        }
+        let GatewayStatus::Online { seq, outbox, .. } = feed.status("1", "t") else {
+            panic!("online")
+        };
+        assert_eq!(seq, Some(5));
+        assert_eq!(outbox.map(|o| o.undelivered), Some(5));
+        d.close().await;
+    }
+
+    #[test]
+    fn replay_topics_must_be_publishable() {
+        assert!(valid_topic("ops/replay/42"));
+        assert!(!valid_topic(""));
+        assert!(!valid_topic("ops/+/x"));
+        assert!(!valid_topic("ops/#"));
+        assert!(!valid_topic("$SYS/x"));
+    }
+}

@@ -1,0 +1,855 @@
+//! The outbox's files: segments appended and fsynced, recovered after a crash, trimmed once
+//! every broker has them and the journal no longer needs them, compacted when over the bound.
+//!
+//! Every record still on disk is also held in memory (the disk use is bounded by
+//! `storage.outbox_max`, so memory is too), so delivery and replay never read files; the files
+//! are only written, and read once at start-up.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::cursor::{self, sync_dir};
+use super::frame;
+use super::{Entry, Kind, Options, OutboxError, Record};
+
+/// A record held, and where it lives.
+#[derive(Debug)]
+struct Held {
+    record: Arc<Record>,
+    /// The id of the segment file holding it.
+    segment: u64,
+    /// Framed size on disk.
+    size: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    records: usize,
+    events: usize,
+    newest_ms: u64,
+    last_pos: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    path: PathBuf,
+    /// The next position this broker has not confirmed; everything before it is acked.
+    next: u64,
+    /// Acked positions at or after `next` (acks may come out of order).
+    acked: BTreeSet<u64>,
+    /// `next` moved since it was last written.
+    dirty: bool,
+}
+
+/// How full the outbox is; for logs, metrics and the status topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pressure {
+    /// Bytes on disk in segment files.
+    pub bytes: u64,
+    /// `storage.outbox_max`.
+    pub max: u64,
+    /// Over the bound with nothing left that may be dropped: only alarm events and the newest
+    /// retained message per topic remain, and they keep being written.
+    pub over_bound: bool,
+    /// Records dropped to stay within the bound since start.
+    pub dropped: u64,
+    /// Records not yet acked by the slowest broker.
+    pub undelivered: usize,
+}
+
+/// What [`Outbox::replay_from`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// Alarm events with `seq >= from`, in order.
+    pub events: Vec<Arc<Record>>,
+    /// The oldest event `seq` still held; a request from before it cannot be fully answered.
+    pub oldest_seq: Option<u64>,
+}
+
+/// The durable outbox under `storage.dir/outbox/`. See the module documentation.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    cursor_dir: PathBuf,
+    opts: Options,
+    held: VecDeque<Held>,
+    segments: BTreeMap<u64, Segment>,
+    active: File,
+    active_id: u64,
+    next_pos: u64,
+    cursors: BTreeMap<String, Cursor>,
+    total_bytes: u64,
+    latest_seq: Option<u64>,
+    poisoned: bool,
+    over_bound: bool,
+    dropped: u64,
+    /// While over the bound with nothing to drop, compaction is retried only once the outbox
+    /// has grown by another segment, not on every append.
+    retry_bound_at: u64,
+}
+
+fn now_ms(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+impl Outbox {
+    /// Opens (creating if needed) the outbox under `storage_dir/outbox`, with one cursor per
+    /// broker in `brokers` (their URLs). Recovers from a crash: damaged bytes are logged, skipped
+    /// and, at the end of a segment, truncated away. Cursors of brokers no longer configured are
+    /// removed; a new broker starts where the slowest existing one is.
+    pub fn open(
+        storage_dir: &Path,
+        opts: Options,
+        brokers: &[String],
+    ) -> Result<Outbox, OutboxError> {
+        let dir = storage_dir.join("outbox");
+        let cursor_dir = dir.join("cursors");
+        for d in [&dir, &cursor_dir] {
+            fs::create_dir_all(d).map_err(|source| OutboxError::Io {
+                path: d.clone(),
+                op: "create directory",
+                source,
+            })?;
+        }
+        let mut ids = Vec::new();
+        for name in list(&dir)? {
+            if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                ids.push(id);
+            } else if name.ends_with(".seg.tmp") {
+                // A compaction interrupted before its rename: the original is intact.
+                let _ = fs::remove_file(dir.join(&name));
+            }
+        }
+        ids.sort_unstable();
+
+        let mut held = VecDeque::new();
+        let mut segments = BTreeMap::new();
+        let mut last_pos: Option<u64> = None;
+        let mut latest_seq = None;
+        let mut total_bytes = 0;
+        for (i, &id) in ids.iter().enumerate() {
+            let path = dir.join(segment_name(id));
+            let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
+                path: path.clone(),
+                op: "read",
+                source,
+            })?;
+            let scan = frame::scan(&bytes);
+            for d in &scan.damage {
+                let tail = d.offset + d.len == bytes.len() as u64;
+                tracing::warn!(
+                    "outbox: {} offset {}: {} damaged bytes skipped ({}){}",
+                    path.display(),
+                    d.offset,
+                    d.len,
+                    d.reason,
+                    if tail {
+                        "; a write torn by a crash or power loss, never acknowledged"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if scan.valid_end < bytes.len() as u64 {
+                truncate(&path, scan.valid_end)?;
+            }
+            let mut seg = Segment {
+                path: path.clone(),
+                bytes: scan.valid_end,
+                records: 0,
+                events: 0,
+                newest_ms: 0,
+                last_pos: None,
+            };
+            for f in scan.records {
+                let r = f.record;
+                if last_pos.is_some_and(|p| r.pos <= p) {
+                    tracing::warn!(
+                        "outbox: {} offset {}: record at position {} is out of order; skipped",
+                        path.display(),
+                        f.offset,
+                        r.pos
+                    );
+                    continue;
+                }
+                last_pos = Some(r.pos);
+                seg.records += 1;
+                seg.last_pos = Some(r.pos);
+                seg.newest_ms = seg.newest_ms.max(r.time_ms);
+                if r.kind == Kind::Event {
+                    seg.events += 1;
+                    latest_seq = latest_seq.max(Some(r.seq));
+                }
+                held.push_back(Held {
+                    record: Arc::new(r),
+                    segment: id,
+                    size: f.size,
+                });
+            }
+            let is_last = i + 1 == ids.len();
+            if seg.records == 0 && !is_last {
+                remove(&path)?;
+                continue;
+            }
+            total_bytes += seg.bytes;
+            segments.insert(id, seg);
+        }
+
+        // Positions never go back: past every record, every segment name and every cursor.
+        let mut stored = BTreeMap::new();
+        let wanted: BTreeSet<String> = brokers.iter().map(|b| cursor::file_name(b)).collect();
+        for name in list(&cursor_dir)? {
+            let path = cursor_dir.join(&name);
+            if name.ends_with(".cursor.tmp") || !wanted.contains(&name) {
+                if name.ends_with(".cursor") {
+                    tracing::info!(
+                        "outbox: {} is for a broker no longer configured; removed",
+                        path.display()
+                    );
+                }
+                remove(&path)?;
+                continue;
+            }
+            match cursor::read(&path) {
+                Ok(Some(pos)) => {
+                    stored.insert(name, pos);
+                }
+                Ok(None) => {}
+                Err(reason) => tracing::warn!(
+                    "outbox: {}: {reason}; this broker gets everything still held again",
+                    path.display()
+                ),
+            }
+        }
+        let next_pos = [
+            last_pos.map(|p| p + 1),
+            segments.keys().next_back().copied(),
+            stored.values().max().copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        let oldest_held = held.front().map_or(next_pos, |h| h.record.pos);
+        let newcomer_start = stored.values().min().copied().unwrap_or(oldest_held);
+
+        let active_id = match segments.keys().next_back() {
+            Some(&id) => id,
+            None => {
+                let id = next_pos;
+                create_segment(&dir, id)?;
+                segments.insert(
+                    id,
+                    Segment {
+                        path: dir.join(segment_name(id)),
+                        bytes: 0,
+                        records: 0,
+                        events: 0,
+                        newest_ms: 0,
+                        last_pos: None,
+                    },
+                );
+                id
+            }
+        };
+        let active_path = dir.join(segment_name(active_id));
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&active_path)
+            .map_err(|source| OutboxError::Io {
+                path: active_path,
+                op: "open for append",
+                source,
+            })?;
+
+        let mut cursors = BTreeMap::new();
+        for b in brokers {
+            let name = cursor::file_name(b);
+            let path = cursor_dir.join(&name);
+            let (next, dirty) = match stored.get(&name) {
+                Some(&p) => (p, false),
+                None => (newcomer_start, true),
+            };
+            cursors.insert(
+                b.clone(),
+                Cursor {
+                    path,
+                    next,
+                    acked: BTreeSet::new(),
+                    dirty,
+                },
+            );
+        }
+
+        let mut outbox = Outbox {
+            dir,
+            cursor_dir,
+            opts,
+            held,
+            segments,
+            active,
+            active_id,
+            next_pos,
+            cursors,
+            total_bytes,
+            latest_seq,
+            poisoned: false,
+            over_bound: false,
+            dropped: 0,
+            retry_bound_at: 0,
+        };
+        outbox.commit()?;
+        if outbox.total_bytes > outbox.opts.max_bytes {
+            outbox.enforce_bound()?;
+        }
+        Ok(outbox)
+    }
+
+    /// Appends `entries` in order and fsyncs once; when this returns `Ok` they are durable.
+    /// Returns the records as held, with their positions.
+    pub fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<Arc<Record>>, OutboxError> {
+        self.append_at(entries, SystemTime::now())
+    }
+
+    /// As [`Outbox::append`], stamping the records with `now` (tests of journal age).
+    pub fn append_at(
+        &mut self,
+        entries: Vec<Entry>,
+        now: SystemTime,
+    ) -> Result<Vec<Arc<Record>>, OutboxError> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.active_bytes() >= self.opts.segment_bytes {
+            self.rotate()?;
+        }
+        let time_ms = now_ms(now);
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(entries.len());
+        let mut sizes = Vec::with_capacity(entries.len());
+        for e in entries {
+            let record = Record {
+                pos: self.next_pos + out.len() as u64,
+                kind: e.kind,
+                seq: e.seq,
+                time_ms,
+                topic: e.topic,
+                retain: e.retain,
+                payload: e.payload,
+            };
+            sizes.push(frame::encode(&record, &mut buf) as u64);
+            out.push(Arc::new(record));
+        }
+        let offset = self.active_bytes();
+        let path = self.active_path();
+        if let Err(source) = self.active.write_all(&buf) {
+            self.poisoned = true;
+            return Err(OutboxError::Durability {
+                path,
+                offset,
+                op: "write",
+                source,
+            });
+        }
+        if let Err(source) = self.active.sync_data() {
+            self.poisoned = true;
+            return Err(OutboxError::Durability {
+                path,
+                offset,
+                op: "fsync",
+                source,
+            });
+        }
+        self.next_pos += out.len() as u64;
+        self.total_bytes += buf.len() as u64;
+        let id = self.active_id;
+        if let Some(seg) = self.segments.get_mut(&id) {
+            seg.bytes += buf.len() as u64;
+            for r in &out {
+                seg.records += 1;
+                seg.last_pos = Some(r.pos);
+                seg.newest_ms = seg.newest_ms.max(r.time_ms);
+                if r.kind == Kind::Event {
+                    seg.events += 1;
+                }
+            }
+        }
+        for (r, size) in out.iter().zip(sizes) {
+            if r.kind == Kind::Event {
+                self.latest_seq = self.latest_seq.max(Some(r.seq));
+            }
+            self.held.push_back(Held {
+                record: r.clone(),
+                segment: id,
+                size,
+            });
+        }
+        if self.total_bytes > self.opts.max_bytes && self.total_bytes >= self.retry_bound_at {
+            self.enforce_bound()?;
+        }
+        Ok(out)
+    }
+
+    /// The next position `broker` has not confirmed.
+    pub fn cursor(&self, broker: &str) -> Result<u64, OutboxError> {
+        self.cursors
+            .get(broker)
+            .map(|c| c.next)
+            .ok_or_else(|| OutboxError::UnknownBroker(broker.to_string()))
+    }
+
+    /// Up to `max` records at or after position `pos`, in order: what a broker link sends next.
+    pub fn read_from(&self, pos: u64, max: usize) -> Vec<Arc<Record>> {
+        let start = self.held.partition_point(|h| h.record.pos < pos);
+        self.held
+            .range(start..)
+            .take(max)
+            .map(|h| h.record.clone())
+            .collect()
+    }
+
+    /// `broker` acknowledged the record at `pos` (its PUBACK arrived). The cursor moves past
+    /// every record acked without a hole before it. In memory until [`Outbox::commit`].
+    pub fn ack(&mut self, broker: &str, pos: u64) -> Result<(), OutboxError> {
+        let held = &self.held;
+        let c = self
+            .cursors
+            .get_mut(broker)
+            .ok_or_else(|| OutboxError::UnknownBroker(broker.to_string()))?;
+        if pos < c.next {
+            return Ok(());
+        }
+        c.acked.insert(pos);
+        loop {
+            let i = held.partition_point(|h| h.record.pos < c.next);
+            match held.get(i) {
+                Some(h) if c.acked.remove(&h.record.pos) => {
+                    c.next = h.record.pos + 1;
+                    c.dirty = true;
+                }
+                _ => break,
+            }
+        }
+        c.acked = c.acked.split_off(&c.next);
+        Ok(())
+    }
+
+    /// Persists the cursors that moved and deletes the segments nobody needs any more. A crash
+    /// before this only means redelivery of what was acked since the last commit.
+    pub fn commit(&mut self) -> Result<(), OutboxError> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        let mut any = false;
+        for c in self.cursors.values_mut() {
+            if c.dirty {
+                if let Err(e) = cursor::write(&self.cursor_dir, &c.path, c.next) {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+                c.dirty = false;
+                any = true;
+            }
+        }
+        if any || self.over_bound {
+            self.trim(SystemTime::now())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest segments every broker has confirmed once the journal no longer
+    /// needs them: beyond `journal_max` bytes, older than `journal_max_age`, or holding no
+    /// alarm event. Called by [`Outbox::commit`]; public so a timer can age the journal too.
+    pub fn trim(&mut self, now: SystemTime) -> Result<(), OutboxError> {
+        let now = now_ms(now);
+        let max_age = self.opts.journal_max_age.as_millis() as u64;
+        let confirmed = self.confirmed_segments();
+        let mut journal: u64 = confirmed
+            .iter()
+            .filter_map(|id| self.segments.get(id))
+            .map(|s| s.bytes)
+            .sum();
+        for id in confirmed {
+            let Some(seg) = self.segments.get(&id) else {
+                continue;
+            };
+            let expired = seg.newest_ms.saturating_add(max_age) < now;
+            if journal <= self.opts.journal_max_bytes && !expired && seg.events > 0 {
+                break;
+            }
+            journal -= seg.bytes;
+            self.delete_segment(id)?;
+        }
+        if self.over_bound && self.total_bytes <= self.opts.max_bytes {
+            self.over_bound = false;
+            self.retry_bound_at = 0;
+            tracing::info!(
+                "outbox: back within storage.outbox_max ({} of {} bytes)",
+                self.total_bytes,
+                self.opts.max_bytes
+            );
+        }
+        Ok(())
+    }
+
+    /// Journaled alarm events with `seq >= from`, for `cmd/replay`.
+    pub fn replay_from(&self, from: u64) -> Replay {
+        let mut replay = Replay::default();
+        for h in &self.held {
+            let r = &h.record;
+            if r.kind != Kind::Event {
+                continue;
+            }
+            replay.oldest_seq = Some(replay.oldest_seq.map_or(r.seq, |o: u64| o.min(r.seq)));
+            if r.seq >= from {
+                replay.events.push(r.clone());
+            }
+        }
+        replay.events.sort_by_key(|r| r.seq);
+        replay
+    }
+
+    /// The highest alarm event `seq` ever held (carried by the status heartbeat, so a gap at the
+    /// tail is visible to subscribers).
+    pub fn latest_seq(&self) -> Option<u64> {
+        self.latest_seq
+    }
+
+    /// The position the next record will get.
+    pub fn next_pos(&self) -> u64 {
+        self.next_pos
+    }
+
+    /// How full the outbox is.
+    pub fn pressure(&self) -> Pressure {
+        let slowest = self.cursors.values().map(|c| c.next).min();
+        let undelivered = slowest.map_or(0, |p| {
+            self.held.len() - self.held.partition_point(|h| h.record.pos < p)
+        });
+        Pressure {
+            bytes: self.total_bytes,
+            max: self.opts.max_bytes,
+            over_bound: self.over_bound,
+            dropped: self.dropped,
+            undelivered,
+        }
+    }
+
+    /// The brokers the outbox keeps cursors for.
+    pub fn brokers(&self) -> impl Iterator<Item = &str> {
+        self.cursors.keys().map(String::as_str)
+    }
+
+    fn poisoned_error(&self) -> OutboxError {
+        OutboxError::Poisoned {
+            path: self.active_path(),
+        }
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.dir.join(segment_name(self.active_id))
+    }
+
+    fn active_bytes(&self) -> u64 {
+        self.segments.get(&self.active_id).map_or(0, |s| s.bytes)
+    }
+
+    /// Sealed segments every broker has confirmed entirely, oldest first.
+    fn confirmed_segments(&self) -> Vec<u64> {
+        let slowest = self.cursors.values().map(|c| c.next).min();
+        let mut out = Vec::new();
+        for (&id, seg) in &self.segments {
+            if id == self.active_id {
+                break;
+            }
+            let done = match (seg.last_pos, slowest) {
+                (None, _) => true,
+                (Some(_), None) => true,
+                (Some(last), Some(next)) => last < next,
+            };
+            if !done {
+                break;
+            }
+            out.push(id);
+        }
+        out
+    }
+
+    /// Seals the active segment and starts a new one named for the next position.
+    fn rotate(&mut self) -> Result<(), OutboxError> {
+        let id = self.next_pos;
+        if let Err(e) = create_segment(&self.dir, id) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        let path = self.dir.join(segment_name(id));
+        self.active = match OpenOptions::new().append(true).open(&path) {
+            Ok(f) => f,
+            Err(source) => {
+                self.poisoned = true;
+                return Err(OutboxError::Durability {
+                    path,
+                    offset: 0,
+                    op: "open for append",
+                    source,
+                });
+            }
+        };
+        self.segments.insert(
+            id,
+            Segment {
+                path,
+                bytes: 0,
+                records: 0,
+                events: 0,
+                newest_ms: 0,
+                last_pos: None,
+            },
+        );
+        self.active_id = id;
+        Ok(())
+    }
+
+    fn delete_segment(&mut self, id: u64) -> Result<(), OutboxError> {
+        let Some(seg) = self.segments.remove(&id) else {
+            return Ok(());
+        };
+        remove(&seg.path)?;
+        sync_dir(&self.dir)?;
+        self.total_bytes -= seg.bytes;
+        self.held.retain(|h| h.segment != id);
+        Ok(())
+    }
+
+    /// Over `storage.outbox_max`: first the journal gives way (segments every broker has),
+    /// then retained messages superseded by a newer one on the same topic (old zone statuses),
+    /// then non-retained messages other than alarm events. Alarm events, and the newest
+    /// retained message per topic, are never dropped; if the outbox is still over, that is
+    /// reported and writing goes on.
+    fn enforce_bound(&mut self) -> Result<(), OutboxError> {
+        for id in self.confirmed_segments() {
+            if self.total_bytes <= self.opts.max_bytes {
+                break;
+            }
+            self.delete_segment(id)?;
+        }
+        if self.total_bytes > self.opts.max_bytes {
+            let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+            for h in &self.held {
+                if h.record.retain {
+                    newest.insert(&h.record.topic, h.record.pos);
+                }
+            }
+            let superseded: BTreeSet<u64> = self
+                .held
+                .iter()
+                .filter(|h| {
+                    h.record.kind != Kind::Event
+                        && h.record.retain
+                        && newest.get(h.record.topic.as_str()) != Some(&h.record.pos)
+                })
+                .map(|h| h.record.pos)
+                .collect();
+            let freed: u64 = self
+                .held
+                .iter()
+                .filter(|h| superseded.contains(&h.record.pos))
+                .map(|h| h.size)
+                .sum();
+            let mut drop = superseded;
+            if self.total_bytes - freed > self.opts.max_bytes {
+                drop.extend(
+                    self.held
+                        .iter()
+                        .filter(|h| h.record.kind != Kind::Event && !h.record.retain)
+                        .map(|h| h.record.pos),
+                );
+            }
+            if !drop.is_empty() {
+                self.drop_records(&drop)?;
+            }
+        }
+        if self.total_bytes > self.opts.max_bytes {
+            if !self.over_bound {
+                tracing::error!(
+                    "outbox: over storage.outbox_max ({} of {} bytes) with only alarm events and \
+                     the newest retained messages left; still writing them, never dropping alarms",
+                    self.total_bytes,
+                    self.opts.max_bytes
+                );
+            }
+            self.over_bound = true;
+            self.retry_bound_at = self.total_bytes + self.opts.segment_bytes;
+        } else if self.over_bound {
+            self.over_bound = false;
+            self.retry_bound_at = 0;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the segments holding any of `drop` without them (new file, fsync, rename).
+    fn drop_records(&mut self, drop: &BTreeSet<u64>) -> Result<(), OutboxError> {
+        let mut affected: BTreeSet<u64> = self
+            .held
+            .iter()
+            .filter(|h| drop.contains(&h.record.pos))
+            .map(|h| h.segment)
+            .collect();
+        if affected.contains(&self.active_id) {
+            // The active segment is appended to through an open handle; seal it first.
+            self.rotate()?;
+        }
+        affected.remove(&self.active_id);
+        let mut n = 0u64;
+        for id in affected {
+            let Some(seg) = self.segments.get(&id) else {
+                continue;
+            };
+            let path = seg.path.clone();
+            let mut buf = Vec::new();
+            let mut kept = Segment {
+                path: path.clone(),
+                bytes: 0,
+                records: 0,
+                events: 0,
+                newest_ms: 0,
+                last_pos: None,
+            };
+            for h in self.held.iter_mut().filter(|h| h.segment == id) {
+                if drop.contains(&h.record.pos) {
+                    continue;
+                }
+                h.size = frame::encode(&h.record, &mut buf) as u64;
+                kept.records += 1;
+                kept.last_pos = Some(h.record.pos);
+                kept.newest_ms = kept.newest_ms.max(h.record.time_ms);
+                if h.record.kind == Kind::Event {
+                    kept.events += 1;
+                }
+            }
+            kept.bytes = buf.len() as u64;
+            let tmp = path.with_extension("seg.tmp");
+            let written = write_file(&tmp, &buf).and_then(|()| {
+                fs::rename(&tmp, &path).map_err(|source| OutboxError::Durability {
+                    path: tmp.clone(),
+                    offset: 0,
+                    op: "rename",
+                    source,
+                })
+            });
+            if let Err(e) = written.and_then(|()| sync_dir(&self.dir)) {
+                self.poisoned = true;
+                return Err(e);
+            }
+            let before = self.held.len();
+            self.held
+                .retain(|h| h.segment != id || !drop.contains(&h.record.pos));
+            n += (before - self.held.len()) as u64;
+            let old = self.segments.insert(id, kept).map_or(0, |s| s.bytes);
+            self.total_bytes = self.total_bytes - old + buf.len() as u64;
+        }
+        if n > 0 {
+            self.dropped += n;
+            tracing::warn!(
+                "outbox: over storage.outbox_max: dropped {n} superseded or non-alarm records \
+                 ({} bytes now, {} dropped since start)",
+                self.total_bytes,
+                self.dropped
+            );
+        }
+        Ok(())
+    }
+}
+
+fn list(dir: &Path) -> Result<Vec<String>, OutboxError> {
+    let rd = fs::read_dir(dir).map_err(|source| OutboxError::Io {
+        path: dir.to_path_buf(),
+        op: "list",
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| OutboxError::Io {
+            path: dir.to_path_buf(),
+            op: "list",
+            source,
+        })?;
+        if let Some(name) = e.file_name().to_str() {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), OutboxError> {
+    let fail = |source| OutboxError::Durability {
+        path: path.to_path_buf(),
+        offset: len,
+        op: "truncate",
+        source,
+    };
+    let f = OpenOptions::new().write(true).open(path).map_err(fail)?;
+    f.set_len(len).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    tracing::warn!(
+        "outbox: {} truncated to {len} bytes, after its last valid record",
+        path.display()
+    );
+    Ok(())
+}
+
+fn remove(path: &Path) -> Result<(), OutboxError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(OutboxError::Io {
+            path: path.to_path_buf(),
+            op: "remove",
+            source,
+        }),
+    }
+}
+
+fn create_segment(dir: &Path, id: u64) -> Result<(), OutboxError> {
+    let path = dir.join(segment_name(id));
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|source| OutboxError::Durability {
+            path: path.clone(),
+            offset: 0,
+            op: "create",
+            source,
+        })?;
+    sync_dir(dir)
+}
+
+fn write_file(path: &Path, buf: &[u8]) -> Result<(), OutboxError> {
+    let fail = |op, source| OutboxError::Durability {
+        path: path.to_path_buf(),
+        offset: 0,
+        op,
+        source,
+    };
+    let mut f = File::create(path).map_err(|e| fail("create", e))?;
+    f.write_all(buf).map_err(|e| fail("write", e))?;
+    f.sync_data().map_err(|e| fail("fsync", e))
+}
