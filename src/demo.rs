@@ -341,6 +341,7 @@ pub async fn run() -> Result<(), DemoError> {
 #[derive(Default)]
 struct Story {
     events: usize,
+    gateway_state: Option<String>,
     zone_levels: BTreeMap<String, String>,
     first_offgas: Option<Duration>,
     first_smoke: Option<Duration>,
@@ -408,7 +409,12 @@ impl Story {
             ["gateways", gw, "status"] => {
                 let state = s("state");
                 self.online |= state == "online";
-                println!("{ts} gateway {gw} is {state}");
+                // The status is republished as a heartbeat (with the latest seq): narrate
+                // changes only.
+                if self.gateway_state.as_deref() != Some(state.as_str()) {
+                    println!("{ts} gateway {gw} is {state}");
+                    self.gateway_state = Some(state);
+                }
             }
             ["alarms", ..] => {
                 self.events += 1;
