@@ -32,14 +32,13 @@ pub enum DaemonError {
         device: String,
         transport: &'static str,
     },
+    /// Alarm or drain state under storage.dir.
     #[error("storage.dir: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttError),
     #[error("{0}")]
     Metrics(String),
-    #[error("storage.dir: {0}")]
-    Drain(#[from] crate::drain::StoreError),
     #[error("storage.dir: {0}")]
     Outbox(#[from] OutboxError),
     #[error("stopping so the supervisor restarts on a clean file: {0}")]

@@ -20,6 +20,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod rules;
 pub mod sim;
+pub mod storage;
 
 /// The version reported on the gateway status topic.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

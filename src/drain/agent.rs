@@ -24,9 +24,9 @@ use super::hook;
 use super::messages::{
     Ack, AckState, Action, Cancelled, Presence, PresenceState, Request, RequestMessage,
 };
-use super::store::{JsonStore, StoreError};
 use crate::config::{Agent, Config};
 use crate::mqtt::{self, Inbound, LinkOptions, Outgoing, Publisher, Topics};
+use crate::storage::{JsonStore, StoreError};
 
 /// Handled drains remembered; older ones are forgotten (a drain_id is never reused).
 const REMEMBER: usize = 200;

@@ -17,8 +17,7 @@ pub mod drill;
 pub mod hook;
 pub mod messages;
 pub mod service;
-pub mod store;
 
+pub use crate::storage::StoreError;
 pub use coordinator::{AgentFault, Coordinator, Persisted};
 pub use service::{DrainHandle, DrainService};
-pub use store::StoreError;

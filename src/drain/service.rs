@@ -15,11 +15,11 @@ use tokio::task::JoinHandle;
 
 use super::coordinator::{AgentFault, Coordinator, Effects, Persisted};
 use super::messages::DrillCommand;
-use super::store::{JsonStore, StoreError};
 use crate::alarms::ZoneStatus;
 use crate::clock::Now;
 use crate::config::Config;
 use crate::mqtt::{Command, CommandResult, Inbound, LinkOptions, Outgoing, Publisher, Topics};
+use crate::storage::{JsonStore, StoreError};
 
 /// How often deadlines are checked; the clearance is at most this late.
 const TICK: Duration = Duration::from_millis(200);

@@ -1,11 +1,11 @@
-//! Drain state that must survive a restart, kept as one JSON file per owner under
-//! `storage.dir`.
+//! State that must survive a restart, kept as one JSON file per owner under `storage.dir`:
+//! the alarm table (`state.json`: active alarms, acknowledgements, shelves, `seq`), the drain
+//! coordinator (`drain.json`: resume the same `drain_id`) and each drain agent
+//! (`agent-{id}.json`: never run a hook twice for one drain).
 //!
-//! The coordinator must resume the same `drain_id` after a restart mid-drain, and an agent must
-//! never run a hook twice for one drain, so both write their state before acting on it. The
-//! write is the alarm store's: a temporary file, fsynced, renamed over the old one, then the
-//! directory fsynced, so a crash at any point leaves the old state or the new one, never a torn
-//! file.
+//! Each owner writes before it acts on the new state. A write is a temporary file, fsynced,
+//! renamed over the old one, then the directory fsynced, so a crash or power loss at any point
+//! leaves the old state or the new one, never a torn file.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -22,7 +22,7 @@ pub enum StoreError {
         op: &'static str,
         source: std::io::Error,
     },
-    #[error("{path}: not a valid emberwatch drain state file ({reason}); refusing to guess: move it away to start afresh")]
+    #[error("{path}: not a valid emberwatch state file ({reason}); refusing to guess: move it away to start afresh")]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -117,7 +117,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("x.json: not a valid emberwatch drain state file"),
+            e.contains("x.json: not a valid emberwatch state file"),
             "{e}"
         );
     }
