@@ -71,6 +71,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A simulated rack (scenario `normal`) on a free port, stopped by `cancel`.
+async fn normal_sim(cancel: &CancellationToken) -> sim::RunningSim {
+    sim::start(
+        SimOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            unit: 1,
+            scenario: Scenario::Normal,
+            speed: 1.0,
+        },
+        cancel.clone(),
+    )
+    .await
+    .expect("sim")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -238,17 +253,7 @@ async fn latency(trials: usize) {
     );
     let broker = Broker::start().await;
     let cancel = CancellationToken::new();
-    let sim = sim::start(
-        SimOptions {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            unit: 1,
-            scenario: Scenario::Normal,
-            speed: 1.0,
-        },
-        cancel.clone(),
-    )
-    .await
-    .expect("sim");
+    let sim = normal_sim(&cancel).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bench.toml");
     let devices = device_toml("rack-01", sim.local_addr, "100ms", 1);
@@ -391,17 +396,7 @@ async fn footprint(n_devices: usize, points: usize, window: Duration) {
     let mut sims = Vec::new();
     let mut devices = String::new();
     for i in 0..n_devices {
-        let s = sim::start(
-            SimOptions {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                unit: 1,
-                scenario: Scenario::Normal,
-                speed: 1.0,
-            },
-            cancel.clone(),
-        )
-        .await
-        .expect("sim");
+        let s = normal_sim(&cancel).await;
         devices.push_str(&device_toml(
             &format!("rack-{i:03}"),
             s.local_addr,
@@ -506,17 +501,7 @@ async fn silence(trials: usize) {
     let mut samples = Vec::new();
     for _ in 0..trials {
         let cancel = CancellationToken::new();
-        let sim = sim::start(
-            SimOptions {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                unit: 1,
-                scenario: Scenario::Normal,
-                speed: 1.0,
-            },
-            cancel.clone(),
-        )
-        .await
-        .expect("sim");
+        let sim = normal_sim(&cancel).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("bench.toml");
         let devices = device_toml("rack-01", sim.local_addr, "1s", 1);
