@@ -169,7 +169,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
 
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel(1024);
-    fieldbus::spawn_pollers(&cfg, tx, &cancel, &tracker);
+    let counters = fieldbus::spawn_pollers(&cfg, tx, &cancel, &tracker);
     tracker.close();
 
     let mut engine = Engine::restore(cfg.clone(), snapshot);
@@ -206,8 +206,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             }
             Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.detail, Now::system()),
             _ = ticker.tick() => {
-                supervision.tick(&cfg);
-                update_gauges(&metrics, &engine, &publisher);
+                supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));
+                update_gauges(&metrics, &cfg, &engine, &publisher, &drain, &counters);
                 engine.tick(Now::system())
             }
             reason = publisher.outbox_failed() => {
@@ -278,6 +278,10 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     result
 }
 
+/// A broker loop that has not come round for this long is hung (it beats every
+/// [`mqtt::PULSE`], through backoffs too); well inside `WatchdogSec=30s`.
+const LINK_STALL: Duration = Duration::from_secs(10);
+
 /// How long start-up may wait for every device's first good answer before telling systemd it is
 /// ready anyway (a dead device is a fault alarm, not a reason to hold the whole service back).
 const READY_WAIT: Duration = Duration::from_secs(30);
@@ -311,7 +315,10 @@ impl Supervision {
         self.answered[r.device] |= r.outcome.is_ok();
     }
 
-    fn tick(&mut self, cfg: &Config) {
+    /// Once a second from the engine loop (so a hung engine loop stops the pings too).
+    /// `stalled_links` are the broker loops that stopped coming round. Returns whether the
+    /// watchdog was pinged.
+    fn tick(&mut self, cfg: &Config, stalled_links: &[String]) -> bool {
         let now = std::time::Instant::now();
         if !self.ready {
             let all = self.answered.iter().all(|a| *a);
@@ -333,7 +340,7 @@ impl Supervision {
             }
         }
         if self.watchdog.is_none() || !self.ready {
-            return;
+            return false;
         }
         // A poll loop is alive if its last reading is no older than one cycle at its slowest:
         // the interval plus a timeout for each request, plus slack.
@@ -349,16 +356,31 @@ impl Supervision {
             })
             .map(|(d, _)| d.id.as_str())
             .collect();
-        if stale.is_empty() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-        } else {
+        if !stale.is_empty() {
             tracing::error!(devices = ?stale, "poll loops stopped delivering readings: withholding the watchdog ping");
+        }
+        if !stalled_links.is_empty() {
+            tracing::error!(brokers = ?stalled_links, "MQTT broker loops stopped running: withholding the watchdog ping");
+        }
+        if stale.is_empty() && stalled_links.is_empty() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            true
+        } else {
+            false
         }
     }
 }
 
-/// Gauges that describe state rather than count events, refreshed once a second.
-fn update_gauges(metrics: &Metrics, engine: &Engine, publisher: &mqtt::Publisher) {
+/// Gauges that describe state rather than count events, and the counters other parts keep
+/// for themselves (outbox, field-bus links), refreshed once a second.
+fn update_gauges(
+    metrics: &Metrics,
+    cfg: &Config,
+    engine: &Engine,
+    publisher: &mqtt::Publisher,
+    drain: &DrainHandle,
+    counters: &fieldbus::Counters,
+) {
     let counts = engine.alarms().active_by_severity();
     for (sev, n) in crate::rules::Severity::ALL.iter().zip(counts) {
         metrics
@@ -379,12 +401,20 @@ fn update_gauges(metrics: &Metrics, engine: &Engine, publisher: &mqtt::Publisher
     metrics
         .broker_connected
         .set(i64::from(publisher.is_connected()));
+    metrics.set_brokers(&publisher.brokers());
     metrics
         .telemetry_dropped
         .set(i64::try_from(publisher.telemetry_dropped()).unwrap_or(i64::MAX));
     metrics
         .last_seq
         .set(i64::try_from(engine.alarms().last_seq()).unwrap_or(i64::MAX));
+    if let Some(outbox) = publisher.outbox() {
+        metrics.set_outbox(&outbox.pressure(), std::time::SystemTime::now());
+    }
+    metrics.set_drain(&cfg.zones(), &drain.snapshot());
+    for (i, d) in cfg.devices.iter().enumerate() {
+        metrics.set_link(&d.id, &counters.stats(i));
+    }
 }
 
 /// The `check-config` summary: what the daemon would watch and where it would publish.
@@ -553,4 +583,43 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
         return Ok(false);
     }
     Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> (Config, Supervision) {
+        let cfg = crate::mqtt::harness::config("mqtt://127.0.0.1:1883");
+        let mut s = Supervision::new(&cfg);
+        s.watchdog = Some(Duration::from_secs(30));
+        (cfg, s)
+    }
+
+    fn answered(device: usize) -> fieldbus::Reading {
+        fieldbus::Reading {
+            device,
+            at: Now::system(),
+            latency: Duration::from_millis(1),
+            outcome: Ok(vec![]),
+        }
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_only_while_poll_and_broker_loops_run() {
+        let (cfg, mut s) = watched();
+        // Before every device answered (and before READY_WAIT) nothing is pinged.
+        assert!(!s.tick(&cfg, &[]));
+        s.saw(&answered(0));
+        assert!(s.tick(&cfg, &[]), "ready, every loop alive: pinged");
+        assert!(s.ready);
+        // A hung broker loop withholds the ping even though the pollers are fine.
+        assert!(!s.tick(&cfg, &["mqtt://127.0.0.1:1883".to_string()]));
+        assert!(s.tick(&cfg, &[]));
+        // A poll loop that stopped delivering withholds it too.
+        if let Some(past) = std::time::Instant::now().checked_sub(Duration::from_secs(3600)) {
+            s.last[0] = Some(past);
+            assert!(!s.tick(&cfg, &[]));
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! as cheap as an increment and needs no lock.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,7 +18,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::fieldbus::Reading;
+use crate::drain::coordinator::Persisted;
+use crate::drain::messages::{DrainState, Progress};
+use crate::fieldbus::{LinkStats, Reading};
+use crate::outbox::Pressure;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabel {
@@ -34,6 +39,30 @@ pub struct ZoneLabel {
     pub zone: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrainStateLabel {
+    pub zone: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentProgressLabel {
+    pub zone: String,
+    pub progress: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkErrorLabel {
+    pub device: String,
+    /// timeout, crc, short_frame, wrong_unit, garbage, malformed_line, port.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabel {
+    pub broker: String,
+}
+
 /// Every series the daemon exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -48,6 +77,18 @@ pub struct Metrics {
     pub broker_connected: Gauge,
     pub telemetry_dropped: Gauge,
     pub last_seq: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_max_bytes: Gauge,
+    pub outbox_undelivered: Gauge,
+    pub outbox_oldest_seconds: Gauge<f64, AtomicU64>,
+    pub outbox_over_bound: Gauge,
+    pub outbox_dropped: Counter,
+    pub broker_loop_connected: Family<BrokerLabel, Gauge>,
+    pub drain_state: Family<DrainStateLabel, Gauge>,
+    pub power_clearance: Family<ZoneLabel, Gauge>,
+    pub drain_agents: Family<AgentProgressLabel, Gauge>,
+    pub link_requests: Family<DeviceLabel, Counter>,
+    pub link_errors: Family<LinkErrorLabel, Counter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +166,92 @@ impl Metrics {
             "The last alarm event sequence number",
             last_seq.clone(),
         );
+        let outbox_bytes = Gauge::default();
+        r.register(
+            "outbox_bytes",
+            "Bytes the outbox holds on disk under storage.dir",
+            outbox_bytes.clone(),
+        );
+        let outbox_max_bytes = Gauge::default();
+        r.register(
+            "outbox_max_bytes",
+            "storage.outbox_max: what the outbox may hold before it drops what it can spare",
+            outbox_max_bytes.clone(),
+        );
+        let outbox_undelivered = Gauge::default();
+        r.register(
+            "outbox_undelivered",
+            "Outbox messages the slowest broker has not confirmed yet",
+            outbox_undelivered.clone(),
+        );
+        let outbox_oldest_seconds = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "outbox_oldest_undelivered_seconds",
+            "Age of the oldest message the slowest broker has not confirmed (0 when none)",
+            outbox_oldest_seconds.clone(),
+        );
+        let outbox_over_bound = Gauge::default();
+        r.register(
+            "outbox_over_bound",
+            "1 while the outbox is over storage.outbox_max with only alarm events and latest statuses left",
+            outbox_over_bound.clone(),
+        );
+        let outbox_dropped = Counter::default();
+        r.register(
+            "outbox_dropped",
+            "Non-alarm outbox messages dropped to stay within storage.outbox_max",
+            outbox_dropped.clone(),
+        );
+        let broker_loop_connected = Family::<BrokerLabel, Gauge>::default();
+        r.register(
+            "broker_link_connected",
+            "1 while this broker (mqtt.url or one of mqtt.also) is connected",
+            broker_loop_connected.clone(),
+        );
+        let drain_state = Family::<DrainStateLabel, Gauge>::default();
+        r.register(
+            "drain_state",
+            "1 for the state of each zone's current or last drain (idle: none since the state file began)",
+            drain_state.clone(),
+        );
+        let power_clearance = Family::<ZoneLabel, Gauge>::default();
+        r.register(
+            "power_clearance",
+            "1 while the zone's power-cut clearance is given",
+            power_clearance.clone(),
+        );
+        let drain_agents = Family::<AgentProgressLabel, Gauge>::default();
+        r.register(
+            "drain_agents",
+            "Expected drain agents of the zone's current or last drain, by progress",
+            drain_agents.clone(),
+        );
+        let link_requests = Family::<DeviceLabel, Counter>::default();
+        r.register(
+            "link_requests",
+            "Requests sent to the device (Modbus) or lines received (serial-lines)",
+            link_requests.clone(),
+        );
+        let link_errors = Family::<LinkErrorLabel, Counter>::default();
+        r.register(
+            "link_errors",
+            "Field-bus errors by kind: timeout, crc, short_frame, wrong_unit, garbage, malformed_line, port",
+            link_errors.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
+            outbox_bytes,
+            outbox_max_bytes,
+            outbox_undelivered,
+            outbox_oldest_seconds,
+            outbox_over_bound,
+            outbox_dropped,
+            broker_loop_connected,
+            drain_state,
+            power_clearance,
+            drain_agents,
+            link_requests,
+            link_errors,
             poll_seconds,
             poll_errors,
             points_read,
@@ -156,6 +281,95 @@ impl Metrics {
             Err(_) => {
                 self.poll_errors.get_or_create(&label).inc();
             }
+        }
+    }
+
+    /// Each broker's connection (`mqtt.url` and every `mqtt.also`).
+    pub fn set_brokers(&self, brokers: &[(String, bool)]) {
+        for (url, up) in brokers {
+            self.broker_loop_connected
+                .get_or_create(&BrokerLabel {
+                    broker: url.clone(),
+                })
+                .set(i64::from(*up));
+        }
+    }
+
+    /// The outbox's depth and age: a growing age with a broker connected means deliveries
+    /// are stuck, which no log line says as plainly.
+    pub fn set_outbox(&self, p: &Pressure, now: SystemTime) {
+        self.outbox_bytes.set(clamp(p.bytes));
+        self.outbox_max_bytes.set(clamp(p.max));
+        self.outbox_undelivered.set(clamp(p.undelivered as u64));
+        self.outbox_over_bound.set(i64::from(p.over_bound));
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age = p
+            .oldest_undelivered_ms
+            .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
+        self.outbox_oldest_seconds.set(age);
+        catch_up(&self.outbox_dropped, p.dropped);
+    }
+
+    /// Every zone's drain: one series per state, 1 for the current one (`idle` when the zone
+    /// has had no drain), the clearance, and how far the expected agents got.
+    pub fn set_drain(&self, zones: &[String], drains: &Persisted) {
+        for zone in zones {
+            let record = drains.zones.get(zone);
+            let current = record.map_or("idle", |r| r.state.as_str());
+            let states = std::iter::once("idle").chain(DrainState::ALL.iter().map(|s| s.as_str()));
+            for state in states {
+                self.drain_state
+                    .get_or_create(&DrainStateLabel {
+                        zone: zone.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(i64::from(state == current));
+            }
+            let clear = record.is_some_and(|r| {
+                r.state != DrainState::Cancelled && r.clearance.as_ref().is_some_and(|c| c.clear)
+            });
+            self.power_clearance
+                .get_or_create(&ZoneLabel { zone: zone.clone() })
+                .set(i64::from(clear));
+            for progress in Progress::ALL {
+                let n = record.map_or(0, |r| r.agents.values().filter(|p| **p == progress).count());
+                self.drain_agents
+                    .get_or_create(&AgentProgressLabel {
+                        zone: zone.clone(),
+                        progress: progress.as_str().to_string(),
+                    })
+                    .set(n as i64);
+            }
+        }
+    }
+
+    /// One device's field-bus link counters, kept by the pollers (see `fieldbus::counters`).
+    pub fn set_link(&self, device: &str, s: &LinkStats) {
+        catch_up(
+            &self.link_requests.get_or_create(&DeviceLabel {
+                device: device.to_string(),
+            }),
+            s.requests,
+        );
+        let kinds = [
+            ("timeout", s.timeouts),
+            ("crc", s.crc_errors),
+            ("short_frame", s.short_frames),
+            ("wrong_unit", s.wrong_unit),
+            ("garbage", s.garbage),
+            ("malformed_line", s.malformed_lines),
+            ("port", s.port_errors),
+        ];
+        for (kind, n) in kinds {
+            catch_up(
+                &self.link_errors.get_or_create(&LinkErrorLabel {
+                    device: device.to_string(),
+                    kind: kind.to_string(),
+                }),
+                n,
+            );
         }
     }
 
@@ -208,6 +422,16 @@ impl Metrics {
     }
 }
 
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Brings a counter up to a total kept elsewhere. Totals only grow, and only the daemon's
+/// one-second refresh calls this, so the counter never runs ahead of them.
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +465,66 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn outbox_drain_and_link_series_follow_their_owners() {
+        let m = Metrics::new();
+        let now = SystemTime::now();
+        let ms = now.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        m.set_outbox(
+            &Pressure {
+                bytes: 4096,
+                max: 1 << 20,
+                over_bound: false,
+                dropped: 3,
+                undelivered: 7,
+                oldest_undelivered_ms: Some(ms - 42_000),
+            },
+            now,
+        );
+        let mut persisted = Persisted::default();
+        let record: crate::drain::coordinator::DrainRecord =
+            serde_json::from_value(serde_json::json!({
+                "drain_id": "d-1", "zone": "room-1", "severity": "critical", "reason": [],
+                "requested_at": "2026-11-25T00:00:00Z", "deadline_ms": 0, "drill": false,
+                "state": "drained", "agents": {"lb-1": "done", "k8s-1": "failed"},
+                "clearance": {"clear": true, "reason": "drained", "time": "2026-11-25T00:00:01Z"}
+            }))
+            .unwrap();
+        persisted.zones.insert("room-1".into(), record);
+        m.set_drain(&["room-1".into(), "room-2".into()], &persisted);
+        let mut link = LinkStats {
+            requests: 10,
+            crc_errors: 2,
+            ..LinkStats::default()
+        };
+        m.set_link("rack-01", &link);
+        link.requests = 15;
+        m.set_link("rack-01", &link);
+        let text = m.render();
+        for line in [
+            "emberwatch_outbox_bytes 4096",
+            "emberwatch_outbox_undelivered 7",
+            "emberwatch_outbox_oldest_undelivered_seconds 42.0",
+            "emberwatch_outbox_dropped_total 3",
+            "emberwatch_drain_state{zone=\"room-1\",state=\"drained\"} 1",
+            "emberwatch_drain_state{zone=\"room-1\",state=\"idle\"} 0",
+            "emberwatch_drain_state{zone=\"room-2\",state=\"idle\"} 1",
+            "emberwatch_power_clearance{zone=\"room-1\"} 1",
+            "emberwatch_power_clearance{zone=\"room-2\"} 0",
+            "emberwatch_drain_agents{zone=\"room-1\",progress=\"done\"} 1",
+            "emberwatch_drain_agents{zone=\"room-1\",progress=\"failed\"} 1",
+            "emberwatch_link_requests_total{device=\"rack-01\"} 15",
+            "emberwatch_link_errors_total{device=\"rack-01\",kind=\"crc\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // Once every broker has it, the age is 0 again.
+        m.set_outbox(&Pressure::default(), now);
+        assert!(m
+            .render()
+            .lines()
+            .any(|l| l == "emberwatch_outbox_oldest_undelivered_seconds 0.0"));
     }
 }

@@ -123,6 +123,27 @@ pub enum DrainState {
     Cancelled,
 }
 
+impl DrainState {
+    pub const ALL: [DrainState; 5] = [
+        DrainState::Requested,
+        DrainState::Draining,
+        DrainState::Drained,
+        DrainState::TimedOut,
+        DrainState::Cancelled,
+    ];
+
+    /// As in the status payload (and the `state` label of `emberwatch_drain_state`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainState::Requested => "requested",
+            DrainState::Draining => "draining",
+            DrainState::Drained => "drained",
+            DrainState::TimedOut => "timed_out",
+            DrainState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One expected agent's progress, as `P/drain/{zone}/status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,6 +156,29 @@ pub enum Progress {
     /// After a cancellation: the agent ran its restore hook.
     Restored,
     RestoreFailed,
+}
+
+impl Progress {
+    pub const ALL: [Progress; 6] = [
+        Progress::Pending,
+        Progress::Started,
+        Progress::Done,
+        Progress::Failed,
+        Progress::Restored,
+        Progress::RestoreFailed,
+    ];
+
+    /// As in the status payload (and the `progress` label of `emberwatch_drain_agents`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Progress::Pending => "pending",
+            Progress::Started => "started",
+            Progress::Done => "done",
+            Progress::Failed => "failed",
+            Progress::Restored => "restored",
+            Progress::RestoreFailed => "restore_failed",
+        }
+    }
 }
 
 /// `P/drain/{zone}/status` (retained).

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::coordinator::{AgentFault, Coordinator, Effects, Persisted};
@@ -47,6 +47,8 @@ pub struct DrainHandle {
     zones: Option<mpsc::Sender<ZoneStatus>>,
     drills: Option<mpsc::Sender<Command>>,
     publisher: Publisher,
+    /// The coordinator's state as last saved, for metrics.
+    view: watch::Receiver<Persisted>,
 }
 
 impl DrainHandle {
@@ -60,6 +62,12 @@ impl DrainHandle {
                 );
             }
         }
+    }
+
+    /// Every zone's current or last drain, as last saved to `drain.json` (empty without
+    /// `[drain]`): what `/metrics` shows.
+    pub fn snapshot(&self) -> Persisted {
+        self.view.borrow().clone()
     }
 
     /// True for the commands this handle answers (`cmd/drill`).
@@ -109,6 +117,7 @@ impl DrainService {
                 zones: None,
                 drills: None,
                 publisher,
+                view: watch::channel(Persisted::default()).1,
             };
             return Ok((handle, DrainService { task: None }));
         };
@@ -123,7 +132,9 @@ impl DrainService {
         );
         let (zone_tx, zones) = mpsc::channel(QUEUE);
         let (drill_tx, drills) = mpsc::channel(QUEUE);
+        let (view_tx, view) = watch::channel(coordinator.persisted().clone());
         let runner = Runner {
+            view: view_tx,
             coordinator,
             store,
             publisher: publisher.clone(),
@@ -137,6 +148,7 @@ impl DrainService {
             zones: Some(zone_tx),
             drills: Some(drill_tx),
             publisher,
+            view,
         };
         Ok((handle, DrainService { task: Some(task) }))
     }
@@ -161,6 +173,7 @@ struct Runner {
     drills: mpsc::Receiver<Command>,
     incoming: mpsc::Receiver<Inbound>,
     faults: Option<mpsc::Sender<AgentFault>>,
+    view: watch::Sender<Persisted>,
 }
 
 impl Runner {
@@ -226,6 +239,7 @@ impl Runner {
                 // Publishing still goes ahead: the drain matters more than its resumability.
                 tracing::error!(error = %e, "drain: cannot persist drain state; a restart would not resume this drain");
             }
+            self.view.send_replace(self.coordinator.persisted().clone());
         }
         for f in fx.faults {
             if f.active {

@@ -203,8 +203,9 @@ pub fn spawn_pollers(
         let cancel = cancel.clone();
         match &device.transport {
             Transport::ModbusTcp { .. } => {
+                let counters = counters.clone();
                 tracker.spawn(async move {
-                    poll_loop(index, device, tx, cancel).await;
+                    poll_loop(index, device, counters, tx, cancel).await;
                 });
             }
             Transport::ModbusRtu { .. } | Transport::ModbusRtuOverTcp { .. } => {
@@ -241,7 +242,7 @@ pub async fn poll_once(
     let device = cfg.devices.get(index)?.clone();
     Some(match &device.transport {
         Transport::ModbusTcp { .. } => {
-            let mut link = modbus::ModbusDevice::new(device);
+            let mut link = modbus::ModbusDevice::new(device, counters.clone());
             let reading = link.poll(index).await;
             let requests = link.plan().len();
             link.close().await;
@@ -262,10 +263,11 @@ pub async fn poll_once(
 async fn poll_loop(
     index: usize,
     device: Device,
+    counters: Counters,
     tx: mpsc::Sender<Reading>,
     cancel: CancellationToken,
 ) {
-    let mut link = modbus::ModbusDevice::new(device.clone());
+    let mut link = modbus::ModbusDevice::new(device.clone(), counters);
     let mut ticker = tokio::time::interval(device.poll_interval);
     // A slow poll must not be followed by a burst of catch-up polls.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -14,13 +14,17 @@ use tokio_modbus::slave::{Slave, SlaveContext};
 use crate::clock::Now;
 use crate::config::{Device, Transport};
 use crate::decode::{plan_reads, ReadSpan, Table};
-use crate::fieldbus::{span_points, LinkError, PointReading, Reading, SpanAnswer};
+use crate::fieldbus::counters::LinkCounters;
+use crate::fieldbus::{span_points, Counters, LinkError, PointReading, Reading, SpanAnswer};
 
 /// One Modbus device and its (possibly absent) connection.
 pub struct ModbusDevice {
     device: Device,
     plan: Vec<ReadSpan>,
     ctx: Option<Context>,
+    /// Requests, timeouts and lost connections, as the serial buses count theirs (`read`
+    /// and `/metrics` show them).
+    counters: Counters,
 }
 
 enum SpanData {
@@ -29,12 +33,13 @@ enum SpanData {
 }
 
 impl ModbusDevice {
-    pub fn new(device: Device) -> ModbusDevice {
+    pub fn new(device: Device, counters: Counters) -> ModbusDevice {
         let plan = plan_reads(&device.points, device.max_gap);
         ModbusDevice {
             device,
             plan,
             ctx: None,
+            counters,
         }
     }
 
@@ -46,7 +51,15 @@ impl ModbusDevice {
     /// Polls every point once.
     pub async fn poll(&mut self, index: usize) -> Reading {
         let start = std::time::Instant::now();
-        let outcome = self.poll_points().await;
+        let c = self.counters.clone();
+        let outcome = self.poll_points(c.device(index)).await;
+        match &outcome {
+            Err(LinkError::Timeout { .. }) => LinkCounters::add(&c.device(index).timeouts, 1),
+            Err(LinkError::Connect { .. } | LinkError::Transport { .. }) => {
+                LinkCounters::add(&c.device(index).port_errors, 1);
+            }
+            _ => {}
+        }
         if outcome.is_err() {
             self.ctx = None;
         }
@@ -92,7 +105,10 @@ impl ModbusDevice {
         Ok(tokio_modbus::client::tcp::attach_slave(stream, slave))
     }
 
-    async fn poll_points(&mut self) -> Result<Vec<PointReading>, LinkError> {
+    async fn poll_points(
+        &mut self,
+        counters: &LinkCounters,
+    ) -> Result<Vec<PointReading>, LinkError> {
         let timeout = self.device.timeout;
         let id = &self.device.id;
         let mut ctx = match self.ctx.take() {
@@ -102,6 +118,7 @@ impl ModbusDevice {
         ctx.set_slave(Slave(self.device.unit));
         let mut out = Vec::with_capacity(self.device.points.len());
         for span in &self.plan {
+            LinkCounters::add(&counters.requests, 1);
             let req = async {
                 match span.table {
                     Table::Holding => ctx

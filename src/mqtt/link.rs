@@ -174,12 +174,46 @@ struct Route {
     shared: Arc<Shared>,
 }
 
-/// State the loop task shares with the handles: the connection flag and counters.
-#[derive(Debug, Default)]
+/// State the loop task shares with the handles: the connection flag, counters, and the
+/// loop's pulse.
+#[derive(Debug)]
 struct Shared {
+    /// The broker, as configured (for metrics and log lines).
+    url: String,
     connected: AtomicBool,
     telemetry_dropped: AtomicU64,
+    /// When the link started; `pulse_ms` counts from here.
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch` when the loop last came round to its select. A loop that
+    /// is stuck (a handler that never returns) stops moving it, connected or not.
+    pulse_ms: AtomicU64,
 }
+
+impl Shared {
+    fn new(url: String) -> Shared {
+        Shared {
+            url,
+            connected: AtomicBool::new(false),
+            telemetry_dropped: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            pulse_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.pulse_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the loop last showed it was running.
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.pulse_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// How often a broker loop shows it is alive ([`Publisher::stalled_links`]).
+pub const PULSE: Duration = Duration::from_secs(1);
 
 impl Publisher {
     /// Events, zone statuses, command results and other durable messages: never dropped. With
@@ -270,6 +304,30 @@ impl Publisher {
             .iter()
             .map(|r| r.shared.telemetry_dropped.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Each broker (`mqtt.url`, then `mqtt.also`) and whether it is connected now.
+    pub fn brokers(&self) -> Vec<(String, bool)> {
+        self.routes
+            .iter()
+            .map(|r| {
+                (
+                    r.shared.url.clone(),
+                    r.shared.connected.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// The brokers whose loop has not come round for longer than `within`: hung tasks (a
+    /// broker that is merely unreachable keeps its loop turning through the backoff). The
+    /// daemon withholds the systemd watchdog ping while any is listed.
+    pub fn stalled_links(&self, within: Duration) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.shared.silent_for() > within)
+            .map(|r| r.shared.url.clone())
+            .collect()
     }
 
     /// True between a broker's CONNACK and the next connection error, for any broker.
@@ -404,7 +462,9 @@ async fn start(
         )?;
         let (client, eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(url.to_string()));
+        let mut pulse = tokio::time::interval(PULSE);
+        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let feed = durable.as_ref().map(|d| d.feed(&url.to_string()));
         let heartbeat = feed.as_ref().map(|_| {
             let mut i = tokio::time::interval(m.heartbeat);
@@ -428,6 +488,7 @@ async fn start(
             ledger: Ledger::new(WINDOW),
             feed,
             heartbeat,
+            pulse,
             telemetry_in_channel: 0,
             cancel: cancel.clone(),
             stopping: false,
@@ -483,6 +544,8 @@ struct Runner {
     feed: Option<Feed>,
     /// When to republish the retained status with the latest `seq` (durable links only).
     heartbeat: Option<tokio::time::Interval>,
+    /// When to show the loop is alive (see [`Shared::beat`]).
+    pulse: tokio::time::Interval,
     /// QoS 0 publishes handed to rumqttc and not yet written.
     telemetry_in_channel: usize,
     cancel: CancellationToken,
@@ -520,6 +583,7 @@ impl Runner {
                         m = self.rx.recv(), if self.can_take() => self.take(m),
                         () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
                         () = tick(&mut self.heartbeat), if self.connected() && !self.stopping => self.send_heartbeat(),
+                        _ = self.pulse.tick() => self.shared.beat(),
                         () = sleep_until(self.deadline), if self.stopping => break Step::Deadline,
                     }
                 }
@@ -944,6 +1008,7 @@ impl Runner {
             tokio::select! {
                 () = sleep_until(wake) => return true,
                 () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
+                _ = self.pulse.tick() => self.shared.beat(),
                 () = sleep_until(self.deadline), if self.stopping => return false,
             }
         }
@@ -1040,6 +1105,18 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loop_that_stops_beating_is_silent_for_as_long() {
+        let mut shared = Shared::new("mqtt://broker:1883".into());
+        // As if the link had started 20 s ago and its loop never came round since.
+        if let Some(earlier) = shared.epoch.checked_sub(Duration::from_secs(20)) {
+            shared.epoch = earlier;
+        }
+        assert!(shared.silent_for() >= Duration::from_secs(20));
+        shared.beat();
+        assert!(shared.silent_for() < Duration::from_secs(1));
+    }
 
     #[test]
     fn backoff_doubles_from_100ms_to_5s_with_jitter() {

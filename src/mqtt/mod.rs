@@ -25,7 +25,7 @@ pub mod payload;
 pub mod topics;
 
 #[cfg(test)]
-mod harness;
+pub(crate) mod harness;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +44,7 @@ pub fn client_options(
 pub use error::MqttError;
 pub use link::{
     connect, connect_durable, connect_with, Command, Inbound, Link, LinkOptions, Presence,
-    Publisher,
+    Publisher, PULSE,
 };
 pub use payload::{CommandResult, GatewayStatus};
 pub use topics::Topics;

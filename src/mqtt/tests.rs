@@ -264,6 +264,23 @@ async fn a_clean_stop_sends_queued_events_then_offline() {
 }
 
 #[tokio::test]
+async fn a_link_without_its_broker_is_disconnected_but_not_stalled() {
+    // The watchdog must tell a hung loop from an unreachable broker: the second is a fault
+    // for the operator, not a reason for systemd to restart the daemon.
+    let url = format!("mqtt://127.0.0.1:{}", free_port());
+    let cancel = CancellationToken::new();
+    let link = connect(&config(&url), cancel.clone())
+        .await
+        .expect("link starts");
+    let within = super::link::PULSE * 2;
+    // Long enough that a loop that never beat would be listed.
+    tokio::time::sleep(within + super::link::PULSE * 2).await;
+    assert_eq!(link.publisher.stalled_links(within), Vec::<String>::new());
+    assert_eq!(link.publisher.brokers(), vec![(url.clone(), false)]);
+    stop(link, cancel).await;
+}
+
+#[tokio::test]
 async fn telemetry_is_dropped_and_counted_while_disconnected() {
     // Nothing listens here: the link keeps retrying in the background.
     let url = format!("mqtt://127.0.0.1:{}", free_port());

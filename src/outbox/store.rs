@@ -61,6 +61,9 @@ pub struct Pressure {
     pub dropped: u64,
     /// Records not yet acked by the slowest broker.
     pub undelivered: usize,
+    /// When the oldest of those was appended (Unix milliseconds): how long the slowest broker
+    /// has been behind, which a depth alone does not say.
+    pub oldest_undelivered_ms: Option<u64>,
 }
 
 /// What [`Outbox::replay_from`] found.
@@ -540,15 +543,18 @@ impl Outbox {
     /// How full the outbox is.
     pub fn pressure(&self) -> Pressure {
         let slowest = self.cursors.values().map(|c| c.next).min();
-        let undelivered = slowest.map_or(0, |p| {
-            self.held.len() - self.held.partition_point(|h| h.record.pos < p)
-        });
+        let first = slowest.map(|p| self.held.partition_point(|h| h.record.pos < p));
+        let undelivered = first.map_or(0, |i| self.held.len() - i);
+        let oldest_undelivered_ms = first
+            .and_then(|i| self.held.get(i))
+            .map(|h| h.record.time_ms);
         Pressure {
             bytes: self.total_bytes,
             max: self.opts.max_bytes,
             over_bound: self.over_bound,
             dropped: self.dropped,
             undelivered,
+            oldest_undelivered_ms,
         }
     }
 

@@ -155,6 +155,29 @@ fn a_restart_replays_what_was_not_acked_in_order() {
 }
 
 #[test]
+fn the_age_is_that_of_the_oldest_record_the_slowest_broker_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = open(dir.path(), &[A, B]);
+    assert_eq!(o.pressure().oldest_undelivered_ms, None);
+    let t0 = std::time::SystemTime::now();
+    let first = o.append_at(vec![event(1)], t0).unwrap();
+    let second = o
+        .append_at(vec![event(2)], t0 + std::time::Duration::from_secs(3))
+        .unwrap();
+    assert_eq!(second[0].time_ms, first[0].time_ms + 3000);
+    // A has both; B, the slowest, still lacks the first: its age is what counts.
+    o.ack(A, first[0].pos).unwrap();
+    o.ack(A, second[0].pos).unwrap();
+    assert_eq!(o.pressure().oldest_undelivered_ms, Some(first[0].time_ms));
+    o.ack(B, first[0].pos).unwrap();
+    assert_eq!(o.pressure().oldest_undelivered_ms, Some(second[0].time_ms));
+    assert_eq!(o.pressure().undelivered, 1);
+    o.ack(B, second[0].pos).unwrap();
+    assert_eq!(o.pressure().oldest_undelivered_ms, None);
+    assert_eq!(o.pressure().undelivered, 0);
+}
+
+#[test]
 fn acked_but_uncommitted_is_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = open(dir.path(), &[A]);
