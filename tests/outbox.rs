@@ -437,6 +437,71 @@ async fn one_broker_away_does_not_hold_up_the_other() {
     );
 }
 
+/// Two bridged brokers hand the gateway every operator command twice. The bridge's copy is
+/// not applied again: one shelve, one result, one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_heard_through_both_brokers_is_applied_once() {
+    const ALARM: &str = "emberwatch/test-site/alarms/room-1/rack-01/cell_temp_max/cell-overtemp";
+    const CMD: &str = "emberwatch/test-site/gateways/gw-t/cmd";
+    let a = Mosquitto::start().await;
+    let b = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let storage = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&config(a.port(), sim.port(), storage.path(), &[b.port()]));
+    let mut sub_a = Subscriber::connect(a.port(), "emberwatch/test-site/#").await;
+    let mut sub_b = Subscriber::connect(b.port(), "emberwatch/test-site/#").await;
+    online(&mut sub_a).await;
+    online(&mut sub_b).await;
+    let mut seq = 0;
+    sim.write(116, 600).await;
+    seq += 1;
+    raised(&daemon, seq).await;
+
+    let shelve =
+        br#"{"alarm":"rack-01/cell_temp_max/cell-overtemp","for":"30m","reason":"detector swap"}"#;
+    publish(a.port(), &format!("{CMD}/shelve"), shelve, false).await;
+    publish(b.port(), &format!("{CMD}/shelve"), shelve, false).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon
+        .stderr()
+        .contains("already received through another broker")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second copy was not recognised:\n{}",
+            daemon.stderr()
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    // A marker after both copies that changes nothing (an unknown alarm): everything the
+    // shelves caused is on broker A before its result.
+    publish(
+        a.port(),
+        &format!("{CMD}/ack"),
+        br#"{"alarm":"no-such/point/rule"}"#,
+        false,
+    )
+    .await;
+    let (mut results, mut shelved) = (Vec::new(), 0);
+    loop {
+        let m = sub_a
+            .next_matching(|t, _| t == RESULT || t == ALARM, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("no ack result; seen:\n{}", sub_a.seen_list()));
+        let j = m.json();
+        if m.topic == ALARM {
+            shelved += usize::from(j["isa_state"] == "shelved");
+            continue;
+        }
+        results.push(j["command"].as_str().unwrap_or_default().to_string());
+        if j["command"] == "ack" {
+            break;
+        }
+    }
+    assert_eq!(results, ["shelve", "ack"], "one result per command");
+    assert_eq!(shelved, 1, "one shelved event");
+}
+
 /// A full disk under the outbox: the write fails, the gateway says so on its status topic and
 /// exits non-zero for its supervisor to restart it, rather than retry a failed fsync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

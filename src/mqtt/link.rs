@@ -45,6 +45,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{self, Durable, Feed};
+use super::echo::Echoes;
 use super::embedded;
 use super::ledger::{Entry, Ledger};
 use super::options::{self, RUMQTTC_INFLIGHT};
@@ -451,7 +452,9 @@ async fn start(
     let (in_tx, incoming) = mpsc::channel(INBOUND);
     let mut routes = Vec::new();
     let mut tasks = Vec::new();
-    for url in urls {
+    // Only a link with several brokers can hear a command twice.
+    let echoes = (urls.len() > 1).then(|| Arc::new(std::sync::Mutex::new(Echoes::default())));
+    for (index, url) in urls.into_iter().enumerate() {
         let mut broker = m.clone();
         broker.url = url.clone();
         let mqtt_opts = options::build(
@@ -489,6 +492,8 @@ async fn start(
             feed,
             heartbeat,
             pulse,
+            index,
+            echoes: echoes.clone(),
             telemetry_in_channel: 0,
             cancel: cancel.clone(),
             stopping: false,
@@ -546,6 +551,10 @@ struct Runner {
     heartbeat: Option<tokio::time::Interval>,
     /// When to show the loop is alive (see [`Shared::beat`]).
     pulse: tokio::time::Interval,
+    /// This broker's place in the link (0: `mqtt.url`, then `mqtt.also`).
+    index: usize,
+    /// Commands lately heard through any of the link's brokers (several brokers only).
+    echoes: Option<Arc<std::sync::Mutex<Echoes>>>,
     /// QoS 0 publishes handed to rumqttc and not yet written.
     telemetry_in_channel: usize,
     cancel: CancellationToken,
@@ -929,6 +938,19 @@ impl Runner {
                 self.ledger.push_backlog(entry);
             }
             return;
+        }
+        if let Some(echoes) = &self.echoes {
+            let echo = echoes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_echo(self.index, name, &p.payload, std::time::Instant::now());
+            if echo {
+                tracing::info!(
+                    "mqtt broker {}: command {name:?} already received through another broker (a bridge's copy); not applied twice",
+                    self.url
+                );
+                return;
+            }
         }
         let cmd = Command {
             name: name.to_string(),

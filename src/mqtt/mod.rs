@@ -16,6 +16,7 @@
 //! - [`embedded`]: an in-process rumqttd broker for `mqtt.url = "embedded"` and the demo.
 
 pub mod delivery;
+pub mod echo;
 pub mod embedded;
 mod error;
 mod ledger;
