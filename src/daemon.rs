@@ -443,16 +443,23 @@ pub fn summary(cfg: &Config) -> String {
     );
     let _ = writeln!(s, "  zones: {}", cfg.zones().join(", "));
     for d in &cfg.devices {
-        let reads = crate::decode::plan_reads(&d.points, d.max_gap).len();
+        // A line sensor talks on its own; there is nothing to read, only a silence to notice.
+        let how = if matches!(d.transport, crate::config::Transport::SerialLines { .. }) {
+            format!(
+                "from its lines, a fault after {:?} of silence",
+                d.poll_interval + d.timeout
+            )
+        } else {
+            let reads = crate::decode::plan_reads(&d.points, d.max_gap).len();
+            format!("in {reads} reads every {:?}", d.poll_interval)
+        };
         let _ = writeln!(
             s,
-            "  device {} ({}, zone {}): {} points in {} reads every {:?}",
+            "  device {} ({}, zone {}): {} points {how}",
             d.id,
             d.transport.name(),
             d.zone,
             d.points.len(),
-            reads,
-            d.poll_interval
         );
     }
     let t = Topics::new(cfg);
@@ -621,5 +628,53 @@ mod tests {
             s.last[0] = Some(past);
             assert!(!s.tick(&cfg, &[]));
         }
+    }
+
+    #[test]
+    fn the_summary_says_how_each_device_is_read() {
+        let mut text = String::from(
+            r#"
+[site]
+id = "pangyo-a"
+gateway = "gw-b1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[storage]
+dir = "/tmp/emberwatch-test"
+[[devices]]
+id = "rack-01"
+zone = "room-1"
+transport = "modbus-tcp"
+address = "127.0.0.1:5020"
+  [[devices.points]]
+  id = "cell_temp_max"
+  kind = "temperature"
+  address = 116
+[[devices]]
+id = "h2-01"
+zone = "room-1"
+transport = "serial-lines"
+port = "/dev/ttyUSB0"
+poll_interval = "2s"
+timeout = "1s"
+  [[devices.points]]
+  id = "h2"
+  kind = "hydrogen"
+"#,
+        );
+        text.push('\n');
+        let cfg = match Config::from_toml(&text, crate::config::Role::Gateway) {
+            Ok(c) => c,
+            Err(p) => panic!("{p:?}"),
+        };
+        let s = summary(&cfg);
+        assert!(
+            s.contains("device rack-01 (modbus-tcp, zone room-1): 1 points in 1 reads every 1s"),
+            "{s}"
+        );
+        assert!(
+            s.contains("device h2-01 (serial-lines, zone room-1): 1 points from its lines, a fault after 3s of silence"),
+            "{s}"
+        );
     }
 }
