@@ -204,7 +204,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 }
                 engine.on_command(&cmd.name, &cmd.payload, Now::system())
             }
-            Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.detail, Now::system()),
+            Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
             _ = ticker.tick() => {
                 supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));
                 update_gauges(&metrics, &cfg, &engine, &publisher, &drain, &counters);

@@ -77,6 +77,10 @@ pub struct Output {
 #[serde(deny_unknown_fields)]
 struct AckCmd {
     alarm: String,
+    /// Needed only for the gateway's own alarms (`_zone/...`, `_drain/...`), whose key is
+    /// the same in every zone; without it an ack covers them all.
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 /// `cmd/shelve` body.
@@ -84,6 +88,9 @@ struct AckCmd {
 #[serde(deny_unknown_fields)]
 struct ShelveCmd {
     alarm: String,
+    /// Required when the key names alarms in several zones (a shelf must hide one alarm).
+    #[serde(default)]
+    zone: Option<String>,
     #[serde(rename = "for")]
     for_: Option<String>,
     reason: Option<String>,
@@ -94,6 +101,8 @@ struct ShelveCmd {
 #[serde(deny_unknown_fields)]
 struct ServiceCmd {
     alarm: String,
+    #[serde(default)]
+    zone: Option<String>,
     in_service: bool,
     reason: Option<String>,
 }
@@ -158,7 +167,7 @@ impl Engine {
         for (key, id, level) in restored {
             if !engine.seed(&id, level) {
                 tracing::warn!(alarm = %key, "alarm from before the restart no longer matches the configuration; dropped");
-                engine.table.remove(&key);
+                engine.table.remove(&id);
             }
         }
         engine
@@ -264,37 +273,40 @@ impl Engine {
     }
 
     /// An expected drain agent missing (`Some(severity)`) or back (`None`): a fault alarm
-    /// `_drain/{agent}/agent-offline`, so operators see before a fire that a drain would not be
-    /// confirmed. It belongs to the gateway's first zone (drain agents serve the whole gateway).
+    /// `_drain/{agent}/agent-offline` in each of `zones` (those it serves), so operators see
+    /// before a fire that a drain would not be confirmed. Back, it clears in every zone.
     pub fn agent_fault(
         &mut self,
         agent: &str,
         severity: Option<Severity>,
+        zones: &[String],
         detail: &str,
         now: Now,
     ) -> Output {
-        let Some(zone) = self.cfg.zones().into_iter().next() else {
-            return Output::default();
+        let key = format!("_drain/{agent}/agent-offline");
+        let zones: Vec<String> = match severity {
+            Some(_) => zones.to_vec(),
+            None => self.table.zones_with_condition(&key),
         };
-        let id = Identity {
-            zone,
-            device: "_drain".into(),
-            point: agent.to_string(),
-            rule: "agent-offline".into(),
-            kind: AlarmKind::Fault,
-            unit: None,
-            latching: false,
-        };
-        if severity.is_none() && !self.table.condition(&id.key()) {
-            return Output::default();
+        let mut events = Vec::new();
+        for zone in zones {
+            let id = Identity {
+                zone,
+                device: "_drain".into(),
+                point: agent.to_string(),
+                rule: "agent-offline".into(),
+                kind: AlarmKind::Fault,
+                unit: None,
+                latching: false,
+            };
+            let cond = Condition {
+                severity,
+                value: None,
+                threshold: None,
+                message: detail.to_string(),
+            };
+            events.extend(self.table.update(&id, cond, now));
         }
-        let cond = Condition {
-            severity,
-            value: None,
-            threshold: None,
-            message: detail.to_string(),
-        };
-        let events = self.table.update(&id, cond, now).into_iter().collect();
         self.finish(events, now, Vec::new())
     }
 
@@ -345,7 +357,10 @@ impl Engine {
         match name {
             "ack" => {
                 let c: AckCmd = parse(name, payload)?;
-                let events = self.table.ack(&c.alarm, now).map_err(|e| e.to_string())?;
+                let events = self
+                    .table
+                    .ack(&c.alarm, c.zone.as_deref(), now)
+                    .map_err(|e| e.to_string())?;
                 let n = events.len();
                 Ok((events, Some(format!("{n} alarm(s) acknowledged"))))
             }
@@ -369,7 +384,14 @@ impl Engine {
                 };
                 let ev = self
                     .table
-                    .shelve(&c.alarm, for_, self.cfg.alarms.max_shelve, &reason, now)
+                    .shelve(
+                        &c.alarm,
+                        c.zone.as_deref(),
+                        for_,
+                        self.cfg.alarms.max_shelve,
+                        &reason,
+                        now,
+                    )
                     .map_err(|e| e.to_string())?;
                 Ok((vec![ev], None))
             }
@@ -384,7 +406,7 @@ impl Engine {
                 };
                 let ev = self
                     .table
-                    .set_service(&c.alarm, out, now)
+                    .set_service(&c.alarm, c.zone.as_deref(), out, now)
                     .map_err(|e| e.to_string())?;
                 Ok((vec![ev], None))
             }
@@ -488,7 +510,7 @@ impl Engine {
                 message: m,
             },
             None => {
-                if !self.table.condition(&id.key()) {
+                if !self.table.condition_of(id) {
                     return None;
                 }
                 Condition {
@@ -762,13 +784,14 @@ impl Engine {
         for d in cfg.devices.iter().filter(|d| d.zone == zone) {
             let link_down = ["comm-loss", "exception"]
                 .iter()
-                .any(|r| self.table.condition(&format!("{}/_link/{r}", d.id)));
+                .any(|r| self.table.condition(zone, &format!("{}/_link/{r}", d.id)));
             for p in d.points.iter().filter(|p| DETECTOR_KINDS.contains(&p.kind)) {
                 detectors += 1;
                 if link_down
-                    || POINT_FAULTS
-                        .iter()
-                        .any(|r| self.table.condition(&format!("{}/{}/{r}", d.id, p.id)))
+                    || POINT_FAULTS.iter().any(|r| {
+                        self.table
+                            .condition(zone, &format!("{}/{}/{r}", d.id, p.id))
+                    })
                 {
                     faulted += 1;
                 }
@@ -784,7 +807,7 @@ impl Engine {
             latching: false,
         };
         let blind = detectors > 0 && faulted == detectors;
-        if !blind && !self.table.condition(&id.key()) {
+        if !blind && !self.table.condition_of(&id) {
             return;
         }
         let cond = Condition {
@@ -839,7 +862,7 @@ impl Engine {
                 latching: rule.latch,
             };
             let agreed = voters.len() >= v.need;
-            if !agreed && !self.table.condition(&id.key()) {
+            if !agreed && !self.table.condition_of(&id) {
                 continue;
             }
             let list = voters.iter().cloned().collect::<Vec<_>>().join(", ");
@@ -1051,6 +1074,84 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
         assert!(matches!(&out.messages[2], Outgoing::Zone(z) if z.level == Level::Emergency));
         let out = e.on_reading(&two_points(now, 0.0, 1.0));
         assert_eq!(out.events[1].state, AlarmState::Cleared);
+    }
+
+    /// Two zones with the same vote rule: each zone's vote is its own alarm. A quiet room-2
+    /// must never clear room-1's confirmed fire.
+    #[test]
+    fn each_zone_votes_for_itself() {
+        let text = VOTE_CFG.replace(
+            "[[rules]]\nid = \"offgas-high\"",
+            "[[devices]]\nid = \"rack-02\"\nzone = \"room-2\"\naddress = \"127.0.0.1:5021\"\n  [[devices.points]]\n  id = \"offgas\"\n  kind = \"offgas\"\n  address = 121\n  [[devices.points]]\n  id = \"smoke_stage\"\n  kind = \"smoke\"\n  address = 120\n[[rules]]\nid = \"offgas-high\"",
+        );
+        let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
+        let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+        let now = Now::system();
+        let fire = e.on_reading(&two_points(now, 50.0, 1.0));
+        let vote = fire
+            .events
+            .iter()
+            .find(|ev| ev.kind == AlarmKind::Vote)
+            .expect("room-1 confirms");
+        assert_eq!(
+            (vote.zone.as_str(), vote.state),
+            ("room-1", AlarmState::Active)
+        );
+        // room-2 reads quiet, then one sensor there alarms: room-1's vote stands.
+        let mut quiet = two_points(now, 0.0, 0.0);
+        quiet.device = 1;
+        let out = e.on_reading(&quiet);
+        assert!(out.events.is_empty(), "{:?}", out.events);
+        let mut one = two_points(now, 50.0, 0.0);
+        one.device = 1;
+        let out = e.on_reading(&one);
+        assert!(
+            out.events.iter().all(|ev| ev.kind != AlarmKind::Vote),
+            "{:?}",
+            out.events
+        );
+        let levels: Vec<(String, Level)> = e
+            .zone_statuses(now)
+            .into_iter()
+            .filter_map(|m| match m {
+                Outgoing::Zone(z) => Some((z.zone, z.level)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            levels,
+            [
+                ("room-1".to_string(), Level::Emergency),
+                ("room-2".to_string(), Level::Warning)
+            ]
+        );
+        // Both zones confirm: two vote alarms, one per zone, same key.
+        let mut both = two_points(now, 50.0, 1.0);
+        both.device = 1;
+        let out = e.on_reading(&both);
+        let vote = out
+            .events
+            .iter()
+            .find(|ev| ev.kind == AlarmKind::Vote)
+            .expect("room-2 confirms too");
+        assert_eq!(
+            (vote.zone.as_str(), vote.alarm.as_str()),
+            ("room-2", "_zone/_vote/confirmed-fire")
+        );
+        // room-1 calms down: only its vote clears.
+        let out = e.on_reading(&two_points(now, 0.0, 0.0));
+        let cleared: Vec<(&str, AlarmState)> = out
+            .events
+            .iter()
+            .filter(|ev| ev.kind == AlarmKind::Vote)
+            .map(|ev| (ev.zone.as_str(), ev.state))
+            .collect();
+        assert_eq!(cleared, [("room-1", AlarmState::Cleared)]);
+        assert_eq!(
+            e.alarms()
+                .active_severity_in("room-2", "_zone/_vote/confirmed-fire"),
+            Some(Severity::Emergency)
+        );
     }
 
     #[test]

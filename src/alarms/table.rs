@@ -36,11 +36,21 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// `device/point/rule`: the alarm's key in events, zone status and commands.
+    /// `device/point/rule`: the alarm's key in events, zone status and commands. A device's
+    /// alarms have keys of their own (a device is in one zone); the gateway's own alarms
+    /// (`_zone/_vote/{rule}`, `_zone/_detectors/all-faulted`, `_drain/{agent}/agent-offline`)
+    /// repeat the key in every zone, so the table holds alarms by zone and key.
     pub fn key(&self) -> String {
         format!("{}/{}/{}", self.device, self.point, self.rule)
     }
+
+    fn slot(&self) -> Slot {
+        (self.zone.clone(), self.key())
+    }
 }
+
+/// Where the table holds an alarm: (zone, key).
+type Slot = (String, String);
 
 /// What the rules say about an alarm right now.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,6 +126,10 @@ pub enum CommandError {
     Unknown(String),
     #[error("alarm {0:?} is at emergency: emergency alarms cannot be shelved")]
     Emergency(String),
+    #[error("alarm {key:?} exists in zones {}: add \"zone\" to say which", .zones.join(", "))]
+    Ambiguous { key: String, zones: Vec<String> },
+    #[error("no alarm {key:?} in zone {zone:?}")]
+    NotInZone { key: String, zone: String },
     #[error("shelving {key:?} for {} exceeds the maximum of {} (alarms.max_shelve)", humantime::format_duration(*.asked), humantime::format_duration(*.max))]
     TooLong {
         key: String,
@@ -132,7 +146,7 @@ pub const DEFAULT_CHATTER_PER_MINUTE: usize = 5;
 pub struct AlarmTable {
     site: String,
     gateway: String,
-    alarms: BTreeMap<String, Alarm>,
+    alarms: BTreeMap<Slot, Alarm>,
     last_seq: u64,
     chatter_per_minute: usize,
 }
@@ -154,7 +168,7 @@ impl AlarmTable {
     pub fn restore(site: &str, gateway: &str, snapshot: Snapshot) -> AlarmTable {
         let mut t = AlarmTable::new(site, gateway, snapshot.last_seq);
         for a in snapshot.alarms {
-            t.alarms.insert(a.identity.key(), a);
+            t.alarms.insert(a.identity.slot(), a);
         }
         t
     }
@@ -181,17 +195,51 @@ impl AlarmTable {
     }
 
     /// Forgets an alarm (its rule or device left the configuration).
-    pub fn remove(&mut self, key: &str) -> Option<Alarm> {
-        self.alarms.remove(key)
+    pub fn remove(&mut self, id: &Identity) -> Option<Alarm> {
+        self.alarms.remove(&id.slot())
+    }
+
+    /// The alarms an operator's command names: `key` in `zone`, or in whichever zone holds it.
+    fn named(&self, key: &str, zone: Option<&str>) -> Result<Vec<Slot>, CommandError> {
+        let found: Vec<Slot> = self
+            .alarms
+            .keys()
+            .filter(|(z, k)| k == key && zone.is_none_or(|want| want == z))
+            .cloned()
+            .collect();
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        Err(match zone {
+            Some(z) if self.alarms.keys().any(|(_, k)| k == key) => CommandError::NotInZone {
+                key: key.to_string(),
+                zone: z.to_string(),
+            },
+            _ => CommandError::Unknown(key.to_string()),
+        })
+    }
+
+    /// As [`AlarmTable::named`], for commands that must name exactly one alarm.
+    fn one(&self, key: &str, zone: Option<&str>) -> Result<Slot, CommandError> {
+        let mut found = self.named(key, zone)?;
+        if found.len() > 1 {
+            return Err(CommandError::Ambiguous {
+                key: key.to_string(),
+                zones: found.into_iter().map(|(z, _)| z).collect(),
+            });
+        }
+        found
+            .pop()
+            .ok_or_else(|| CommandError::Unknown(key.to_string()))
     }
 
     /// Applies a condition; returns the event if what the operator sees changed.
     pub fn update(&mut self, id: &Identity, cond: Condition, now: Now) -> Option<AlarmEvent> {
-        let key = id.key();
-        let a = match (self.alarms.get_mut(&key), cond.severity) {
+        let slot = id.slot();
+        let a = match (self.alarms.get_mut(&slot), cond.severity) {
             (None, None) => return None,
             (Some(a), _) => a,
-            (None, Some(s)) => self.alarms.entry(key.clone()).or_insert(Alarm {
+            (None, Some(s)) => self.alarms.entry(slot.clone()).or_insert(Alarm {
                 identity: id.clone(),
                 severity: s,
                 active: false,
@@ -252,14 +300,15 @@ impl AlarmTable {
             Some(n) => format!("{}; {n}", cond.message),
             None => cond.message,
         };
-        self.emit(&key, now)
+        self.emit(&slot, now)
     }
 
     /// Numbers and builds the event for the alarm's current state; forgets it if it is normal.
     /// `None` only for a key not in the table, which callers have just looked up.
-    fn emit(&mut self, key: &str, now: Now) -> Option<AlarmEvent> {
+    fn emit(&mut self, slot: &Slot, now: Now) -> Option<AlarmEvent> {
         let limit = self.chatter_per_minute;
-        let a = self.alarms.get_mut(key)?;
+        let a = self.alarms.get_mut(slot)?;
+        let key = &slot.1;
         self.last_seq += 1;
         let seq = self.last_seq;
         let minute_ago = now
@@ -303,31 +352,34 @@ impl AlarmTable {
             },
         };
         if a.forgettable() {
-            self.alarms.remove(key);
+            self.alarms.remove(slot);
         }
         Some(ev)
     }
 
-    /// Acknowledges one alarm, or every unacknowledged one with `"*"`.
-    pub fn ack(&mut self, key: &str, now: Now) -> Result<Vec<AlarmEvent>, CommandError> {
-        let keys: Vec<String> = if key == "*" {
+    /// Acknowledges one alarm, or every unacknowledged one with `"*"`; `zone` narrows either
+    /// (a gateway alarm's key names it in every zone, and without a zone all are acknowledged).
+    pub fn ack(
+        &mut self,
+        key: &str,
+        zone: Option<&str>,
+        now: Now,
+    ) -> Result<Vec<AlarmEvent>, CommandError> {
+        let slots: Vec<Slot> = if key == "*" {
             self.alarms
                 .iter()
-                .filter(|(_, a)| !a.acked)
-                .map(|(k, _)| k.clone())
+                .filter(|((z, _), a)| !a.acked && zone.is_none_or(|want| want == z))
+                .map(|(s, _)| s.clone())
                 .collect()
         } else {
-            match self.alarms.get(key) {
-                None => return Err(CommandError::Unknown(key.to_string())),
-                Some(a) if a.acked => return Ok(Vec::new()),
-                Some(_) => vec![key.to_string()],
-            }
+            self.named(key, zone)?
         };
         let mut events = Vec::new();
-        for k in keys {
-            let Some(a) = self.alarms.get_mut(&k) else {
+        for slot in slots {
+            let Some(a) = self.alarms.get_mut(&slot).filter(|a| !a.acked) else {
                 continue;
             };
+            let k = &slot.1;
             a.acked = true;
             if a.active && !a.condition {
                 // A latched alarm whose condition has gone clears on acknowledgement.
@@ -335,8 +387,8 @@ impl AlarmTable {
                 a.since = now.wall;
                 a.transitions.push_back(now.wall);
             }
-            a.message = format!("{} acknowledged", k);
-            events.extend(self.emit(&k, now));
+            a.message = format!("{k} acknowledged");
+            events.extend(self.emit(&slot, now));
         }
         Ok(events)
     }
@@ -345,14 +397,16 @@ impl AlarmTable {
     pub fn shelve(
         &mut self,
         key: &str,
+        zone: Option<&str>,
         for_: Duration,
         max: Duration,
         reason: &str,
         now: Now,
     ) -> Result<AlarmEvent, CommandError> {
+        let slot = self.one(key, zone)?;
         let a = self
             .alarms
-            .get_mut(key)
+            .get_mut(&slot)
             .ok_or_else(|| CommandError::Unknown(key.to_string()))?;
         if a.active && a.severity == Severity::Emergency {
             return Err(CommandError::Emergency(key.to_string()));
@@ -370,7 +424,7 @@ impl AlarmTable {
             "{key} shelved for {}: {reason}",
             humantime::format_duration(for_)
         );
-        self.emit(key, now)
+        self.emit(&slot, now)
             .ok_or_else(|| CommandError::Unknown(key.to_string()))
     }
 
@@ -378,54 +432,72 @@ impl AlarmTable {
     pub fn set_service(
         &mut self,
         key: &str,
+        zone: Option<&str>,
         out: Option<String>,
         now: Now,
     ) -> Result<AlarmEvent, CommandError> {
+        let slot = self.one(key, zone)?;
         let a = self
             .alarms
-            .get_mut(key)
+            .get_mut(&slot)
             .ok_or_else(|| CommandError::Unknown(key.to_string()))?;
         a.message = match &out {
             Some(r) => format!("{key} out of service: {r}"),
             None => format!("{key} back in service"),
         };
         a.out_of_service = out;
-        self.emit(key, now)
+        self.emit(&slot, now)
             .ok_or_else(|| CommandError::Unknown(key.to_string()))
     }
 
     /// Lifts shelves whose time is up; each lifted shelf is an event.
     pub fn expire(&mut self, now: Now) -> Vec<AlarmEvent> {
-        let due: Vec<String> = self
+        let due: Vec<Slot> = self
             .alarms
             .iter()
             .filter(|(_, a)| a.shelved_until.is_some_and(|t| t <= now.wall))
-            .map(|(k, _)| k.clone())
+            .map(|(s, _)| s.clone())
             .collect();
         let mut events = Vec::new();
-        for k in due {
-            if let Some(a) = self.alarms.get_mut(&k) {
+        for slot in due {
+            if let Some(a) = self.alarms.get_mut(&slot) {
                 a.shelved_until = None;
                 a.shelve_reason = None;
-                a.message = format!("{k} shelf expired");
-                events.extend(self.emit(&k, now));
+                a.message = format!("{} shelf expired", slot.1);
+                events.extend(self.emit(&slot, now));
             }
         }
         events
     }
 
-    /// Whether the alarm with this key is active, and at which severity.
-    pub fn active_severity(&self, key: &str) -> Option<Severity> {
+    /// Whether the alarm `key` of `zone` is active, and at which severity.
+    pub fn active_severity_in(&self, zone: &str, key: &str) -> Option<Severity> {
         self.alarms
-            .get(key)
+            .get(&(zone.to_string(), key.to_string()))
             .filter(|a| a.active)
             .map(|a| a.severity)
     }
 
-    /// Whether the alarm's rule condition is present (faults and votes use this, not `active`,
-    /// so a latched or shelved alarm does not change what the rules see).
-    pub fn condition(&self, key: &str) -> bool {
-        self.alarms.get(key).is_some_and(|a| a.condition)
+    /// Whether the rule condition of alarm `key` in `zone` is present (faults and votes use
+    /// this, not `active`, so a latched or shelved alarm does not change what the rules see).
+    pub fn condition(&self, zone: &str, key: &str) -> bool {
+        self.alarms
+            .get(&(zone.to_string(), key.to_string()))
+            .is_some_and(|a| a.condition)
+    }
+
+    /// As [`AlarmTable::condition`], for the alarm `id` names.
+    pub fn condition_of(&self, id: &Identity) -> bool {
+        self.alarms.get(&id.slot()).is_some_and(|a| a.condition)
+    }
+
+    /// The zones in which alarm `key` has its condition present.
+    pub fn zones_with_condition(&self, key: &str) -> Vec<String> {
+        self.alarms
+            .iter()
+            .filter(|((_, k), a)| k == key && a.condition)
+            .map(|((z, _), _)| z.clone())
+            .collect()
     }
 
     /// The alarms of one zone whose condition is present, with their severity.
@@ -455,10 +527,12 @@ impl AlarmTable {
         let mut shelved = Vec::new();
         let mut faults = 0;
         let mut unacknowledged = 0;
-        for (key, a) in &self.alarms {
-            if a.identity.zone != zone {
-                continue;
-            }
+        // Ordered by zone first: this zone's alarms are one run.
+        let of_zone = self
+            .alarms
+            .range((zone.to_string(), String::new())..)
+            .take_while(|((z, _), _)| z == zone);
+        for ((_, key), a) in of_zone {
             if !a.acked {
                 unacknowledged += 1;
             }
@@ -570,9 +644,16 @@ mod tests {
                 let evs: Vec<AlarmEvent> = match s {
                     Step::Raise(sev) => t.update(&a, cond(Some(*sev)), now).into_iter().collect(),
                     Step::Clear => t.update(&a, cond(None), now).into_iter().collect(),
-                    Step::Ack => t.ack(&key, now).unwrap_or_default(),
+                    Step::Ack => t.ack(&key, None, now).unwrap_or_default(),
                     Step::Shelve(secs) => t
-                        .shelve(&key, Duration::from_secs(*secs), max, "maintenance", now)
+                        .shelve(
+                            &key,
+                            None,
+                            Duration::from_secs(*secs),
+                            max,
+                            "maintenance",
+                            now,
+                        )
                         .into_iter()
                         .collect(),
                     Step::Tick(secs) => {
@@ -580,10 +661,10 @@ mod tests {
                         t.expire(now)
                     }
                     Step::TakeOutOfService => t
-                        .set_service(&key, Some("detector replaced".into()), now)
+                        .set_service(&key, None, Some("detector replaced".into()), now)
                         .into_iter()
                         .collect(),
-                    Step::InService => t.set_service(&key, None, now).into_iter().collect(),
+                    Step::InService => t.set_service(&key, None, None, now).into_iter().collect(),
                 };
                 evs.last().map(|e| e.detail.isa_state)
             })
@@ -712,20 +793,20 @@ mod tests {
         let max = Duration::from_secs(3600);
         let hour = Duration::from_secs(3600);
         assert_eq!(
-            t.shelve(&a.key(), hour, max, "x", now),
+            t.shelve(&a.key(), None, hour, max, "x", now),
             Err(CommandError::Emergency(a.key()))
         );
         assert_eq!(
-            t.shelve("rack-99/x/y", hour, max, "x", now),
+            t.shelve("rack-99/x/y", None, hour, max, "x", now),
             Err(CommandError::Unknown("rack-99/x/y".into()))
         );
         t.update(&a, cond(Some(Severity::Warning)), now);
         assert!(matches!(
-            t.shelve(&a.key(), hour * 2, max, "x", now),
+            t.shelve(&a.key(), None, hour * 2, max, "x", now),
             Err(CommandError::TooLong { .. })
         ));
         assert_eq!(
-            t.ack("rack-99/x/y", now),
+            t.ack("rack-99/x/y", None, now),
             Err(CommandError::Unknown("rack-99/x/y".into()))
         );
     }
@@ -744,10 +825,10 @@ mod tests {
             cond(Some(Severity::Critical)),
             now,
         );
-        let evs = t.ack("*", now).unwrap();
+        let evs = t.ack("*", None, now).unwrap();
         assert_eq!(evs.len(), 2);
         assert!(evs.iter().all(|e| e.acked && e.state == AlarmState::Active));
-        assert!(t.ack("*", now).unwrap().is_empty());
+        assert!(t.ack("*", None, now).unwrap().is_empty());
     }
 
     #[test]
@@ -801,6 +882,7 @@ mod tests {
         assert_eq!(t.zone_status("room-2", now).level, Level::Normal);
         t.shelve(
             "rack-01/_link/r",
+            None,
             Duration::from_secs(60),
             Duration::from_secs(60),
             "x",
@@ -818,11 +900,12 @@ mod tests {
         let mut t = AlarmTable::new("s", "gw", 0);
         let a = id("t", AlarmKind::Threshold);
         t.update(&a, cond(Some(Severity::Warning)), now);
-        t.ack(&a.key(), now).unwrap();
+        t.ack(&a.key(), None, now).unwrap();
         let b = id("u", AlarmKind::Threshold);
         t.update(&b, cond(Some(Severity::Warning)), now);
         t.shelve(
             &b.key(),
+            None,
             Duration::from_secs(60),
             Duration::from_secs(60),
             "x",
@@ -837,7 +920,60 @@ mod tests {
             r.update(&a, cond(Some(Severity::Warning)), now).is_none(),
             "not raised again"
         );
-        assert!(r.ack(&a.key(), now).unwrap().is_empty(), "ack kept");
+        assert!(r.ack(&a.key(), None, now).unwrap().is_empty(), "ack kept");
         assert_eq!(r.zone_status("room-1", now).shelved, vec![b.key()]);
+    }
+
+    #[test]
+    fn a_gateway_alarm_is_one_per_zone_and_commands_can_name_the_zone() {
+        let now = Now::system();
+        let mut t = AlarmTable::new("s", "gw", 0);
+        let vote = |zone: &str| Identity {
+            zone: zone.into(),
+            device: "_zone".into(),
+            point: "_vote".into(),
+            rule: "confirmed-fire".into(),
+            kind: AlarmKind::Vote,
+            unit: None,
+            latching: false,
+        };
+        let key = vote("room-1").key();
+        assert!(t
+            .update(&vote("room-1"), cond(Some(Severity::Critical)), now)
+            .is_some());
+        assert!(t
+            .update(&vote("room-2"), cond(Some(Severity::Critical)), now)
+            .is_some());
+        assert_eq!(t.zones_with_condition(&key), ["room-1", "room-2"]);
+        // Clearing one zone leaves the other.
+        let e = t.update(&vote("room-2"), cond(None), now).unwrap();
+        assert_eq!((e.zone.as_str(), e.state), ("room-2", AlarmState::Cleared));
+        assert!(t.condition("room-1", &key));
+        assert!(!t.condition("room-2", &key));
+        // A shelf must name one alarm.
+        let hour = Duration::from_secs(3600);
+        let err = t
+            .shelve(&key, None, hour, hour, "x", now)
+            .expect_err("ambiguous");
+        assert_eq!(
+            err.to_string(),
+            "alarm \"_zone/_vote/confirmed-fire\" exists in zones room-1, room-2: add \"zone\" to say which"
+        );
+        let e = t
+            .shelve(&key, Some("room-1"), hour, hour, "x", now)
+            .unwrap();
+        assert_eq!(e.zone, "room-1");
+        assert_eq!(
+            t.shelve(&key, Some("room-9"), hour, hour, "x", now)
+                .expect_err("not there")
+                .to_string(),
+            "no alarm \"_zone/_vote/confirmed-fire\" in zone \"room-9\""
+        );
+        // An ack without a zone acknowledges it wherever it waits.
+        let acked = t.ack(&key, None, now).unwrap();
+        let zones: Vec<&str> = acked.iter().map(|e| e.zone.as_str()).collect();
+        assert_eq!(zones, ["room-1", "room-2"]);
+        assert_eq!(t.zone_status("room-1", now).shelved, vec![key.clone()]);
+        assert!(t.zone_status("room-2", now).active.is_empty());
     }
 }

@@ -116,6 +116,10 @@ pub struct AgentFault {
     pub active: bool,
     pub severity: Severity,
     pub detail: String,
+    /// The gateway's zones whose drains the agent takes part in: those its presence last
+    /// named, or every zone when it never said (a missing agent is shown wherever it could
+    /// hold a drain up). Empty when `active` is false: it clears wherever it was raised.
+    pub zones: Vec<String>,
 }
 
 /// What one input produced.
@@ -631,6 +635,26 @@ impl Coordinator {
         }
     }
 
+    /// The gateway's zones `agent` serves, as its presence last said; all of them if unknown.
+    fn zones_served_by(&self, agent: &str) -> Vec<String> {
+        let said: Vec<String> = self
+            .presence
+            .get(agent)
+            .map(|p| {
+                p.zones
+                    .iter()
+                    .filter(|z| self.zones.contains(z))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if said.is_empty() {
+            self.zones.clone()
+        } else {
+            said
+        }
+    }
+
     /// Publishes `P/drain/readiness` when it changed, raising or clearing agent faults.
     fn check_readiness(&mut self, now: Now) -> Effects {
         let mut fx = Effects::default();
@@ -661,6 +685,7 @@ impl Coordinator {
                     active: true,
                     severity: Severity::Warning,
                     detail,
+                    zones: self.zones_served_by(a),
                 });
             }
         }
@@ -677,6 +702,7 @@ impl Coordinator {
                 agent: a,
                 active: false,
                 severity: Severity::Warning,
+                zones: Vec::new(),
             });
         }
         let current = (agents, missing);
@@ -697,6 +723,7 @@ impl Coordinator {
                     active: false,
                     severity: Severity::Warning,
                     detail: format!("drain agent {a} is online"),
+                    zones: Vec::new(),
                 });
             }
             self.readiness = Some(current);

@@ -429,7 +429,9 @@ fn a_missing_agent_is_a_warning_fault_and_shows_in_the_status() {
             agent: "k8s-b".into(),
             active: true,
             severity: Severity::Warning,
-            detail: "drain agent k8s-b is not announced: drains it takes part in will wait for their deadline".into()
+            detail: "drain agent k8s-b is not announced: drains it takes part in will wait for their deadline".into(),
+            // Never announced which zones it serves: shown in every zone it could hold up.
+            zones: vec!["room-1".into(), "room-2".into()],
         }]
     );
     let got = b.run(&Zone(Level::Critical, &["a"]));
@@ -438,11 +440,29 @@ fn a_missing_agent_is_a_warning_fault_and_shows_in_the_status() {
         .find(|(t, _)| t == "drain/room-1/status")
         .unwrap();
     assert_eq!(status.1["offline"], json!(["k8s-b"]));
-    // lb-1's last will: now it is missing too.
-    let got = b.run(&Presence("lb-1", "offline", &["room-1"]));
-    let r = got.iter().find(|(t, _)| t == "drain/readiness").unwrap();
-    assert_eq!(r.1["missing"], json!(["k8s-b", "lb-1"]));
-    assert_eq!(r.1["severity"], "warning");
+    // lb-1's last will: now it is missing too, in the zone it serves only.
+    let fx = b.c.on_inbound(
+        &format!("{P}/drain/agents/lb-1"),
+        br#"{"state":"offline","zones":["room-1"]}"#,
+        b.now(),
+    );
+    let lb = fx.faults.iter().find(|f| f.agent == "lb-1" && f.active);
+    assert_eq!(
+        lb.map(|f| f.zones.clone()),
+        Some(vec!["room-1".to_string()])
+    );
+    let r = fx
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            Outgoing::Message { topic, payload, .. } if topic.ends_with("readiness") => {
+                serde_json::from_slice::<Value>(payload).ok()
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(r["missing"], json!(["k8s-b", "lb-1"]));
+    assert_eq!(r["severity"], "warning");
     // Both back: the faults clear.
     b.run(&Presence("lb-1", "online", &["room-1"]));
     let fx = b.c.on_inbound(
