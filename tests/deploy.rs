@@ -95,3 +95,106 @@ async fn tells_systemd_ready_after_the_first_poll_and_pings_the_watchdog() {
     let ready = got.iter().position(|m| m.contains("READY=1"));
     assert_eq!(ready, Some(0), "READY comes first: {got:?}");
 }
+
+/// The next notification datagram within `within`.
+async fn next(sock: &tokio::net::UnixDatagram, within: std::time::Duration) -> Option<String> {
+    let mut buf = [0u8; 512];
+    match tokio::time::timeout(within, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+        _ => None,
+    }
+}
+
+/// The drain agent under `Type=notify` + `WatchdogSec=`: ready, then pinged, and still pinged
+/// while a hook runs longer than the watchdog interval (a hook is bounded by its own timeout;
+/// systemd must not kill an agent in the middle of draining a load balancer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_agent_keeps_pinging_the_watchdog_while_a_hook_runs() {
+    use common::*;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let broker = Mosquitto::start().await;
+    let config = dir.path().join("agent.toml");
+    let marker = dir.path().join("hook-started");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[site]
+id = "test-site"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+keep_alive = "5s"
+[storage]
+dir = '{dir}'
+[agent]
+id = "lb-1"
+zones = ["room-1"]
+drain = ["sh", "-c", "touch '{marker}'; sleep 6"]
+restore = ["true"]
+timeout = "30s"
+"#,
+            port = broker.port(),
+            dir = dir.path().display(),
+            marker = marker.display(),
+        ),
+    )
+    .expect("write agent config");
+    let mut acks = Subscriber::connect(broker.port(), "emberwatch/test-site/drain/#").await;
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+        .args(["drain-agent", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .env_remove("EMBERWATCH__MQTT__URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn drain-agent");
+    assert_eq!(
+        next(&sock, Duration::from_secs(15))
+            .await
+            .as_deref()
+            .map(str::trim_end),
+        Some("READY=1")
+    );
+    acks.expect_where(
+        "emberwatch/test-site/drain/agents/lb-1",
+        |j| j["state"] == "online",
+        Duration::from_secs(10),
+    )
+    .await;
+    publish(
+        broker.port(),
+        "emberwatch/test-site/drain/room-1/request",
+        br#"{"drain_id":"d-1","zone":"room-1","severity":"critical","reason":["x"],"requested_at":"2026-11-25T00:00:00Z","deadline":"2026-11-25T01:00:00Z"}"#,
+        true,
+    )
+    .await;
+    acks.expect_where(
+        "emberwatch/test-site/drain/room-1/ack/lb-1",
+        |j| j["state"] == "started",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(marker.exists(), "the hook is running");
+    // The hook sleeps 6 s; count pings in the next 4 s, all while it runs.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut pings = 0;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Some(m) = next(&sock, left).await {
+            pings += usize::from(m.contains("WATCHDOG=1"));
+        }
+    }
+    assert!(pings >= 2, "{pings} watchdog pings while the hook ran");
+    acks.expect_where(
+        "emberwatch/test-site/drain/room-1/ack/lb-1",
+        |j| j["state"] == "done",
+        Duration::from_secs(15),
+    )
+    .await;
+    let _ = agent.kill().await;
+}

@@ -15,7 +15,9 @@
 //! operators and the gateway see a missing agent before a fire, not during one.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -143,6 +145,19 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), AgentEr
         "emberwatch drain agent running"
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let pulse = Arc::new(WorkerPulse::new());
+    // Its own token: the loop below may also end because the link closed.
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = sd_notify::watchdog_enabled().map(|_| {
+        tokio::spawn(watch_over(
+            link.publisher.clone(),
+            pulse.clone(),
+            agent.timeout,
+            watchdog_stop.clone(),
+        ))
+    });
+    let mut beat = tokio::time::interval(mqtt::PULSE);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut worker = Worker {
         topics: Topics::new(&cfg),
         agent,
@@ -152,10 +167,15 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), AgentEr
         cancel: cancel.clone(),
     };
     loop {
+        pulse.idle();
         tokio::select! {
             () = cancel.cancelled() => break,
+            _ = beat.tick() => {}
             m = link.incoming.recv() => match m {
-                Some(m) => worker.on_message(m).await,
+                Some(m) => {
+                    pulse.busy();
+                    worker.on_message(m).await;
+                }
                 None => break,
             },
         }
@@ -163,7 +183,98 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), AgentEr
     // Acks already handed to the link are delivered, then the offline presence.
     link_cancel.cancel();
     link.closed().await;
+    watchdog_stop.cancel();
+    if let Some(task) = watchdog {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// What the watchdog knows of the worker loop: when it last came round, and since when it
+/// has been handling one message (running a hook, at most `timeout`, then acking).
+struct WorkerPulse {
+    epoch: Instant,
+    /// Milliseconds after `epoch`; `busy_since` is 0 while idle.
+    idle_at: AtomicU64,
+    busy_since: AtomicU64,
+}
+
+impl WorkerPulse {
+    fn new() -> WorkerPulse {
+        WorkerPulse {
+            epoch: Instant::now(),
+            idle_at: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn idle(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+        self.idle_at.store(self.ms(), Ordering::Relaxed);
+    }
+
+    fn busy(&self) {
+        self.busy_since.store(self.ms(), Ordering::Relaxed);
+    }
+
+    /// Why the worker looks hung, if it does: idle but not coming round for `STALL`, or busy
+    /// with one message for longer than a hook may run (`timeout`) plus `STALL`.
+    fn stalled(&self, timeout: Duration) -> Option<String> {
+        let now = self.ms();
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy > 0 {
+            let for_ = Duration::from_millis(now.saturating_sub(busy));
+            return (for_ > timeout + STALL).then(|| {
+                format!(
+                    "one drain message has been handled for {}s (hook timeout {}s)",
+                    for_.as_secs(),
+                    timeout.as_secs()
+                )
+            });
+        }
+        let quiet = Duration::from_millis(now.saturating_sub(self.idle_at.load(Ordering::Relaxed)));
+        (quiet > STALL)
+            .then(|| format!("the agent loop has not come round for {}s", quiet.as_secs()))
+    }
+}
+
+/// Hung, rather than busy or waiting for a broker, after this long.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Pings systemd's watchdog (`WatchdogSec=` in the unit) while the worker and every broker
+/// loop are alive. A hook that runs is not a hang: its own timeout bounds it, so the unit's
+/// WatchdogSec need not exceed the hook timeout.
+async fn watch_over(
+    publisher: Publisher,
+    pulse: Arc<WorkerPulse>,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stalled_links = publisher.stalled_links(STALL);
+        let worker = pulse.stalled(timeout);
+        if !stalled_links.is_empty() {
+            tracing::error!(brokers = ?stalled_links, "MQTT broker loop stopped running: withholding the watchdog ping");
+        }
+        if let Some(why) = &worker {
+            tracing::error!("{why}: withholding the watchdog ping");
+        }
+        if stalled_links.is_empty() && worker.is_none() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }
 }
 
 /// The agent's state and what it acts with; one message at a time, so hooks never overlap.
@@ -452,4 +563,48 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pulse as if the agent had started `secs` ago.
+    fn started_ago(secs: u64) -> WorkerPulse {
+        let mut p = WorkerPulse::new();
+        if let Some(earlier) = p.epoch.checked_sub(Duration::from_secs(secs)) {
+            p.epoch = earlier;
+        }
+        p
+    }
+
+    #[test]
+    fn a_running_hook_is_busy_not_hung_until_its_timeout_has_passed() {
+        let timeout = Duration::from_secs(120);
+        let p = started_ago(600);
+        p.idle();
+        assert_eq!(p.stalled(timeout), None);
+        // A hook started 100 s ago, within its 120 s timeout: not hung.
+        p.busy_since.store(p.ms() - 100_000, Ordering::Relaxed);
+        assert_eq!(p.stalled(timeout), None);
+        // Past its timeout and the slack: the worker is stuck.
+        p.busy_since.store(p.ms() - 200_000, Ordering::Relaxed);
+        assert_eq!(
+            p.stalled(timeout).as_deref(),
+            Some("one drain message has been handled for 200s (hook timeout 120s)")
+        );
+    }
+
+    #[test]
+    fn an_idle_loop_that_stops_coming_round_is_hung() {
+        let p = started_ago(600);
+        p.idle();
+        p.idle_at.store(p.ms() - 30_000, Ordering::Relaxed);
+        assert_eq!(
+            p.stalled(Duration::from_secs(60)).as_deref(),
+            Some("the agent loop has not come round for 30s")
+        );
+        p.idle();
+        assert_eq!(p.stalled(Duration::from_secs(60)), None);
+    }
 }
