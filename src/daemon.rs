@@ -632,24 +632,12 @@ mod tests {
 
     #[test]
     fn the_summary_says_how_each_device_is_read() {
-        let mut text = String::from(
-            r#"
+        // The harness's gateway (rack-01 over Modbus TCP) plus a line sensor.
+        let mut cfg = crate::mqtt::harness::config("mqtt://127.0.0.1:1883");
+        let text = r#"
 [site]
-id = "pangyo-a"
-gateway = "gw-b1"
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-[storage]
-dir = "/tmp/emberwatch-test"
-[[devices]]
-id = "rack-01"
-zone = "room-1"
-transport = "modbus-tcp"
-address = "127.0.0.1:5020"
-  [[devices.points]]
-  id = "cell_temp_max"
-  kind = "temperature"
-  address = 116
+id = "s"
+gateway = "gw"
 [[devices]]
 id = "h2-01"
 zone = "room-1"
@@ -660,13 +648,12 @@ timeout = "1s"
   [[devices.points]]
   id = "h2"
   kind = "hydrogen"
-"#,
-        );
-        text.push('\n');
-        let cfg = match Config::from_toml(&text, crate::config::Role::Gateway) {
+"#;
+        let lines = match Config::from_toml(text, crate::config::Role::Gateway) {
             Ok(c) => c,
             Err(p) => panic!("{p:?}"),
         };
+        cfg.devices.extend(lines.devices);
         let s = summary(&cfg);
         assert!(
             s.contains("device rack-01 (modbus-tcp, zone room-1): 1 points in 1 reads every 1s"),

@@ -451,16 +451,7 @@ fn a_missing_agent_is_a_warning_fault_and_shows_in_the_status() {
         lb.map(|f| f.zones.clone()),
         Some(vec!["room-1".to_string()])
     );
-    let r = fx
-        .messages
-        .iter()
-        .find_map(|m| match m {
-            Outgoing::Message { topic, payload, .. } if topic.ends_with("readiness") => {
-                serde_json::from_slice::<Value>(payload).ok()
-            }
-            _ => None,
-        })
-        .unwrap();
+    let r = readiness(&fx);
     assert_eq!(r["missing"], json!(["k8s-b", "lb-1"]));
     assert_eq!(r["severity"], "warning");
     // Both back: the faults clear.
@@ -471,8 +462,14 @@ fn a_missing_agent_is_a_warning_fault_and_shows_in_the_status() {
         b.now(),
     );
     assert!(fx.faults.iter().any(|f| f.agent == "k8s-b" && !f.active));
-    let r = fx
-        .messages
+    let r = readiness(&fx);
+    assert_eq!(r["missing"], json!([]));
+    assert!(r.get("severity").is_none());
+}
+
+/// The `P/drain/readiness` message among the effects.
+fn readiness(fx: &Effects) -> Value {
+    fx.messages
         .iter()
         .find_map(|m| match m {
             Outgoing::Message { topic, payload, .. } if topic.ends_with("readiness") => {
@@ -480,9 +477,7 @@ fn a_missing_agent_is_a_warning_fault_and_shows_in_the_status() {
             }
             _ => None,
         })
-        .unwrap();
-    assert_eq!(r["missing"], json!([]));
-    assert!(r.get("severity").is_none());
+        .expect("a readiness message")
 }
 
 #[test]
