@@ -7,6 +7,11 @@
 //!   8, 32 and 128 events per fsync, as an alarm storm hands them over).
 //! - delivery: reading back and acking (with a cursor commit per batch of 64) of everything
 //!   appended, as a broker link does after a reconnect.
+//! - memory: resident memory held for a full journal (events every broker confirmed, kept for
+//!   `cmd/replay` up to `storage.journal_max`, default 16 MB), live and after a restart.
+//!
+//! `cargo bench --bench outbox -- memory` runs one section (latency, throughput, delivery,
+//! memory); no argument runs them all.
 //!
 //! The directory is `EMBERWATCH_BENCH_DIR` or a temporary directory under `target/`, which is on
 //! the same file system as the project; tmpfs would measure nothing. Figures are printed with the
@@ -20,6 +25,10 @@ use emberwatch::outbox::{Entry, Kind, Options, Outbox};
 const BROKER: &str = "mqtt://127.0.0.1:1883";
 
 fn main() {
+    if let Some(dir) = std::env::var_os("EMBERWATCH_BENCH_OPEN") {
+        open_and_measure(Path::new(&dir));
+        return;
+    }
     let base = std::env::var_os("EMBERWATCH_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
@@ -29,11 +38,105 @@ fn main() {
     }
     println!("machine: {}", machine());
     println!("directory: {} ({})", base.display(), filesystem(&base));
-    latency(&base, 2000);
-    for batch in [1, 8, 32, 128] {
-        throughput(&base, batch, Duration::from_secs(3));
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let all = which.is_empty();
+    let wants = |s: &str| all || which.iter().any(|w| w == s);
+    if wants("latency") {
+        latency(&base, 2000);
     }
-    delivery(&base, 20_000);
+    if wants("throughput") {
+        for batch in [1, 8, 32, 128] {
+            throughput(&base, batch, Duration::from_secs(3));
+        }
+    }
+    if wants("delivery") {
+        delivery(&base, 20_000);
+    }
+    if wants("memory") {
+        memory(&base);
+    }
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn memory(base: &Path) {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let (dir, mut o) = fresh(base);
+    let before = rss();
+    // Events in batches of 32, each confirmed by the broker: the journal fills to its bound.
+    let mut seq = 0u64;
+    let mut payload = 0u64;
+    while o.pressure().bytes < 15 << 20 {
+        let entries: Vec<Entry> = (0..32).map(|i| event(seq + i + 1)).collect();
+        seq += 32;
+        let records = match o.append(entries) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        };
+        for r in &records {
+            payload += r.payload.len() as u64;
+            let _ = o.ack(BROKER, r.pos);
+        }
+        if let Err(e) = o.commit() {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+    let live = rss().saturating_sub(before);
+    let resident = o.resident_payload_bytes();
+    let replayed = o.replay_from(1).map_or(0, |r| r.events.len());
+    let disk = o.pressure().bytes;
+    drop(o);
+    // A restart, in a fresh process so that freed pages of this one do not hide the cost.
+    let restart = std::process::Command::new(std::env::current_exe().unwrap_or_default())
+        .env("EMBERWATCH_BENCH_OPEN", dir.path())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    println!(
+        "memory for a full journal ({seq} confirmed events, {:.1} MB on disk, {:.1} MB of \
+         payload, {:.1} MB of it resident; replay finds {replayed}): +{:.1} MB resident while \
+         appending, +{} after opening it in a new process",
+        mb(disk),
+        mb(payload),
+        mb(resident),
+        mb(live),
+        restart.map_or("?".to_string(), |b| format!("{:.1} MB", mb(b)))
+    );
+}
+
+/// In the child process of [`memory`]: opens the outbox in `dir` and prints the resident
+/// memory it added, in bytes.
+fn open_and_measure(dir: &Path) {
+    let before = rss();
+    let opts = Options::new(256 << 20, 16 << 20, Duration::from_secs(7 * 24 * 3600));
+    match Outbox::open(dir, opts, &[BROKER.to_string()]) {
+        Ok(o) => {
+            println!("{}", rss().saturating_sub(before));
+            drop(o);
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn fresh(base: &Path) -> (tempfile::TempDir, Outbox) {

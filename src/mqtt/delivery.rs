@@ -412,43 +412,52 @@ impl Feed {
                     )),
                 },
             ),
-            Ok(req) => {
-                let replay = lock(&self.durable.outbox).replay_from(req.from_seq);
-                let n = replay.events.len();
-                let mut reason = match (replay.events.first(), replay.events.last()) {
-                    (Some(a), Some(b)) => {
-                        format!(
-                            "republished {n} event(s), seq {}..={}, on {}",
-                            a.seq, b.seq, req.reply_to
-                        )
-                    }
-                    _ => format!("no event with seq >= {} is held", req.from_seq),
-                };
-                if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq) {
-                    reason.push_str(&format!(
-                        "; events before seq {oldest} are no longer held (storage.journal_max, journal_max_age)"
-                    ));
-                }
-                let events = replay
-                    .events
-                    .iter()
-                    .map(|r| Publication {
-                        topic: req.reply_to.clone(),
-                        payload: r.payload.clone(),
-                        qos: QoS::AtLeastOnce,
-                        retain: false,
-                        class: Class::Durable,
-                    })
-                    .collect();
-                (
-                    events,
+            Ok(req) => match lock(&self.durable.outbox).replay_from(req.from_seq) {
+                Err(e) => (
+                    Vec::new(),
                     CommandResult {
                         command: "replay".into(),
-                        ok: true,
-                        reason: Some(reason),
+                        ok: false,
+                        reason: Some(format!("cannot read the journal: {e}")),
                     },
-                )
-            }
+                ),
+                Ok(replay) => {
+                    let n = replay.events.len();
+                    let mut reason = match (replay.events.first(), replay.events.last()) {
+                        (Some(a), Some(b)) => {
+                            format!(
+                                "republished {n} event(s), seq {}..={}, on {}",
+                                a.seq, b.seq, req.reply_to
+                            )
+                        }
+                        _ => format!("no event with seq >= {} is held", req.from_seq),
+                    };
+                    if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq) {
+                        reason.push_str(&format!(
+                        "; events before seq {oldest} are no longer held (storage.journal_max, journal_max_age)"
+                    ));
+                    }
+                    let events = replay
+                        .events
+                        .iter()
+                        .map(|r| Publication {
+                            topic: req.reply_to.clone(),
+                            payload: r.payload.clone(),
+                            qos: QoS::AtLeastOnce,
+                            retain: false,
+                            class: Class::Durable,
+                        })
+                        .collect();
+                    (
+                        events,
+                        CommandResult {
+                            command: "replay".into(),
+                            ok: true,
+                            reason: Some(reason),
+                        },
+                    )
+                }
+            },
         };
         match Publication::encode(topics, &Outgoing::CommandResult(result)) {
             Ok(p) => out.push(p),

@@ -29,6 +29,10 @@ pub enum OutboxError {
     /// An earlier write or fsync failed; see the first error.
     #[error("{path}: an earlier write or fsync failed; the outbox refuses further writes until restarted")]
     Poisoned { path: PathBuf },
+    /// A record confirmed by every broker (its payload no longer in memory) is not in its
+    /// segment file any more.
+    #[error("{path}: record at position {pos} is missing from its segment")]
+    Missing { path: PathBuf, pos: u64 },
     /// A cursor was asked for by a broker the outbox was not opened with.
     #[error("outbox: no cursor for broker {0:?}")]
     UnknownBroker(String),

@@ -86,11 +86,17 @@ pub(crate) struct Scan {
 
 /// Reads every record out of a segment's bytes, skipping damage.
 pub(crate) fn scan(bytes: &[u8]) -> Scan {
+    scan_from(bytes, 0)
+}
+
+/// As [`scan`], but records before position `payload_from` come without their payload
+/// (checked all the same): what every broker has is not copied into memory at start-up.
+pub(crate) fn scan_from(bytes: &[u8], payload_from: u64) -> Scan {
     let mut scan = Scan::default();
     let mut at = 0usize;
     let mut bad_since: Option<(usize, &'static str)> = None;
     while at < bytes.len() {
-        match decode_at(bytes, at) {
+        match decode_at(bytes, at, payload_from) {
             Ok((record, size)) => {
                 if let Some((from, reason)) = bad_since.take() {
                     scan.damage.push(Damage {
@@ -124,7 +130,7 @@ pub(crate) fn scan(bytes: &[u8]) -> Scan {
 }
 
 /// Decodes the record starting at `at`; returns it and its framed size, or why it is not one.
-fn decode_at(bytes: &[u8], at: usize) -> Result<(Record, usize), &'static str> {
+fn decode_at(bytes: &[u8], at: usize, payload_from: u64) -> Result<(Record, usize), &'static str> {
     let rest = &bytes[at..];
     if rest.len() < HEADER {
         return Err("short header");
@@ -152,7 +158,11 @@ fn decode_at(bytes: &[u8], at: usize) -> Result<(Record, usize), &'static str> {
         return Err("topic runs past the record");
     };
     let topic = std::str::from_utf8(topic).map_err(|_| "topic is not UTF-8")?;
-    let payload = body[FIXED_BODY + tlen..].to_vec();
+    let payload = if pos < payload_from {
+        Vec::new()
+    } else {
+        body[FIXED_BODY + tlen..].to_vec()
+    };
     Ok((
         Record {
             pos,

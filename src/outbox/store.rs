@@ -1,11 +1,13 @@
 //! The outbox's files: segments appended and fsynced, recovered after a crash, trimmed once
 //! every broker has them and the journal no longer needs them, compacted when over the bound.
 //!
-//! Every record still on disk is also held in memory (the disk use is bounded by
-//! `storage.outbox_max`, so memory is too), so delivery and replay never read files; the files
-//! are only written, and read once at start-up.
+//! Every record still on disk is also held in memory, so delivery never reads files. Once
+//! every broker has confirmed a record, only its header stays in memory: the journal kept for
+//! `cmd/replay` (up to `storage.journal_max`, 16 MB by default) would otherwise cost its size
+//! again in RAM, on gateways that have little. Replay, and compaction of a segment holding such
+//! records, read them back from the segment file.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,14 +18,20 @@ use super::cursor::{self, sync_dir};
 use super::frame;
 use super::{Entry, Kind, Options, OutboxError, Record};
 
+/// Segments read back from disk, by id, then by position.
+type Loaded = HashMap<u64, HashMap<u64, Arc<Record>>>;
+
 /// A record held, and where it lives.
 #[derive(Debug)]
 struct Held {
+    /// Without its payload once `evicted`.
     record: Arc<Record>,
     /// The id of the segment file holding it.
     segment: u64,
     /// Framed size on disk.
     size: u64,
+    /// Every broker has it: the payload was dropped from memory (the segment file has it).
+    evicted: bool,
 }
 
 #[derive(Debug)]
@@ -95,11 +103,26 @@ pub struct Outbox {
     /// While over the bound with nothing to drop, compaction is retried only once the outbox
     /// has grown by another segment, not on every append.
     retry_bound_at: u64,
+    /// Payloads below this position are evicted (see [`Outbox::evict_confirmed`]).
+    evicted_below: u64,
 }
 
 fn now_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A record without its payload: what is held once every broker has it.
+fn header(r: &Record) -> Record {
+    Record {
+        pos: r.pos,
+        kind: r.kind,
+        seq: r.seq,
+        time_ms: r.time_ms,
+        topic: r.topic.clone(),
+        retain: r.retain,
+        payload: Vec::new(),
+    }
 }
 
 fn segment_name(id: u64) -> String {
@@ -139,6 +162,35 @@ impl Outbox {
         }
         ids.sort_unstable();
 
+        // Cursors first: what every broker already has is held without its payload from the
+        // start (a new broker starts where the slowest one is, so the same bound holds).
+        let mut stored = BTreeMap::new();
+        let wanted: BTreeSet<String> = brokers.iter().map(|b| cursor::file_name(b)).collect();
+        for name in list(&cursor_dir)? {
+            let path = cursor_dir.join(&name);
+            if name.ends_with(".cursor.tmp") || !wanted.contains(&name) {
+                if name.ends_with(".cursor") {
+                    tracing::info!(
+                        "outbox: {} is for a broker no longer configured; removed",
+                        path.display()
+                    );
+                }
+                remove(&path)?;
+                continue;
+            }
+            match cursor::read(&path) {
+                Ok(Some(pos)) => {
+                    stored.insert(name, pos);
+                }
+                Ok(None) => {}
+                Err(reason) => tracing::warn!(
+                    "outbox: {}: {reason}; this broker gets everything still held again",
+                    path.display()
+                ),
+            }
+        }
+        let evict_below = stored.values().min().copied().unwrap_or(0);
+
         let mut held = VecDeque::new();
         let mut segments = BTreeMap::new();
         let mut last_pos: Option<u64> = None;
@@ -151,7 +203,7 @@ impl Outbox {
                 op: "read",
                 source,
             })?;
-            let scan = frame::scan(&bytes);
+            let scan = frame::scan_from(&bytes, evict_below);
             for d in &scan.damage {
                 let tail = d.offset + d.len == bytes.len() as u64;
                 tracing::warn!(
@@ -197,10 +249,12 @@ impl Outbox {
                     seg.events += 1;
                     latest_seq = latest_seq.max(Some(r.seq));
                 }
+                let evicted = r.pos < evict_below;
                 held.push_back(Held {
                     record: Arc::new(r),
                     segment: id,
                     size: f.size,
+                    evicted,
                 });
             }
             let is_last = i + 1 == ids.len();
@@ -213,31 +267,6 @@ impl Outbox {
         }
 
         // Positions never go back: past every record, every segment name and every cursor.
-        let mut stored = BTreeMap::new();
-        let wanted: BTreeSet<String> = brokers.iter().map(|b| cursor::file_name(b)).collect();
-        for name in list(&cursor_dir)? {
-            let path = cursor_dir.join(&name);
-            if name.ends_with(".cursor.tmp") || !wanted.contains(&name) {
-                if name.ends_with(".cursor") {
-                    tracing::info!(
-                        "outbox: {} is for a broker no longer configured; removed",
-                        path.display()
-                    );
-                }
-                remove(&path)?;
-                continue;
-            }
-            match cursor::read(&path) {
-                Ok(Some(pos)) => {
-                    stored.insert(name, pos);
-                }
-                Ok(None) => {}
-                Err(reason) => tracing::warn!(
-                    "outbox: {}: {reason}; this broker gets everything still held again",
-                    path.display()
-                ),
-            }
-        }
         let next_pos = [
             last_pos.map(|p| p + 1),
             segments.keys().next_back().copied(),
@@ -314,6 +343,7 @@ impl Outbox {
             over_bound: false,
             dropped: 0,
             retry_bound_at: 0,
+            evicted_below: evict_below,
         };
         outbox.commit()?;
         if outbox.total_bytes > outbox.opts.max_bytes {
@@ -402,6 +432,7 @@ impl Outbox {
                 record: r.clone(),
                 segment: id,
                 size,
+                evicted: false,
             });
         }
         if self.total_bytes > self.opts.max_bytes && self.total_bytes >= self.retry_bound_at {
@@ -419,13 +450,82 @@ impl Outbox {
     }
 
     /// Up to `max` records at or after position `pos`, in order: what a broker link sends next.
+    /// Links read from their own cursor, where nothing is evicted; a record that is (a reader
+    /// behind every cursor) is read back from its segment, or left out if that fails.
     pub fn read_from(&self, pos: u64, max: usize) -> Vec<Arc<Record>> {
         let start = self.held.partition_point(|h| h.record.pos < pos);
+        let mut loaded = Loaded::default();
         self.held
             .range(start..)
             .take(max)
-            .map(|h| h.record.clone())
+            .filter_map(|h| match self.full(h, &mut loaded) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!("outbox: {e}; record at position {} left out", h.record.pos);
+                    None
+                }
+            })
             .collect()
+    }
+
+    /// `h`'s record with its payload: as held, or read back from its segment (cached in
+    /// `loaded` per segment, so a run of evicted records reads each file once).
+    fn full(&self, h: &Held, loaded: &mut Loaded) -> Result<Arc<Record>, OutboxError> {
+        if !h.evicted {
+            return Ok(h.record.clone());
+        }
+        let records = match loaded.entry(h.segment) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_segment(h.segment)?),
+        };
+        records
+            .get(&h.record.pos)
+            .cloned()
+            .ok_or_else(|| OutboxError::Missing {
+                path: self.dir.join(segment_name(h.segment)),
+                pos: h.record.pos,
+            })
+    }
+
+    /// Every record in segment `id`, by position, as read from its file.
+    fn load_segment(&self, id: u64) -> Result<HashMap<u64, Arc<Record>>, OutboxError> {
+        let path = self.dir.join(segment_name(id));
+        let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
+            path: path.clone(),
+            op: "read",
+            source,
+        })?;
+        Ok(frame::scan(&bytes)
+            .records
+            .into_iter()
+            .map(|f| (f.record.pos, Arc::new(f.record)))
+            .collect())
+    }
+
+    /// Drops from memory the payloads every broker has confirmed (see the module docs).
+    fn evict_confirmed(&mut self) {
+        let Some(slowest) = self.cursors.values().map(|c| c.next).min() else {
+            return;
+        };
+        let from = self
+            .held
+            .partition_point(|h| h.record.pos < self.evicted_below);
+        let to = self.held.partition_point(|h| h.record.pos < slowest);
+        for h in self.held.range_mut(from..to.max(from)) {
+            if !h.evicted {
+                h.record = Arc::new(header(&h.record));
+                h.evicted = true;
+            }
+        }
+        self.evicted_below = self.evicted_below.max(slowest);
+    }
+
+    /// Payload bytes held in memory (the bench and tests watch this).
+    pub fn resident_payload_bytes(&self) -> u64 {
+        self.held
+            .iter()
+            .map(|h| h.record.payload.len() as u64)
+            .sum()
     }
 
     /// `broker` acknowledged the record at `pos` (its PUBACK arrived). The cursor moves past
@@ -474,6 +574,7 @@ impl Outbox {
         if any || self.over_bound {
             self.trim(SystemTime::now())?;
         }
+        self.evict_confirmed();
         Ok(())
     }
 
@@ -512,9 +613,11 @@ impl Outbox {
         Ok(())
     }
 
-    /// Journaled alarm events with `seq >= from`, for `cmd/replay`.
-    pub fn replay_from(&self, from: u64) -> Replay {
+    /// Journaled alarm events with `seq >= from`, for `cmd/replay`; those every broker has
+    /// are read back from their segment files.
+    pub fn replay_from(&self, from: u64) -> Result<Replay, OutboxError> {
         let mut replay = Replay::default();
+        let mut loaded = Loaded::default();
         for h in &self.held {
             let r = &h.record;
             if r.kind != Kind::Event {
@@ -522,11 +625,11 @@ impl Outbox {
             }
             replay.oldest_seq = Some(replay.oldest_seq.map_or(r.seq, |o: u64| o.min(r.seq)));
             if r.seq >= from {
-                replay.events.push(r.clone());
+                replay.events.push(self.full(h, &mut loaded)?);
             }
         }
         replay.events.sort_by_key(|r| r.seq);
-        replay
+        Ok(replay)
     }
 
     /// The highest alarm event `seq` ever held (carried by the status heartbeat, so a gap at the
@@ -738,11 +841,40 @@ impl Outbox {
                 newest_ms: 0,
                 last_pos: None,
             };
+            // Evicted records are rewritten from the file they are in. If it cannot be read
+            // back whole, this segment is left as it is (over the bound, never short).
+            let from_disk = if self.held.iter().any(|h| h.segment == id && h.evicted) {
+                match self.load_segment(id) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!("outbox: {e}; not compacting this segment");
+                        continue;
+                    }
+                }
+            } else {
+                HashMap::new()
+            };
+            if let Some(h) = self
+                .held
+                .iter()
+                .find(|h| h.segment == id && h.evicted && !from_disk.contains_key(&h.record.pos))
+            {
+                tracing::error!(
+                    "outbox: {}: record at position {} is no longer readable; not compacting this segment",
+                    path.display(),
+                    h.record.pos
+                );
+                continue;
+            }
             for h in self.held.iter_mut().filter(|h| h.segment == id) {
                 if drop.contains(&h.record.pos) {
                     continue;
                 }
-                h.size = frame::encode(&h.record, &mut buf) as u64;
+                let full = match from_disk.get(&h.record.pos) {
+                    Some(r) if h.evicted => r,
+                    _ => &h.record,
+                };
+                h.size = frame::encode(full, &mut buf) as u64;
                 kept.records += 1;
                 kept.last_pos = Some(h.record.pos);
                 kept.newest_ms = kept.newest_ms.max(h.record.time_ms);

@@ -334,20 +334,20 @@ fn the_journal_answers_replay_and_is_bounded_by_age() {
         o.append_at(vec![event(s), zone("room-1", s)], t0).unwrap();
     }
     assert_eq!(
-        seqs(&o.replay_from(25).events),
+        seqs(&o.replay_from(25).unwrap().events),
         (25..=40).collect::<Vec<_>>()
     );
-    assert_eq!(o.replay_from(25).oldest_seq, Some(10));
-    assert!(o.replay_from(41).events.is_empty());
+    assert_eq!(o.replay_from(25).unwrap().oldest_seq, Some(10));
+    assert!(o.replay_from(41).unwrap().events.is_empty());
     // Delivered everywhere: the journal still holds it for replay.
     for r in o.read_from(0, usize::MAX) {
         o.ack(A, r.pos).unwrap();
     }
     o.commit().unwrap();
-    assert_eq!(o.replay_from(0).oldest_seq, Some(10));
+    assert_eq!(o.replay_from(0).unwrap().oldest_seq, Some(10));
     // Two minutes later the sealed segments have aged out; the active one stays.
     o.trim(t0 + Duration::from_secs(120)).unwrap();
-    let r = o.replay_from(0);
+    let r = o.replay_from(0).unwrap();
     assert!(r.oldest_seq.is_some_and(|s| s > 10), "{:?}", r.oldest_seq);
     assert_eq!(r.events.last().map(|e| e.seq), Some(40));
     assert_eq!(o.latest_seq(), Some(40));
@@ -370,7 +370,7 @@ fn the_journal_is_bounded_by_size() {
     o.commit().unwrap();
     let p = o.pressure();
     assert!(p.bytes <= 4 * 1024 + 2 * 1024, "{p:?}");
-    let oldest = o.replay_from(0).oldest_seq.unwrap();
+    let oldest = o.replay_from(0).unwrap().oldest_seq.unwrap();
     assert!(oldest > 1 && oldest < 300, "{oldest}");
     // Positions continue after a restart even though early segments are gone.
     drop(o);
@@ -451,4 +451,43 @@ fn a_failed_write_is_fatal_and_not_retried() {
     let again = o.append(vec![event(1)]).unwrap_err();
     assert!(matches!(again, OutboxError::Poisoned { .. }), "{again}");
     assert!(o.commit().unwrap_err().is_fatal());
+}
+
+#[test]
+fn confirmed_payloads_leave_memory_and_come_back_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options {
+        max_bytes: 8 << 10,
+        segment_bytes: 64 << 10,
+        journal_max_bytes: 1 << 20,
+        journal_max_age: Duration::from_secs(3600),
+    };
+    let mut o = Outbox::open(dir.path(), small.clone(), &[A.to_string()]).unwrap();
+    let first = o.append((1..=5).map(event).collect()).unwrap();
+    let payloads: Vec<Vec<u8>> = first.iter().map(|r| r.payload.clone()).collect();
+    let whole = |records: &[std::sync::Arc<Record>]| -> Vec<Vec<u8>> {
+        records.iter().map(|r| r.payload.clone()).collect()
+    };
+    assert!(o.resident_payload_bytes() > 0);
+    for r in &first {
+        o.ack(A, r.pos).unwrap();
+    }
+    o.commit().unwrap();
+    assert_eq!(o.resident_payload_bytes(), 0, "every broker has them");
+    assert_eq!(whole(&o.replay_from(1).unwrap().events), payloads);
+    assert_eq!(whole(&o.read_from(0, 5)), payloads, "read back if asked");
+    // Unconfirmed statuses pile up in the same segment until compaction rewrites it, with the
+    // evicted events read back from the file.
+    let mut n = 0;
+    while o.pressure().dropped == 0 {
+        n += 1;
+        assert!(n < 1000, "never compacted: {:?}", o.pressure());
+        o.append(vec![zone("room-1", n)]).unwrap();
+    }
+    assert_eq!(whole(&o.replay_from(1).unwrap().events), payloads);
+    drop(o);
+    let o = Outbox::open(dir.path(), small, &[A.to_string()]).unwrap();
+    assert_eq!(whole(&o.replay_from(1).unwrap().events), payloads);
+    let pending = o.read_from(o.cursor(A).unwrap(), usize::MAX);
+    assert!(!pending.is_empty() && pending.iter().all(|r| !r.payload.is_empty()));
 }
