@@ -60,8 +60,10 @@ status=0
 cargo test --locked --no-fail-fast "$@" || status=$?
 
 # The Debian package, installed and started on this machine (root only: it installs a package,
-# then purges it). Skipped when arguments narrow the run to some tests.
+# then purges it), then installed on a fresh Debian booted with systemd in a container and run as
+# a service (root only: debootstrap, systemd-nspawn). Skipped when arguments narrow the run.
 if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && have apt-get; then
     bash scripts/package-test.sh || status=$?
+    bash scripts/install-test.sh || status=$?
 fi
 exit "$status"
