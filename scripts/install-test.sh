@@ -46,6 +46,15 @@ fail() {
     exit 1
 }
 ok() { passed=$((passed + 1)); say "ok: $*"; }
+# The machine, not the package, cannot do this (no mirror, no container): say so loudly and
+# skip, rather than fail every other test's submission on an outage of the Debian mirror.
+# Everything the package itself does is a failure.
+skip_env() {
+    say "SKIPPED: $* — this machine cannot run the install test; scripts/package-test.sh"
+    say "SKIPPED:   still covered the package on the machine itself"
+    [ -f "$dir/console.log" ] && tail -n 20 "$dir/console.log" >&2
+    exit 0
+}
 
 # Polls "$@" until it succeeds, for at most $1 seconds.
 until_ok() {
@@ -95,8 +104,9 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null || skip_env "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null \
+        || skip_env "cannot install ${missing[*]}"
 fi
 if ! command -v cargo-deb >/dev/null 2>&1; then
     say "installing cargo-deb from crates.io"
@@ -104,7 +114,8 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
 fi
 step "tools ready"
 
-deb=$(cargo deb 2>/dev/null | tail -n 1)
+# scripts/test.sh builds the package once for both install tests (EMBERWATCH_DEB).
+deb=${EMBERWATCH_DEB:-$(cargo deb 2>/dev/null | tail -n 1)}
 [ -f "$deb" ] || fail "cargo deb produced no package ($deb)"
 deb=$(realpath "$deb")
 step "built $deb"
@@ -117,7 +128,7 @@ if [ -z "$(find "$base" -mtime -7 2>/dev/null)" ]; then
     rm -f "$dir"/*.tar
     say "debootstrap $suite from $mirror (--variant=minbase --include=$include)"
     debootstrap --variant=minbase --include="$include" "$suite" "$root" "$mirror" \
-        >"$dir/debootstrap.log" 2>&1 || { tail -n 20 "$dir/debootstrap.log" >&2; fail "debootstrap failed"; }
+        >"$dir/debootstrap.log" 2>&1 || { tail -n 20 "$dir/debootstrap.log" >&2; skip_env "debootstrap from $mirror failed"; }
     tar -C "$root" -cf "$base.tmp" . && mv "$base.tmp" "$base"
     step "debootstrap done"
 else
@@ -132,15 +143,15 @@ fi
 systemd-nspawn -D "$root" -M "$machine" -b --register=no --keep-unit --private-network \
     --bind-ro="$(dirname "$deb")":/mnt/pkg --console=read-only </dev/null >"$dir/console.log" 2>&1 &
 nspawn=$!
-until_ok 20 pgrep -P "$nspawn" || fail "systemd-nspawn started no container"
+until_ok 20 pgrep -P "$nspawn" || skip_env "systemd-nspawn started no container"
 leader=$(pgrep -P "$nspawn")
 booted() {
     case $(inside systemctl is-system-running 2>/dev/null) in running | degraded) return 0 ;; esac
     return 1
 }
-until_ok 90 booted || fail "the container's systemd did not finish booting in 90 s"
+until_ok 90 booted || skip_env "the container's systemd did not finish booting in 90 s"
 state=$(inside systemctl is-system-running || true)
-[ "$(inside cat /proc/1/comm)" = systemd ] || fail "PID 1 in the container is not systemd"
+[ "$(inside cat /proc/1/comm)" = systemd ] || skip_env "PID 1 in the container is not systemd"
 if [ "$state" != running ]; then
     say "note: the container booted $state:"
     inside systemctl --failed --no-pager >&2 || true
@@ -153,6 +164,8 @@ step "boot done"
 # part of a minimal Debian.
 inside env DEBIAN_FRONTEND=noninteractive apt-get install -y "/mnt/pkg/$(basename "$deb")" \
     >"$dir/apt.log" 2>&1 || { cat "$dir/apt.log" >&2; fail "apt-get install of the package failed"; }
+grep -i 'warning' "$dir/apt.log" | grep -iv 'apt does not have a stable CLI' >&2 \
+    && fail "installing the package printed warnings (above)"
 inside systemctl cat emberwatch.service >/dev/null || fail "systemd does not know emberwatch.service after install"
 [ "$(inside systemctl is-active emberwatch)" = inactive ] || fail "the package started the service before the operator configured it"
 ok "installed; the unit is known to systemd and not started"

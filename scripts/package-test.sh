@@ -18,7 +18,8 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version "^3" >&2
 fi
 
-deb=$(cargo deb 2>/dev/null | tail -n 1)
+# scripts/test.sh builds the package once for both install tests (EMBERWATCH_DEB).
+deb=${EMBERWATCH_DEB:-$(cargo deb 2>/dev/null | tail -n 1)}
 [ -f "$deb" ] || fail "cargo deb produced no package ($deb)"
 say "built $deb"
 

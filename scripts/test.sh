@@ -63,6 +63,15 @@ cargo test --locked --no-fail-fast "$@" || status=$?
 # then purges it), then installed on a fresh Debian booted with systemd in a container and run as
 # a service (root only: debootstrap, systemd-nspawn). Skipped when arguments narrow the run.
 if [ "$#" -eq 0 ] && [ "$(id -u)" -eq 0 ] && have apt-get; then
+    if ! command -v cargo-deb >/dev/null 2>&1; then
+        cargo install cargo-deb --locked --version "^3" >&2
+    fi
+    # One build of the package for both: cargo deb repacks it every time it runs.
+    deb=$(cargo deb 2>/dev/null | tail -n 1) || true
+    if [ -f "$deb" ]; then
+        export EMBERWATCH_DEB
+        EMBERWATCH_DEB=$(realpath "$deb")
+    fi
     bash scripts/package-test.sh || status=$?
     bash scripts/install-test.sh || status=$?
 fi

@@ -122,6 +122,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
         snapshot.last_seq = seq;
     }
     let last_seq = snapshot.last_seq;
+    // The heartbeat reports it even when the journal that held it has aged out.
+    durable.note_seq(last_seq);
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();

@@ -159,6 +159,11 @@ impl Durable {
         lock(&self.outbox).latest_seq()
     }
 
+    /// See [`Outbox::note_seq`].
+    pub fn note_seq(&self, seq: u64) {
+        lock(&self.outbox).note_seq(seq);
+    }
+
     /// A link's view of the outbox, from `broker`'s cursor.
     pub(crate) fn feed(self: &Arc<Self>, broker: &str) -> Feed {
         let next = lock(&self.outbox).cursor(broker).unwrap_or_else(|e| {
@@ -376,7 +381,9 @@ impl Feed {
         GatewayStatus::Online {
             version: version.to_string(),
             started_at: started_at.to_string(),
-            seq,
+            // 0 until this gateway's first event ever: always present, so a subscriber can
+            // compare it with the last event it has.
+            seq: Some(seq.unwrap_or(0)),
             outbox: Some(OutboxHealth {
                 bytes: p.bytes,
                 max: p.max,

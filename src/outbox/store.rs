@@ -638,6 +638,14 @@ impl Outbox {
         self.latest_seq
     }
 
+    /// Tells the outbox the last `seq` the alarm state used: after the journal aged out (or
+    /// on a fresh outbox under an old state), the heartbeat must still report it.
+    pub fn note_seq(&mut self, seq: u64) {
+        if seq > 0 {
+            self.latest_seq = self.latest_seq.max(Some(seq));
+        }
+    }
+
     /// The position the next record will get.
     pub fn next_pos(&self) -> u64 {
         self.next_pos

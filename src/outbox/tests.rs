@@ -491,3 +491,16 @@ fn confirmed_payloads_leave_memory_and_come_back_from_disk() {
     let pending = o.read_from(o.cursor(A).unwrap(), usize::MAX);
     assert!(!pending.is_empty() && pending.iter().all(|r| !r.payload.is_empty()));
 }
+
+#[test]
+fn the_latest_seq_survives_an_aged_out_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = open(dir.path(), &[A]);
+    assert_eq!(o.latest_seq(), None);
+    // The alarm state says 41 events were raised, long ago; the journal holds none of them.
+    o.note_seq(41);
+    assert_eq!(o.latest_seq(), Some(41));
+    o.append(vec![event(42)]).unwrap();
+    o.note_seq(41);
+    assert_eq!(o.latest_seq(), Some(42), "never goes back");
+}
