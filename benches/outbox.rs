@@ -7,11 +7,13 @@
 //!   8, 32 and 128 events per fsync, as an alarm storm hands them over).
 //! - delivery: reading back and acking (with a cursor commit per batch of 64) of everything
 //!   appended, as a broker link does after a reconnect.
+//! - lock: how long a broker link waits for the outbox lock while appends fsync, with the whole
+//!   append under the lock and with the write and fsync outside it.
 //! - memory: resident memory held for a full journal (events every broker confirmed, kept for
 //!   `cmd/replay` up to `storage.journal_max`, default 16 MB), live and after a restart.
 //!
 //! `cargo bench --bench outbox -- memory` runs one section (latency, throughput, delivery,
-//! memory); no argument runs them all.
+//! memory, lock); no argument runs them all.
 //!
 //! The directory is `EMBERWATCH_BENCH_DIR` or a temporary directory under `target/`, which is on
 //! the same file system as the project; tmpfs would measure nothing. Figures are printed with the
@@ -58,6 +60,67 @@ fn main() {
     if wants("memory") {
         memory(&base);
     }
+    if wants("lock") {
+        lock_wait(&base, Duration::from_secs(3), false);
+        lock_wait(&base, Duration::from_secs(3), true);
+    }
+}
+
+/// How long a broker link waits for the outbox lock while the writer appends one event at a
+/// time back to back: with the whole append under the lock (as before), and with only the
+/// staging and the bookkeeping under it (write and fsync outside, as the daemon does now).
+fn lock_wait(base: &Path, for_: Duration, staged: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (_dir, o) = fresh(base);
+    let o = Arc::new(Mutex::new(o));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (o, stop) = (o.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let lock = || o.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if staged {
+                    let st = lock().stage(vec![event(seq)], std::time::SystemTime::now());
+                    if let Ok(Some(mut st)) = st {
+                        let written = st.write();
+                        let _ = lock().finish(st, written);
+                    }
+                } else {
+                    let _ = lock().append(vec![event(seq)]);
+                }
+            }
+            seq
+        })
+    };
+    // The link: every millisecond, take the lock and look at what is new, as a feed does.
+    let mut waits = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < for_ {
+        let t = Instant::now();
+        let g = o.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        waits.push(t.elapsed().as_secs_f64() * 1e3);
+        let _ = g.next_pos();
+        drop(g);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let appends = writer.join().unwrap_or(0);
+    waits.sort_by(f64::total_cmp);
+    println!(
+        "a link's wait for the outbox lock during back-to-back appends ({}; {appends} appends): \
+         p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+        if staged {
+            "write + fsync outside the lock"
+        } else {
+            "whole append under the lock"
+        },
+        percentile(&waits, 50.0),
+        percentile(&waits, 99.0),
+        waits.last().copied().unwrap_or(0.0)
+    );
 }
 
 /// Resident memory of this process, in bytes (Linux).

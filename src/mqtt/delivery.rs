@@ -197,6 +197,28 @@ impl Durable {
     }
 }
 
+/// One durable append. The outbox is locked to stage the records and again to publish
+/// them, but not while they are written and fsynced: broker links keep reading and acking
+/// meanwhile, so an alarm already on disk is not held up by the next one's fsync (on an SD
+/// card, hundreds of milliseconds). Returns the outbox's next position.
+fn append(outbox: &Mutex<Outbox>, entries: Vec<Entry>) -> Result<u64, OutboxError> {
+    let staged = lock(outbox).stage(entries, SystemTime::now())?;
+    let Some(mut staged) = staged else {
+        return Ok(lock(outbox).next_pos());
+    };
+    let written = staged.write();
+    let mut o = lock(outbox);
+    o.finish(staged, written)?;
+    Ok(o.next_pos())
+}
+
+/// Persists the cursors that moved, with their fsyncs outside the lock, as [`append`].
+fn commit(outbox: &Mutex<Outbox>) -> Result<(), OutboxError> {
+    let writes = lock(outbox).take_cursor_writes()?;
+    let written = writes.write();
+    lock(outbox).cursors_written(&writes, written)
+}
+
 /// The writer thread: appends batches (everything queued when it wakes is one fsync), commits
 /// cursors every [`COMMIT_EVERY`], ages the journal every [`TRIM_EVERY`].
 fn write_loop(
@@ -229,20 +251,16 @@ fn write_loop(
                     .collect();
                 let result = match &dead {
                     Some(reason) => Err(reason.clone()),
-                    None => {
-                        let mut o = lock(outbox);
-                        match o.append(entries) {
-                            Ok(_) => {
-                                appended.send_replace(o.next_pos());
-                                Ok(())
-                            }
-                            Err(e) => {
-                                drop(o);
-                                fail(e, &mut dead);
-                                Err(dead.clone().unwrap_or_default())
-                            }
+                    None => match append(outbox, entries) {
+                        Ok(next) => {
+                            appended.send_replace(next);
+                            Ok(())
                         }
-                    }
+                        Err(e) => {
+                            fail(e, &mut dead);
+                            Err(dead.clone().unwrap_or_default())
+                        }
+                    },
                 };
                 for r in batch {
                     let _ = r.done.send(result.clone());
@@ -253,8 +271,7 @@ fn write_loop(
         }
         if dead.is_none() && last_commit.elapsed() >= COMMIT_EVERY {
             last_commit = Instant::now();
-            let r = lock(outbox).commit();
-            if let Err(e) = r {
+            if let Err(e) = commit(outbox) {
                 fail(e, &mut dead);
             }
         }
@@ -267,7 +284,7 @@ fn write_loop(
         }
     }
     if dead.is_none() {
-        if let Err(e) = lock(outbox).commit() {
+        if let Err(e) = commit(outbox) {
             tracing::error!("outbox: final cursor commit: {e}");
         }
     }

@@ -31,7 +31,7 @@ mod tests;
 use std::time::Duration;
 
 pub use error::OutboxError;
-pub use store::{Outbox, Pressure, Replay};
+pub use store::{CursorWrites, Outbox, Pressure, Replay, Staged};
 
 /// What a record is; decides what may be dropped when the outbox is over its bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -18,6 +18,52 @@ use super::cursor::{self, sync_dir};
 use super::frame;
 use super::{Entry, Kind, Options, OutboxError, Record};
 
+/// An append between [`Outbox::stage`] and [`Outbox::finish`].
+#[derive(Debug)]
+pub struct Staged {
+    /// The active segment, opened for append (a second handle on it).
+    file: File,
+    path: PathBuf,
+    offset: u64,
+    segment: u64,
+    buf: Vec<u8>,
+    records: Vec<Arc<Record>>,
+    sizes: Vec<u64>,
+}
+
+impl Staged {
+    /// Writes and fsyncs the records: the slow part of an append, done without the lock.
+    pub fn write(&mut self) -> Result<(), OutboxError> {
+        let fail = |op, source| OutboxError::Durability {
+            path: self.path.clone(),
+            offset: self.offset,
+            op,
+            source,
+        };
+        self.file
+            .write_all(&self.buf)
+            .map_err(|e| fail("write", e))?;
+        self.file.sync_data().map_err(|e| fail("fsync", e))
+    }
+}
+
+/// Cursor files to write, from [`Outbox::take_cursor_writes`].
+#[derive(Debug)]
+pub struct CursorWrites {
+    dir: PathBuf,
+    writes: Vec<(PathBuf, u64)>,
+}
+
+impl CursorWrites {
+    /// Writes each cursor file (temporary file, fsync, rename, directory fsync).
+    pub fn write(&self) -> Result<(), OutboxError> {
+        for (path, pos) in &self.writes {
+            cursor::write(&self.dir, path, *pos)?;
+        }
+        Ok(())
+    }
+}
+
 /// Segments read back from disk, by id, then by position.
 type Loaded = HashMap<u64, HashMap<u64, Arc<Record>>>;
 
@@ -364,22 +410,41 @@ impl Outbox {
         entries: Vec<Entry>,
         now: SystemTime,
     ) -> Result<Vec<Arc<Record>>, OutboxError> {
+        match self.stage(entries, now)? {
+            None => Ok(Vec::new()),
+            Some(mut staged) => {
+                let written = staged.write();
+                self.finish(staged, written)
+            }
+        }
+    }
+
+    /// The first third of an append, done under the caller's lock: encodes `entries` at the
+    /// next positions (sealing the active segment first if it is full). Nothing is visible
+    /// until [`Outbox::finish`]; the slow part, [`Staged::write`], needs no access to the
+    /// outbox, so broker links can go on reading and acking while the disk syncs. One append
+    /// at a time: the next `stage` comes after this one's `finish`.
+    pub fn stage(
+        &mut self,
+        entries: Vec<Entry>,
+        now: SystemTime,
+    ) -> Result<Option<Staged>, OutboxError> {
         if self.poisoned {
             return Err(self.poisoned_error());
         }
         if entries.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if self.active_bytes() >= self.opts.segment_bytes {
             self.rotate()?;
         }
         let time_ms = now_ms(now);
         let mut buf = Vec::new();
-        let mut out = Vec::with_capacity(entries.len());
+        let mut records = Vec::with_capacity(entries.len());
         let mut sizes = Vec::with_capacity(entries.len());
         for e in entries {
             let record = Record {
-                pos: self.next_pos + out.len() as u64,
+                pos: self.next_pos + records.len() as u64,
                 kind: e.kind,
                 seq: e.seq,
                 time_ms,
@@ -388,31 +453,56 @@ impl Outbox {
                 payload: e.payload,
             };
             sizes.push(frame::encode(&record, &mut buf) as u64);
-            out.push(Arc::new(record));
+            records.push(Arc::new(record));
         }
-        let offset = self.active_bytes();
         let path = self.active_path();
-        if let Err(source) = self.active.write_all(&buf) {
+        let file = match self.active.try_clone() {
+            Ok(f) => f,
+            Err(source) => {
+                return Err(OutboxError::Io {
+                    path,
+                    op: "duplicate the segment handle",
+                    source,
+                })
+            }
+        };
+        Ok(Some(Staged {
+            file,
+            path,
+            offset: self.active_bytes(),
+            segment: self.active_id,
+            buf,
+            records,
+            sizes,
+        }))
+    }
+
+    /// The last third of an append, under the lock again: with the write and fsync done, the
+    /// records are held, counted and handed out; if either failed, the outbox is poisoned.
+    pub fn finish(
+        &mut self,
+        staged: Staged,
+        written: Result<(), OutboxError>,
+    ) -> Result<Vec<Arc<Record>>, OutboxError> {
+        if let Err(e) = written {
             self.poisoned = true;
-            return Err(OutboxError::Durability {
-                path,
-                offset,
-                op: "write",
-                source,
-            });
+            return Err(e);
         }
-        if let Err(source) = self.active.sync_data() {
+        let Staged {
+            buf,
+            records: out,
+            sizes,
+            segment: id,
+            ..
+        } = staged;
+        if out.first().map(|r| r.pos) != Some(self.next_pos) || id != self.active_id {
+            // Another append came in between: positions would repeat. Never happens with one
+            // writer; refuse rather than corrupt the order.
             self.poisoned = true;
-            return Err(OutboxError::Durability {
-                path,
-                offset,
-                op: "fsync",
-                source,
-            });
+            return Err(self.poisoned_error());
         }
         self.next_pos += out.len() as u64;
         self.total_bytes += buf.len() as u64;
-        let id = self.active_id;
         if let Some(seg) = self.segments.get_mut(&id) {
             seg.bytes += buf.len() as u64;
             for r in &out {
@@ -557,21 +647,43 @@ impl Outbox {
     /// Persists the cursors that moved and deletes the segments nobody needs any more. A crash
     /// before this only means redelivery of what was acked since the last commit.
     pub fn commit(&mut self) -> Result<(), OutboxError> {
+        let writes = self.take_cursor_writes()?;
+        let written = writes.write();
+        self.cursors_written(&writes, written)
+    }
+
+    /// The cursors that moved since they were last written, to be written by
+    /// [`CursorWrites::write`] without the caller's lock (three fsyncs each), then reported
+    /// with [`Outbox::cursors_written`].
+    pub fn take_cursor_writes(&mut self) -> Result<CursorWrites, OutboxError> {
         if self.poisoned {
             return Err(self.poisoned_error());
         }
-        let mut any = false;
+        let mut writes = Vec::new();
         for c in self.cursors.values_mut() {
             if c.dirty {
-                if let Err(e) = cursor::write(&self.cursor_dir, &c.path, c.next) {
-                    self.poisoned = true;
-                    return Err(e);
-                }
+                writes.push((c.path.clone(), c.next));
                 c.dirty = false;
-                any = true;
             }
         }
-        if any || self.over_bound {
+        Ok(CursorWrites {
+            dir: self.cursor_dir.clone(),
+            writes,
+        })
+    }
+
+    /// After the cursor files were written (or not: then the outbox is poisoned, as for any
+    /// failed fsync), deletes what the journal no longer needs and drops confirmed payloads.
+    pub fn cursors_written(
+        &mut self,
+        writes: &CursorWrites,
+        written: Result<(), OutboxError>,
+    ) -> Result<(), OutboxError> {
+        if let Err(e) = written {
+            self.poisoned = true;
+            return Err(e);
+        }
+        if !writes.writes.is_empty() || self.over_bound {
             self.trim(SystemTime::now())?;
         }
         self.evict_confirmed();

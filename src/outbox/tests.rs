@@ -504,3 +504,29 @@ fn the_latest_seq_survives_an_aged_out_journal() {
     o.note_seq(41);
     assert_eq!(o.latest_seq(), Some(42), "never goes back");
 }
+
+#[test]
+fn a_staged_append_is_invisible_until_finished_and_links_work_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = open(dir.path(), &[A]);
+    let first = o.append(vec![event(1)]).unwrap();
+    let mut staged = o
+        .stage(vec![event(2), event(3)], SystemTime::now())
+        .unwrap()
+        .expect("something to write");
+    // While the disk syncs (no lock held in the daemon), a link reads and acks what is
+    // already durable, and its cursor is committed; the staged records are not handed out.
+    assert_eq!(seqs(&o.read_from(0, 10)), [1]);
+    o.ack(A, first[0].pos).unwrap();
+    let writes = o.take_cursor_writes().unwrap();
+    o.cursors_written(&writes, writes.write()).unwrap();
+    assert_eq!(o.latest_seq(), Some(1));
+    let written = staged.write();
+    let records = o.finish(staged, written).unwrap();
+    assert_eq!(records.iter().map(|r| r.pos).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(seqs(&o.read_from(o.cursor(A).unwrap(), 10)), [2, 3]);
+    drop(o);
+    let o = open(dir.path(), &[A]);
+    assert_eq!(o.cursor(A).unwrap(), 1);
+    assert_eq!(seqs(&o.read_from(0, 10)), [1, 2, 3]);
+}
