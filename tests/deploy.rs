@@ -180,7 +180,12 @@ timeout = "30s"
         Duration::from_secs(10),
     )
     .await;
-    assert!(marker.exists(), "the hook is running");
+    // `started` is acked as the hook is spawned; its first command follows shortly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the hook never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The hook sleeps 6 s; count pings in the next 4 s, all while it runs.
     let until = Instant::now() + Duration::from_secs(4);
     let mut pings = 0;

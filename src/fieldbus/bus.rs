@@ -26,8 +26,10 @@ use crate::fieldbus::{span_points, LinkError, PointReading, Reading, SpanAnswer}
 
 /// After a failed exchange the line must be quiet this long (not just 3.5 characters) before the
 /// next request: a slave that answers a little after its timeout would otherwise have that late
-/// answer read as the reply to the next request for the same registers.
-pub const SETTLE_AFTER_FAILURE: Duration = Duration::from_millis(50);
+/// answer read as the reply to the next request for the same registers. Long enough to cover
+/// a slave that overshoots its answer by a scheduling hiccup (on the slave, a device server or
+/// this host); failures are rare, so the wait costs little.
+pub const SETTLE_AFTER_FAILURE: Duration = Duration::from_millis(100);
 
 /// Where a bus is reached. Devices with equal endpoints share one owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -543,8 +545,9 @@ mod tests {
         assert!(total >= 124, "the bus idled: {polls:?}");
     }
 
-    /// A fake slave behind a TCP "device server": answers the first request late (just after
-    /// the timeout) with 111, every later one at once with 222.
+    /// A fake slave behind a TCP "device server": answers the first request late with 111
+    /// (150 ms after it: ~45 ms after the 100 ms timeout, ~55 ms before the settle time ends,
+    /// margins that hold on a loaded machine), every later one at once with 222.
     async fn late_slave() -> (String, tokio::task::JoinHandle<()>) {
         use crate::decode::Table;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -560,7 +563,7 @@ mod tests {
             while s.read_exact(&mut req).await.is_ok() {
                 let value = if first { 111 } else { 222 };
                 if first {
-                    tokio::time::sleep(Duration::from_millis(130)).await;
+                    tokio::time::sleep(Duration::from_millis(150)).await;
                 }
                 first = false;
                 let f = frame::reply_frame(req[0], Table::Holding, &Payload::Words(vec![value]));
