@@ -34,6 +34,9 @@ step() { say "$1 ($(($(now) - step_start)) s)"; step_start=$(now); }
 
 # Runs a command inside the booted container (all of its namespaces, its root).
 inside() { nsenter -t "$leader" -a "$@"; }
+# Whether the service's journal has a line containing $1. journald may write a line a moment
+# after systemd acted on it, so checks poll this with until_ok.
+in_journal() { inside journalctl -u emberwatch --no-pager | grep -qF "$1"; }
 
 fail() {
     say "FAILED: $*"
@@ -188,7 +191,7 @@ show() { inside systemctl show -p "$1" --value emberwatch; }
 [ "$(show NRestarts)" = 0 ] || fail "NRestarts=$(show NRestarts)"
 [ "$(show WatchdogUSec)" = 30s ] || fail "WatchdogUSec=$(show WatchdogUSec)"
 # READY came from the daemon once every device answered, not from its 30 s fallback.
-inside journalctl -u emberwatch --no-pager | grep -q 'every device answered: ready' \
+until_ok 10 in_journal 'every device answered: ready' \
     || fail "no 'every device answered: ready' in the journal (start took $took s)"
 ok "systemctl enable --now returned in $took s: active/running, Type=notify, NRestarts=0, WatchdogUSec=30s"
 
@@ -215,7 +218,7 @@ offline() { status | grep -q '"state":"offline"'; }
 until_ok 20 offline || fail "a frozen gateway's status did not go offline (last will): $(status)"
 restarted() { [ "$(show NRestarts)" = 1 ]; }
 until_ok 60 restarted || fail "the watchdog did not restart the frozen daemon (NRestarts=$(show NRestarts))"
-inside journalctl -u emberwatch --no-pager | grep -q 'Watchdog timeout' || fail "no 'Watchdog timeout' in the journal"
+until_ok 10 in_journal 'Watchdog timeout' || fail "no 'Watchdog timeout' in the journal"
 back() { [ "$(show ActiveState)" = active ] && status | grep -q '"state":"online"' && [ "$(status)" != "$first" ]; }
 until_ok 30 back || fail "not back online after the watchdog restart: $(show ActiveState) $(status)"
 ok "a frozen daemon went offline, was restarted by the watchdog (NRestarts=1) and came back online"
@@ -228,10 +231,9 @@ after=$(status)
 echo "$after" | grep -q '"state":"offline"' || fail "retained status after stop is not offline: $after"
 ok "systemctl stop exited 0 (Result=success); retained status: $after"
 
-journal=$(inside journalctl -u emberwatch --no-pager)
 for line in 'configuration OK: site pangyo-a, gateway gw-b1' 'emberwatch running site=pangyo-a' \
     'Started emberwatch.service' 'disconnected cleanly' 'Stopped emberwatch.service'; do
-    echo "$journal" | grep -qF "$line" || fail "no '$line' in the journal"
+    until_ok 10 in_journal "$line" || fail "no '$line' in the journal"
 done
 ok "the journal has the config check, the daemon's start, its clean disconnect and systemd's lines"
 
