@@ -35,8 +35,10 @@ step() { say "$1 ($(($(now) - step_start)) s)"; step_start=$(now); }
 # Runs a command inside the booted container (all of its namespaces, its root).
 inside() { nsenter -t "$leader" -a "$@"; }
 # Whether the service's journal has a line containing $1. journald may write a line a moment
-# after systemd acted on it, so checks poll this with until_ok.
-in_journal() { inside journalctl -u emberwatch --no-pager | grep -qF "$1"; }
+# after systemd acted on it, so checks poll this with until_ok. (grep reads to the end: with
+# -q it would quit at the first match, journalctl would die of SIGPIPE, and pipefail would
+# call that a failure.)
+in_journal() { inside journalctl -u emberwatch --no-pager | grep -F "$1" >/dev/null; }
 
 fail() {
     say "FAILED: $*"
@@ -90,7 +92,7 @@ cleanup() {
         wait "$nspawn" 2>/dev/null || true
     fi
     unmount_root
-    if findmnt -rn -o TARGET | grep -qF "$root"; then
+    if findmnt -rn -o TARGET | grep -F "$root" >/dev/null; then
         say "still mounted under $root; left in place"
     else
         rm -rf "$root"
