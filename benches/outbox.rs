@@ -19,6 +19,9 @@
 //! the same file system as the project; tmpfs would measure nothing. Figures are printed with the
 //! machine and file system; nothing here asserts a time.
 
+mod common;
+use common::{machine, percentile};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -312,28 +315,6 @@ fn delivery(base: &Path, n: u64) {
         "replay + ack with a cursor commit per 64: {:.0} events/s ({delivered} events in {secs:.2} s)",
         delivered as f64 / secs
     );
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
 }
 
 /// The file system type and device of `path`, from /proc/mounts (longest matching mount).
