@@ -5,6 +5,7 @@
 //! clock (a wall-clock step from NTP must not shorten an on-delay); timestamps in payloads come from
 //! the wall clock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// A moment, seen on both clocks.
@@ -31,6 +32,52 @@ impl Now {
             mono: self.mono + d,
             wall: self.wall + d,
         }
+    }
+}
+
+/// When a long-running loop last showed it was alive, readable from another task or thread
+/// without a lock: the loop marks it, a supervisor (the systemd watchdog) asks how long ago.
+#[derive(Debug)]
+pub struct Pulse {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last mark.
+    at_ms: AtomicU64,
+}
+
+impl Default for Pulse {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pulse {
+    /// Marked now.
+    pub fn new() -> Pulse {
+        Pulse {
+            epoch: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// As if last marked `ago` (tests of stalls).
+    #[cfg(test)]
+    pub fn marked_ago(ago: Duration) -> Pulse {
+        let now = Instant::now();
+        Pulse {
+            epoch: now.checked_sub(ago).unwrap_or(now),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn mark(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last mark.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
     }
 }
 

@@ -15,9 +15,9 @@
 //! operators and the gateway see a missing agent before a fire, not during one.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use super::hook;
 use super::messages::{
     Ack, AckState, Action, Cancelled, Presence, PresenceState, Request, RequestMessage,
 };
+use crate::clock::Pulse;
 use crate::config::{Agent, Config};
 use crate::mqtt::{self, Inbound, LinkOptions, Outgoing, Publisher, Topics};
 use crate::storage::{JsonStore, StoreError};
@@ -145,7 +146,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), AgentEr
         "emberwatch drain agent running"
     );
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let pulse = Arc::new(WorkerPulse::new());
+    let pulse = Arc::new(WorkerPulse::default());
     // Its own token: the loop below may also end because the link closed.
     let watchdog_stop = CancellationToken::new();
     let watchdog = sd_notify::watchdog_enabled().map(|_| {
@@ -192,44 +193,29 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), AgentEr
 
 /// What the watchdog knows of the worker loop: when it last came round, and since when it
 /// has been handling one message (running a hook, at most `timeout`, then acking).
+#[derive(Default)]
 struct WorkerPulse {
-    epoch: Instant,
-    /// Milliseconds after `epoch`; `busy_since` is 0 while idle.
-    idle_at: AtomicU64,
-    busy_since: AtomicU64,
+    idle: Pulse,
+    busy: Pulse,
+    is_busy: AtomicBool,
 }
 
 impl WorkerPulse {
-    fn new() -> WorkerPulse {
-        WorkerPulse {
-            epoch: Instant::now(),
-            idle_at: AtomicU64::new(0),
-            busy_since: AtomicU64::new(0),
-        }
-    }
-
-    fn ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
     fn idle(&self) {
-        self.busy_since.store(0, Ordering::Relaxed);
-        self.idle_at.store(self.ms(), Ordering::Relaxed);
+        self.is_busy.store(false, Ordering::Release);
+        self.idle.mark();
     }
 
     fn busy(&self) {
-        self.busy_since.store(self.ms(), Ordering::Relaxed);
+        self.busy.mark();
+        self.is_busy.store(true, Ordering::Release);
     }
 
     /// Why the worker looks hung, if it does: idle but not coming round for `STALL`, or busy
     /// with one message for longer than a hook may run (`timeout`) plus `STALL`.
     fn stalled(&self, timeout: Duration) -> Option<String> {
-        let now = self.ms();
-        let busy = self.busy_since.load(Ordering::Relaxed);
-        if busy > 0 {
-            let for_ = Duration::from_millis(now.saturating_sub(busy));
+        if self.is_busy.load(Ordering::Acquire) {
+            let for_ = self.busy.silent_for();
             return (for_ > timeout + STALL).then(|| {
                 format!(
                     "one drain message has been handled for {}s (hook timeout {}s)",
@@ -238,7 +224,7 @@ impl WorkerPulse {
                 )
             });
         }
-        let quiet = Duration::from_millis(now.saturating_sub(self.idle_at.load(Ordering::Relaxed)));
+        let quiet = self.idle.silent_for();
         (quiet > STALL)
             .then(|| format!("the agent loop has not come round for {}s", quiet.as_secs()))
     }
@@ -569,26 +555,18 @@ fn unix_ms() -> u64 {
 mod tests {
     use super::*;
 
-    /// A pulse as if the agent had started `secs` ago.
-    fn started_ago(secs: u64) -> WorkerPulse {
-        let mut p = WorkerPulse::new();
-        if let Some(earlier) = p.epoch.checked_sub(Duration::from_secs(secs)) {
-            p.epoch = earlier;
-        }
-        p
-    }
-
     #[test]
     fn a_running_hook_is_busy_not_hung_until_its_timeout_has_passed() {
         let timeout = Duration::from_secs(120);
-        let p = started_ago(600);
+        let mut p = WorkerPulse::default();
         p.idle();
         assert_eq!(p.stalled(timeout), None);
         // A hook started 100 s ago, within its 120 s timeout: not hung.
-        p.busy_since.store(p.ms() - 100_000, Ordering::Relaxed);
+        p.busy();
+        p.busy = Pulse::marked_ago(Duration::from_secs(100));
         assert_eq!(p.stalled(timeout), None);
         // Past its timeout and the slack: the worker is stuck.
-        p.busy_since.store(p.ms() - 200_000, Ordering::Relaxed);
+        p.busy = Pulse::marked_ago(Duration::from_secs(200));
         assert_eq!(
             p.stalled(timeout).as_deref(),
             Some("one drain message has been handled for 200s (hook timeout 120s)")
@@ -597,9 +575,10 @@ mod tests {
 
     #[test]
     fn an_idle_loop_that_stops_coming_round_is_hung() {
-        let p = started_ago(600);
-        p.idle();
-        p.idle_at.store(p.ms() - 30_000, Ordering::Relaxed);
+        let p = WorkerPulse {
+            idle: Pulse::marked_ago(Duration::from_secs(30)),
+            ..WorkerPulse::default()
+        };
         assert_eq!(
             p.stalled(Duration::from_secs(60)).as_deref(),
             Some("the agent loop has not come round for 30s")

@@ -52,6 +52,7 @@ use super::options::{self, RUMQTTC_INFLIGHT};
 use super::payload::{Class, GatewayStatus, Publication};
 use super::topics;
 use super::{MqttError, Outgoing, Topics};
+use crate::clock::Pulse;
 use crate::config::{BrokerUrl, Config};
 
 /// Room in the pipeline → link channel. Large: the channel is also where events wait while
@@ -183,11 +184,9 @@ struct Shared {
     url: String,
     connected: AtomicBool,
     telemetry_dropped: AtomicU64,
-    /// When the link started; `pulse_ms` counts from here.
-    epoch: std::time::Instant,
-    /// Milliseconds after `epoch` when the loop last came round to its select. A loop that
-    /// is stuck (a handler that never returns) stops moving it, connected or not.
-    pulse_ms: AtomicU64,
+    /// When the loop last came round to its select. A loop that is stuck (a handler that
+    /// never returns) stops marking it, connected or not.
+    pulse: Pulse,
 }
 
 impl Shared {
@@ -196,24 +195,12 @@ impl Shared {
             url,
             connected: AtomicBool::new(false),
             telemetry_dropped: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
-            pulse_ms: AtomicU64::new(0),
+            pulse: Pulse::new(),
         }
-    }
-
-    fn beat(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.pulse_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// How long since the loop last showed it was running.
-    fn silent_for(&self) -> Duration {
-        let last = Duration::from_millis(self.pulse_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
     }
 }
 
-/// How often a broker loop shows it is alive ([`Publisher::stalled_links`]).
+/// How often a broker loop marks its pulse ([`Publisher::stalled_links`]).
 pub const PULSE: Duration = Duration::from_secs(1);
 
 impl Publisher {
@@ -326,7 +313,7 @@ impl Publisher {
     pub fn stalled_links(&self, within: Duration) -> Vec<String> {
         self.routes
             .iter()
-            .filter(|r| r.shared.silent_for() > within)
+            .filter(|r| r.shared.pulse.silent_for() > within)
             .map(|r| r.shared.url.clone())
             .collect()
     }
@@ -557,7 +544,7 @@ struct Runner {
     feed: Option<Feed>,
     /// When to republish the retained status with the latest `seq` (durable links only).
     heartbeat: Option<tokio::time::Interval>,
-    /// When to show the loop is alive (see [`Shared::beat`]).
+    /// When to show the loop is alive (`Shared::pulse`).
     pulse: tokio::time::Interval,
     /// This broker's place in the link (0: `mqtt.url`, then `mqtt.also`).
     index: usize,
@@ -600,7 +587,7 @@ impl Runner {
                         m = self.rx.recv(), if self.can_take() => self.take(m),
                         () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
                         () = tick(&mut self.heartbeat), if self.connected() && !self.stopping => self.send_heartbeat(),
-                        _ = self.pulse.tick() => self.shared.beat(),
+                        _ = self.pulse.tick() => self.shared.pulse.mark(),
                         () = sleep_until(self.deadline), if self.stopping => break Step::Deadline,
                     }
                 }
@@ -1038,7 +1025,7 @@ impl Runner {
             tokio::select! {
                 () = sleep_until(wake) => return true,
                 () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
-                _ = self.pulse.tick() => self.shared.beat(),
+                _ = self.pulse.tick() => self.shared.pulse.mark(),
                 () = sleep_until(self.deadline), if self.stopping => return false,
             }
         }
@@ -1139,13 +1126,11 @@ mod tests {
     #[test]
     fn a_loop_that_stops_beating_is_silent_for_as_long() {
         let mut shared = Shared::new("mqtt://broker:1883".into());
-        // As if the link had started 20 s ago and its loop never came round since.
-        if let Some(earlier) = shared.epoch.checked_sub(Duration::from_secs(20)) {
-            shared.epoch = earlier;
-        }
-        assert!(shared.silent_for() >= Duration::from_secs(20));
-        shared.beat();
-        assert!(shared.silent_for() < Duration::from_secs(1));
+        // As if the loop had last come round 20 s ago.
+        shared.pulse = Pulse::marked_ago(Duration::from_secs(20));
+        assert!(shared.pulse.silent_for() >= Duration::from_secs(20));
+        shared.pulse.mark();
+        assert!(shared.pulse.silent_for() < Duration::from_secs(1));
     }
 
     #[test]
