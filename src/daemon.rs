@@ -209,7 +209,11 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
             Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
             _ = ticker.tick() => {
                 supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));
-                update_gauges(&metrics, &cfg, &engine, &publisher, &drain, &counters);
+                // Nobody scrapes without `[metrics]`: skip the refresh (it walks every zone,
+                // device and drain each second).
+                if metrics_task.is_some() {
+                    update_gauges(&metrics, &cfg, &engine, &publisher, &drain, &counters);
+                }
                 engine.tick(Now::system())
             }
             reason = publisher.outbox_failed() => {
