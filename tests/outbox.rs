@@ -52,11 +52,21 @@ async fn alarm_cycle(sim: &Sim, daemon: &Daemon, seq: &mut u64) {
 
 /// Waits until the gateway has logged event `seq`: it is in the outbox, raised.
 async fn raised(daemon: &Daemon, seq: u64) {
+    logged(
+        daemon,
+        &format!(" seq={seq} "),
+        &format!("event {seq} raised"),
+    )
+    .await;
+}
+
+/// Waits (15 s at most) until the gateway's log contains `text`; `what` names it on failure.
+async fn logged(daemon: &Daemon, text: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !daemon.stderr().contains(&format!(" seq={seq} ")) {
+    while !daemon.stderr().contains(text) {
         assert!(
             Instant::now() < deadline,
-            "event {seq} never raised:\n{}",
+            "never logged: {what}\n{}",
             daemon.stderr()
         );
         sleep(Duration::from_millis(20)).await;
@@ -461,18 +471,12 @@ async fn a_command_heard_through_both_brokers_is_applied_once() {
         br#"{"alarm":"rack-01/cell_temp_max/cell-overtemp","for":"30m","reason":"detector swap"}"#;
     publish(a.port(), &format!("{CMD}/shelve"), shelve, false).await;
     publish(b.port(), &format!("{CMD}/shelve"), shelve, false).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon
-        .stderr()
-        .contains("already received through another broker")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second copy was not recognised:\n{}",
-            daemon.stderr()
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    logged(
+        &daemon,
+        "already received through another broker",
+        "the second copy recognised as the bridge's",
+    )
+    .await;
     // A marker after both copies that changes nothing (an unknown alarm): everything the
     // shelves caused is on broker A before its result.
     publish(
