@@ -18,8 +18,9 @@ use crate::config::{Config, RuleBody};
 use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
 use crate::fieldbus;
+use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
-use crate::mqtt::{self, Durable, Outgoing, Topics};
+use crate::mqtt::{self, Durable, Topics};
 use crate::outbox::OutboxError;
 
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +398,7 @@ fn update_gauges(
             .set(n as i64);
     }
     for msg in engine.zone_statuses(Now::system()) {
-        if let mqtt::Outgoing::Zone(z) = msg {
+        if let Outgoing::Zone(z) = msg {
             metrics
                 .zone_level
                 .get_or_create(&ZoneLabel { zone: z.zone })

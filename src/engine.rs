@@ -21,7 +21,7 @@ use crate::clock::{rfc3339, Now};
 use crate::config::{Config, Device, Direction, Point, PointKind, RuleBody};
 use crate::decode::Raw;
 use crate::fieldbus::{LinkError, PointError, PointReading, Reading};
-use crate::mqtt::{CommandResult, Outgoing, Quality, Telemetry};
+use crate::message::{CommandResult, Outgoing, Quality, Telemetry};
 use crate::rules::rate::RateState;
 use crate::rules::threshold::ThresholdState;
 use crate::rules::vote::{self, Voter};

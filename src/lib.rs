@@ -15,6 +15,7 @@ pub mod drain;
 pub mod engine;
 pub mod fieldbus;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;

@@ -28,7 +28,8 @@ use super::messages::{
 };
 use crate::clock::Pulse;
 use crate::config::{Agent, Config};
-use crate::mqtt::{self, Inbound, LinkOptions, Outgoing, Publisher, Topics};
+use crate::message::Outgoing;
+use crate::mqtt::{self, Inbound, LinkOptions, Publisher, Topics};
 use crate::storage::{JsonStore, StoreError};
 
 /// Handled drains remembered; older ones are forgotten (a drain_id is never reused).

@@ -41,7 +41,8 @@ use super::messages::{
 use crate::alarms::{Level, ZoneStatus};
 use crate::clock::Now;
 use crate::config;
-use crate::mqtt::{Outgoing, Topics};
+use crate::message::Outgoing;
+use crate::mqtt::Topics;
 use crate::rules::Severity;
 
 /// How long after start-up an expected agent may stay unheard of before it counts as missing:

@@ -18,7 +18,8 @@ use super::messages::DrillCommand;
 use crate::alarms::ZoneStatus;
 use crate::clock::Now;
 use crate::config::Config;
-use crate::mqtt::{Command, CommandResult, Inbound, LinkOptions, Outgoing, Publisher, Topics};
+use crate::message::{CommandResult, Outgoing};
+use crate::mqtt::{Command, Inbound, LinkOptions, Publisher, Topics};
 use crate::storage::{JsonStore, StoreError};
 
 /// How often deadlines are checked; the clearance is at most this late.

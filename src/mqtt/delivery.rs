@@ -27,9 +27,10 @@ use rumqttc::QoS;
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
-use super::payload::{Class, CommandResult, GatewayStatus, OutboxHealth, Publication};
-use super::{Outgoing, Topics};
+use super::payload::{Class, GatewayStatus, OutboxHealth, Publication};
+use super::Topics;
 use crate::config::Config;
+use crate::message::{CommandResult, Outgoing};
 use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
 
 /// How often acknowledged positions are written to the cursor files.

@@ -51,9 +51,10 @@ use super::ledger::{Entry, Ledger};
 use super::options::{self, RUMQTTC_INFLIGHT};
 use super::payload::{Class, GatewayStatus, Publication};
 use super::topics;
-use super::{MqttError, Outgoing, Topics};
+use super::{MqttError, Topics};
 use crate::clock::Pulse;
 use crate::config::{BrokerUrl, Config};
+use crate::message::Outgoing;
 
 /// Room in the pipeline → link channel. Large: the channel is also where events wait while
 /// the broker is unreachable, and `send` blocks the pipeline only once it is full.

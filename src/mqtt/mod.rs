@@ -6,7 +6,8 @@
 //! telemetry (useful only while fresh) is dropped and counted instead of piling up.
 //!
 //! - [`topics`]: the one place topic strings are built (SPEC "MQTT" table).
-//! - [`payload`]: the gateway status and command result bodies.
+//! - [`payload`]: the gateway status body, and how each [`crate::message::Outgoing`] becomes a
+//!   publication (topic, QoS, retain).
 //! - [`link`]: a connection (the gateway's, or a drain agent's): a cloneable [`Publisher`]
 //!   handle and one loop task per broker that owns its rumqttc event loop, in the
 //!   handle-vs-loop shape rumqttc itself uses. [`LinkOptions`] says whose presence it announces
@@ -47,49 +48,5 @@ pub use link::{
     connect, connect_durable, connect_with, Command, Inbound, Link, LinkOptions, Presence,
     Publisher, PULSE,
 };
-pub use payload::{CommandResult, GatewayStatus};
+pub use payload::GatewayStatus;
 pub use topics::Topics;
-
-use crate::alarms::{AlarmEvent, ZoneStatus};
-
-/// Everything the pipeline hands to MQTT.
-// An alarm event is larger than the other variants; boxing it would cost an allocation per
-// event for a value that moves through one channel once, so the size difference stays.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// QoS 1, not retained, on `P/alarms/{zone}/{device}/{point}/{rule}`.
-    Event(AlarmEvent),
-    /// QoS 1, retained, on `P/zones/{zone}/status`.
-    Zone(ZoneStatus),
-    /// QoS 0, not retained, on `P/telemetry/{device}`; dropped (and counted) when it cannot go out.
-    Telemetry { device: String, body: Telemetry },
-    /// QoS 1, not retained, on `P/gateways/{gateway}/cmd/result`: the answer to every command
-    /// received, so whoever sent it knows it was seen.
-    CommandResult(CommandResult),
-    /// QoS 1 on any topic, durable like events (queued while disconnected, resent after a
-    /// reconnect): drain requests, statuses, clearances, agents' acknowledgements. The caller
-    /// builds the topic with [`Topics`] and the body with its own payload type.
-    Message {
-        topic: String,
-        payload: Vec<u8>,
-        retain: bool,
-    },
-}
-
-/// `P/telemetry/{device}`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Telemetry {
-    pub time: String,
-    /// Engineering values by point id; points that could not be read are absent.
-    pub points: std::collections::BTreeMap<String, f64>,
-    pub quality: Quality,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    Good,
-    Stale,
-    Fault,
-}

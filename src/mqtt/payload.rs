@@ -7,7 +7,8 @@
 use rumqttc::QoS;
 use serde::{Deserialize, Serialize};
 
-use super::{Outgoing, Topics};
+use super::Topics;
+use crate::message::Outgoing;
 
 /// Retained on `P/gateways/{gateway}/status`. Serialises as `{"state":"online","version":..,
 /// "started_at":..}` or `{"state":"offline"}`, the form the last will carries.
@@ -55,16 +56,6 @@ impl GatewayStatus {
         // A struct of strings always serialises; the fallback only keeps this panic-free.
         serde_json::to_vec(self).unwrap_or_else(|_| br#"{"state":"offline"}"#.to_vec())
     }
-}
-
-/// Published on `P/gateways/{gateway}/cmd/result` for every command received.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult {
-    /// The command's name (`ack`, `shelve`, `replay`, ...).
-    pub command: String,
-    pub ok: bool,
-    /// Why it failed, or what was done; `null` when there is nothing to say.
-    pub reason: Option<String>,
 }
 
 /// How hard the link tries to deliver a publication.
@@ -166,7 +157,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, Level, ZoneStatus};
-    use crate::mqtt::{Quality, Telemetry};
+    use crate::message::{CommandResult, Quality, Telemetry};
     use crate::rules::Severity;
 
     /// The alarm event of SPEC, field for field.

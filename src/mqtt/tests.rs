@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::harness::{config, eventually, free_port, Mosquitto, Watcher, WAIT};
 use super::payload::tests::{spec_event, SPEC_EVENT_JSON};
-use super::{connect, embedded, Link, Outgoing, Quality, Telemetry, Topics};
+use super::{connect, embedded, Link, Topics};
 use crate::alarms::{AlarmEvent, Level, ZoneStatus};
 use crate::config::BrokerUrl;
+use crate::message::{Outgoing, Quality, Telemetry};
 
 const STATUS: &str = "emberwatch/pangyo-a/gateways/gw-b1/status";
 const ALARMS: &str = "emberwatch/pangyo-a/alarms/#";
@@ -212,7 +213,7 @@ async fn commands_reach_the_daemon_and_answers_are_not_taken_for_commands() {
     let (mut link, cancel) = linked(&broker.url()).await;
     let mut results = Watcher::new(broker.port, &topics.cmd_result()).await;
     link.publisher
-        .send(Outgoing::CommandResult(super::CommandResult {
+        .send(Outgoing::CommandResult(crate::message::CommandResult {
             command: "ack".into(),
             ok: true,
             reason: None,
