@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::alarms::{StateStore, StoreError};
 use crate::clock::Now;
+use crate::command::Command;
 use crate::config::{Config, RuleBody};
 use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
@@ -200,13 +201,14 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 }
                 None => break,
             },
-            Some(cmd) = commands.recv() => {
-                if DrainHandle::takes(&cmd) {
-                    drain.drill(cmd).await;
+            Some(cmd) = commands.recv() => match cmd {
+                Ok(Command::Drill(drill)) => {
+                    drain.drill(drill).await;
                     continue;
                 }
-                engine.on_command(&cmd.name, &cmd.payload, Now::system())
-            }
+                // The alarm table's commands, and every refusal (answered on `cmd/result`).
+                cmd => engine.on_command(cmd, Now::system()),
+            },
             Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
             _ = ticker.tick() => {
                 supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));

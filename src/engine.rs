@@ -14,10 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::alarms::{AlarmEvent, AlarmKind, AlarmTable, Condition, Identity, Snapshot};
 use crate::clock::{rfc3339, Now};
+use crate::command::{Command, Refused};
 use crate::config::{Config, Device, Direction, Point, PointKind, RuleBody};
 use crate::decode::Raw;
 use crate::fieldbus::{LinkError, PointError, PointReading, Reading};
@@ -70,41 +69,6 @@ pub struct Engine {
 pub struct Output {
     pub events: Vec<AlarmEvent>,
     pub messages: Vec<Outgoing>,
-}
-
-/// `cmd/ack` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AckCmd {
-    alarm: String,
-    /// Needed only for the gateway's own alarms (`_zone/...`, `_drain/...`), whose key is
-    /// the same in every zone; without it an ack covers them all.
-    #[serde(default)]
-    zone: Option<String>,
-}
-
-/// `cmd/shelve` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShelveCmd {
-    alarm: String,
-    /// Required when the key names alarms in several zones (a shelf must hide one alarm).
-    #[serde(default)]
-    zone: Option<String>,
-    #[serde(rename = "for")]
-    for_: Option<String>,
-    reason: Option<String>,
-}
-
-/// `cmd/service` body: take an alarm out of service (`in_service: false`) or back.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceCmd {
-    alarm: String,
-    #[serde(default)]
-    zone: Option<String>,
-    in_service: bool,
-    reason: Option<String>,
 }
 
 impl Engine {
@@ -316,29 +280,26 @@ impl Engine {
         self.finish(events, now, Vec::new())
     }
 
-    /// An operator command from `P/gateways/{gateway}/cmd/{name}`; always answered on
-    /// `cmd/result`, and bad input changes nothing.
-    pub fn on_command(&mut self, name: &str, payload: &[u8], now: Now) -> Output {
-        let result = self.command(name, payload, now);
-        let (events, answer) = match result {
+    /// An operator command for the alarm table (`cmd/ack`, `cmd/shelve`, `cmd/service`), or one
+    /// that [`Command::parse`] refused; always answered on `cmd/result`, and a refusal changes
+    /// nothing.
+    pub fn on_command(&mut self, cmd: Result<Command, Refused>, now: Now) -> Output {
+        let name = match &cmd {
+            Ok(c) => c.name().to_string(),
+            Err(r) => r.command.clone(),
+        };
+        let (events, answer) = match cmd.and_then(|c| self.command(c, now)) {
             Ok((events, reason)) => (
                 events,
                 CommandResult {
-                    command: name.to_string(),
+                    command: name,
                     ok: true,
                     reason,
                 },
             ),
-            Err(reason) => {
-                tracing::warn!(command = %name, payload = %String::from_utf8_lossy(payload), %reason, "command refused");
-                (
-                    Vec::new(),
-                    CommandResult {
-                        command: name.to_string(),
-                        ok: false,
-                        reason: Some(reason),
-                    },
-                )
+            Err(refused) => {
+                tracing::warn!(command = %refused.command, reason = %refused.reason, "command refused");
+                (Vec::new(), refused.result())
             }
         };
         self.finish(events, now, vec![Outgoing::CommandResult(answer)])
@@ -346,72 +307,45 @@ impl Engine {
 
     fn command(
         &mut self,
-        name: &str,
-        payload: &[u8],
+        cmd: Command,
         now: Now,
-    ) -> Result<(Vec<AlarmEvent>, Option<String>), String> {
-        fn parse<'a, T: Deserialize<'a>>(name: &str, payload: &'a [u8]) -> Result<T, String> {
-            serde_json::from_slice(payload)
-                .map_err(|e| format!("cmd/{name}: not valid JSON for this command: {e}"))
-        }
-        match name {
-            "ack" => {
-                let c: AckCmd = parse(name, payload)?;
+    ) -> Result<(Vec<AlarmEvent>, Option<String>), Refused> {
+        let name = cmd.name();
+        let refused = |e: crate::alarms::CommandError| Refused::new(name, e.to_string());
+        match cmd {
+            Command::Ack(c) => {
                 let events = self
                     .table
                     .ack(&c.alarm, c.zone.as_deref(), now)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(refused)?;
                 let n = events.len();
                 Ok((events, Some(format!("{n} alarm(s) acknowledged"))))
             }
-            "shelve" => {
-                let c: ShelveCmd = parse(name, payload)?;
-                let Some(for_) = c.for_ else {
-                    return Err(
-                        "cmd/shelve: \"for\" is required (e.g. \"30m\"): a shelf must expire"
-                            .into(),
-                    );
-                };
-                let for_ = crate::config::parse_duration(&for_)
-                    .map_err(|e| format!("cmd/shelve: \"for\": {e}"))?;
-                if for_.is_zero() {
-                    return Err("cmd/shelve: \"for\" must be more than 0".into());
-                }
-                let Some(reason) = c.reason.filter(|r| !r.trim().is_empty()) else {
-                    return Err(
-                        "cmd/shelve: \"reason\" is required: say why the alarm is hidden".into(),
-                    );
-                };
+            Command::Shelve(c) => {
                 let ev = self
                     .table
                     .shelve(
                         &c.alarm,
                         c.zone.as_deref(),
-                        for_,
+                        c.duration,
                         self.cfg.alarms.max_shelve,
-                        &reason,
+                        &c.reason,
                         now,
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(refused)?;
                 Ok((vec![ev], None))
             }
-            "service" => {
-                let c: ServiceCmd = parse(name, payload)?;
-                let out = if c.in_service {
-                    None
-                } else {
-                    Some(c.reason.filter(|r| !r.trim().is_empty()).ok_or(
-                        "cmd/service: \"reason\" is required to take an alarm out of service",
-                    )?)
-                };
+            Command::Service(c) => {
                 let ev = self
                     .table
-                    .set_service(&c.alarm, c.zone.as_deref(), out, now)
-                    .map_err(|e| e.to_string())?;
+                    .set_service(&c.alarm, c.zone.as_deref(), c.out_of_service, now)
+                    .map_err(refused)?;
                 Ok((vec![ev], None))
             }
-            other => Err(format!(
-                "unknown command {other:?} (this gateway takes ack, shelve and service)"
+            // Routed elsewhere by the daemon; answered rather than dropped if one strays here.
+            Command::Drill(_) | Command::Replay(_) => Err(Refused::new(
+                name,
+                format!("cmd/{name} is not answered by the alarm table"),
             )),
         }
     }
@@ -1202,7 +1136,7 @@ vote = { alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", s
     }
 
     fn cmd(e: &mut Engine, name: &str, body: &str) -> (Vec<AlarmEvent>, CommandResult) {
-        let out = e.on_command(name, body.as_bytes(), Now::system());
+        let out = e.on_command(Command::parse(name, body.as_bytes()), Now::system());
         let result = out
             .messages
             .iter()

@@ -7,6 +7,7 @@
 
 pub mod alarms;
 pub mod clock;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod decode;

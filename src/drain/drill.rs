@@ -14,7 +14,8 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::Value;
 use tokio::time::{sleep_until, Instant};
 
-use super::messages::{Ack, AckState, Action, Clearance, DrillCommand, RequestMessage, Status};
+use super::messages::{Ack, AckState, Action, Clearance, RequestMessage, Status};
+use crate::command::Drill;
 use crate::config::Config;
 use crate::mqtt::{self, Topics};
 
@@ -104,7 +105,7 @@ pub async fn run(cfg: &Config, zone: &str) -> Result<bool, DrillError> {
         };
         match ev {
             Event::Incoming(Packet::SubAck(_)) if !sent => {
-                let body = serde_json::to_vec(&DrillCommand {
+                let body = serde_json::to_vec(&Drill {
                     zone: zone.to_string(),
                 })
                 .unwrap_or_default();

@@ -234,12 +234,6 @@ pub struct Readiness {
     pub time: String,
 }
 
-/// `P/gateways/{gateway}/cmd/drill`: rehearse a drain of `zone`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillCommand {
-    pub zone: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

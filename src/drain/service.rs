@@ -14,12 +14,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::coordinator::{AgentFault, Coordinator, Effects, Persisted};
-use super::messages::DrillCommand;
 use crate::alarms::ZoneStatus;
 use crate::clock::Now;
+use crate::command::Drill;
 use crate::config::Config;
 use crate::message::{CommandResult, Outgoing};
-use crate::mqtt::{Command, Inbound, LinkOptions, Publisher, Topics};
+use crate::mqtt::{Inbound, LinkOptions, Publisher, Topics};
 use crate::storage::{JsonStore, StoreError};
 
 /// How often deadlines are checked; the clearance is at most this late.
@@ -46,7 +46,7 @@ pub fn link_options(cfg: &Config) -> LinkOptions {
 #[derive(Debug)]
 pub struct DrainHandle {
     zones: Option<mpsc::Sender<ZoneStatus>>,
-    drills: Option<mpsc::Sender<Command>>,
+    drills: Option<mpsc::Sender<Drill>>,
     publisher: Publisher,
     /// The coordinator's state as last saved, for metrics.
     view: watch::Receiver<Persisted>,
@@ -71,13 +71,8 @@ impl DrainHandle {
         self.view.borrow().clone()
     }
 
-    /// True for the commands this handle answers (`cmd/drill`).
-    pub fn takes(cmd: &Command) -> bool {
-        cmd.name == "drill"
-    }
-
     /// A `cmd/drill` command; answered on `cmd/result` by the task.
-    pub async fn drill(&self, cmd: Command) {
+    pub async fn drill(&self, cmd: Drill) {
         match &self.drills {
             Some(tx) => {
                 if tx.send(cmd).await.is_err() {
@@ -86,7 +81,7 @@ impl DrainHandle {
             }
             None => {
                 let result = CommandResult {
-                    command: cmd.name,
+                    command: "drill".into(),
                     ok: false,
                     reason: Some(
                         "no [drain] section in this gateway's configuration: nothing to drill"
@@ -171,7 +166,7 @@ struct Runner {
     store: JsonStore,
     publisher: Publisher,
     zones: mpsc::Receiver<ZoneStatus>,
-    drills: mpsc::Receiver<Command>,
+    drills: mpsc::Receiver<Drill>,
     incoming: mpsc::Receiver<Inbound>,
     faults: Option<mpsc::Sender<AgentFault>>,
     view: watch::Sender<Persisted>,
@@ -206,17 +201,10 @@ impl Runner {
         tracing::debug!("drain: coordinator stopped");
     }
 
-    fn drill(&mut self, cmd: Command) -> Effects {
-        let parsed: Result<DrillCommand, _> = serde_json::from_slice(&cmd.payload);
-        let (result, mut fx) = match parsed {
-            Err(e) => (
-                Err(format!("cmd/drill wants {{\"zone\": ZONE}}: {e}")),
-                Effects::default(),
-            ),
-            Ok(d) => match self.coordinator.drill(&d.zone, Now::system()) {
-                Ok((id, fx)) => (Ok(format!("drill {id} of zone {} started", d.zone)), fx),
-                Err(refused) => (Err(refused.to_string()), Effects::default()),
-            },
+    fn drill(&mut self, cmd: Drill) -> Effects {
+        let (result, mut fx) = match self.coordinator.drill(&cmd.zone, Now::system()) {
+            Ok((id, fx)) => (Ok(format!("drill {id} of zone {} started", cmd.zone)), fx),
+            Err(refused) => (Err(refused.to_string()), Effects::default()),
         };
         let (ok, reason) = match result {
             Ok(r) => (true, r),
@@ -226,7 +214,7 @@ impl Runner {
             }
         };
         fx.messages.push(Outgoing::CommandResult(CommandResult {
-            command: cmd.name,
+            command: "drill".into(),
             ok,
             reason: Some(reason),
         }));

@@ -24,11 +24,11 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::QoS;
-use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
 use super::payload::{Class, GatewayStatus, OutboxHealth, Publication};
 use super::Topics;
+use crate::command::{Refused, Replay};
 use crate::config::Config;
 use crate::message::{CommandResult, Outgoing};
 use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
@@ -307,13 +307,6 @@ pub(crate) fn entry(msg: &Outgoing, p: Publication) -> Entry {
     }
 }
 
-/// `{"from_seq": N, "reply_to": TOPIC}` on `cmd/replay`.
-#[derive(Debug, Deserialize)]
-struct ReplayRequest {
-    from_seq: u64,
-    reply_to: String,
-}
-
 /// One broker link's view of the outbox: where it is, and which of its in-flight
 /// publications are outbox records (so their PUBACKs move the cursor).
 #[derive(Debug)]
@@ -414,29 +407,9 @@ impl Feed {
 
     /// Answers `cmd/replay`: the journaled events from `from_seq` republished, unchanged, on
     /// `reply_to`, then the command result.
-    pub fn replay(&self, payload: &[u8], topics: &Topics) -> Vec<Publication> {
-        let (mut out, result) = match serde_json::from_slice::<ReplayRequest>(payload) {
-            Err(e) => (
-                Vec::new(),
-                CommandResult {
-                    command: "replay".into(),
-                    ok: false,
-                    reason: Some(format!(
-                        "expected {{\"from_seq\": N, \"reply_to\": TOPIC}}: {e}"
-                    )),
-                },
-            ),
-            Ok(req) if !valid_topic(&req.reply_to) => (
-                Vec::new(),
-                CommandResult {
-                    command: "replay".into(),
-                    ok: false,
-                    reason: Some(format!(
-                        "reply_to {:?} is not a topic one can publish to",
-                        req.reply_to
-                    )),
-                },
-            ),
+    pub fn replay(&self, request: Result<Replay, Refused>, topics: &Topics) -> Vec<Publication> {
+        let (mut out, result) = match request {
+            Err(refused) => (Vec::new(), refused.result()),
             Ok(req) => match lock(&self.durable.outbox).replay_from(req.from_seq) {
                 Err(e) => (
                     Vec::new(),
@@ -492,17 +465,20 @@ impl Feed {
     }
 }
 
-/// A topic a client may publish to: not empty, no wildcards, not a `$SYS`-style topic.
-fn valid_topic(t: &str) -> bool {
-    !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('$') && t.len() < 65_536
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::harness::config;
     use super::super::payload::tests::spec_event;
     use super::*;
     use crate::alarms::AlarmEvent;
+
+    /// A `cmd/replay` body as the link hands it over: parsed, or refused.
+    fn request(body: &[u8]) -> Result<Replay, Refused> {
+        match crate::command::Command::parse("replay", body)? {
+            crate::command::Command::Replay(r) => Ok(r),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 
     const A: &str = "mqtt://127.0.0.1:1";
     const B: &str = "mqtt://127.0.0.1:2";
@@ -582,7 +558,10 @@ mod tests {
         let d = Durable::open(&cfg).expect("open");
         raise(&d, &topics, 1..=5).await;
         let feed = d.feed(A);
-        let out = feed.replay(br#"{"from_seq": 3, "reply_to": "ops/replay"}"#, &topics);
+        let out = feed.replay(
+            request(br#"{"from_seq": 3, "reply_to": "ops/replay"}"#),
+            &topics,
+        );
         assert_eq!(out.len(), 4, "three events and the result");
         assert!(out[..3]
             .iter()
@@ -594,7 +573,7 @@ mod tests {
             &br#"{"from_seq": 1}"#[..],
             br#"{"from_seq": 1, "reply_to": "a/#"}"#,
         ] {
-            let out = feed.replay(bad, &topics);
+            let out = feed.replay(request(bad), &topics);
             let result: CommandResult = serde_json::from_slice(&out[0].payload).expect("result");
             assert_eq!((out.len(), result.ok), (1, false), "{result:?}");
         }
@@ -604,14 +583,5 @@ mod tests {
         assert_eq!(seq, Some(5));
         assert_eq!(outbox.map(|o| o.undelivered), Some(5));
         d.close().await;
-    }
-
-    #[test]
-    fn replay_topics_must_be_publishable() {
-        assert!(valid_topic("ops/replay/42"));
-        assert!(!valid_topic(""));
-        assert!(!valid_topic("ops/+/x"));
-        assert!(!valid_topic("ops/#"));
-        assert!(!valid_topic("$SYS/x"));
     }
 }

@@ -53,6 +53,7 @@ use super::payload::{Class, GatewayStatus, Publication};
 use super::topics;
 use super::{MqttError, Topics};
 use crate::clock::Pulse;
+use crate::command::{Command, Refused};
 use crate::config::{BrokerUrl, Config};
 use crate::message::Outgoing;
 
@@ -89,15 +90,6 @@ const STABLE: Duration = Duration::from_secs(10);
 
 /// While the same connection failure repeats, it is logged at warn level this often.
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
-
-/// A command received on `P/gateways/{gateway}/cmd/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    /// The last topic segment: `ack`, `shelve`, `replay`, ...
-    pub name: String,
-    /// The raw payload; parsing is the command handler's business.
-    pub payload: Vec<u8>,
-}
 
 /// A publish received on one of [`LinkOptions::subscriptions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,7 +333,9 @@ impl std::fmt::Debug for Publisher {
 #[derive(Debug)]
 pub struct Link {
     pub publisher: Publisher,
-    pub commands: mpsc::Receiver<Command>,
+    /// Every command received, parsed: taken or refused (a refusal is answered on `cmd/result` by
+    /// whoever takes it from here). `cmd/replay` is not among them: the link answers it.
+    pub commands: mpsc::Receiver<Result<Command, Refused>>,
     /// Publishes on [`LinkOptions::subscriptions`], from every broker.
     pub incoming: mpsc::Receiver<Inbound>,
     /// One loop per broker.
@@ -537,7 +531,7 @@ struct Runner {
     started_at: String,
     client: AsyncClient,
     rx: mpsc::Receiver<Publication>,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<Result<Command, Refused>>,
     incoming: mpsc::Sender<Inbound>,
     shared: Arc<Shared>,
     ledger: Ledger,
@@ -929,7 +923,12 @@ impl Runner {
         }
         if let (Some(feed), "replay") = (&self.feed, name) {
             // Answered here, on the broker that asked, from the outbox's journal.
-            for publication in feed.replay(&p.payload, &self.topics) {
+            let request = match Command::parse(name, &p.payload) {
+                Ok(Command::Replay(r)) => Ok(r),
+                Ok(other) => Err(Refused::new(name, format!("not a replay: {other:?}"))),
+                Err(refused) => Err(refused),
+            };
+            for publication in feed.replay(request, &self.topics) {
                 let entry = self.ledger.stamp(publication);
                 self.ledger.push_backlog(entry);
             }
@@ -948,19 +947,14 @@ impl Runner {
                 return;
             }
         }
-        let cmd = Command {
-            name: name.to_string(),
-            payload: p.payload.to_vec(),
-        };
-        match self.commands.try_send(cmd) {
+        match self.commands.try_send(Command::parse(name, &p.payload)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(c)) => tracing::warn!(
-                "mqtt: command queue full; dropped command {:?} from {}",
-                c.name,
+            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
+                "mqtt: command queue full; dropped command {name:?} from {}",
                 p.topic
             ),
-            Err(mpsc::error::TrySendError::Closed(c)) => {
-                tracing::debug!("mqtt: nobody takes commands; dropped {:?}", c.name)
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("mqtt: nobody takes commands; dropped {name:?}")
             }
         }
     }

@@ -1,0 +1,382 @@
+//! Operator commands: what arrives on `P/gateways/{gateway}/cmd/{name}`, parsed once.
+//!
+//! Commands come from outside the process (an operator, a script, the console), so every body
+//! is checked here, in one place, before anything acts on it: a command that does not parse is
+//! a [`Refused`] that names the command and says what was wrong, and the caller answers it on
+//! `cmd/result` without changing anything. What parses is routed by variant: the broker link
+//! answers [`Replay`] from the journal, the drain task runs [`Drill`], and the engine's alarm
+//! table takes [`Ack`], [`Shelve`] and [`Service`]. Like the rest of the pipeline's vocabulary
+//! this module does no I/O, so the parsing is table-tested below.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::message::CommandResult;
+
+/// Every command name this gateway takes, for the answer to one it does not.
+pub const NAMES: [&str; 5] = ["ack", "shelve", "service", "drill", "replay"];
+
+/// One parsed, checked operator command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ack(Ack),
+    Shelve(Shelve),
+    Service(Service),
+    Drill(Drill),
+    Replay(Replay),
+}
+
+/// `cmd/ack`: `{"alarm": KEY}` or `{"alarm": "*"}`, optionally `"zone"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub alarm: String,
+    /// Needed only for the gateway's own alarms (`_zone/...`, `_drain/...`), whose key is
+    /// the same in every zone; without it an ack covers them all.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// `cmd/shelve`: hide an alarm for a while, with a reason. Both are required: a shelf must
+/// expire, and whoever finds a hidden alarm must learn why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shelve {
+    pub alarm: String,
+    /// Required when the key names alarms in several zones (a shelf must hide one alarm).
+    pub zone: Option<String>,
+    /// How long, more than zero; the alarm table enforces `alarms.max_shelve`.
+    pub duration: Duration,
+    /// Not blank.
+    pub reason: String,
+}
+
+/// `cmd/service`: take an alarm out of service (`in_service: false`, with a reason) or back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub alarm: String,
+    pub zone: Option<String>,
+    /// `None`: back in service; `Some(reason)`: out of service, and why (never blank).
+    pub out_of_service: Option<String>,
+}
+
+/// `cmd/drill`: `{"zone": ZONE}`, a drain of the zone marked as a drill. `emberwatch drill`
+/// sends it, hence `Serialize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drill {
+    pub zone: String,
+}
+
+/// `cmd/replay`: `{"from_seq": N, "reply_to": TOPIC}`, the journaled events from `from_seq`
+/// republished on `reply_to`, to repair a subscriber's gap.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Replay {
+    pub from_seq: u64,
+    /// Checked to be a topic one can publish to (no wildcard, not `$...`, not empty).
+    pub reply_to: String,
+}
+
+/// A command that was not taken, and why: answered on `cmd/result` with `ok: false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The command's name, as it arrived (the last topic segment).
+    pub command: String,
+    pub reason: String,
+}
+
+impl Refused {
+    pub fn new(command: &str, reason: impl Into<String>) -> Refused {
+        Refused {
+            command: command.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The answer published on `cmd/result`.
+    pub fn result(self) -> CommandResult {
+        CommandResult {
+            command: self.command,
+            ok: false,
+            reason: Some(self.reason),
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// `cmd/shelve` as it arrives, before its required fields are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShelveBody {
+    alarm: String,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    reason: Option<String>,
+}
+
+/// `cmd/service` as it arrives.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    alarm: String,
+    #[serde(default)]
+    zone: Option<String>,
+    in_service: bool,
+    reason: Option<String>,
+}
+
+impl Command {
+    /// Parses the body of `cmd/{name}`; every way it can be wrong is a [`Refused`] that says so.
+    pub fn parse(name: &str, payload: &[u8]) -> Result<Command, Refused> {
+        let refuse = |reason: String| Refused::new(name, reason);
+        match name {
+            "ack" => Ok(Command::Ack(json(name, payload)?)),
+            "shelve" => {
+                let b: ShelveBody = json(name, payload)?;
+                let Some(for_) = b.for_ else {
+                    return Err(refuse(
+                        "cmd/shelve: \"for\" is required (e.g. \"30m\"): a shelf must expire"
+                            .into(),
+                    ));
+                };
+                let duration = crate::config::parse_duration(&for_)
+                    .map_err(|e| refuse(format!("cmd/shelve: \"for\": {e}")))?;
+                if duration.is_zero() {
+                    return Err(refuse("cmd/shelve: \"for\" must be more than 0".into()));
+                }
+                let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) else {
+                    return Err(refuse(
+                        "cmd/shelve: \"reason\" is required: say why the alarm is hidden".into(),
+                    ));
+                };
+                Ok(Command::Shelve(Shelve {
+                    alarm: b.alarm,
+                    zone: b.zone,
+                    duration,
+                    reason,
+                }))
+            }
+            "service" => {
+                let b: ServiceBody = json(name, payload)?;
+                let out_of_service = if b.in_service {
+                    None
+                } else {
+                    Some(b.reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
+                        refuse(
+                            "cmd/service: \"reason\" is required to take an alarm out of service"
+                                .into(),
+                        )
+                    })?)
+                };
+                Ok(Command::Service(Service {
+                    alarm: b.alarm,
+                    zone: b.zone,
+                    out_of_service,
+                }))
+            }
+            "drill" => serde_json::from_slice(payload)
+                .map(Command::Drill)
+                .map_err(|e| refuse(format!("cmd/drill wants {{\"zone\": ZONE}}: {e}"))),
+            "replay" => {
+                let r: Replay = serde_json::from_slice(payload).map_err(|e| {
+                    refuse(format!(
+                        "expected {{\"from_seq\": N, \"reply_to\": TOPIC}}: {e}"
+                    ))
+                })?;
+                if !publishable(&r.reply_to) {
+                    return Err(refuse(format!(
+                        "reply_to {:?} is not a topic one can publish to",
+                        r.reply_to
+                    )));
+                }
+                Ok(Command::Replay(r))
+            }
+            other => Err(refuse(format!(
+                "unknown command {other:?} (this gateway takes {})",
+                names()
+            ))),
+        }
+    }
+
+    /// The command's name, the last segment of the topic it arrived on.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ack(_) => "ack",
+            Command::Shelve(_) => "shelve",
+            Command::Service(_) => "service",
+            Command::Drill(_) => "drill",
+            Command::Replay(_) => "replay",
+        }
+    }
+}
+
+/// "ack, shelve, service, drill and replay".
+fn names() -> String {
+    let (last, rest) = NAMES.split_last().unwrap_or((&"", &[]));
+    format!("{} and {last}", rest.join(", "))
+}
+
+fn json<T: DeserializeOwned>(name: &str, payload: &[u8]) -> Result<T, Refused> {
+    serde_json::from_slice(payload).map_err(|e| {
+        Refused::new(
+            name,
+            format!("cmd/{name}: not valid JSON for this command: {e}"),
+        )
+    })
+}
+
+/// A topic a client may publish to: not empty, no wildcards, not a `$SYS`-style topic.
+fn publishable(t: &str) -> bool {
+    !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('$') && t.len() < 65_536
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(name: &str, body: &str) -> String {
+        match Command::parse(name, body.as_bytes()) {
+            Err(r) => {
+                assert_eq!(r.command, name);
+                r.reason
+            }
+            Ok(c) => panic!("{name} {body} parsed as {c:?}"),
+        }
+    }
+
+    #[test]
+    fn good_bodies_parse_into_their_variant() {
+        let cases = [
+            (
+                "ack",
+                r#"{"alarm":"*"}"#,
+                Command::Ack(Ack {
+                    alarm: "*".into(),
+                    zone: None,
+                }),
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"a/b/c","zone":"room-1","for":"30m","reason":"sensor swap"}"#,
+                Command::Shelve(Shelve {
+                    alarm: "a/b/c".into(),
+                    zone: Some("room-1".into()),
+                    duration: Duration::from_secs(1800),
+                    reason: "sensor swap".into(),
+                }),
+            ),
+            (
+                "service",
+                r#"{"alarm":"a/b/c","in_service":false,"reason":"recalibration"}"#,
+                Command::Service(Service {
+                    alarm: "a/b/c".into(),
+                    zone: None,
+                    out_of_service: Some("recalibration".into()),
+                }),
+            ),
+            (
+                "service",
+                r#"{"alarm":"a/b/c","in_service":true}"#,
+                Command::Service(Service {
+                    alarm: "a/b/c".into(),
+                    zone: None,
+                    out_of_service: None,
+                }),
+            ),
+            (
+                "drill",
+                r#"{"zone":"room-1"}"#,
+                Command::Drill(Drill {
+                    zone: "room-1".into(),
+                }),
+            ),
+            (
+                "replay",
+                r#"{"from_seq":7,"reply_to":"ops/replay"}"#,
+                Command::Replay(Replay {
+                    from_seq: 7,
+                    reply_to: "ops/replay".into(),
+                }),
+            ),
+        ];
+        for (name, body, want) in cases {
+            let got = Command::parse(name, body.as_bytes());
+            assert_eq!(got, Ok(want.clone()), "{name} {body}");
+            assert_eq!(want.name(), name);
+        }
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_the_reason() {
+        let cases = [
+            ("ack", "not json", "cmd/ack: not valid JSON for this command"),
+            ("ack", r#"{"alarm":"x","by":1}"#, "unknown field `by`"),
+            ("shelve", r#"{"alarm":"x","reason":"r"}"#, "\"for\" is required"),
+            (
+                "shelve",
+                r#"{"alarm":"x","for":"soon","reason":"r"}"#,
+                "cmd/shelve: \"for\":",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"x","for":"0s","reason":"r"}"#,
+                "\"for\" must be more than 0",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"x","for":"30m","reason":"  "}"#,
+                "\"reason\" is required",
+            ),
+            (
+                "service",
+                r#"{"alarm":"x","in_service":false}"#,
+                "\"reason\" is required to take an alarm out of service",
+            ),
+            ("drill", "{}", "cmd/drill wants {\"zone\": ZONE}"),
+            ("replay", r#"{"from_seq":1}"#, "expected {\"from_seq\": N"),
+            (
+                "replay",
+                r#"{"from_seq":1,"reply_to":"a/#"}"#,
+                "is not a topic one can publish to",
+            ),
+            (
+                "replay",
+                r#"{"from_seq":1,"reply_to":"$SYS/x"}"#,
+                "is not a topic one can publish to",
+            ),
+            (
+                "reboot",
+                "{}",
+                "unknown command \"reboot\" (this gateway takes ack, shelve, service, drill and replay)",
+            ),
+        ];
+        for (name, body, want) in cases {
+            let reason = refusal(name, body);
+            assert!(reason.contains(want), "{name} {body}: {reason}");
+        }
+    }
+
+    #[test]
+    fn replay_topics_must_be_publishable() {
+        assert!(publishable("ops/replay/42"));
+        assert!(!publishable(""));
+        assert!(!publishable("ops/+/x"));
+        assert!(!publishable("ops/#"));
+        assert!(!publishable("$SYS/x"));
+    }
+
+    #[test]
+    fn a_refusal_is_answered_as_a_failed_result() {
+        let r = Refused::new("ack", "no alarm \"x\"").result();
+        assert_eq!(r.command, "ack");
+        assert!(!r.ok);
+        assert_eq!(r.reason.as_deref(), Some("no alarm \"x\""));
+    }
+}
