@@ -23,6 +23,7 @@
 mod cursor;
 mod error;
 mod frame;
+mod segment;
 mod store;
 
 #[cfg(test)]

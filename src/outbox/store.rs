@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::cursor::{self, sync_dir};
 use super::frame;
+use super::segment::{self, Segment};
 use super::{Entry, Kind, Options, OutboxError, Record};
 
 /// An append between [`Outbox::stage`] and [`Outbox::finish`].
@@ -78,16 +79,6 @@ struct Held {
     size: u64,
     /// Every broker has it: the payload was dropped from memory (the segment file has it).
     evicted: bool,
-}
-
-#[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    bytes: u64,
-    records: usize,
-    events: usize,
-    newest_ms: u64,
-    last_pos: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -171,10 +162,6 @@ fn header(r: &Record) -> Record {
     }
 }
 
-fn segment_name(id: u64) -> String {
-    format!("{id:020}.seg")
-}
-
 impl Outbox {
     /// Opens (creating if needed) the outbox under `storage_dir/outbox`, with one cursor per
     /// broker in `brokers` (their URLs). Recovers from a crash: damaged bytes are logged, skipped
@@ -196,10 +183,7 @@ impl Outbox {
         }
         let mut ids = Vec::new();
         for name in list(&dir)? {
-            if let Some(id) = name
-                .strip_suffix(".seg")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(id) = segment::id_of(&name) {
                 ids.push(id);
             } else if name.ends_with(".seg.tmp") {
                 // A compaction interrupted before its rename: the original is intact.
@@ -243,7 +227,7 @@ impl Outbox {
         let mut latest_seq = None;
         let mut total_bytes = 0;
         for (i, &id) in ids.iter().enumerate() {
-            let path = dir.join(segment_name(id));
+            let path = dir.join(segment::file_name(id));
             let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
                 path: path.clone(),
                 op: "read",
@@ -268,14 +252,8 @@ impl Outbox {
             if scan.valid_end < bytes.len() as u64 {
                 truncate(&path, scan.valid_end)?;
             }
-            let mut seg = Segment {
-                path: path.clone(),
-                bytes: scan.valid_end,
-                records: 0,
-                events: 0,
-                newest_ms: 0,
-                last_pos: None,
-            };
+            let mut seg = Segment::new(&dir, id);
+            seg.bytes = scan.valid_end;
             for f in scan.records {
                 let r = f.record;
                 if last_pos.is_some_and(|p| r.pos <= p) {
@@ -288,11 +266,8 @@ impl Outbox {
                     continue;
                 }
                 last_pos = Some(r.pos);
-                seg.records += 1;
-                seg.last_pos = Some(r.pos);
-                seg.newest_ms = seg.newest_ms.max(r.time_ms);
+                seg.count(&r);
                 if r.kind == Kind::Event {
-                    seg.events += 1;
                     latest_seq = latest_seq.max(Some(r.seq));
                 }
                 let evicted = r.pos < evict_below;
@@ -330,21 +305,11 @@ impl Outbox {
             None => {
                 let id = next_pos;
                 create_segment(&dir, id)?;
-                segments.insert(
-                    id,
-                    Segment {
-                        path: dir.join(segment_name(id)),
-                        bytes: 0,
-                        records: 0,
-                        events: 0,
-                        newest_ms: 0,
-                        last_pos: None,
-                    },
-                );
+                segments.insert(id, Segment::new(&dir, id));
                 id
             }
         };
-        let active_path = dir.join(segment_name(active_id));
+        let active_path = dir.join(segment::file_name(active_id));
         let active = OpenOptions::new()
             .append(true)
             .open(&active_path)
@@ -506,12 +471,7 @@ impl Outbox {
         if let Some(seg) = self.segments.get_mut(&id) {
             seg.bytes += buf.len() as u64;
             for r in &out {
-                seg.records += 1;
-                seg.last_pos = Some(r.pos);
-                seg.newest_ms = seg.newest_ms.max(r.time_ms);
-                if r.kind == Kind::Event {
-                    seg.events += 1;
-                }
+                seg.count(r);
             }
         }
         for (r, size) in out.iter().zip(sizes) {
@@ -572,14 +532,14 @@ impl Outbox {
             .get(&h.record.pos)
             .cloned()
             .ok_or_else(|| OutboxError::Missing {
-                path: self.dir.join(segment_name(h.segment)),
+                path: self.dir.join(segment::file_name(h.segment)),
                 pos: h.record.pos,
             })
     }
 
     /// Every record in segment `id`, by position, as read from its file.
     fn load_segment(&self, id: u64) -> Result<HashMap<u64, Arc<Record>>, OutboxError> {
-        let path = self.dir.join(segment_name(id));
+        let path = self.dir.join(segment::file_name(id));
         let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
             path: path.clone(),
             op: "read",
@@ -793,7 +753,7 @@ impl Outbox {
     }
 
     fn active_path(&self) -> PathBuf {
-        self.dir.join(segment_name(self.active_id))
+        self.dir.join(segment::file_name(self.active_id))
     }
 
     fn active_bytes(&self) -> u64 {
@@ -828,7 +788,7 @@ impl Outbox {
             self.poisoned = true;
             return Err(e);
         }
-        let path = self.dir.join(segment_name(id));
+        let path = self.dir.join(segment::file_name(id));
         self.active = match OpenOptions::new().append(true).open(&path) {
             Ok(f) => f,
             Err(source) => {
@@ -841,17 +801,7 @@ impl Outbox {
                 });
             }
         };
-        self.segments.insert(
-            id,
-            Segment {
-                path,
-                bytes: 0,
-                records: 0,
-                events: 0,
-                newest_ms: 0,
-                last_pos: None,
-            },
-        );
+        self.segments.insert(id, Segment::new(&self.dir, id));
         self.active_id = id;
         Ok(())
     }
@@ -953,14 +903,7 @@ impl Outbox {
             };
             let path = seg.path.clone();
             let mut buf = Vec::new();
-            let mut kept = Segment {
-                path: path.clone(),
-                bytes: 0,
-                records: 0,
-                events: 0,
-                newest_ms: 0,
-                last_pos: None,
-            };
+            let mut kept = Segment::new(&self.dir, id);
             // Evicted records are rewritten from the file they are in. If it cannot be read
             // back whole, this segment is left as it is (over the bound, never short).
             let from_disk = if self.held.iter().any(|h| h.segment == id && h.evicted) {
@@ -995,12 +938,7 @@ impl Outbox {
                     _ => &h.record,
                 };
                 h.size = frame::encode(full, &mut buf) as u64;
-                kept.records += 1;
-                kept.last_pos = Some(h.record.pos);
-                kept.newest_ms = kept.newest_ms.max(h.record.time_ms);
-                if h.record.kind == Kind::Event {
-                    kept.events += 1;
-                }
+                kept.count(&h.record);
             }
             kept.bytes = buf.len() as u64;
             let tmp = path.with_extension("seg.tmp");
@@ -1086,7 +1024,7 @@ fn remove(path: &Path) -> Result<(), OutboxError> {
 }
 
 fn create_segment(dir: &Path, id: u64) -> Result<(), OutboxError> {
-    let path = dir.join(segment_name(id));
+    let path = dir.join(segment::file_name(id));
     OpenOptions::new()
         .create(true)
         .append(true)
