@@ -22,7 +22,9 @@
 
 mod cursor;
 mod error;
+mod files;
 mod frame;
+mod recovery;
 mod segment;
 mod store;
 

@@ -8,15 +8,15 @@
 //! records, read them back from the segment file.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::cursor::{self, sync_dir};
-use super::frame;
+use super::cursor;
 use super::segment::{self, Segment};
+use super::{files, frame};
 use super::{Entry, Kind, Options, OutboxError, Record};
 
 /// An append between [`Outbox::stage`] and [`Outbox::finish`].
@@ -70,26 +70,26 @@ type Loaded = HashMap<u64, HashMap<u64, Arc<Record>>>;
 
 /// A record held, and where it lives.
 #[derive(Debug)]
-struct Held {
+pub(super) struct Held {
     /// Without its payload once `evicted`.
-    record: Arc<Record>,
+    pub(super) record: Arc<Record>,
     /// The id of the segment file holding it.
-    segment: u64,
+    pub(super) segment: u64,
     /// Framed size on disk.
-    size: u64,
+    pub(super) size: u64,
     /// Every broker has it: the payload was dropped from memory (the segment file has it).
-    evicted: bool,
+    pub(super) evicted: bool,
 }
 
 #[derive(Debug)]
-struct Cursor {
-    path: PathBuf,
+pub(super) struct Cursor {
+    pub(super) path: PathBuf,
     /// The next position this broker has not confirmed; everything before it is acked.
-    next: u64,
+    pub(super) next: u64,
     /// Acked positions at or after `next` (acks may come out of order).
-    acked: BTreeSet<u64>,
+    pub(super) acked: BTreeSet<u64>,
     /// `next` moved since it was last written.
-    dirty: bool,
+    pub(super) dirty: bool,
 }
 
 /// How full the outbox is; for logs, metrics and the status topic.
@@ -123,25 +123,25 @@ pub struct Replay {
 /// The durable outbox under `storage.dir/outbox/`. See the module documentation.
 #[derive(Debug)]
 pub struct Outbox {
-    dir: PathBuf,
-    cursor_dir: PathBuf,
-    opts: Options,
-    held: VecDeque<Held>,
-    segments: BTreeMap<u64, Segment>,
-    active: File,
-    active_id: u64,
-    next_pos: u64,
-    cursors: BTreeMap<String, Cursor>,
-    total_bytes: u64,
-    latest_seq: Option<u64>,
-    poisoned: bool,
-    over_bound: bool,
-    dropped: u64,
+    pub(super) dir: PathBuf,
+    pub(super) cursor_dir: PathBuf,
+    pub(super) opts: Options,
+    pub(super) held: VecDeque<Held>,
+    pub(super) segments: BTreeMap<u64, Segment>,
+    pub(super) active: File,
+    pub(super) active_id: u64,
+    pub(super) next_pos: u64,
+    pub(super) cursors: BTreeMap<String, Cursor>,
+    pub(super) total_bytes: u64,
+    pub(super) latest_seq: Option<u64>,
+    pub(super) poisoned: bool,
+    pub(super) over_bound: bool,
+    pub(super) dropped: u64,
     /// While over the bound with nothing to drop, compaction is retried only once the outbox
     /// has grown by another segment, not on every append.
-    retry_bound_at: u64,
+    pub(super) retry_bound_at: u64,
     /// Payloads below this position are evicted (see [`Outbox::evict_confirmed`]).
-    evicted_below: u64,
+    pub(super) evicted_below: u64,
 }
 
 fn now_ms(now: SystemTime) -> u64 {
@@ -163,206 +163,6 @@ fn header(r: &Record) -> Record {
 }
 
 impl Outbox {
-    /// Opens (creating if needed) the outbox under `storage_dir/outbox`, with one cursor per
-    /// broker in `brokers` (their URLs). Recovers from a crash: damaged bytes are logged, skipped
-    /// and, at the end of a segment, truncated away. Cursors of brokers no longer configured are
-    /// removed; a new broker starts where the slowest existing one is.
-    pub fn open(
-        storage_dir: &Path,
-        opts: Options,
-        brokers: &[String],
-    ) -> Result<Outbox, OutboxError> {
-        let dir = storage_dir.join("outbox");
-        let cursor_dir = dir.join("cursors");
-        for d in [&dir, &cursor_dir] {
-            fs::create_dir_all(d).map_err(|source| OutboxError::Io {
-                path: d.clone(),
-                op: "create directory",
-                source,
-            })?;
-        }
-        let mut ids = Vec::new();
-        for name in list(&dir)? {
-            if let Some(id) = segment::id_of(&name) {
-                ids.push(id);
-            } else if name.ends_with(".seg.tmp") {
-                // A compaction interrupted before its rename: the original is intact.
-                let _ = fs::remove_file(dir.join(&name));
-            }
-        }
-        ids.sort_unstable();
-
-        // Cursors first: what every broker already has is held without its payload from the
-        // start (a new broker starts where the slowest one is, so the same bound holds).
-        let mut stored = BTreeMap::new();
-        let wanted: BTreeSet<String> = brokers.iter().map(|b| cursor::file_name(b)).collect();
-        for name in list(&cursor_dir)? {
-            let path = cursor_dir.join(&name);
-            if name.ends_with(".cursor.tmp") || !wanted.contains(&name) {
-                if name.ends_with(".cursor") {
-                    tracing::info!(
-                        "outbox: {} is for a broker no longer configured; removed",
-                        path.display()
-                    );
-                }
-                remove(&path)?;
-                continue;
-            }
-            match cursor::read(&path) {
-                Ok(Some(pos)) => {
-                    stored.insert(name, pos);
-                }
-                Ok(None) => {}
-                Err(reason) => tracing::warn!(
-                    "outbox: {}: {reason}; this broker gets everything still held again",
-                    path.display()
-                ),
-            }
-        }
-        let evict_below = stored.values().min().copied().unwrap_or(0);
-
-        let mut held = VecDeque::new();
-        let mut segments = BTreeMap::new();
-        let mut last_pos: Option<u64> = None;
-        let mut latest_seq = None;
-        let mut total_bytes = 0;
-        for (i, &id) in ids.iter().enumerate() {
-            let path = dir.join(segment::file_name(id));
-            let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
-                path: path.clone(),
-                op: "read",
-                source,
-            })?;
-            let scan = frame::scan_from(&bytes, evict_below);
-            for d in &scan.damage {
-                let tail = d.offset + d.len == bytes.len() as u64;
-                tracing::warn!(
-                    "outbox: {} offset {}: {} damaged bytes skipped ({}){}",
-                    path.display(),
-                    d.offset,
-                    d.len,
-                    d.reason,
-                    if tail {
-                        "; a write torn by a crash or power loss, never acknowledged"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            if scan.valid_end < bytes.len() as u64 {
-                truncate(&path, scan.valid_end)?;
-            }
-            let mut seg = Segment::new(&dir, id);
-            seg.bytes = scan.valid_end;
-            for f in scan.records {
-                let r = f.record;
-                if last_pos.is_some_and(|p| r.pos <= p) {
-                    tracing::warn!(
-                        "outbox: {} offset {}: record at position {} is out of order; skipped",
-                        path.display(),
-                        f.offset,
-                        r.pos
-                    );
-                    continue;
-                }
-                last_pos = Some(r.pos);
-                seg.count(&r);
-                if r.kind == Kind::Event {
-                    latest_seq = latest_seq.max(Some(r.seq));
-                }
-                let evicted = r.pos < evict_below;
-                held.push_back(Held {
-                    record: Arc::new(r),
-                    segment: id,
-                    size: f.size,
-                    evicted,
-                });
-            }
-            let is_last = i + 1 == ids.len();
-            if seg.records == 0 && !is_last {
-                remove(&path)?;
-                continue;
-            }
-            total_bytes += seg.bytes;
-            segments.insert(id, seg);
-        }
-
-        // Positions never go back: past every record, every segment name and every cursor.
-        let next_pos = [
-            last_pos.map(|p| p + 1),
-            segments.keys().next_back().copied(),
-            stored.values().max().copied(),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(0);
-        let oldest_held = held.front().map_or(next_pos, |h| h.record.pos);
-        let newcomer_start = stored.values().min().copied().unwrap_or(oldest_held);
-
-        let active_id = match segments.keys().next_back() {
-            Some(&id) => id,
-            None => {
-                let id = next_pos;
-                create_segment(&dir, id)?;
-                segments.insert(id, Segment::new(&dir, id));
-                id
-            }
-        };
-        let active_path = dir.join(segment::file_name(active_id));
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&active_path)
-            .map_err(|source| OutboxError::Io {
-                path: active_path,
-                op: "open for append",
-                source,
-            })?;
-
-        let mut cursors = BTreeMap::new();
-        for b in brokers {
-            let name = cursor::file_name(b);
-            let path = cursor_dir.join(&name);
-            let (next, dirty) = match stored.get(&name) {
-                Some(&p) => (p, false),
-                None => (newcomer_start, true),
-            };
-            cursors.insert(
-                b.clone(),
-                Cursor {
-                    path,
-                    next,
-                    acked: BTreeSet::new(),
-                    dirty,
-                },
-            );
-        }
-
-        let mut outbox = Outbox {
-            dir,
-            cursor_dir,
-            opts,
-            held,
-            segments,
-            active,
-            active_id,
-            next_pos,
-            cursors,
-            total_bytes,
-            latest_seq,
-            poisoned: false,
-            over_bound: false,
-            dropped: 0,
-            retry_bound_at: 0,
-            evicted_below: evict_below,
-        };
-        outbox.commit()?;
-        if outbox.total_bytes > outbox.opts.max_bytes {
-            outbox.enforce_bound()?;
-        }
-        Ok(outbox)
-    }
-
     /// Appends `entries` in order and fsyncs once; when this returns `Ok` they are durable.
     /// Returns the records as held, with their positions.
     pub fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<Arc<Record>>, OutboxError> {
@@ -540,11 +340,7 @@ impl Outbox {
     /// Every record in segment `id`, by position, as read from its file.
     fn load_segment(&self, id: u64) -> Result<HashMap<u64, Arc<Record>>, OutboxError> {
         let path = self.dir.join(segment::file_name(id));
-        let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
-            path: path.clone(),
-            op: "read",
-            source,
-        })?;
+        let bytes = files::read(&path)?;
         Ok(frame::scan(&bytes)
             .records
             .into_iter()
@@ -784,11 +580,11 @@ impl Outbox {
     /// Seals the active segment and starts a new one named for the next position.
     fn rotate(&mut self) -> Result<(), OutboxError> {
         let id = self.next_pos;
-        if let Err(e) = create_segment(&self.dir, id) {
+        let path = self.dir.join(segment::file_name(id));
+        if let Err(e) = files::create(&self.dir, &path) {
             self.poisoned = true;
             return Err(e);
         }
-        let path = self.dir.join(segment::file_name(id));
         self.active = match OpenOptions::new().append(true).open(&path) {
             Ok(f) => f,
             Err(source) => {
@@ -810,8 +606,8 @@ impl Outbox {
         let Some(seg) = self.segments.remove(&id) else {
             return Ok(());
         };
-        remove(&seg.path)?;
-        sync_dir(&self.dir)?;
+        files::remove(&seg.path)?;
+        files::sync_dir(&self.dir)?;
         self.total_bytes -= seg.bytes;
         self.held.retain(|h| h.segment != id);
         Ok(())
@@ -822,7 +618,7 @@ impl Outbox {
     /// then non-retained messages other than alarm events. Alarm events, and the newest
     /// retained message per topic, are never dropped; if the outbox is still over, that is
     /// reported and writing goes on.
-    fn enforce_bound(&mut self) -> Result<(), OutboxError> {
+    pub(super) fn enforce_bound(&mut self) -> Result<(), OutboxError> {
         for id in self.confirmed_segments() {
             if self.total_bytes <= self.opts.max_bytes {
                 break;
@@ -942,15 +738,7 @@ impl Outbox {
             }
             kept.bytes = buf.len() as u64;
             let tmp = path.with_extension("seg.tmp");
-            let written = write_file(&tmp, &buf).and_then(|()| {
-                fs::rename(&tmp, &path).map_err(|source| OutboxError::Durability {
-                    path: tmp.clone(),
-                    offset: 0,
-                    op: "rename",
-                    source,
-                })
-            });
-            if let Err(e) = written.and_then(|()| sync_dir(&self.dir)) {
+            if let Err(e) = files::replace(&self.dir, &path, &tmp, &buf) {
                 self.poisoned = true;
                 return Err(e);
             }
@@ -972,80 +760,4 @@ impl Outbox {
         }
         Ok(())
     }
-}
-
-fn list(dir: &Path) -> Result<Vec<String>, OutboxError> {
-    let rd = fs::read_dir(dir).map_err(|source| OutboxError::Io {
-        path: dir.to_path_buf(),
-        op: "list",
-        source,
-    })?;
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(|source| OutboxError::Io {
-            path: dir.to_path_buf(),
-            op: "list",
-            source,
-        })?;
-        if let Some(name) = e.file_name().to_str() {
-            out.push(name.to_string());
-        }
-    }
-    Ok(out)
-}
-
-fn truncate(path: &Path, len: u64) -> Result<(), OutboxError> {
-    let fail = |source| OutboxError::Durability {
-        path: path.to_path_buf(),
-        offset: len,
-        op: "truncate",
-        source,
-    };
-    let f = OpenOptions::new().write(true).open(path).map_err(fail)?;
-    f.set_len(len).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    tracing::warn!(
-        "outbox: {} truncated to {len} bytes, after its last valid record",
-        path.display()
-    );
-    Ok(())
-}
-
-fn remove(path: &Path) -> Result<(), OutboxError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(OutboxError::Io {
-            path: path.to_path_buf(),
-            op: "remove",
-            source,
-        }),
-    }
-}
-
-fn create_segment(dir: &Path, id: u64) -> Result<(), OutboxError> {
-    let path = dir.join(segment::file_name(id));
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| OutboxError::Durability {
-            path: path.clone(),
-            offset: 0,
-            op: "create",
-            source,
-        })?;
-    sync_dir(dir)
-}
-
-fn write_file(path: &Path, buf: &[u8]) -> Result<(), OutboxError> {
-    let fail = |op, source| OutboxError::Durability {
-        path: path.to_path_buf(),
-        offset: 0,
-        op,
-        source,
-    };
-    let mut f = File::create(path).map_err(|e| fail("create", e))?;
-    f.write_all(buf).map_err(|e| fail("write", e))?;
-    f.sync_data().map_err(|e| fail("fsync", e))
 }
