@@ -1,13 +1,11 @@
-//! The outbox's files: segments appended and fsynced, recovered after a crash, trimmed once
-//! every broker has them and the journal no longer needs them, compacted when over the bound.
+//! The outbox in memory and its appends and cursors: the records held, the segments they are
+//! in, each broker's cursor; appends (stage, write and fsync, finish) into the active segment
+//! and its rotation; acks, cursor commits and reading for delivery.
 //!
-//! Every record still on disk is also held in memory, so delivery never reads files. Once
-//! every broker has confirmed a record, only its header stays in memory: the journal kept for
-//! `cmd/replay` (up to `storage.journal_max`, 16 MB by default) would otherwise cost its size
-//! again in RAM, on gateways that have little. Replay, and compaction of a segment holding such
-//! records, read them back from the segment file.
+//! The rest of [`Outbox`] lives beside it: [`Outbox::open`] (crash recovery) in `recovery`,
+//! the journal and payload eviction in `journal`, the disk bound in `compaction`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +13,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::cursor;
+use super::journal::Loaded;
 use super::segment::{self, Segment};
 use super::{files, frame};
 use super::{Entry, Kind, Options, OutboxError, Record};
@@ -64,9 +63,6 @@ impl CursorWrites {
         Ok(())
     }
 }
-
-/// Segments read back from disk, by id, then by position.
-type Loaded = HashMap<u64, HashMap<u64, Arc<Record>>>;
 
 /// A record held, and where it lives.
 #[derive(Debug)]
@@ -144,22 +140,9 @@ pub struct Outbox {
     pub(super) evicted_below: u64,
 }
 
-fn now_ms(now: SystemTime) -> u64 {
+pub(super) fn now_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A record without its payload: what is held once every broker has it.
-fn header(r: &Record) -> Record {
-    Record {
-        pos: r.pos,
-        kind: r.kind,
-        seq: r.seq,
-        time_ms: r.time_ms,
-        topic: r.topic.clone(),
-        retain: r.retain,
-        payload: Vec::new(),
-    }
 }
 
 impl Outbox {
@@ -318,62 +301,6 @@ impl Outbox {
             .collect()
     }
 
-    /// `h`'s record with its payload: as held, or read back from its segment (cached in
-    /// `loaded` per segment, so a run of evicted records reads each file once).
-    fn full(&self, h: &Held, loaded: &mut Loaded) -> Result<Arc<Record>, OutboxError> {
-        if !h.evicted {
-            return Ok(h.record.clone());
-        }
-        let records = match loaded.entry(h.segment) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_segment(h.segment)?),
-        };
-        records
-            .get(&h.record.pos)
-            .cloned()
-            .ok_or_else(|| OutboxError::Missing {
-                path: self.dir.join(segment::file_name(h.segment)),
-                pos: h.record.pos,
-            })
-    }
-
-    /// Every record in segment `id`, by position, as read from its file.
-    fn load_segment(&self, id: u64) -> Result<HashMap<u64, Arc<Record>>, OutboxError> {
-        let path = self.dir.join(segment::file_name(id));
-        let bytes = files::read(&path)?;
-        Ok(frame::scan(&bytes)
-            .records
-            .into_iter()
-            .map(|f| (f.record.pos, Arc::new(f.record)))
-            .collect())
-    }
-
-    /// Drops from memory the payloads every broker has confirmed (see the module docs).
-    fn evict_confirmed(&mut self) {
-        let Some(slowest) = self.cursors.values().map(|c| c.next).min() else {
-            return;
-        };
-        let from = self
-            .held
-            .partition_point(|h| h.record.pos < self.evicted_below);
-        let to = self.held.partition_point(|h| h.record.pos < slowest);
-        for h in self.held.range_mut(from..to.max(from)) {
-            if !h.evicted {
-                h.record = Arc::new(header(&h.record));
-                h.evicted = true;
-            }
-        }
-        self.evicted_below = self.evicted_below.max(slowest);
-    }
-
-    /// Payload bytes held in memory (the bench and tests watch this).
-    pub fn resident_payload_bytes(&self) -> u64 {
-        self.held
-            .iter()
-            .map(|h| h.record.payload.len() as u64)
-            .sum()
-    }
-
     /// `broker` acknowledged the record at `pos` (its PUBACK arrived). The cursor moves past
     /// every record acked without a hole before it. In memory until [`Outbox::commit`].
     pub fn ack(&mut self, broker: &str, pos: u64) -> Result<(), OutboxError> {
@@ -446,60 +373,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Deletes the oldest segments every broker has confirmed once the journal no longer
-    /// needs them: beyond `journal_max` bytes, older than `journal_max_age`, or holding no
-    /// alarm event. Called by [`Outbox::commit`]; public so a timer can age the journal too.
-    pub fn trim(&mut self, now: SystemTime) -> Result<(), OutboxError> {
-        let now = now_ms(now);
-        let max_age = self.opts.journal_max_age.as_millis() as u64;
-        let confirmed = self.confirmed_segments();
-        let mut journal: u64 = confirmed
-            .iter()
-            .filter_map(|id| self.segments.get(id))
-            .map(|s| s.bytes)
-            .sum();
-        for id in confirmed {
-            let Some(seg) = self.segments.get(&id) else {
-                continue;
-            };
-            let expired = seg.newest_ms.saturating_add(max_age) < now;
-            if journal <= self.opts.journal_max_bytes && !expired && seg.events > 0 {
-                break;
-            }
-            journal -= seg.bytes;
-            self.delete_segment(id)?;
-        }
-        if self.over_bound && self.total_bytes <= self.opts.max_bytes {
-            self.over_bound = false;
-            self.retry_bound_at = 0;
-            tracing::info!(
-                "outbox: back within storage.outbox_max ({} of {} bytes)",
-                self.total_bytes,
-                self.opts.max_bytes
-            );
-        }
-        Ok(())
-    }
-
-    /// Journaled alarm events with `seq >= from`, for `cmd/replay`; those every broker has
-    /// are read back from their segment files.
-    pub fn replay_from(&self, from: u64) -> Result<Replay, OutboxError> {
-        let mut replay = Replay::default();
-        let mut loaded = Loaded::default();
-        for h in &self.held {
-            let r = &h.record;
-            if r.kind != Kind::Event {
-                continue;
-            }
-            replay.oldest_seq = Some(replay.oldest_seq.map_or(r.seq, |o: u64| o.min(r.seq)));
-            if r.seq >= from {
-                replay.events.push(self.full(h, &mut loaded)?);
-            }
-        }
-        replay.events.sort_by_key(|r| r.seq);
-        Ok(replay)
-    }
-
     /// The highest alarm event `seq` ever held (carried by the status heartbeat, so a gap at the
     /// tail is visible to subscribers).
     pub fn latest_seq(&self) -> Option<u64> {
@@ -556,29 +429,8 @@ impl Outbox {
         self.segments.get(&self.active_id).map_or(0, |s| s.bytes)
     }
 
-    /// Sealed segments every broker has confirmed entirely, oldest first.
-    fn confirmed_segments(&self) -> Vec<u64> {
-        let slowest = self.cursors.values().map(|c| c.next).min();
-        let mut out = Vec::new();
-        for (&id, seg) in &self.segments {
-            if id == self.active_id {
-                break;
-            }
-            let done = match (seg.last_pos, slowest) {
-                (None, _) => true,
-                (Some(_), None) => true,
-                (Some(last), Some(next)) => last < next,
-            };
-            if !done {
-                break;
-            }
-            out.push(id);
-        }
-        out
-    }
-
     /// Seals the active segment and starts a new one named for the next position.
-    fn rotate(&mut self) -> Result<(), OutboxError> {
+    pub(super) fn rotate(&mut self) -> Result<(), OutboxError> {
         let id = self.next_pos;
         let path = self.dir.join(segment::file_name(id));
         if let Err(e) = files::create(&self.dir, &path) {
@@ -599,165 +451,6 @@ impl Outbox {
         };
         self.segments.insert(id, Segment::new(&self.dir, id));
         self.active_id = id;
-        Ok(())
-    }
-
-    fn delete_segment(&mut self, id: u64) -> Result<(), OutboxError> {
-        let Some(seg) = self.segments.remove(&id) else {
-            return Ok(());
-        };
-        files::remove(&seg.path)?;
-        files::sync_dir(&self.dir)?;
-        self.total_bytes -= seg.bytes;
-        self.held.retain(|h| h.segment != id);
-        Ok(())
-    }
-
-    /// Over `storage.outbox_max`: first the journal gives way (segments every broker has),
-    /// then retained messages superseded by a newer one on the same topic (old zone statuses),
-    /// then non-retained messages other than alarm events. Alarm events, and the newest
-    /// retained message per topic, are never dropped; if the outbox is still over, that is
-    /// reported and writing goes on.
-    pub(super) fn enforce_bound(&mut self) -> Result<(), OutboxError> {
-        for id in self.confirmed_segments() {
-            if self.total_bytes <= self.opts.max_bytes {
-                break;
-            }
-            self.delete_segment(id)?;
-        }
-        if self.total_bytes > self.opts.max_bytes {
-            let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
-            for h in &self.held {
-                if h.record.retain {
-                    newest.insert(&h.record.topic, h.record.pos);
-                }
-            }
-            let superseded: BTreeSet<u64> = self
-                .held
-                .iter()
-                .filter(|h| {
-                    h.record.kind != Kind::Event
-                        && h.record.retain
-                        && newest.get(h.record.topic.as_str()) != Some(&h.record.pos)
-                })
-                .map(|h| h.record.pos)
-                .collect();
-            let freed: u64 = self
-                .held
-                .iter()
-                .filter(|h| superseded.contains(&h.record.pos))
-                .map(|h| h.size)
-                .sum();
-            let mut drop = superseded;
-            if self.total_bytes - freed > self.opts.max_bytes {
-                drop.extend(
-                    self.held
-                        .iter()
-                        .filter(|h| h.record.kind != Kind::Event && !h.record.retain)
-                        .map(|h| h.record.pos),
-                );
-            }
-            if !drop.is_empty() {
-                self.drop_records(&drop)?;
-            }
-        }
-        if self.total_bytes > self.opts.max_bytes {
-            if !self.over_bound {
-                tracing::error!(
-                    "outbox: over storage.outbox_max ({} of {} bytes) with only alarm events and \
-                     the newest retained messages left; still writing them, never dropping alarms",
-                    self.total_bytes,
-                    self.opts.max_bytes
-                );
-            }
-            self.over_bound = true;
-            self.retry_bound_at = self.total_bytes + self.opts.segment_bytes;
-        } else if self.over_bound {
-            self.over_bound = false;
-            self.retry_bound_at = 0;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the segments holding any of `drop` without them (new file, fsync, rename).
-    fn drop_records(&mut self, drop: &BTreeSet<u64>) -> Result<(), OutboxError> {
-        let mut affected: BTreeSet<u64> = self
-            .held
-            .iter()
-            .filter(|h| drop.contains(&h.record.pos))
-            .map(|h| h.segment)
-            .collect();
-        if affected.contains(&self.active_id) {
-            // The active segment is appended to through an open handle; seal it first.
-            self.rotate()?;
-        }
-        affected.remove(&self.active_id);
-        let mut n = 0u64;
-        for id in affected {
-            let Some(seg) = self.segments.get(&id) else {
-                continue;
-            };
-            let path = seg.path.clone();
-            let mut buf = Vec::new();
-            let mut kept = Segment::new(&self.dir, id);
-            // Evicted records are rewritten from the file they are in. If it cannot be read
-            // back whole, this segment is left as it is (over the bound, never short).
-            let from_disk = if self.held.iter().any(|h| h.segment == id && h.evicted) {
-                match self.load_segment(id) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!("outbox: {e}; not compacting this segment");
-                        continue;
-                    }
-                }
-            } else {
-                HashMap::new()
-            };
-            if let Some(h) = self
-                .held
-                .iter()
-                .find(|h| h.segment == id && h.evicted && !from_disk.contains_key(&h.record.pos))
-            {
-                tracing::error!(
-                    "outbox: {}: record at position {} is no longer readable; not compacting this segment",
-                    path.display(),
-                    h.record.pos
-                );
-                continue;
-            }
-            for h in self.held.iter_mut().filter(|h| h.segment == id) {
-                if drop.contains(&h.record.pos) {
-                    continue;
-                }
-                let full = match from_disk.get(&h.record.pos) {
-                    Some(r) if h.evicted => r,
-                    _ => &h.record,
-                };
-                h.size = frame::encode(full, &mut buf) as u64;
-                kept.count(&h.record);
-            }
-            kept.bytes = buf.len() as u64;
-            let tmp = path.with_extension("seg.tmp");
-            if let Err(e) = files::replace(&self.dir, &path, &tmp, &buf) {
-                self.poisoned = true;
-                return Err(e);
-            }
-            let before = self.held.len();
-            self.held
-                .retain(|h| h.segment != id || !drop.contains(&h.record.pos));
-            n += (before - self.held.len()) as u64;
-            let old = self.segments.insert(id, kept).map_or(0, |s| s.bytes);
-            self.total_bytes = self.total_bytes - old + buf.len() as u64;
-        }
-        if n > 0 {
-            self.dropped += n;
-            tracing::warn!(
-                "outbox: over storage.outbox_max: dropped {n} superseded or non-alarm records \
-                 ({} bytes now, {} dropped since start)",
-                self.total_bytes,
-                self.dropped
-            );
-        }
         Ok(())
     }
 }
