@@ -6,11 +6,10 @@
 //! drop duplicates by `event_id`), never loss; so a damaged cursor file is logged and replaced
 //! by the oldest position still held rather than refusing to start.
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 
-use super::OutboxError;
+use super::{files, OutboxError};
 
 const MAGIC: &[u8; 4] = b"EWC1";
 const LEN: usize = 4 + 8 + 4;
@@ -58,29 +57,5 @@ pub(crate) fn write(dir: &Path, path: &Path, pos: u64) -> Result<(), OutboxError
     buf.extend_from_slice(&pos.to_le_bytes());
     let crc = crc32fast::hash(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
-    let tmp: PathBuf = path.with_extension("cursor.tmp");
-    let fail = |op, source| OutboxError::Durability {
-        path: tmp.clone(),
-        offset: 0,
-        op,
-        source,
-    };
-    let mut f = File::create(&tmp).map_err(|e| fail("create", e))?;
-    f.write_all(&buf).map_err(|e| fail("write", e))?;
-    f.sync_data().map_err(|e| fail("fsync", e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| fail("rename", e))?;
-    sync_dir(dir)
-}
-
-/// fsyncs a directory so that file creations, renames and removals in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| OutboxError::Durability {
-            path: dir.to_path_buf(),
-            offset: 0,
-            op: "fsync directory",
-            source,
-        })
+    files::replace(dir, path, &path.with_extension("cursor.tmp"), &buf)
 }

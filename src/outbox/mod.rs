@@ -20,9 +20,14 @@
 //! File format: see [`frame`] (records) and [`cursor`] (cursors). Segments are named by the
 //! first position they were created for, `00000000000000000042.seg`, so names sort in order.
 
+mod compaction;
 mod cursor;
 mod error;
+mod files;
 mod frame;
+mod journal;
+mod recovery;
+mod segment;
 mod store;
 
 #[cfg(test)]

@@ -1,21 +1,21 @@
-//! The outbox's files: segments appended and fsynced, recovered after a crash, trimmed once
-//! every broker has them and the journal no longer needs them, compacted when over the bound.
+//! The outbox in memory and its appends and cursors: the records held, the segments they are
+//! in, each broker's cursor; appends (stage, write and fsync, finish) into the active segment
+//! and its rotation; acks, cursor commits and reading for delivery.
 //!
-//! Every record still on disk is also held in memory, so delivery never reads files. Once
-//! every broker has confirmed a record, only its header stays in memory: the journal kept for
-//! `cmd/replay` (up to `storage.journal_max`, 16 MB by default) would otherwise cost its size
-//! again in RAM, on gateways that have little. Replay, and compaction of a segment holding such
-//! records, read them back from the segment file.
+//! The rest of [`Outbox`] lives beside it: [`Outbox::open`] (crash recovery) in `recovery`,
+//! the journal and payload eviction in `journal`, the disk bound in `compaction`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::cursor::{self, sync_dir};
-use super::frame;
+use super::cursor;
+use super::journal::Loaded;
+use super::segment::{self, Segment};
+use super::{files, frame};
 use super::{Entry, Kind, Options, OutboxError, Record};
 
 /// An append between [`Outbox::stage`] and [`Outbox::finish`].
@@ -64,41 +64,28 @@ impl CursorWrites {
     }
 }
 
-/// Segments read back from disk, by id, then by position.
-type Loaded = HashMap<u64, HashMap<u64, Arc<Record>>>;
-
 /// A record held, and where it lives.
 #[derive(Debug)]
-struct Held {
+pub(super) struct Held {
     /// Without its payload once `evicted`.
-    record: Arc<Record>,
+    pub(super) record: Arc<Record>,
     /// The id of the segment file holding it.
-    segment: u64,
+    pub(super) segment: u64,
     /// Framed size on disk.
-    size: u64,
+    pub(super) size: u64,
     /// Every broker has it: the payload was dropped from memory (the segment file has it).
-    evicted: bool,
+    pub(super) evicted: bool,
 }
 
 #[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    bytes: u64,
-    records: usize,
-    events: usize,
-    newest_ms: u64,
-    last_pos: Option<u64>,
-}
-
-#[derive(Debug)]
-struct Cursor {
-    path: PathBuf,
+pub(super) struct Cursor {
+    pub(super) path: PathBuf,
     /// The next position this broker has not confirmed; everything before it is acked.
-    next: u64,
+    pub(super) next: u64,
     /// Acked positions at or after `next` (acks may come out of order).
-    acked: BTreeSet<u64>,
+    pub(super) acked: BTreeSet<u64>,
     /// `next` moved since it was last written.
-    dirty: bool,
+    pub(super) dirty: bool,
 }
 
 /// How full the outbox is; for logs, metrics and the status topic.
@@ -132,272 +119,33 @@ pub struct Replay {
 /// The durable outbox under `storage.dir/outbox/`. See the module documentation.
 #[derive(Debug)]
 pub struct Outbox {
-    dir: PathBuf,
-    cursor_dir: PathBuf,
-    opts: Options,
-    held: VecDeque<Held>,
-    segments: BTreeMap<u64, Segment>,
-    active: File,
-    active_id: u64,
-    next_pos: u64,
-    cursors: BTreeMap<String, Cursor>,
-    total_bytes: u64,
-    latest_seq: Option<u64>,
-    poisoned: bool,
-    over_bound: bool,
-    dropped: u64,
+    pub(super) dir: PathBuf,
+    pub(super) cursor_dir: PathBuf,
+    pub(super) opts: Options,
+    pub(super) held: VecDeque<Held>,
+    pub(super) segments: BTreeMap<u64, Segment>,
+    pub(super) active: File,
+    pub(super) active_id: u64,
+    pub(super) next_pos: u64,
+    pub(super) cursors: BTreeMap<String, Cursor>,
+    pub(super) total_bytes: u64,
+    pub(super) latest_seq: Option<u64>,
+    pub(super) poisoned: bool,
+    pub(super) over_bound: bool,
+    pub(super) dropped: u64,
     /// While over the bound with nothing to drop, compaction is retried only once the outbox
     /// has grown by another segment, not on every append.
-    retry_bound_at: u64,
+    pub(super) retry_bound_at: u64,
     /// Payloads below this position are evicted (see [`Outbox::evict_confirmed`]).
-    evicted_below: u64,
+    pub(super) evicted_below: u64,
 }
 
-fn now_ms(now: SystemTime) -> u64 {
+pub(super) fn now_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A record without its payload: what is held once every broker has it.
-fn header(r: &Record) -> Record {
-    Record {
-        pos: r.pos,
-        kind: r.kind,
-        seq: r.seq,
-        time_ms: r.time_ms,
-        topic: r.topic.clone(),
-        retain: r.retain,
-        payload: Vec::new(),
-    }
-}
-
-fn segment_name(id: u64) -> String {
-    format!("{id:020}.seg")
-}
-
 impl Outbox {
-    /// Opens (creating if needed) the outbox under `storage_dir/outbox`, with one cursor per
-    /// broker in `brokers` (their URLs). Recovers from a crash: damaged bytes are logged, skipped
-    /// and, at the end of a segment, truncated away. Cursors of brokers no longer configured are
-    /// removed; a new broker starts where the slowest existing one is.
-    pub fn open(
-        storage_dir: &Path,
-        opts: Options,
-        brokers: &[String],
-    ) -> Result<Outbox, OutboxError> {
-        let dir = storage_dir.join("outbox");
-        let cursor_dir = dir.join("cursors");
-        for d in [&dir, &cursor_dir] {
-            fs::create_dir_all(d).map_err(|source| OutboxError::Io {
-                path: d.clone(),
-                op: "create directory",
-                source,
-            })?;
-        }
-        let mut ids = Vec::new();
-        for name in list(&dir)? {
-            if let Some(id) = name
-                .strip_suffix(".seg")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                ids.push(id);
-            } else if name.ends_with(".seg.tmp") {
-                // A compaction interrupted before its rename: the original is intact.
-                let _ = fs::remove_file(dir.join(&name));
-            }
-        }
-        ids.sort_unstable();
-
-        // Cursors first: what every broker already has is held without its payload from the
-        // start (a new broker starts where the slowest one is, so the same bound holds).
-        let mut stored = BTreeMap::new();
-        let wanted: BTreeSet<String> = brokers.iter().map(|b| cursor::file_name(b)).collect();
-        for name in list(&cursor_dir)? {
-            let path = cursor_dir.join(&name);
-            if name.ends_with(".cursor.tmp") || !wanted.contains(&name) {
-                if name.ends_with(".cursor") {
-                    tracing::info!(
-                        "outbox: {} is for a broker no longer configured; removed",
-                        path.display()
-                    );
-                }
-                remove(&path)?;
-                continue;
-            }
-            match cursor::read(&path) {
-                Ok(Some(pos)) => {
-                    stored.insert(name, pos);
-                }
-                Ok(None) => {}
-                Err(reason) => tracing::warn!(
-                    "outbox: {}: {reason}; this broker gets everything still held again",
-                    path.display()
-                ),
-            }
-        }
-        let evict_below = stored.values().min().copied().unwrap_or(0);
-
-        let mut held = VecDeque::new();
-        let mut segments = BTreeMap::new();
-        let mut last_pos: Option<u64> = None;
-        let mut latest_seq = None;
-        let mut total_bytes = 0;
-        for (i, &id) in ids.iter().enumerate() {
-            let path = dir.join(segment_name(id));
-            let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
-                path: path.clone(),
-                op: "read",
-                source,
-            })?;
-            let scan = frame::scan_from(&bytes, evict_below);
-            for d in &scan.damage {
-                let tail = d.offset + d.len == bytes.len() as u64;
-                tracing::warn!(
-                    "outbox: {} offset {}: {} damaged bytes skipped ({}){}",
-                    path.display(),
-                    d.offset,
-                    d.len,
-                    d.reason,
-                    if tail {
-                        "; a write torn by a crash or power loss, never acknowledged"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            if scan.valid_end < bytes.len() as u64 {
-                truncate(&path, scan.valid_end)?;
-            }
-            let mut seg = Segment {
-                path: path.clone(),
-                bytes: scan.valid_end,
-                records: 0,
-                events: 0,
-                newest_ms: 0,
-                last_pos: None,
-            };
-            for f in scan.records {
-                let r = f.record;
-                if last_pos.is_some_and(|p| r.pos <= p) {
-                    tracing::warn!(
-                        "outbox: {} offset {}: record at position {} is out of order; skipped",
-                        path.display(),
-                        f.offset,
-                        r.pos
-                    );
-                    continue;
-                }
-                last_pos = Some(r.pos);
-                seg.records += 1;
-                seg.last_pos = Some(r.pos);
-                seg.newest_ms = seg.newest_ms.max(r.time_ms);
-                if r.kind == Kind::Event {
-                    seg.events += 1;
-                    latest_seq = latest_seq.max(Some(r.seq));
-                }
-                let evicted = r.pos < evict_below;
-                held.push_back(Held {
-                    record: Arc::new(r),
-                    segment: id,
-                    size: f.size,
-                    evicted,
-                });
-            }
-            let is_last = i + 1 == ids.len();
-            if seg.records == 0 && !is_last {
-                remove(&path)?;
-                continue;
-            }
-            total_bytes += seg.bytes;
-            segments.insert(id, seg);
-        }
-
-        // Positions never go back: past every record, every segment name and every cursor.
-        let next_pos = [
-            last_pos.map(|p| p + 1),
-            segments.keys().next_back().copied(),
-            stored.values().max().copied(),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(0);
-        let oldest_held = held.front().map_or(next_pos, |h| h.record.pos);
-        let newcomer_start = stored.values().min().copied().unwrap_or(oldest_held);
-
-        let active_id = match segments.keys().next_back() {
-            Some(&id) => id,
-            None => {
-                let id = next_pos;
-                create_segment(&dir, id)?;
-                segments.insert(
-                    id,
-                    Segment {
-                        path: dir.join(segment_name(id)),
-                        bytes: 0,
-                        records: 0,
-                        events: 0,
-                        newest_ms: 0,
-                        last_pos: None,
-                    },
-                );
-                id
-            }
-        };
-        let active_path = dir.join(segment_name(active_id));
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&active_path)
-            .map_err(|source| OutboxError::Io {
-                path: active_path,
-                op: "open for append",
-                source,
-            })?;
-
-        let mut cursors = BTreeMap::new();
-        for b in brokers {
-            let name = cursor::file_name(b);
-            let path = cursor_dir.join(&name);
-            let (next, dirty) = match stored.get(&name) {
-                Some(&p) => (p, false),
-                None => (newcomer_start, true),
-            };
-            cursors.insert(
-                b.clone(),
-                Cursor {
-                    path,
-                    next,
-                    acked: BTreeSet::new(),
-                    dirty,
-                },
-            );
-        }
-
-        let mut outbox = Outbox {
-            dir,
-            cursor_dir,
-            opts,
-            held,
-            segments,
-            active,
-            active_id,
-            next_pos,
-            cursors,
-            total_bytes,
-            latest_seq,
-            poisoned: false,
-            over_bound: false,
-            dropped: 0,
-            retry_bound_at: 0,
-            evicted_below: evict_below,
-        };
-        outbox.commit()?;
-        if outbox.total_bytes > outbox.opts.max_bytes {
-            outbox.enforce_bound()?;
-        }
-        Ok(outbox)
-    }
-
     /// Appends `entries` in order and fsyncs once; when this returns `Ok` they are durable.
     /// Returns the records as held, with their positions.
     pub fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<Arc<Record>>, OutboxError> {
@@ -506,12 +254,7 @@ impl Outbox {
         if let Some(seg) = self.segments.get_mut(&id) {
             seg.bytes += buf.len() as u64;
             for r in &out {
-                seg.records += 1;
-                seg.last_pos = Some(r.pos);
-                seg.newest_ms = seg.newest_ms.max(r.time_ms);
-                if r.kind == Kind::Event {
-                    seg.events += 1;
-                }
+                seg.count(r);
             }
         }
         for (r, size) in out.iter().zip(sizes) {
@@ -556,66 +299,6 @@ impl Outbox {
                 }
             })
             .collect()
-    }
-
-    /// `h`'s record with its payload: as held, or read back from its segment (cached in
-    /// `loaded` per segment, so a run of evicted records reads each file once).
-    fn full(&self, h: &Held, loaded: &mut Loaded) -> Result<Arc<Record>, OutboxError> {
-        if !h.evicted {
-            return Ok(h.record.clone());
-        }
-        let records = match loaded.entry(h.segment) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.load_segment(h.segment)?),
-        };
-        records
-            .get(&h.record.pos)
-            .cloned()
-            .ok_or_else(|| OutboxError::Missing {
-                path: self.dir.join(segment_name(h.segment)),
-                pos: h.record.pos,
-            })
-    }
-
-    /// Every record in segment `id`, by position, as read from its file.
-    fn load_segment(&self, id: u64) -> Result<HashMap<u64, Arc<Record>>, OutboxError> {
-        let path = self.dir.join(segment_name(id));
-        let bytes = fs::read(&path).map_err(|source| OutboxError::Io {
-            path: path.clone(),
-            op: "read",
-            source,
-        })?;
-        Ok(frame::scan(&bytes)
-            .records
-            .into_iter()
-            .map(|f| (f.record.pos, Arc::new(f.record)))
-            .collect())
-    }
-
-    /// Drops from memory the payloads every broker has confirmed (see the module docs).
-    fn evict_confirmed(&mut self) {
-        let Some(slowest) = self.cursors.values().map(|c| c.next).min() else {
-            return;
-        };
-        let from = self
-            .held
-            .partition_point(|h| h.record.pos < self.evicted_below);
-        let to = self.held.partition_point(|h| h.record.pos < slowest);
-        for h in self.held.range_mut(from..to.max(from)) {
-            if !h.evicted {
-                h.record = Arc::new(header(&h.record));
-                h.evicted = true;
-            }
-        }
-        self.evicted_below = self.evicted_below.max(slowest);
-    }
-
-    /// Payload bytes held in memory (the bench and tests watch this).
-    pub fn resident_payload_bytes(&self) -> u64 {
-        self.held
-            .iter()
-            .map(|h| h.record.payload.len() as u64)
-            .sum()
     }
 
     /// `broker` acknowledged the record at `pos` (its PUBACK arrived). The cursor moves past
@@ -690,60 +373,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Deletes the oldest segments every broker has confirmed once the journal no longer
-    /// needs them: beyond `journal_max` bytes, older than `journal_max_age`, or holding no
-    /// alarm event. Called by [`Outbox::commit`]; public so a timer can age the journal too.
-    pub fn trim(&mut self, now: SystemTime) -> Result<(), OutboxError> {
-        let now = now_ms(now);
-        let max_age = self.opts.journal_max_age.as_millis() as u64;
-        let confirmed = self.confirmed_segments();
-        let mut journal: u64 = confirmed
-            .iter()
-            .filter_map(|id| self.segments.get(id))
-            .map(|s| s.bytes)
-            .sum();
-        for id in confirmed {
-            let Some(seg) = self.segments.get(&id) else {
-                continue;
-            };
-            let expired = seg.newest_ms.saturating_add(max_age) < now;
-            if journal <= self.opts.journal_max_bytes && !expired && seg.events > 0 {
-                break;
-            }
-            journal -= seg.bytes;
-            self.delete_segment(id)?;
-        }
-        if self.over_bound && self.total_bytes <= self.opts.max_bytes {
-            self.over_bound = false;
-            self.retry_bound_at = 0;
-            tracing::info!(
-                "outbox: back within storage.outbox_max ({} of {} bytes)",
-                self.total_bytes,
-                self.opts.max_bytes
-            );
-        }
-        Ok(())
-    }
-
-    /// Journaled alarm events with `seq >= from`, for `cmd/replay`; those every broker has
-    /// are read back from their segment files.
-    pub fn replay_from(&self, from: u64) -> Result<Replay, OutboxError> {
-        let mut replay = Replay::default();
-        let mut loaded = Loaded::default();
-        for h in &self.held {
-            let r = &h.record;
-            if r.kind != Kind::Event {
-                continue;
-            }
-            replay.oldest_seq = Some(replay.oldest_seq.map_or(r.seq, |o: u64| o.min(r.seq)));
-            if r.seq >= from {
-                replay.events.push(self.full(h, &mut loaded)?);
-            }
-        }
-        replay.events.sort_by_key(|r| r.seq);
-        Ok(replay)
-    }
-
     /// The highest alarm event `seq` ever held (carried by the status heartbeat, so a gap at the
     /// tail is visible to subscribers).
     pub fn latest_seq(&self) -> Option<u64> {
@@ -793,42 +422,21 @@ impl Outbox {
     }
 
     fn active_path(&self) -> PathBuf {
-        self.dir.join(segment_name(self.active_id))
+        self.dir.join(segment::file_name(self.active_id))
     }
 
     fn active_bytes(&self) -> u64 {
         self.segments.get(&self.active_id).map_or(0, |s| s.bytes)
     }
 
-    /// Sealed segments every broker has confirmed entirely, oldest first.
-    fn confirmed_segments(&self) -> Vec<u64> {
-        let slowest = self.cursors.values().map(|c| c.next).min();
-        let mut out = Vec::new();
-        for (&id, seg) in &self.segments {
-            if id == self.active_id {
-                break;
-            }
-            let done = match (seg.last_pos, slowest) {
-                (None, _) => true,
-                (Some(_), None) => true,
-                (Some(last), Some(next)) => last < next,
-            };
-            if !done {
-                break;
-            }
-            out.push(id);
-        }
-        out
-    }
-
     /// Seals the active segment and starts a new one named for the next position.
-    fn rotate(&mut self) -> Result<(), OutboxError> {
+    pub(super) fn rotate(&mut self) -> Result<(), OutboxError> {
         let id = self.next_pos;
-        if let Err(e) = create_segment(&self.dir, id) {
+        let path = self.dir.join(segment::file_name(id));
+        if let Err(e) = files::create(&self.dir, &path) {
             self.poisoned = true;
             return Err(e);
         }
-        let path = self.dir.join(segment_name(id));
         self.active = match OpenOptions::new().append(true).open(&path) {
             Ok(f) => f,
             Err(source) => {
@@ -841,273 +449,8 @@ impl Outbox {
                 });
             }
         };
-        self.segments.insert(
-            id,
-            Segment {
-                path,
-                bytes: 0,
-                records: 0,
-                events: 0,
-                newest_ms: 0,
-                last_pos: None,
-            },
-        );
+        self.segments.insert(id, Segment::new(&self.dir, id));
         self.active_id = id;
         Ok(())
     }
-
-    fn delete_segment(&mut self, id: u64) -> Result<(), OutboxError> {
-        let Some(seg) = self.segments.remove(&id) else {
-            return Ok(());
-        };
-        remove(&seg.path)?;
-        sync_dir(&self.dir)?;
-        self.total_bytes -= seg.bytes;
-        self.held.retain(|h| h.segment != id);
-        Ok(())
-    }
-
-    /// Over `storage.outbox_max`: first the journal gives way (segments every broker has),
-    /// then retained messages superseded by a newer one on the same topic (old zone statuses),
-    /// then non-retained messages other than alarm events. Alarm events, and the newest
-    /// retained message per topic, are never dropped; if the outbox is still over, that is
-    /// reported and writing goes on.
-    fn enforce_bound(&mut self) -> Result<(), OutboxError> {
-        for id in self.confirmed_segments() {
-            if self.total_bytes <= self.opts.max_bytes {
-                break;
-            }
-            self.delete_segment(id)?;
-        }
-        if self.total_bytes > self.opts.max_bytes {
-            let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
-            for h in &self.held {
-                if h.record.retain {
-                    newest.insert(&h.record.topic, h.record.pos);
-                }
-            }
-            let superseded: BTreeSet<u64> = self
-                .held
-                .iter()
-                .filter(|h| {
-                    h.record.kind != Kind::Event
-                        && h.record.retain
-                        && newest.get(h.record.topic.as_str()) != Some(&h.record.pos)
-                })
-                .map(|h| h.record.pos)
-                .collect();
-            let freed: u64 = self
-                .held
-                .iter()
-                .filter(|h| superseded.contains(&h.record.pos))
-                .map(|h| h.size)
-                .sum();
-            let mut drop = superseded;
-            if self.total_bytes - freed > self.opts.max_bytes {
-                drop.extend(
-                    self.held
-                        .iter()
-                        .filter(|h| h.record.kind != Kind::Event && !h.record.retain)
-                        .map(|h| h.record.pos),
-                );
-            }
-            if !drop.is_empty() {
-                self.drop_records(&drop)?;
-            }
-        }
-        if self.total_bytes > self.opts.max_bytes {
-            if !self.over_bound {
-                tracing::error!(
-                    "outbox: over storage.outbox_max ({} of {} bytes) with only alarm events and \
-                     the newest retained messages left; still writing them, never dropping alarms",
-                    self.total_bytes,
-                    self.opts.max_bytes
-                );
-            }
-            self.over_bound = true;
-            self.retry_bound_at = self.total_bytes + self.opts.segment_bytes;
-        } else if self.over_bound {
-            self.over_bound = false;
-            self.retry_bound_at = 0;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the segments holding any of `drop` without them (new file, fsync, rename).
-    fn drop_records(&mut self, drop: &BTreeSet<u64>) -> Result<(), OutboxError> {
-        let mut affected: BTreeSet<u64> = self
-            .held
-            .iter()
-            .filter(|h| drop.contains(&h.record.pos))
-            .map(|h| h.segment)
-            .collect();
-        if affected.contains(&self.active_id) {
-            // The active segment is appended to through an open handle; seal it first.
-            self.rotate()?;
-        }
-        affected.remove(&self.active_id);
-        let mut n = 0u64;
-        for id in affected {
-            let Some(seg) = self.segments.get(&id) else {
-                continue;
-            };
-            let path = seg.path.clone();
-            let mut buf = Vec::new();
-            let mut kept = Segment {
-                path: path.clone(),
-                bytes: 0,
-                records: 0,
-                events: 0,
-                newest_ms: 0,
-                last_pos: None,
-            };
-            // Evicted records are rewritten from the file they are in. If it cannot be read
-            // back whole, this segment is left as it is (over the bound, never short).
-            let from_disk = if self.held.iter().any(|h| h.segment == id && h.evicted) {
-                match self.load_segment(id) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!("outbox: {e}; not compacting this segment");
-                        continue;
-                    }
-                }
-            } else {
-                HashMap::new()
-            };
-            if let Some(h) = self
-                .held
-                .iter()
-                .find(|h| h.segment == id && h.evicted && !from_disk.contains_key(&h.record.pos))
-            {
-                tracing::error!(
-                    "outbox: {}: record at position {} is no longer readable; not compacting this segment",
-                    path.display(),
-                    h.record.pos
-                );
-                continue;
-            }
-            for h in self.held.iter_mut().filter(|h| h.segment == id) {
-                if drop.contains(&h.record.pos) {
-                    continue;
-                }
-                let full = match from_disk.get(&h.record.pos) {
-                    Some(r) if h.evicted => r,
-                    _ => &h.record,
-                };
-                h.size = frame::encode(full, &mut buf) as u64;
-                kept.records += 1;
-                kept.last_pos = Some(h.record.pos);
-                kept.newest_ms = kept.newest_ms.max(h.record.time_ms);
-                if h.record.kind == Kind::Event {
-                    kept.events += 1;
-                }
-            }
-            kept.bytes = buf.len() as u64;
-            let tmp = path.with_extension("seg.tmp");
-            let written = write_file(&tmp, &buf).and_then(|()| {
-                fs::rename(&tmp, &path).map_err(|source| OutboxError::Durability {
-                    path: tmp.clone(),
-                    offset: 0,
-                    op: "rename",
-                    source,
-                })
-            });
-            if let Err(e) = written.and_then(|()| sync_dir(&self.dir)) {
-                self.poisoned = true;
-                return Err(e);
-            }
-            let before = self.held.len();
-            self.held
-                .retain(|h| h.segment != id || !drop.contains(&h.record.pos));
-            n += (before - self.held.len()) as u64;
-            let old = self.segments.insert(id, kept).map_or(0, |s| s.bytes);
-            self.total_bytes = self.total_bytes - old + buf.len() as u64;
-        }
-        if n > 0 {
-            self.dropped += n;
-            tracing::warn!(
-                "outbox: over storage.outbox_max: dropped {n} superseded or non-alarm records \
-                 ({} bytes now, {} dropped since start)",
-                self.total_bytes,
-                self.dropped
-            );
-        }
-        Ok(())
-    }
-}
-
-fn list(dir: &Path) -> Result<Vec<String>, OutboxError> {
-    let rd = fs::read_dir(dir).map_err(|source| OutboxError::Io {
-        path: dir.to_path_buf(),
-        op: "list",
-        source,
-    })?;
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(|source| OutboxError::Io {
-            path: dir.to_path_buf(),
-            op: "list",
-            source,
-        })?;
-        if let Some(name) = e.file_name().to_str() {
-            out.push(name.to_string());
-        }
-    }
-    Ok(out)
-}
-
-fn truncate(path: &Path, len: u64) -> Result<(), OutboxError> {
-    let fail = |source| OutboxError::Durability {
-        path: path.to_path_buf(),
-        offset: len,
-        op: "truncate",
-        source,
-    };
-    let f = OpenOptions::new().write(true).open(path).map_err(fail)?;
-    f.set_len(len).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    tracing::warn!(
-        "outbox: {} truncated to {len} bytes, after its last valid record",
-        path.display()
-    );
-    Ok(())
-}
-
-fn remove(path: &Path) -> Result<(), OutboxError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(OutboxError::Io {
-            path: path.to_path_buf(),
-            op: "remove",
-            source,
-        }),
-    }
-}
-
-fn create_segment(dir: &Path, id: u64) -> Result<(), OutboxError> {
-    let path = dir.join(segment_name(id));
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| OutboxError::Durability {
-            path: path.clone(),
-            offset: 0,
-            op: "create",
-            source,
-        })?;
-    sync_dir(dir)
-}
-
-fn write_file(path: &Path, buf: &[u8]) -> Result<(), OutboxError> {
-    let fail = |op, source| OutboxError::Durability {
-        path: path.to_path_buf(),
-        offset: 0,
-        op,
-        source,
-    };
-    let mut f = File::create(path).map_err(|e| fail("create", e))?;
-    f.write_all(buf).map_err(|e| fail("write", e))?;
-    f.sync_data().map_err(|e| fail("fsync", e))
 }
