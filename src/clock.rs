@@ -81,6 +81,13 @@ impl Pulse {
     }
 }
 
+/// Milliseconds since the Unix epoch: how the outbox journal, `drain.json` and the agents'
+/// state files store a wall-clock time. A clock set before 1970 reads as 0, never a panic.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// RFC 3339 with milliseconds and a `Z`, as every payload carries it.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

@@ -18,11 +18,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::unix_ms;
 use crate::drain::coordinator::Persisted;
 use crate::drain::messages::{DrainState, Progress};
 use crate::fieldbus::{LinkStats, Reading};
 use crate::outbox::Pressure;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeviceLabel {
@@ -302,9 +303,7 @@ impl Metrics {
         self.outbox_max_bytes.set(clamp(p.max));
         self.outbox_undelivered.set(clamp(p.undelivered as u64));
         self.outbox_over_bound.set(i64::from(p.over_bound));
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_ms(now);
         let age = p
             .oldest_undelivered_ms
             .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0);
@@ -471,7 +470,7 @@ mod tests {
     fn outbox_drain_and_link_series_follow_their_owners() {
         let m = Metrics::new();
         let now = SystemTime::now();
-        let ms = now.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let ms = crate::clock::unix_ms(now);
         m.set_outbox(
             &Pressure {
                 bytes: 4096,

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use super::hook;
 use super::messages::{
     Ack, AckState, Action, Cancelled, Presence, PresenceState, Request, RequestMessage,
 };
-use crate::clock::Pulse;
+use crate::clock::{unix_ms, Pulse};
 use crate::config::{Agent, Config};
 use crate::message::Outgoing;
 use crate::mqtt::{self, Inbound, LinkOptions, Publisher, Topics};
@@ -318,7 +318,7 @@ impl Worker {
             Handled {
                 zone: zone.to_string(),
                 drill: r.drill,
-                seen_ms: unix_ms(),
+                seen_ms: unix_ms(SystemTime::now()),
                 drain: Stage::Running,
                 restore: Stage::NotRun,
             },
@@ -543,13 +543,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::segment;
-use super::store::{now_ms, Held, Replay};
+use super::store::{Held, Replay};
 use super::{files, frame, Kind, Outbox, OutboxError, Record};
+use crate::clock::unix_ms;
 
 /// Segments read back from disk, by id, then by position.
 pub(super) type Loaded = HashMap<u64, HashMap<u64, Arc<Record>>>;
@@ -125,7 +126,7 @@ impl Outbox {
     /// needs them: beyond `journal_max` bytes, older than `journal_max_age`, or holding no
     /// alarm event. Called by [`Outbox::commit`]; public so a timer can age the journal too.
     pub fn trim(&mut self, now: SystemTime) -> Result<(), OutboxError> {
-        let now = now_ms(now);
+        let now = unix_ms(now);
         let max_age = self.opts.journal_max_age.as_millis() as u64;
         let confirmed = self.confirmed_segments();
         let mut journal: u64 = confirmed

@@ -10,13 +10,14 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::cursor;
 use super::journal::Loaded;
 use super::segment::{self, Segment};
 use super::{files, frame};
 use super::{Entry, Kind, Options, OutboxError, Record};
+use crate::clock::unix_ms;
 
 /// An append between [`Outbox::stage`] and [`Outbox::finish`].
 #[derive(Debug)]
@@ -140,11 +141,6 @@ pub struct Outbox {
     pub(super) evicted_below: u64,
 }
 
-pub(super) fn now_ms(now: SystemTime) -> u64 {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Outbox {
     /// Appends `entries` in order and fsyncs once; when this returns `Ok` they are durable.
     /// Returns the records as held, with their positions.
@@ -186,7 +182,7 @@ impl Outbox {
         if self.active_bytes() >= self.opts.segment_bytes {
             self.rotate()?;
         }
-        let time_ms = now_ms(now);
+        let time_ms = unix_ms(now);
         let mut buf = Vec::new();
         let mut records = Vec::with_capacity(entries.len());
         let mut sizes = Vec::with_capacity(entries.len());
