@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::decode::{Table, ValueType, WordOrder};
+pub use crate::rules::rate::RateOfRise;
+pub use crate::rules::threshold::{Direction, Threshold};
+pub use crate::rules::vote::Vote;
 use crate::rules::Severity;
 
 /// One validation problem, located by its key path in the file.
@@ -331,40 +334,6 @@ pub enum RuleBody {
     Threshold(Threshold),
     RateOfRise(RateOfRise),
     Vote(Vote),
-}
-
-/// Which side of the thresholds is bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Above,
-    Below,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Threshold {
-    pub direction: Direction,
-    /// Present levels, in ascending severity.
-    pub levels: Vec<(Severity, f64)>,
-    pub deadband: f64,
-    pub on_delay: Duration,
-    pub off_delay: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateOfRise {
-    pub per_minute: f64,
-    pub window: Duration,
-    pub severity: Severity,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Vote {
-    /// Alarm key patterns, `device/point/rule`, each segment may be `*`; the point segment also
-    /// matches a point kind (`*/smoke/*` is every smoke detector's alarm).
-    pub alarms: Vec<String>,
-    pub need: usize,
-    pub at_least: Severity,
-    pub severity: Severity,
 }
 
 #[derive(Debug, Clone)]
