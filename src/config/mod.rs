@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::decode::{Point, PointKind};
 use crate::decode::{Table, ValueType, WordOrder};
 pub use crate::rules::rate::RateOfRise;
 pub use crate::rules::threshold::{Direction, Threshold};
@@ -250,72 +251,6 @@ pub enum Parity {
     None,
     Even,
     Odd,
-}
-
-/// What a point measures; votes and zone logic group detectors by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PointKind {
-    Temperature,
-    Smoke,
-    Offgas,
-    Hydrogen,
-    Voltage,
-    Current,
-    Soc,
-    State,
-    Generic,
-}
-
-impl PointKind {
-    pub const ALL: [PointKind; 9] = [
-        PointKind::Temperature,
-        PointKind::Smoke,
-        PointKind::Offgas,
-        PointKind::Hydrogen,
-        PointKind::Voltage,
-        PointKind::Current,
-        PointKind::Soc,
-        PointKind::State,
-        PointKind::Generic,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PointKind::Temperature => "temperature",
-            PointKind::Smoke => "smoke",
-            PointKind::Offgas => "offgas",
-            PointKind::Hydrogen => "hydrogen",
-            PointKind::Voltage => "voltage",
-            PointKind::Current => "current",
-            PointKind::Soc => "soc",
-            PointKind::State => "state",
-            PointKind::Generic => "generic",
-        }
-    }
-}
-
-/// One value read from a device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Point {
-    pub id: String,
-    pub kind: PointKind,
-    pub table: Table,
-    pub address: u16,
-    pub value_type: ValueType,
-    pub word_order: WordOrder,
-    pub scale: f64,
-    pub offset: f64,
-    pub unit: String,
-    /// Outside this range the reading is a sensor fault, not an alarm.
-    pub valid: Option<(f64, f64)>,
-    /// An unchanged raw value for this long is a sensor fault.
-    pub stuck_after: Option<Duration>,
-    /// Raw values with which the detector reports its own trouble (e.g. an aspirating smoke
-    /// detector's flow fault): a fault, never a reading.
-    pub trouble: Vec<f64>,
-    /// serial-lines only: the key (or the pattern's named group) this point's value comes from.
-    /// Defaults to the point id.
-    pub field: Option<String>,
 }
 
 /// A rule, with its `points` already resolved against the devices.
