@@ -2,10 +2,12 @@
 //!
 //! Loading goes in two steps so that an operator sees every mistake at once rather than one per
 //! restart: the file (plus `EMBERWATCH__SECTION__KEY` overrides) is read into loosely typed
-//! [`raw`] structs, then validation converts them into these types, collecting every error with
+//! raw structs, then validation converts them into these types, collecting every error with
 //! its key path (`devices[0].points[2].type: ...`).
 
-mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -323,7 +325,7 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        raw::parse(&text, env, role).map_err(|problems| ConfigError {
+        validate::parse(&text, env, role).map_err(|problems| ConfigError {
             file: path.to_path_buf(),
             problems,
         })
@@ -331,7 +333,7 @@ impl Config {
 
     /// Parses configuration text without touching the file system (tests, the demo).
     pub fn from_toml(text: &str, role: Role) -> Result<Config, Vec<Problem>> {
-        raw::parse(text, Vec::new(), role)
+        validate::parse(text, Vec::new(), role)
     }
 
     /// Every point, with its device, in configuration order.
