@@ -5,9 +5,20 @@
 //! raw structs, then validation converts them into these types, collecting every error with
 //! its key path (`devices[0].points[2].type: ...`).
 
+mod alarms;
+mod drain;
+mod metrics;
+mod site;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod validate;
+
+pub use alarms::AlarmPolicy;
+pub use drain::{Agent, Drain};
+pub use metrics::Metrics;
+pub use site::{BrokerUrl, Mqtt, Site};
+pub use storage::Storage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -69,129 +80,6 @@ pub struct Config {
     pub drain: Option<Drain>,
     pub agent: Option<Agent>,
     pub alarms: AlarmPolicy,
-}
-
-/// Site-wide alarm management settings (`[alarms]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlarmPolicy {
-    /// The longest an operator may shelve an alarm; a forgotten shelf must expire.
-    pub max_shelve: Duration,
-    /// More active/cleared transitions than this in a minute marks an alarm as chattering.
-    pub chatter_per_minute: usize,
-}
-
-impl Default for AlarmPolicy {
-    fn default() -> Self {
-        AlarmPolicy {
-            max_shelve: Duration::from_secs(8 * 3600),
-            chatter_per_minute: 5,
-        }
-    }
-}
-
-/// Where this gateway sits; both ids end up in every topic.
-#[derive(Debug, Clone)]
-pub struct Site {
-    pub id: String,
-    pub gateway: String,
-}
-
-/// Which broker to reach and how.
-#[derive(Debug, Clone)]
-pub struct Mqtt {
-    pub url: BrokerUrl,
-    pub topic_prefix: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    /// The password lives in its own file so the config can be world-readable and logged.
-    pub password_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Redundant brokers; every message goes to each.
-    pub also: Vec<BrokerUrl>,
-    pub keep_alive: Duration,
-    /// `heartbeat = "10s"`: how often the retained status is republished with the latest event
-    /// `seq`, so a subscriber can see a gap at the tail (events it never got).
-    pub heartbeat: Duration,
-}
-
-/// A parsed `mqtt.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerUrl {
-    /// The in-process rumqttd broker on 127.0.0.1:1883, for the demo and single-box sites.
-    Embedded,
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    Tls {
-        host: String,
-        port: u16,
-    },
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://host[:port]`, `mqtts://host[:port]` or `embedded`.
-    pub fn parse(s: &str) -> Result<BrokerUrl, String> {
-        if s == "embedded" {
-            return Ok(BrokerUrl::Embedded);
-        }
-        let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
-            (false, r)
-        } else if let Some(r) = s.strip_prefix("mqtts://") {
-            (true, r)
-        } else {
-            return Err(format!(
-                "{s:?} is not a broker URL (expected mqtt://host:port, mqtts://host:port or \"embedded\")"
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("{s:?}: port {p:?} is not a number 0-65535"))?;
-                (h, port)
-            }
-            _ => (rest, default_port),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{s:?}: no host"));
-        }
-        let host = host.to_string();
-        Ok(if tls {
-            BrokerUrl::Tls { host, port }
-        } else {
-            BrokerUrl::Tcp { host, port }
-        })
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BrokerUrl::Embedded => f.write_str("embedded"),
-            BrokerUrl::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
-            BrokerUrl::Tls { host, port } => write!(f, "mqtts://{host}:{port}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Storage {
-    /// Alarm state, `seq` and the durable outbox live here.
-    pub dir: PathBuf,
-    /// `outbox_max = "64MB"`: disk the outbox may use. Over it, superseded zone statuses and
-    /// other non-alarm messages are dropped first; alarm events never are.
-    pub outbox_max: u64,
-    /// `journal_max = "16MB"`: events every broker has confirmed are kept this much, for
-    /// `cmd/replay` to repair a subscriber's gap.
-    pub journal_max: u64,
-    /// `journal_max_age = "7d"`: and for at most this long.
-    pub journal_max_age: Duration,
 }
 
 /// One polled device: a rack BMS, a UPS, a detector.
@@ -271,30 +159,6 @@ pub enum RuleBody {
     Threshold(Threshold),
     RateOfRise(RateOfRise),
     Vote(Vote),
-}
-
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    pub listen: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Drain {
-    pub trigger: Severity,
-    pub deadline: Duration,
-    pub agents: Vec<String>,
-    /// A zone back to normal cancels its drain only once every alarm of the zone has been
-    /// acknowledged (`cancel_after = "acknowledged"`), or as soon as it is normal (`"normal"`).
-    pub cancel_after_ack: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Agent {
-    pub id: String,
-    pub zones: Vec<String>,
-    pub drain: Vec<String>,
-    pub restore: Vec<String>,
-    pub timeout: Duration,
 }
 
 /// Which configuration a command needs; a drain agent has no devices.

@@ -5,7 +5,6 @@
 //! first one.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -14,54 +13,15 @@ use super::*;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct RawConfig {
-    site: RawSite,
-    mqtt: RawMqtt,
-    storage: RawStorage,
+    site: site::RawSite,
+    mqtt: site::RawMqtt,
+    storage: storage::RawStorage,
     devices: Vec<RawDevice>,
     rules: Vec<RawRule>,
-    metrics: Option<RawMetrics>,
-    drain: Option<RawDrain>,
-    agent: Option<RawAgent>,
-    alarms: RawAlarms,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawAlarms {
-    max_shelve: Option<String>,
-    chatter_per_minute: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawSite {
-    id: Option<String>,
-    gateway: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawMqtt {
-    url: Option<String>,
-    topic_prefix: Option<String>,
-    client_id: Option<String>,
-    username: Option<String>,
-    password_file: Option<String>,
-    ca_file: Option<String>,
-    cert_file: Option<String>,
-    key_file: Option<String>,
-    also: Vec<String>,
-    keep_alive: Option<String>,
-    heartbeat: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawStorage {
-    dir: Option<String>,
-    outbox_max: Option<String>,
-    journal_max: Option<String>,
-    journal_max_age: Option<String>,
+    metrics: Option<metrics::RawMetrics>,
+    drain: Option<drain::RawDrain>,
+    agent: Option<drain::RawAgent>,
+    alarms: alarms::RawAlarms,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,31 +93,6 @@ struct RawVote {
     need: Option<i64>,
     at_least: Option<String>,
     severity: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawMetrics {
-    listen: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawDrain {
-    trigger: Option<String>,
-    deadline: Option<String>,
-    agents: Vec<String>,
-    cancel_after: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct RawAgent {
-    id: Option<String>,
-    zones: Vec<String>,
-    drain: Vec<String>,
-    restore: Vec<String>,
-    timeout: Option<String>,
 }
 
 /// Reads TOML text plus `EMBERWATCH__SECTION__KEY` overrides and validates the result.
@@ -261,8 +196,8 @@ fn error_message(e: &config::ConfigError) -> String {
 }
 
 #[derive(Default)]
-struct Validator {
-    problems: Vec<Problem>,
+pub(super) struct Validator {
+    pub(super) problems: Vec<Problem>,
 }
 
 fn is_id(s: &str, extra: &[char]) -> bool {
@@ -272,32 +207,39 @@ fn is_id(s: &str, extra: &[char]) -> bool {
 }
 
 impl Validator {
-    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn required<T>(&mut self, path: &str, v: Option<T>) -> Option<T> {
+    pub(super) fn required<T>(&mut self, path: &str, v: Option<T>) -> Option<T> {
         if v.is_none() {
             self.problem(path, "missing (required)");
         }
         v
     }
 
-    fn id(&mut self, path: &str, v: Option<String>, extra: &[char], pattern: &str) -> String {
+    /// A required id: lowercase ASCII letters, digits and the `extra` characters.
+    pub(super) fn id(&mut self, path: &str, v: Option<String>, extra: &[char]) -> String {
         match self.required(path, v) {
             Some(s) if is_id(&s, extra) => s,
             Some(s) => {
-                self.problem(path, format!("{s:?} must match {pattern}"));
+                let extra: String = extra.iter().collect();
+                self.problem(path, format!("{s:?} must match [a-z0-9{extra}]+"));
                 s
             }
             None => String::new(),
         }
     }
 
-    fn duration(&mut self, path: &str, v: Option<String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        path: &str,
+        v: Option<String>,
+        default: Duration,
+    ) -> Duration {
         match v {
             None => default,
             Some(s) => match parse_duration(&s) {
@@ -310,7 +252,7 @@ impl Validator {
         }
     }
 
-    fn size(&mut self, path: &str, v: Option<String>, default: u64) -> u64 {
+    pub(super) fn size(&mut self, path: &str, v: Option<String>, default: u64) -> u64 {
         match v {
             None => default,
             Some(s) => parse_size(&s).unwrap_or_else(|e| {
@@ -320,7 +262,12 @@ impl Validator {
         }
     }
 
-    fn severity(&mut self, path: &str, v: Option<String>, default: Severity) -> Severity {
+    pub(super) fn severity(
+        &mut self,
+        path: &str,
+        v: Option<String>,
+        default: Severity,
+    ) -> Severity {
         match v {
             None => default,
             Some(s) => Severity::parse(&s).unwrap_or_else(|| {
@@ -333,7 +280,7 @@ impl Validator {
         }
     }
 
-    fn int<T: TryFrom<i64> + Copy>(
+    pub(super) fn int<T: TryFrom<i64> + Copy>(
         &mut self,
         path: &str,
         v: Option<i64>,
@@ -350,29 +297,9 @@ impl Validator {
     }
 
     fn config(&mut self, raw: RawConfig, role: Role) -> Config {
-        let site = Site {
-            id: self.id("site.id", raw.site.id, &['-'], "[a-z0-9-]+"),
-            gateway: match role {
-                // An agent config may omit the gateway; it is never used in an agent's topics.
-                Role::DrainAgent if raw.site.gateway.is_none() => String::new(),
-                _ => self.id("site.gateway", raw.site.gateway, &['-'], "[a-z0-9-]+"),
-            },
-        };
+        let site = self.site(raw.site, role);
         let mqtt = self.mqtt(raw.mqtt, &site);
-        let storage = Storage {
-            outbox_max: self.size("storage.outbox_max", raw.storage.outbox_max, 64 << 20),
-            journal_max: self.size("storage.journal_max", raw.storage.journal_max, 16 << 20),
-            journal_max_age: self.duration(
-                "storage.journal_max_age",
-                raw.storage.journal_max_age,
-                Duration::from_secs(7 * 24 * 3600),
-            ),
-            dir: PathBuf::from(
-                raw.storage
-                    .dir
-                    .unwrap_or_else(|| "/var/lib/emberwatch".to_string()),
-            ),
-        };
+        let storage = self.storage(raw.storage);
         let mut devices = Vec::new();
         let mut seen = HashSet::new();
         for (i, d) in raw.devices.into_iter().enumerate() {
@@ -402,33 +329,8 @@ impl Validator {
                 rules.push(rule);
             }
         }
-        let metrics = raw.metrics.map(|m| Metrics {
-            listen: m.listen.unwrap_or_else(|| "127.0.0.1:9464".into()),
-        });
-        if let Some(m) = &metrics {
-            if m.listen.parse::<std::net::SocketAddr>().is_err() {
-                self.problem(
-                    "metrics.listen",
-                    format!("{:?} is not an address like 127.0.0.1:9464", m.listen),
-                );
-            }
-        }
-        let drain = raw.drain.map(|d| Drain {
-            trigger: self.severity("drain.trigger", d.trigger, Severity::Critical),
-            deadline: self.duration("drain.deadline", d.deadline, Duration::from_secs(120)),
-            agents: d.agents,
-            cancel_after_ack: match d.cancel_after.as_deref() {
-                None | Some("normal") => false,
-                Some("acknowledged") => true,
-                Some(other) => {
-                    self.problem(
-                        "drain.cancel_after",
-                        format!("{other:?}: expected \"normal\" or \"acknowledged\""),
-                    );
-                    false
-                }
-            },
-        });
+        let metrics = raw.metrics.map(|m| self.metrics(m));
+        let drain = raw.drain.map(|d| self.drain(d));
         let agent = raw.agent.map(|a| self.agent(a));
         if role == Role::DrainAgent && agent.is_none() {
             self.problem(
@@ -436,20 +338,7 @@ impl Validator {
                 "missing [agent] section (id, zones, drain, restore)",
             );
         }
-        let defaults = AlarmPolicy::default();
-        let alarms = AlarmPolicy {
-            max_shelve: self.duration(
-                "alarms.max_shelve",
-                raw.alarms.max_shelve,
-                defaults.max_shelve,
-            ),
-            chatter_per_minute: self.int(
-                "alarms.chatter_per_minute",
-                raw.alarms.chatter_per_minute,
-                defaults.chatter_per_minute,
-                "0-10000",
-            ),
-        };
+        let alarms = self.alarms(raw.alarms);
         Config {
             site,
             mqtt,
@@ -460,77 +349,6 @@ impl Validator {
             drain,
             agent,
             alarms,
-        }
-    }
-
-    fn mqtt(&mut self, m: RawMqtt, site: &Site) -> Mqtt {
-        let url = match m.url.as_deref() {
-            None => BrokerUrl::Tcp {
-                host: "127.0.0.1".into(),
-                port: 1883,
-            },
-            Some(s) => BrokerUrl::parse(s).unwrap_or_else(|e| {
-                self.problem("mqtt.url", e);
-                BrokerUrl::Embedded
-            }),
-        };
-        let mut also = Vec::new();
-        for (i, s) in m.also.iter().enumerate() {
-            match BrokerUrl::parse(s) {
-                Ok(BrokerUrl::Embedded) => self.problem(
-                    format!("mqtt.also[{i}]"),
-                    "\"embedded\" can only be the main url",
-                ),
-                // Each broker has its own delivery cursor, named by its URL.
-                Ok(u) if u == url || also.contains(&u) => self.problem(
-                    format!("mqtt.also[{i}]"),
-                    format!("{u} is already a broker of this gateway"),
-                ),
-                Ok(u) => also.push(u),
-                Err(e) => self.problem(format!("mqtt.also[{i}]"), e),
-            }
-        }
-        let topic_prefix = m.topic_prefix.unwrap_or_else(|| "emberwatch".into());
-        if topic_prefix.is_empty()
-            || topic_prefix.contains(['#', '+'])
-            || topic_prefix.starts_with('/')
-            || topic_prefix.ends_with('/')
-        {
-            self.problem(
-                "mqtt.topic_prefix",
-                format!(
-                    "{topic_prefix:?} must be non-empty, without '#', '+' or leading/trailing '/'"
-                ),
-            );
-        }
-        let keep_alive = self.duration("mqtt.keep_alive", m.keep_alive, Duration::from_secs(5));
-        if keep_alive < Duration::from_secs(1) {
-            self.problem("mqtt.keep_alive", "must be at least 1s");
-        }
-        let heartbeat = self.duration("mqtt.heartbeat", m.heartbeat, Duration::from_secs(10));
-        if heartbeat < Duration::from_millis(100) {
-            self.problem("mqtt.heartbeat", "must be at least 100ms");
-        }
-        if m.cert_file.is_some() != m.key_file.is_some() {
-            self.problem(
-                "mqtt.cert_file",
-                "cert_file and key_file go together (client certificate and its key)",
-            );
-        }
-        Mqtt {
-            url,
-            client_id: m
-                .client_id
-                .unwrap_or_else(|| format!("emberwatch-{}", site.gateway)),
-            topic_prefix,
-            username: m.username,
-            password_file: m.password_file.map(PathBuf::from),
-            ca_file: m.ca_file.map(PathBuf::from),
-            cert_file: m.cert_file.map(PathBuf::from),
-            key_file: m.key_file.map(PathBuf::from),
-            also,
-            keep_alive,
-            heartbeat,
         }
     }
 
@@ -579,13 +397,8 @@ impl Validator {
 
     fn device(&mut self, i: usize, d: RawDevice) -> Device {
         let at = format!("devices[{i}]");
-        let id = self.id(
-            &format!("{at}.id"),
-            d.id.clone(),
-            &['-', '_'],
-            "[a-z0-9-_]+",
-        );
-        let zone = self.id(&format!("{at}.zone"), d.zone.clone(), &['-'], "[a-z0-9-]+");
+        let id = self.id(&format!("{at}.id"), d.id.clone(), &['-', '_']);
+        let zone = self.id(&format!("{at}.zone"), d.zone.clone(), &['-']);
         let transport = match d.transport.as_deref() {
             None | Some("modbus-tcp") => Transport::ModbusTcp {
                 address: self.address(&at, &d),
@@ -741,7 +554,7 @@ impl Validator {
     }
 
     fn point(&mut self, at: &str, p: RawPoint, lines: bool) -> Point {
-        let id = self.id(&format!("{at}.id"), p.id, &['_'], "[a-z0-9_]+");
+        let id = self.id(&format!("{at}.id"), p.id, &['_']);
         let kind = match p.kind.as_deref() {
             None => PointKind::Generic,
             Some(k) => PointKind::ALL
@@ -854,7 +667,7 @@ impl Validator {
 
     fn rule(&mut self, i: usize, r: RawRule, devices: &[Device]) -> Option<Rule> {
         let at = format!("rules[{i}]");
-        let id = self.id(&format!("{at}.id"), r.id, &['-'], "[a-z0-9-]+");
+        let id = self.id(&format!("{at}.id"), r.id, &['-']);
         let kinds = [
             r.above.is_some() || r.below.is_some(),
             r.rate_of_rise.is_some(),
@@ -1026,22 +839,5 @@ impl Validator {
             body,
             latch: r.latch.unwrap_or(false),
         })
-    }
-
-    fn agent(&mut self, a: RawAgent) -> Agent {
-        let id = self.id("agent.id", a.id, &['-'], "[a-z0-9-]+");
-        if a.zones.is_empty() {
-            self.problem("agent.zones", "missing: which zones this agent drains");
-        }
-        if a.drain.is_empty() {
-            self.problem("agent.drain", "missing: the drain hook's argv");
-        }
-        Agent {
-            id,
-            zones: a.zones,
-            drain: a.drain,
-            restore: a.restore,
-            timeout: self.duration("agent.timeout", a.timeout, Duration::from_secs(60)),
-        }
     }
 }
