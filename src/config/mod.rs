@@ -6,30 +6,35 @@
 //! its key path (`devices[0].points[2].type: ...`).
 
 mod alarms;
+mod devices;
 mod drain;
 mod metrics;
+mod points;
+mod rules;
 mod site;
 mod storage;
 #[cfg(test)]
 mod tests;
 mod validate;
 
-pub use alarms::AlarmPolicy;
-pub use drain::{Agent, Drain};
-pub use metrics::Metrics;
-pub use site::{BrokerUrl, Mqtt, Site};
-pub use storage::Storage;
-
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use alarms::AlarmPolicy;
+pub use devices::{Device, Parity, SerialPort, Transport};
+pub use drain::{Agent, Drain};
+pub use metrics::Metrics;
+pub use rules::{Rule, RuleBody};
+pub use site::{BrokerUrl, Mqtt, Site};
+pub use storage::Storage;
+
+// Owned by the code that uses them (decode plans and decodes a point's reads, rules evaluate
+// their definitions); re-exported so `crate::config::X` keeps naming every config type.
 pub use crate::decode::{Point, PointKind};
-use crate::decode::{Table, ValueType, WordOrder};
 pub use crate::rules::rate::RateOfRise;
 pub use crate::rules::threshold::{Direction, Threshold};
 pub use crate::rules::vote::Vote;
-use crate::rules::Severity;
 
 /// One validation problem, located by its key path in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,85 +85,6 @@ pub struct Config {
     pub drain: Option<Drain>,
     pub agent: Option<Agent>,
     pub alarms: AlarmPolicy,
-}
-
-/// One polled device: a rack BMS, a UPS, a detector.
-#[derive(Debug, Clone)]
-pub struct Device {
-    pub id: String,
-    /// The fire zone this device watches; drains are per zone.
-    pub zone: String,
-    pub transport: Transport,
-    pub unit: u8,
-    pub poll_interval: Duration,
-    pub timeout: Duration,
-    /// Largest hole (registers, or bits for coils) a coalesced read may span to save a request.
-    pub max_gap: u16,
-    pub points: Vec<Point>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transport {
-    ModbusTcp {
-        address: String,
-    },
-    ModbusRtu {
-        serial: SerialPort,
-    },
-    ModbusRtuOverTcp {
-        address: String,
-    },
-    /// A sensor printing ASCII lines. Without `pattern`, lines are `KEY=VALUE` tokens; with it,
-    /// the regex's named groups are the fields (for formats like `$ASD,24.5,3*7F`).
-    SerialLines {
-        serial: SerialPort,
-        pattern: Option<String>,
-    },
-}
-
-impl Transport {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Transport::ModbusTcp { .. } => "modbus-tcp",
-            Transport::ModbusRtu { .. } => "modbus-rtu",
-            Transport::ModbusRtuOverTcp { .. } => "modbus-rtu-over-tcp",
-            Transport::SerialLines { .. } => "serial-lines",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialPort {
-    pub port: String,
-    pub baud: u32,
-    pub parity: Parity,
-    pub data_bits: u8,
-    pub stop_bits: u8,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    None,
-    Even,
-    Odd,
-}
-
-/// A rule, with its `points` already resolved against the devices.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub id: String,
-    /// (device index, point index) pairs this rule watches.
-    pub targets: Vec<(usize, usize)>,
-    pub body: RuleBody,
-    /// The alarm stays active until acknowledged, even after its condition clears.
-    pub latch: bool,
-}
-
-#[derive(Debug, Clone)]
-pub enum RuleBody {
-    Threshold(Threshold),
-    RateOfRise(RateOfRise),
-    Vote(Vote),
 }
 
 /// Which configuration a command needs; a drain agent has no devices.
