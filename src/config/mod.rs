@@ -41,6 +41,7 @@ pub use crate::rules::vote::Vote;
 pub struct Problem {
     /// `devices[0].points[1].type`, or the file name for syntax errors.
     pub path: String,
+    /// What is wrong there, and where it helps, what was expected.
     pub message: String,
 }
 
@@ -53,7 +54,9 @@ impl fmt::Display for Problem {
 /// Why a configuration was refused: every problem found, not just the first.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
+    /// The configuration file that was refused.
     pub file: PathBuf,
+    /// Every problem found, in file order within each section.
     pub problems: Vec<Problem>,
 }
 
@@ -76,14 +79,23 @@ impl fmt::Display for ConfigError {
 /// The whole daemon configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[site]`: who this gateway is.
     pub site: Site,
+    /// `[mqtt]`: the broker(s) it publishes to.
     pub mqtt: Mqtt,
+    /// `[storage]`: where its state and outbox live, and how much disk they may use.
     pub storage: Storage,
+    /// `[[devices]]`: what it polls (none for a drain agent).
     pub devices: Vec<Device>,
+    /// `[[rules]]`: what turns readings into alarms.
     pub rules: Vec<Rule>,
+    /// `[metrics]`: the Prometheus endpoint, if the section is present.
     pub metrics: Option<Metrics>,
+    /// `[drain]`: when and from whom to request a traffic drain, if the section is present.
     pub drain: Option<Drain>,
+    /// `[agent]`: a drain agent's own settings (required by `emberwatch agent`).
     pub agent: Option<Agent>,
+    /// `[alarms]`: site-wide alarm management policy.
     pub alarms: AlarmPolicy,
 }
 
