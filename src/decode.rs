@@ -5,7 +5,84 @@
 //! the protocol's limits (125 registers / 2000 bits per request). [`decode`] then turns the words
 //! of one point into a number, applying type, word order, scale and offset.
 
-use crate::config::Point;
+use std::time::Duration;
+
+/// What a point measures (`kind`); votes and zone logic group detectors by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PointKind {
+    Temperature,
+    Smoke,
+    Offgas,
+    Hydrogen,
+    Voltage,
+    Current,
+    Soc,
+    State,
+    Generic,
+}
+
+impl PointKind {
+    pub const ALL: [PointKind; 9] = [
+        PointKind::Temperature,
+        PointKind::Smoke,
+        PointKind::Offgas,
+        PointKind::Hydrogen,
+        PointKind::Voltage,
+        PointKind::Current,
+        PointKind::Soc,
+        PointKind::State,
+        PointKind::Generic,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PointKind::Temperature => "temperature",
+            PointKind::Smoke => "smoke",
+            PointKind::Offgas => "offgas",
+            PointKind::Hydrogen => "hydrogen",
+            PointKind::Voltage => "voltage",
+            PointKind::Current => "current",
+            PointKind::Soc => "soc",
+            PointKind::State => "state",
+            PointKind::Generic => "generic",
+        }
+    }
+}
+
+/// One value read from a device (a `[[devices.points]]` entry, as validated by the config): where
+/// it sits in the device and how its raw content becomes an engineering value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// `id`: the point's name, unique within its device; the middle segment of its alarm keys
+    /// (`device/point/rule`) and of its topics.
+    pub id: String,
+    /// `kind`: what the point measures; vote patterns may name it in place of a point id.
+    pub kind: PointKind,
+    /// `table`: which Modbus table the value is read from.
+    pub table: Table,
+    /// `address`: the first register (or bit) of the value, 0-based as on the wire.
+    pub address: u16,
+    /// `type`: how the registers are read (`u16`, `i16`, ..., `bool`).
+    pub value_type: ValueType,
+    /// `word_order`: for values wider than one register, which word comes first.
+    pub word_order: WordOrder,
+    /// `scale`: the raw value is multiplied by this ...
+    pub scale: f64,
+    /// `offset`: ... and this is added, giving the value in `unit`.
+    pub offset: f64,
+    /// `unit`: the engineering unit (`degC`, `ppm`, ...), shown in payloads and `check-config`.
+    pub unit: String,
+    /// `valid = [low, high]`: outside this range the reading is a sensor fault, not an alarm.
+    pub valid: Option<(f64, f64)>,
+    /// `stuck_after`: an unchanged raw value for this long is a sensor fault.
+    pub stuck_after: Option<Duration>,
+    /// `trouble`: raw values with which the detector reports its own trouble (e.g. an
+    /// aspirating smoke detector's flow fault): a fault, never a reading.
+    pub trouble: Vec<f64>,
+    /// `field`: serial-lines only: the key (or the pattern's named group) this point's value
+    /// comes from. Defaults to the point id.
+    pub field: Option<String>,
+}
 
 /// The four Modbus data tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -288,7 +365,6 @@ pub fn decode_bit(point: &Point, span_start: u16, bits: &[bool]) -> Result<Decod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PointKind;
 
     fn point(table: Table, address: u16, t: ValueType) -> Point {
         Point {

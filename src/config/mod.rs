@@ -2,23 +2,46 @@
 //!
 //! Loading goes in two steps so that an operator sees every mistake at once rather than one per
 //! restart: the file (plus `EMBERWATCH__SECTION__KEY` overrides) is read into loosely typed
-//! [`raw`] structs, then validation converts them into these types, collecting every error with
+//! raw structs, then validation converts them into these types, collecting every error with
 //! its key path (`devices[0].points[2].type: ...`).
 
-mod raw;
+mod alarms;
+mod devices;
+mod drain;
+mod metrics;
+mod points;
+mod rules;
+mod site;
+mod storage;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::decode::{Table, ValueType, WordOrder};
-use crate::rules::Severity;
+pub use alarms::AlarmPolicy;
+pub use devices::{Device, Parity, SerialPort, Transport};
+pub use drain::{Agent, Drain};
+pub use metrics::Metrics;
+pub use rules::{Rule, RuleBody};
+pub use site::{BrokerUrl, Mqtt, Site};
+pub use storage::Storage;
+
+// Owned by the code that uses them (decode plans and decodes a point's reads, rules evaluate
+// their definitions); re-exported so `crate::config::X` keeps naming every config type.
+pub use crate::decode::{Point, PointKind};
+pub use crate::rules::rate::RateOfRise;
+pub use crate::rules::threshold::{Direction, Threshold};
+pub use crate::rules::vote::Vote;
 
 /// One validation problem, located by its key path in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     /// `devices[0].points[1].type`, or the file name for syntax errors.
     pub path: String,
+    /// What is wrong there, and where it helps, what was expected.
     pub message: String,
 }
 
@@ -31,7 +54,9 @@ impl fmt::Display for Problem {
 /// Why a configuration was refused: every problem found, not just the first.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
+    /// The configuration file that was refused.
     pub file: PathBuf,
+    /// Every problem found, in file order within each section.
     pub problems: Vec<Problem>,
 }
 
@@ -54,341 +79,24 @@ impl fmt::Display for ConfigError {
 /// The whole daemon configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `[site]`: who this gateway is.
     pub site: Site,
+    /// `[mqtt]`: the broker(s) it publishes to.
     pub mqtt: Mqtt,
+    /// `[storage]`: where its state and outbox live, and how much disk they may use.
     pub storage: Storage,
+    /// `[[devices]]`: what it polls (none for a drain agent).
     pub devices: Vec<Device>,
+    /// `[[rules]]`: what turns readings into alarms.
     pub rules: Vec<Rule>,
+    /// `[metrics]`: the Prometheus endpoint, if the section is present.
     pub metrics: Option<Metrics>,
+    /// `[drain]`: when and from whom to request a traffic drain, if the section is present.
     pub drain: Option<Drain>,
+    /// `[agent]`: a drain agent's own settings (required by `emberwatch agent`).
     pub agent: Option<Agent>,
+    /// `[alarms]`: site-wide alarm management policy.
     pub alarms: AlarmPolicy,
-}
-
-/// Site-wide alarm management settings (`[alarms]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlarmPolicy {
-    /// The longest an operator may shelve an alarm; a forgotten shelf must expire.
-    pub max_shelve: Duration,
-    /// More active/cleared transitions than this in a minute marks an alarm as chattering.
-    pub chatter_per_minute: usize,
-}
-
-impl Default for AlarmPolicy {
-    fn default() -> Self {
-        AlarmPolicy {
-            max_shelve: Duration::from_secs(8 * 3600),
-            chatter_per_minute: 5,
-        }
-    }
-}
-
-/// Where this gateway sits; both ids end up in every topic.
-#[derive(Debug, Clone)]
-pub struct Site {
-    pub id: String,
-    pub gateway: String,
-}
-
-/// Which broker to reach and how.
-#[derive(Debug, Clone)]
-pub struct Mqtt {
-    pub url: BrokerUrl,
-    pub topic_prefix: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    /// The password lives in its own file so the config can be world-readable and logged.
-    pub password_file: Option<PathBuf>,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Redundant brokers; every message goes to each.
-    pub also: Vec<BrokerUrl>,
-    pub keep_alive: Duration,
-    /// `heartbeat = "10s"`: how often the retained status is republished with the latest event
-    /// `seq`, so a subscriber can see a gap at the tail (events it never got).
-    pub heartbeat: Duration,
-}
-
-/// A parsed `mqtt.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerUrl {
-    /// The in-process rumqttd broker on 127.0.0.1:1883, for the demo and single-box sites.
-    Embedded,
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    Tls {
-        host: String,
-        port: u16,
-    },
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://host[:port]`, `mqtts://host[:port]` or `embedded`.
-    pub fn parse(s: &str) -> Result<BrokerUrl, String> {
-        if s == "embedded" {
-            return Ok(BrokerUrl::Embedded);
-        }
-        let (tls, rest) = if let Some(r) = s.strip_prefix("mqtt://") {
-            (false, r)
-        } else if let Some(r) = s.strip_prefix("mqtts://") {
-            (true, r)
-        } else {
-            return Err(format!(
-                "{s:?} is not a broker URL (expected mqtt://host:port, mqtts://host:port or \"embedded\")"
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("{s:?}: port {p:?} is not a number 0-65535"))?;
-                (h, port)
-            }
-            _ => (rest, default_port),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{s:?}: no host"));
-        }
-        let host = host.to_string();
-        Ok(if tls {
-            BrokerUrl::Tls { host, port }
-        } else {
-            BrokerUrl::Tcp { host, port }
-        })
-    }
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BrokerUrl::Embedded => f.write_str("embedded"),
-            BrokerUrl::Tcp { host, port } => write!(f, "mqtt://{host}:{port}"),
-            BrokerUrl::Tls { host, port } => write!(f, "mqtts://{host}:{port}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Storage {
-    /// Alarm state, `seq` and the durable outbox live here.
-    pub dir: PathBuf,
-    /// `outbox_max = "64MB"`: disk the outbox may use. Over it, superseded zone statuses and
-    /// other non-alarm messages are dropped first; alarm events never are.
-    pub outbox_max: u64,
-    /// `journal_max = "16MB"`: events every broker has confirmed are kept this much, for
-    /// `cmd/replay` to repair a subscriber's gap.
-    pub journal_max: u64,
-    /// `journal_max_age = "7d"`: and for at most this long.
-    pub journal_max_age: Duration,
-}
-
-/// One polled device: a rack BMS, a UPS, a detector.
-#[derive(Debug, Clone)]
-pub struct Device {
-    pub id: String,
-    /// The fire zone this device watches; drains are per zone.
-    pub zone: String,
-    pub transport: Transport,
-    pub unit: u8,
-    pub poll_interval: Duration,
-    pub timeout: Duration,
-    /// Largest hole (registers, or bits for coils) a coalesced read may span to save a request.
-    pub max_gap: u16,
-    pub points: Vec<Point>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transport {
-    ModbusTcp {
-        address: String,
-    },
-    ModbusRtu {
-        serial: SerialPort,
-    },
-    ModbusRtuOverTcp {
-        address: String,
-    },
-    /// A sensor printing ASCII lines. Without `pattern`, lines are `KEY=VALUE` tokens; with it,
-    /// the regex's named groups are the fields (for formats like `$ASD,24.5,3*7F`).
-    SerialLines {
-        serial: SerialPort,
-        pattern: Option<String>,
-    },
-}
-
-impl Transport {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Transport::ModbusTcp { .. } => "modbus-tcp",
-            Transport::ModbusRtu { .. } => "modbus-rtu",
-            Transport::ModbusRtuOverTcp { .. } => "modbus-rtu-over-tcp",
-            Transport::SerialLines { .. } => "serial-lines",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SerialPort {
-    pub port: String,
-    pub baud: u32,
-    pub parity: Parity,
-    pub data_bits: u8,
-    pub stop_bits: u8,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    None,
-    Even,
-    Odd,
-}
-
-/// What a point measures; votes and zone logic group detectors by it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PointKind {
-    Temperature,
-    Smoke,
-    Offgas,
-    Hydrogen,
-    Voltage,
-    Current,
-    Soc,
-    State,
-    Generic,
-}
-
-impl PointKind {
-    pub const ALL: [PointKind; 9] = [
-        PointKind::Temperature,
-        PointKind::Smoke,
-        PointKind::Offgas,
-        PointKind::Hydrogen,
-        PointKind::Voltage,
-        PointKind::Current,
-        PointKind::Soc,
-        PointKind::State,
-        PointKind::Generic,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PointKind::Temperature => "temperature",
-            PointKind::Smoke => "smoke",
-            PointKind::Offgas => "offgas",
-            PointKind::Hydrogen => "hydrogen",
-            PointKind::Voltage => "voltage",
-            PointKind::Current => "current",
-            PointKind::Soc => "soc",
-            PointKind::State => "state",
-            PointKind::Generic => "generic",
-        }
-    }
-}
-
-/// One value read from a device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Point {
-    pub id: String,
-    pub kind: PointKind,
-    pub table: Table,
-    pub address: u16,
-    pub value_type: ValueType,
-    pub word_order: WordOrder,
-    pub scale: f64,
-    pub offset: f64,
-    pub unit: String,
-    /// Outside this range the reading is a sensor fault, not an alarm.
-    pub valid: Option<(f64, f64)>,
-    /// An unchanged raw value for this long is a sensor fault.
-    pub stuck_after: Option<Duration>,
-    /// Raw values with which the detector reports its own trouble (e.g. an aspirating smoke
-    /// detector's flow fault): a fault, never a reading.
-    pub trouble: Vec<f64>,
-    /// serial-lines only: the key (or the pattern's named group) this point's value comes from.
-    /// Defaults to the point id.
-    pub field: Option<String>,
-}
-
-/// A rule, with its `points` already resolved against the devices.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub id: String,
-    /// (device index, point index) pairs this rule watches.
-    pub targets: Vec<(usize, usize)>,
-    pub body: RuleBody,
-    /// The alarm stays active until acknowledged, even after its condition clears.
-    pub latch: bool,
-}
-
-#[derive(Debug, Clone)]
-pub enum RuleBody {
-    Threshold(Threshold),
-    RateOfRise(RateOfRise),
-    Vote(Vote),
-}
-
-/// Which side of the thresholds is bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Above,
-    Below,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Threshold {
-    pub direction: Direction,
-    /// Present levels, in ascending severity.
-    pub levels: Vec<(Severity, f64)>,
-    pub deadband: f64,
-    pub on_delay: Duration,
-    pub off_delay: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateOfRise {
-    pub per_minute: f64,
-    pub window: Duration,
-    pub severity: Severity,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Vote {
-    /// Alarm key patterns, `device/point/rule`, each segment may be `*`; the point segment also
-    /// matches a point kind (`*/smoke/*` is every smoke detector's alarm).
-    pub alarms: Vec<String>,
-    pub need: usize,
-    pub at_least: Severity,
-    pub severity: Severity,
-}
-
-#[derive(Debug, Clone)]
-pub struct Metrics {
-    pub listen: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Drain {
-    pub trigger: Severity,
-    pub deadline: Duration,
-    pub agents: Vec<String>,
-    /// A zone back to normal cancels its drain only once every alarm of the zone has been
-    /// acknowledged (`cancel_after = "acknowledged"`), or as soon as it is normal (`"normal"`).
-    pub cancel_after_ack: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Agent {
-    pub id: String,
-    pub zones: Vec<String>,
-    pub drain: Vec<String>,
-    pub restore: Vec<String>,
-    pub timeout: Duration,
 }
 
 /// Which configuration a command needs; a drain agent has no devices.
@@ -419,7 +127,7 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        raw::parse(&text, env, role).map_err(|problems| ConfigError {
+        validate::parse(&text, env, role).map_err(|problems| ConfigError {
             file: path.to_path_buf(),
             problems,
         })
@@ -427,7 +135,7 @@ impl Config {
 
     /// Parses configuration text without touching the file system (tests, the demo).
     pub fn from_toml(text: &str, role: Role) -> Result<Config, Vec<Problem>> {
-        raw::parse(text, Vec::new(), role)
+        validate::parse(text, Vec::new(), role)
     }
 
     /// Every point, with its device, in configuration order.

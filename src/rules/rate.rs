@@ -8,7 +8,20 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::config::RateOfRise;
+use crate::rules::Severity;
+
+/// A rate-of-rise rule (`rate_of_rise = {...}` in a `[[rules]]` entry), as validated by the
+/// config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateOfRise {
+    /// `per_minute`: the rise, in the point's units per minute, at or above which the alarm is
+    /// raised.
+    pub per_minute: f64,
+    /// `window`: how far back the rise is measured; a longer window is steadier but slower.
+    pub window: Duration,
+    /// `severity`: the severity of the alarm raised.
+    pub severity: Severity,
+}
 
 /// At most this many samples are kept per window; samples closer together than
 /// `window / MAX_SAMPLES` are thinned, which keeps the pairwise median cheap at fast polls.

@@ -12,8 +12,34 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{Direction, Threshold};
 use crate::rules::Severity;
+
+/// Which side of the thresholds is bad: `above = {...}` (too hot, too much gas) or
+/// `below = {...}` (too low a voltage, too little flow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `above`: a level is reached at or above its threshold.
+    Above,
+    /// `below`: a level is reached at or below its threshold.
+    Below,
+}
+
+/// A threshold rule (`above` or `below` in a `[[rules]]` entry), as validated by the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    /// `above` or `below`: which side of the thresholds is bad.
+    pub direction: Direction,
+    /// The levels given (`warning`, `critical`, `emergency`, any subset) with their thresholds,
+    /// in ascending severity.
+    pub levels: Vec<(Severity, f64)>,
+    /// `deadband`: how far back past a threshold the value must go before its level clears, so
+    /// a reading dithering around the threshold does not chatter.
+    pub deadband: f64,
+    /// `on_delay`: how long a higher level must hold before it is raised.
+    pub on_delay: Duration,
+    /// `off_delay`: how long a lower level (or normal) must hold before the alarm steps down.
+    pub off_delay: Duration,
+}
 
 /// The evaluation state of one (point, rule) pair.
 #[derive(Debug, Clone, Default, PartialEq)]

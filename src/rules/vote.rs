@@ -7,8 +7,21 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::Vote;
 use crate::rules::Severity;
+
+/// A vote rule (`vote = {...}` in a `[[rules]]` entry), as validated by the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vote {
+    /// `alarms`: alarm key patterns, `device/point/rule`, each segment may be `*`; the point
+    /// segment also matches a point kind (`*/smoke/*` is every smoke detector's alarm).
+    pub alarms: Vec<String>,
+    /// `need`: how many different sensors of the zone must be in alarm to raise this one.
+    pub need: usize,
+    /// `at_least`: the severity a sensor's alarm must have to count as a vote.
+    pub at_least: Severity,
+    /// `severity`: the severity of the alarm the vote raises.
+    pub severity: Severity,
+}
 
 /// One active alarm, as a vote sees it.
 #[derive(Debug, Clone, Copy)]

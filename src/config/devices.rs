@@ -1,0 +1,380 @@
+//! `[[devices]]`: the polled devices and how each is reached (Modbus TCP, Modbus RTU on a serial
+//! port or behind a serial device server, or ASCII lines on a serial port). The types, their
+//! defaults and their validators side by side; a device's points are validated in `points.rs`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::points::RawPoint;
+use super::validate::Validator;
+use super::Role;
+use crate::decode::Point;
+
+/// Default `transport`.
+pub const DEFAULT_TRANSPORT: &str = "modbus-tcp";
+/// Default `unit`: the Modbus unit (slave) id most single-unit devices answer to.
+pub const DEFAULT_UNIT: u8 = 1;
+/// Default `poll_interval`.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default `max_gap`, in registers (or bits).
+pub const DEFAULT_MAX_GAP: u16 = 16;
+/// Default `baud`: the Modbus RTU norm.
+pub const DEFAULT_BAUD: u32 = 19200;
+/// Default `parity`: even, as the Modbus serial line specification requires by default.
+pub const DEFAULT_PARITY: Parity = Parity::Even;
+/// Default `data_bits`.
+pub const DEFAULT_DATA_BITS: u8 = 8;
+/// Default `stop_bits`.
+pub const DEFAULT_STOP_BITS: u8 = 1;
+
+/// One polled device (`[[devices]]`): a rack BMS, a UPS, a detector.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// `id`: the device's name, `[a-z0-9-_]+`, unique in the file; the first segment of its
+    /// alarm keys (`device/point/rule`) and of its topics.
+    pub id: String,
+    /// `zone`: the fire zone this device watches, `[a-z0-9-]+`; zone status and drains are per
+    /// zone.
+    pub zone: String,
+    /// `transport` and its settings (`address`, or `port`, `baud`, ...): how the device is
+    /// reached; default [`DEFAULT_TRANSPORT`].
+    pub transport: Transport,
+    /// `unit`: the Modbus unit (slave) id; default [`DEFAULT_UNIT`].
+    pub unit: u8,
+    /// `poll_interval`: how often the device is read; default [`DEFAULT_POLL_INTERVAL`].
+    pub poll_interval: Duration,
+    /// `timeout`: how long one request may take before the device counts as not answering;
+    /// default [`DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+    /// `max_gap`: largest hole (registers, or bits for coils) a coalesced read may span to save
+    /// a request; default [`DEFAULT_MAX_GAP`]. Lower it for devices that refuse reads of
+    /// unmapped registers.
+    pub max_gap: u16,
+    /// `[[devices.points]]`: the values read from the device.
+    pub points: Vec<Point>,
+}
+
+/// How a device is reached (`transport`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transport {
+    /// `modbus-tcp`: Modbus TCP.
+    ModbusTcp {
+        /// `address`: the device's `host:port`.
+        address: String,
+    },
+    /// `modbus-rtu`: Modbus RTU on a local serial port, which several devices may share.
+    ModbusRtu {
+        /// `port`, `baud`, `parity`, `data_bits`, `stop_bits`: the serial line.
+        serial: SerialPort,
+    },
+    /// `modbus-rtu-over-tcp`: Modbus RTU frames through a serial device server.
+    ModbusRtuOverTcp {
+        /// `address`: the serial device server's `host:port`.
+        address: String,
+    },
+    /// `serial-lines`: a sensor printing ASCII lines. Without `pattern`, lines are `KEY=VALUE`
+    /// tokens; with it, the regex's named groups are the fields (for formats like
+    /// `$ASD,24.5,3*7F`).
+    SerialLines {
+        /// `port`, `baud`, `parity`, `data_bits`, `stop_bits`: the serial line, which the
+        /// sensor has to itself.
+        serial: SerialPort,
+        /// `pattern`: the regex whose named groups are the fields; none by default.
+        pattern: Option<String>,
+    },
+}
+
+impl Transport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::ModbusTcp { .. } => "modbus-tcp",
+            Transport::ModbusRtu { .. } => "modbus-rtu",
+            Transport::ModbusRtuOverTcp { .. } => "modbus-rtu-over-tcp",
+            Transport::SerialLines { .. } => "serial-lines",
+        }
+    }
+}
+
+/// A serial line's settings; devices sharing a port must agree on all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    /// `port`: the device file (`/dev/ttyUSB0`); required.
+    pub port: String,
+    /// `baud`: line speed; default [`DEFAULT_BAUD`].
+    pub baud: u32,
+    /// `parity`: `none`, `even` or `odd`; default [`DEFAULT_PARITY`].
+    pub parity: Parity,
+    /// `data_bits`: 5 to 8; default [`DEFAULT_DATA_BITS`].
+    pub data_bits: u8,
+    /// `stop_bits`: 1 or 2; default [`DEFAULT_STOP_BITS`].
+    pub stop_bits: u8,
+}
+
+/// A serial line's `parity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct RawDevice {
+    id: Option<String>,
+    zone: Option<String>,
+    transport: Option<String>,
+    address: Option<String>,
+    port: Option<String>,
+    baud: Option<i64>,
+    parity: Option<String>,
+    data_bits: Option<i64>,
+    stop_bits: Option<i64>,
+    unit: Option<i64>,
+    poll_interval: Option<String>,
+    timeout: Option<String>,
+    max_gap: Option<i64>,
+    pattern: Option<String>,
+    points: Vec<RawPoint>,
+}
+
+impl Validator {
+    /// Every `[[devices]]` entry, then the checks across them: unique ids, shared serial ports,
+    /// and (for a gateway) at least one device.
+    pub(super) fn devices(&mut self, raw: Vec<RawDevice>, role: Role) -> Vec<Device> {
+        let mut devices = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, d) in raw.into_iter().enumerate() {
+            let dev = self.device(i, d);
+            if !dev.id.is_empty() && !seen.insert(dev.id.clone()) {
+                self.problem(
+                    format!("devices[{i}].id"),
+                    format!("duplicate device id {:?}", dev.id),
+                );
+            }
+            devices.push(dev);
+        }
+        self.shared_ports(&devices);
+        if role == Role::Gateway && devices.is_empty() {
+            self.problem("devices", "no [[devices]]: there is nothing to watch");
+        }
+        devices
+    }
+
+    fn serial(&mut self, at: &str, d: &RawDevice) -> SerialPort {
+        let port = self
+            .required(&format!("{at}.port"), d.port.clone())
+            .unwrap_or_default();
+        let parity = match d.parity.as_deref() {
+            None => DEFAULT_PARITY,
+            Some("even") => Parity::Even,
+            Some("none") => Parity::None,
+            Some("odd") => Parity::Odd,
+            Some(p) => {
+                self.problem(
+                    format!("{at}.parity"),
+                    format!("unknown parity {p:?} (expected none, even or odd)"),
+                );
+                DEFAULT_PARITY
+            }
+        };
+        let baud: u32 = self.int(&format!("{at}.baud"), d.baud, DEFAULT_BAUD, "1-4000000");
+        if baud == 0 {
+            self.problem(format!("{at}.baud"), "must be positive");
+        }
+        let data_bits: u8 = self.int(
+            &format!("{at}.data_bits"),
+            d.data_bits,
+            DEFAULT_DATA_BITS,
+            "5-8",
+        );
+        if !(5..=8).contains(&data_bits) {
+            self.problem(
+                format!("{at}.data_bits"),
+                format!("{data_bits} is not 5, 6, 7 or 8"),
+            );
+        }
+        let stop_bits: u8 = self.int(
+            &format!("{at}.stop_bits"),
+            d.stop_bits,
+            DEFAULT_STOP_BITS,
+            "1-2",
+        );
+        if !(1..=2).contains(&stop_bits) {
+            self.problem(
+                format!("{at}.stop_bits"),
+                format!("{stop_bits} is not 1 or 2"),
+            );
+        }
+        SerialPort {
+            port,
+            baud,
+            parity,
+            data_bits,
+            stop_bits,
+        }
+    }
+
+    fn device(&mut self, i: usize, d: RawDevice) -> Device {
+        let at = format!("devices[{i}]");
+        let id = self.id(&format!("{at}.id"), d.id.clone(), &['-', '_']);
+        let zone = self.id(&format!("{at}.zone"), d.zone.clone(), &['-']);
+        let transport = match d.transport.as_deref().unwrap_or(DEFAULT_TRANSPORT) {
+            "modbus-tcp" => Transport::ModbusTcp {
+                address: self.address(&at, &d),
+            },
+            "modbus-rtu-over-tcp" => Transport::ModbusRtuOverTcp {
+                address: self.address(&at, &d),
+            },
+            "modbus-rtu" => Transport::ModbusRtu {
+                serial: self.serial(&at, &d),
+            },
+            "serial-lines" => Transport::SerialLines {
+                serial: self.serial(&at, &d),
+                pattern: d.pattern.clone(),
+            },
+            t => {
+                self.problem(
+                    format!("{at}.transport"),
+                    format!(
+                        "unknown transport {t:?} (expected modbus-tcp, modbus-rtu, modbus-rtu-over-tcp or serial-lines)"
+                    ),
+                );
+                Transport::ModbusTcp {
+                    address: String::new(),
+                }
+            }
+        };
+        let unit: u8 = self.int(&format!("{at}.unit"), d.unit, DEFAULT_UNIT, "0-255");
+        let poll_interval = self.duration(
+            &format!("{at}.poll_interval"),
+            d.poll_interval,
+            DEFAULT_POLL_INTERVAL,
+        );
+        let timeout = self.duration(&format!("{at}.timeout"), d.timeout, DEFAULT_TIMEOUT);
+        if poll_interval.is_zero() {
+            self.problem(format!("{at}.poll_interval"), "must be more than 0");
+        }
+        if timeout.is_zero() {
+            self.problem(format!("{at}.timeout"), "must be more than 0");
+        }
+        let max_gap: u16 = self.int(
+            &format!("{at}.max_gap"),
+            d.max_gap,
+            DEFAULT_MAX_GAP,
+            "0-124",
+        );
+        let lines = matches!(transport, Transport::SerialLines { .. });
+        let groups = self.pattern(&at, d.pattern.as_deref(), lines);
+        let mut points = Vec::new();
+        let mut seen = HashSet::new();
+        for (j, p) in d.points.into_iter().enumerate() {
+            let pat = format!("{at}.points[{j}]");
+            let point = self.point(&pat, p, lines);
+            if let (Some(groups), true) = (&groups, lines) {
+                let field = point.field.as_deref().unwrap_or(&point.id);
+                if !groups.iter().any(|g| g == field) {
+                    self.problem(
+                        format!("{pat}.field"),
+                        format!("{field:?} is not a named group of {at}.pattern"),
+                    );
+                }
+            }
+            if !point.id.is_empty() && !seen.insert(point.id.clone()) {
+                self.problem(
+                    format!("{at}.points[{j}].id"),
+                    format!("duplicate point id {:?} in device {id:?}", point.id),
+                );
+            }
+            points.push(point);
+        }
+        if points.is_empty() {
+            self.problem(
+                format!("{at}.points"),
+                format!("device {id:?} has no points"),
+            );
+        }
+        Device {
+            id,
+            zone,
+            transport,
+            unit,
+            poll_interval,
+            timeout,
+            max_gap,
+            points,
+        }
+    }
+
+    fn address(&mut self, at: &str, d: &RawDevice) -> String {
+        let path = format!("{at}.address");
+        let a = self.required(&path, d.address.clone()).unwrap_or_default();
+        if !a.is_empty()
+            && a.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            self.problem(path, format!("{a:?} is not host:port"));
+        }
+        a
+    }
+
+    /// Devices on one serial port share it: Modbus RTU devices must agree on its settings, and a
+    /// serial-lines sensor needs the port to itself.
+    fn shared_ports(&mut self, devices: &[Device]) {
+        let mut first: BTreeMap<&str, (usize, &Transport)> = BTreeMap::new();
+        for (i, d) in devices.iter().enumerate() {
+            let serial = match &d.transport {
+                Transport::ModbusRtu { serial } | Transport::SerialLines { serial, .. } => serial,
+                _ => continue,
+            };
+            let Some(&(j, other)) = first.get(serial.port.as_str()) else {
+                first.insert(&serial.port, (i, &d.transport));
+                continue;
+            };
+            match other {
+                Transport::ModbusRtu { serial: s } if matches!(d.transport, Transport::ModbusRtu { .. }) => {
+                    if s != serial {
+                        self.problem(
+                            format!("devices[{i}].port"),
+                            format!(
+                                "{:?} is shared with devices[{j}] but with other settings (baud, parity, data or stop bits): one bus has one set",
+                                serial.port
+                            ),
+                        );
+                    }
+                }
+                _ => self.problem(
+                    format!("devices[{i}].port"),
+                    format!(
+                        "{:?} is also used by devices[{j}]: a serial-lines sensor needs its port to itself",
+                        serial.port
+                    ),
+                ),
+            }
+        }
+    }
+
+    /// serial-lines `pattern`: it must compile; returns its named groups.
+    fn pattern(&mut self, at: &str, p: Option<&str>, lines: bool) -> Option<Vec<String>> {
+        let p = p?;
+        if !lines {
+            self.problem(
+                format!("{at}.pattern"),
+                "only serial-lines devices have a pattern",
+            );
+            return None;
+        }
+        match regex::Regex::new(p) {
+            Ok(re) => Some(re.capture_names().flatten().map(String::from).collect()),
+            Err(e) => {
+                self.problem(format!("{at}.pattern"), format!("not a valid regex: {e}"));
+                None
+            }
+        }
+    }
+}
