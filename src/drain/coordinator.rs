@@ -109,8 +109,9 @@ pub struct Persisted {
 }
 
 /// An expected agent went missing (`active`) or came back: a warning-level fault for the
-/// operator. The alarm table is the natural home for it (see the README); until it is wired
-/// there, the service logs it and `P/drain/readiness` carries it.
+/// operator, who should learn before a fire that a drain would not be confirmed. The service
+/// logs it and hands it to the daemon, which raises or clears `_drain/{agent}/agent-offline` in
+/// the alarm table (`Engine::agent_fault`); `P/drain/readiness` carries the same picture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentFault {
     pub agent: String,
