@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::messages::{
     Ack, AckState, Action, Cancelled, CancelledState, Clearance, DrainState, Presence,
@@ -45,6 +45,10 @@ use crate::message::Outgoing;
 use crate::mqtt::Topics;
 use crate::rules::Severity;
 
+mod persisted;
+
+pub use persisted::{ClearanceRecord, DrainRecord, Persisted};
+
 /// How long after start-up an expected agent may stay unheard of before it counts as missing:
 /// retained presence arrives right after the subscription, so this only needs to cover a slow
 /// broker.
@@ -55,58 +59,6 @@ pub const PRESENCE_GRACE: Duration = Duration::from_secs(10);
 /// reconnecting (a broker restart) is gone; agents answer a repeated request with what they
 /// already did, so the gateway catches up within this period.
 pub const REQUEST_REPEAT: Duration = Duration::from_secs(10);
-
-/// One drain of one zone: the current one, or the last one (kept so late acks and restores
-/// still find it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainRecord {
-    pub drain_id: String,
-    pub zone: String,
-    pub severity: Severity,
-    pub reason: Vec<String>,
-    pub requested_at: String,
-    /// Unix milliseconds; wall clock, so it survives a restart.
-    pub deadline_ms: u64,
-    pub drill: bool,
-    pub state: DrainState,
-    /// The agents this drain waits for, and how far each got.
-    pub agents: BTreeMap<String, Progress>,
-    /// What a failed agent said, for the clearance reason.
-    #[serde(default)]
-    pub details: BTreeMap<String, String>,
-    pub clearance: Option<ClearanceRecord>,
-}
-
-/// The clearance last published for a drain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClearanceRecord {
-    pub clear: bool,
-    pub reason: String,
-    pub time: String,
-}
-
-impl DrainRecord {
-    /// Still wanted: not cancelled (drained and timed-out drains stay in force until the zone
-    /// is back to normal).
-    fn in_force(&self) -> bool {
-        self.state != DrainState::Cancelled
-    }
-
-    /// Still waiting for agents or the deadline.
-    fn open(&self) -> bool {
-        matches!(self.state, DrainState::Requested | DrainState::Draining)
-    }
-}
-
-/// What the coordinator keeps in `storage.dir/drain.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Persisted {
-    /// The millisecond stamp of the last `drain_id`, so a new id is always new, even if the
-    /// clock steps back.
-    pub last_id_ms: u64,
-    /// The current or last drain of each zone.
-    pub zones: BTreeMap<String, DrainRecord>,
-}
 
 /// An expected agent went missing (`active`) or came back: a warning-level fault for the
 /// operator, who should learn before a fire that a drain would not be confirmed. The service
