@@ -29,14 +29,13 @@
 //! Deadlines are kept in wall-clock milliseconds because they must survive a restart
 //! ([`Persisted`]); the monotonic clock is used only for the presence grace of this process.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use super::messages::{
-    Ack, AckState, Action, Cancelled, CancelledState, Clearance, DrainState, Presence,
-    PresenceState, Progress, Readiness, Request,
+    Ack, AckState, Action, Cancelled, CancelledState, Clearance, DrainState, Progress, Request,
 };
 use crate::alarms::{Level, ZoneStatus};
 use crate::clock::Now;
@@ -47,34 +46,18 @@ use crate::rules::Severity;
 
 mod persisted;
 
-pub use persisted::{ClearanceRecord, DrainRecord, Persisted};
+mod roster;
 
-/// How long after start-up an expected agent may stay unheard of before it counts as missing:
-/// retained presence arrives right after the subscription, so this only needs to cover a slow
-/// broker.
-pub const PRESENCE_GRACE: Duration = Duration::from_secs(10);
+pub use persisted::{ClearanceRecord, DrainRecord, Persisted};
+pub use roster::{AgentFault, PRESENCE_GRACE};
+
+use roster::Roster;
 
 /// While a drain waits for agents, its request is republished this often. Acks are not
 /// retained and the gateway's session is clean, so an ack sent while the gateway was
 /// reconnecting (a broker restart) is gone; agents answer a repeated request with what they
 /// already did, so the gateway catches up within this period.
 pub const REQUEST_REPEAT: Duration = Duration::from_secs(10);
-
-/// An expected agent went missing (`active`) or came back: a warning-level fault for the
-/// operator, who should learn before a fire that a drain would not be confirmed. The service
-/// logs it and hands it to the daemon, which raises or clears `_drain/{agent}/agent-offline` in
-/// the alarm table (`Engine::agent_fault`); `P/drain/readiness` carries the same picture.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentFault {
-    pub agent: String,
-    pub active: bool,
-    pub severity: Severity,
-    pub detail: String,
-    /// The gateway's zones whose drains the agent takes part in: those its presence last
-    /// named, or every zone when it never said (a missing agent is shown wherever it could
-    /// hold a drain up). Empty when `active` is false: it clears wherever it was raised.
-    pub zones: Vec<String>,
-}
 
 /// What one input produced.
 #[derive(Debug, Default)]
@@ -105,16 +88,12 @@ pub struct Coordinator {
     topics: Topics,
     trigger: Severity,
     deadline: Duration,
-    expected: Vec<String>,
+    /// The gateway's zones.
     zones: Vec<String>,
     cancel_after_ack: bool,
     state: Persisted,
-    presence: BTreeMap<String, Presence>,
-    started: Instant,
-    /// Agents reported missing so far (faults raised and not yet cleared).
-    missing: BTreeSet<String>,
-    /// The readiness last published (without its time), so it is republished only on change.
-    readiness: Option<(BTreeMap<String, String>, Vec<String>)>,
+    /// The expected agents and their presence.
+    roster: Roster,
     /// When each zone's request was last published (this process only).
     request_sent: BTreeMap<String, Instant>,
     dirty: bool,
@@ -135,13 +114,9 @@ impl Coordinator {
             trigger: drain.trigger,
             cancel_after_ack: drain.cancel_after_ack,
             deadline: drain.deadline,
-            expected: drain.agents.clone(),
             zones,
             state: persisted,
-            presence: BTreeMap::new(),
-            started: now.mono,
-            missing: BTreeSet::new(),
-            readiness: None,
+            roster: Roster::new(drain.agents.clone(), now.mono),
             request_sent: BTreeMap::new(),
             dirty: false,
         }
@@ -244,7 +219,7 @@ impl Coordinator {
             tracing::warn!(zone, agent, claimed = %ack.agent, "drain: ignoring an ack whose agent does not match its topic");
             return Effects::default();
         }
-        if !self.expected.iter().any(|a| a == agent) {
+        if !self.roster.expects(agent) {
             tracing::warn!(zone, agent, drain_id = %ack.drain_id, "drain: ack from unknown agent {agent:?} (not in drain.agents) ignored");
             return Effects::default();
         }
@@ -307,24 +282,10 @@ impl Coordinator {
 
     /// An agent's retained presence on `P/drain/agents/{agent}`.
     pub fn on_presence(&mut self, agent: &str, payload: &[u8], now: Now) -> Effects {
-        if payload.is_empty() {
-            // A cleared retained message: the agent was decommissioned.
-            self.presence.remove(agent);
-        } else {
-            match serde_json::from_slice::<Presence>(payload) {
-                Ok(p) => {
-                    self.presence.insert(agent.to_string(), p);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        agent,
-                        "drain: ignoring an agent presence that is not one ({e})"
-                    );
-                    return Effects::default();
-                }
-            }
+        if !self.roster.update(agent, payload) {
+            return Effects::default();
         }
-        let mut fx = self.check_readiness(now);
+        let mut fx = self.roster.check(&self.topics, &self.zones, now);
         // Open drains show who is offline in their status.
         let zones: Vec<String> = self
             .state
@@ -333,7 +294,7 @@ impl Coordinator {
             .filter(|r| r.open() && r.agents.contains_key(agent))
             .map(|r| r.zone.clone())
             .collect();
-        let serves: Option<Vec<String>> = self.presence.get(agent).map(|p| p.zones.clone());
+        let serves: Option<Vec<String>> = self.roster.serves(agent);
         for zone in zones {
             // A drain started before this agent's presence was known (right after a restart)
             // waited for it in every zone; one it does not serve stops waiting for it.
@@ -377,7 +338,7 @@ impl Coordinator {
 
     /// The passing of time: deadlines, and the presence grace.
     pub fn tick(&mut self, now: Now) -> Effects {
-        let mut fx = self.check_readiness(now);
+        let mut fx = self.roster.check(&self.topics, &self.zones, now);
         let open: Vec<String> = self
             .state
             .zones
@@ -416,6 +377,7 @@ impl Coordinator {
             format!("{zone}-{id_ms}")
         };
         let agents: BTreeMap<String, Progress> = self
+            .roster
             .expected_for(zone)
             .into_iter()
             .map(|a| (a, Progress::Pending))
@@ -559,132 +521,6 @@ impl Coordinator {
         fx
     }
 
-    /// `drain.agents`, less agents whose presence lists only other zones.
-    fn expected_for(&self, zone: &str) -> Vec<String> {
-        self.expected
-            .iter()
-            .filter(|a| {
-                self.presence
-                    .get(*a)
-                    .is_none_or(|p| p.zones.iter().any(|z| z == zone))
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// How an expected agent looks now: `online`, `offline`, or `unknown`.
-    fn presence_of(&self, agent: &str) -> &'static str {
-        match self.presence.get(agent).map(|p| p.state) {
-            Some(PresenceState::Online) => "online",
-            Some(PresenceState::Offline) => "offline",
-            None => "unknown",
-        }
-    }
-
-    fn is_missing(&self, agent: &str, now: Now) -> bool {
-        match self.presence_of(agent) {
-            "online" => false,
-            "offline" => true,
-            _ => now.mono.saturating_duration_since(self.started) >= PRESENCE_GRACE,
-        }
-    }
-
-    /// The gateway's zones `agent` serves, as its presence last said; all of them if unknown.
-    fn zones_served_by(&self, agent: &str) -> Vec<String> {
-        let said: Vec<String> = self
-            .presence
-            .get(agent)
-            .map(|p| {
-                p.zones
-                    .iter()
-                    .filter(|z| self.zones.contains(z))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if said.is_empty() {
-            self.zones.clone()
-        } else {
-            said
-        }
-    }
-
-    /// Publishes `P/drain/readiness` when it changed, raising or clearing agent faults.
-    fn check_readiness(&mut self, now: Now) -> Effects {
-        let mut fx = Effects::default();
-        let agents: BTreeMap<String, String> = self
-            .expected
-            .iter()
-            .map(|a| (a.clone(), self.presence_of(a).to_string()))
-            .collect();
-        let mut missing: Vec<String> = self
-            .expected
-            .iter()
-            .filter(|a| self.is_missing(a, now))
-            .cloned()
-            .collect();
-        missing.sort();
-        for a in &missing {
-            if self.missing.insert(a.clone()) {
-                let detail = format!(
-                    "drain agent {a} is {}: drains it takes part in will wait for their deadline",
-                    if self.presence_of(a) == "offline" {
-                        "offline"
-                    } else {
-                        "not announced"
-                    }
-                );
-                fx.faults.push(AgentFault {
-                    agent: a.clone(),
-                    active: true,
-                    severity: Severity::Warning,
-                    detail,
-                    zones: self.zones_served_by(a),
-                });
-            }
-        }
-        let back: Vec<String> = self
-            .missing
-            .iter()
-            .filter(|a| !missing.contains(a))
-            .cloned()
-            .collect();
-        for a in back {
-            self.missing.remove(&a);
-            fx.faults.push(AgentFault {
-                detail: format!("drain agent {a} is online again"),
-                agent: a,
-                active: false,
-                severity: Severity::Warning,
-                zones: Vec::new(),
-            });
-        }
-        let current = (agents, missing);
-        if self.readiness.as_ref() != Some(&current) && !self.expected.is_empty() {
-            let body = Readiness {
-                agents: current.0.clone(),
-                missing: current.1.clone(),
-                severity: (!current.1.is_empty()).then_some(Severity::Warning),
-                time: crate::clock::rfc3339(now.wall),
-            };
-            fx.messages
-                .push(message(self.topics.drain_readiness(), &body));
-            // The whole picture on every change, so an alarm table restored from before a
-            // restart learns that an agent it still holds as missing is back.
-            for a in self.expected.iter().filter(|a| !current.1.contains(a)) {
-                fx.faults.push(AgentFault {
-                    agent: a.clone(),
-                    active: false,
-                    severity: Severity::Warning,
-                    detail: format!("drain agent {a} is online"),
-                    zones: Vec::new(),
-                });
-            }
-            self.readiness = Some(current);
-        }
-        fx
-    }
-
     fn request_message(&self, rec: &DrainRecord) -> Outgoing {
         let topic = self.topics.drain_request(&rec.zone);
         if rec.state == DrainState::Cancelled {
@@ -718,7 +554,7 @@ impl Coordinator {
         let offline = if rec.open() {
             rec.agents
                 .iter()
-                .filter(|(a, p)| **p == Progress::Pending && self.presence_of(a) != "online")
+                .filter(|(a, p)| **p == Progress::Pending && self.roster.presence_of(a) != "online")
                 .map(|(a, _)| a.clone())
                 .collect()
         } else {
