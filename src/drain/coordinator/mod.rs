@@ -32,11 +32,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
-use super::messages::{
-    Ack, AckState, Action, Cancelled, CancelledState, Clearance, DrainState, Progress, Request,
-};
+use super::messages::{Ack, AckState, Action, DrainState, Progress};
 use crate::alarms::{Level, ZoneStatus};
 use crate::clock::Now;
 use crate::config;
@@ -44,8 +40,8 @@ use crate::message::Outgoing;
 use crate::mqtt::Topics;
 use crate::rules::Severity;
 
+mod outgoing;
 mod persisted;
-
 mod roster;
 
 pub use persisted::{ClearanceRecord, DrainRecord, Persisted};
@@ -519,84 +515,6 @@ impl Coordinator {
             fx.extend(self.cancel(zone, "drill over", now));
         }
         fx
-    }
-
-    fn request_message(&self, rec: &DrainRecord) -> Outgoing {
-        let topic = self.topics.drain_request(&rec.zone);
-        if rec.state == DrainState::Cancelled {
-            message(
-                topic,
-                &Cancelled {
-                    drain_id: rec.drain_id.clone(),
-                    state: CancelledState::Cancelled,
-                    drill: rec.drill,
-                },
-            )
-        } else {
-            message(
-                topic,
-                &Request {
-                    drain_id: rec.drain_id.clone(),
-                    zone: rec.zone.clone(),
-                    severity: rec.severity,
-                    reason: rec.reason.clone(),
-                    requested_at: rec.requested_at.clone(),
-                    deadline: crate::clock::rfc3339(
-                        UNIX_EPOCH + Duration::from_millis(rec.deadline_ms),
-                    ),
-                    drill: rec.drill,
-                },
-            )
-        }
-    }
-
-    fn status_message(&self, rec: &DrainRecord) -> Outgoing {
-        let offline = if rec.open() {
-            rec.agents
-                .iter()
-                .filter(|(a, p)| **p == Progress::Pending && self.roster.presence_of(a) != "online")
-                .map(|(a, _)| a.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        message(
-            self.topics.drain_status(&rec.zone),
-            &super::messages::Status {
-                drain_id: rec.drain_id.clone(),
-                state: rec.state,
-                agents: rec.agents.clone(),
-                offline,
-                drill: rec.drill,
-            },
-        )
-    }
-
-    fn clearance_message(&self, rec: &DrainRecord) -> Option<Outgoing> {
-        let c = rec.clearance.as_ref()?;
-        Some(message(
-            self.topics.power_clearance(&rec.zone),
-            &Clearance {
-                zone: rec.zone.clone(),
-                clear: c.clear,
-                drain_id: rec.drain_id.clone(),
-                reason: c.reason.clone(),
-                time: c.time.clone(),
-                drill: rec.drill,
-            },
-        ))
-    }
-}
-
-/// A retained drain message.
-fn message<T: Serialize>(topic: String, body: &T) -> Outgoing {
-    // These bodies are strings, numbers and maps of strings: serialising cannot fail; an
-    // empty body (which would clear the retained message) is the fallback all the same.
-    let payload = serde_json::to_vec(body).unwrap_or_default();
-    Outgoing::Message {
-        topic,
-        payload,
-        retain: true,
     }
 }
 

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::{message, Effects};
+use super::outgoing::message;
+use super::Effects;
 use crate::clock::Now;
 use crate::drain::messages::{Presence, PresenceState, Readiness};
 use crate::mqtt::Topics;
