@@ -3,8 +3,13 @@
 //! Zone statuses, agents' acks and presence, drill commands and the passing of time go in;
 //! retained requests, drain statuses, power-cut clearances and readiness come out as
 //! [`Outgoing`] messages. No I/O and no clock: every input carries its `now`, so a whole drain
-//! (escalation, a failing agent, the deadline, a cancel) is a table of steps in the tests below,
+//! (escalation, a failing agent, the deadline, a cancel) is a table of steps in `tests.rs`,
 //! and the async shell in `service.rs` only feeds it and publishes what it returns.
+//!
+//! This file holds the rules that move a drain; the parts they lean on live beside it:
+//! `persisted.rs` (the drain records that survive a restart), `roster.rs` (the expected
+//! agents' presence, readiness and faults) and `outgoing.rs` (the retained messages a record
+//! is published as).
 //!
 //! The rules, in the order they matter during a fire:
 //! - a zone whose level reaches `drain.trigger` gets a drain with a new `drain_id`; a higher
@@ -80,6 +85,9 @@ pub enum DrillRefused {
     AlreadyDrilling { zone: String, drain_id: String },
 }
 
+/// The drain machine of one gateway: its configuration, the persisted drains, and what this
+/// process alone knows (agents' presence, when each request was last sent), so a restart
+/// loses nothing that `drain.json` and the broker's retained messages do not give back.
 pub struct Coordinator {
     topics: Topics,
     trigger: Severity,
