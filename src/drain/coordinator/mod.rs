@@ -35,11 +35,11 @@
 //! ([`Persisted`]); the monotonic clock is used only for the presence grace of this process.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::messages::{Ack, AckState, Action, DrainState, Progress};
 use crate::alarms::{Level, ZoneStatus};
-use crate::clock::Now;
+use crate::clock::{unix_ms, Now};
 use crate::config;
 use crate::message::Outgoing;
 use crate::mqtt::Topics;
@@ -533,12 +533,6 @@ fn severity_of(level: Level) -> Option<Severity> {
         Level::Critical => Some(Severity::Critical),
         Level::Emergency => Some(Severity::Emergency),
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
