@@ -9,7 +9,9 @@
 //!   and presence by the MQTT link, persisting to `storage.dir/drain.json`.
 //! - [`agent`] and [`hook`]: `emberwatch drain-agent`, which runs a site's hook commands.
 //! - [`drill`]: `emberwatch drill`, a rehearsal of the whole handshake.
-//! - [`store`]: atomic JSON state files for the coordinator and the agents.
+//!
+//! The coordinator's `drain.json` and each agent's state file are written atomically by
+//! [`crate::storage`], which the service and the agents share with the alarm table.
 
 pub mod agent;
 pub mod coordinator;

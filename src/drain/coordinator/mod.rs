@@ -3,8 +3,13 @@
 //! Zone statuses, agents' acks and presence, drill commands and the passing of time go in;
 //! retained requests, drain statuses, power-cut clearances and readiness come out as
 //! [`Outgoing`] messages. No I/O and no clock: every input carries its `now`, so a whole drain
-//! (escalation, a failing agent, the deadline, a cancel) is a table of steps in the tests below,
+//! (escalation, a failing agent, the deadline, a cancel) is a table of steps in `tests.rs`,
 //! and the async shell in `service.rs` only feeds it and publishes what it returns.
+//!
+//! This file holds the rules that move a drain; the parts they lean on live beside it:
+//! `persisted.rs` (the drain records that survive a restart), `roster.rs` (the expected
+//! agents' presence, readiness and faults) and `outgoing.rs` (the retained messages a record
+//! is published as).
 //!
 //! The rules, in the order they matter during a fire:
 //! - a zone whose level reaches `drain.trigger` gets a drain with a new `drain_id`; a higher
@@ -29,99 +34,31 @@
 //! Deadlines are kept in wall-clock milliseconds because they must survive a restart
 //! ([`Persisted`]); the monotonic clock is used only for the presence grace of this process.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use super::messages::{
-    Ack, AckState, Action, Cancelled, CancelledState, Clearance, DrainState, Presence,
-    PresenceState, Progress, Readiness, Request,
-};
+use super::messages::{Ack, AckState, Action, DrainState, Progress};
 use crate::alarms::{Level, ZoneStatus};
-use crate::clock::Now;
+use crate::clock::{unix_ms, Now};
 use crate::config;
 use crate::message::Outgoing;
 use crate::mqtt::Topics;
 use crate::rules::Severity;
 
-/// How long after start-up an expected agent may stay unheard of before it counts as missing:
-/// retained presence arrives right after the subscription, so this only needs to cover a slow
-/// broker.
-pub const PRESENCE_GRACE: Duration = Duration::from_secs(10);
+mod outgoing;
+mod persisted;
+mod roster;
+
+pub use persisted::{ClearanceRecord, DrainRecord, Persisted};
+pub use roster::{AgentFault, PRESENCE_GRACE};
+
+use roster::Roster;
 
 /// While a drain waits for agents, its request is republished this often. Acks are not
 /// retained and the gateway's session is clean, so an ack sent while the gateway was
 /// reconnecting (a broker restart) is gone; agents answer a repeated request with what they
 /// already did, so the gateway catches up within this period.
 pub const REQUEST_REPEAT: Duration = Duration::from_secs(10);
-
-/// One drain of one zone: the current one, or the last one (kept so late acks and restores
-/// still find it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrainRecord {
-    pub drain_id: String,
-    pub zone: String,
-    pub severity: Severity,
-    pub reason: Vec<String>,
-    pub requested_at: String,
-    /// Unix milliseconds; wall clock, so it survives a restart.
-    pub deadline_ms: u64,
-    pub drill: bool,
-    pub state: DrainState,
-    /// The agents this drain waits for, and how far each got.
-    pub agents: BTreeMap<String, Progress>,
-    /// What a failed agent said, for the clearance reason.
-    #[serde(default)]
-    pub details: BTreeMap<String, String>,
-    pub clearance: Option<ClearanceRecord>,
-}
-
-/// The clearance last published for a drain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClearanceRecord {
-    pub clear: bool,
-    pub reason: String,
-    pub time: String,
-}
-
-impl DrainRecord {
-    /// Still wanted: not cancelled (drained and timed-out drains stay in force until the zone
-    /// is back to normal).
-    fn in_force(&self) -> bool {
-        self.state != DrainState::Cancelled
-    }
-
-    /// Still waiting for agents or the deadline.
-    fn open(&self) -> bool {
-        matches!(self.state, DrainState::Requested | DrainState::Draining)
-    }
-}
-
-/// What the coordinator keeps in `storage.dir/drain.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Persisted {
-    /// The millisecond stamp of the last `drain_id`, so a new id is always new, even if the
-    /// clock steps back.
-    pub last_id_ms: u64,
-    /// The current or last drain of each zone.
-    pub zones: BTreeMap<String, DrainRecord>,
-}
-
-/// An expected agent went missing (`active`) or came back: a warning-level fault for the
-/// operator. The alarm table is the natural home for it (see the README); until it is wired
-/// there, the service logs it and `P/drain/readiness` carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentFault {
-    pub agent: String,
-    pub active: bool,
-    pub severity: Severity,
-    pub detail: String,
-    /// The gateway's zones whose drains the agent takes part in: those its presence last
-    /// named, or every zone when it never said (a missing agent is shown wherever it could
-    /// hold a drain up). Empty when `active` is false: it clears wherever it was raised.
-    pub zones: Vec<String>,
-}
 
 /// What one input produced.
 #[derive(Debug, Default)]
@@ -148,20 +85,19 @@ pub enum DrillRefused {
     AlreadyDrilling { zone: String, drain_id: String },
 }
 
+/// The drain machine of one gateway: its configuration, the persisted drains, and what this
+/// process alone knows (agents' presence, when each request was last sent), so a restart
+/// loses nothing that `drain.json` and the broker's retained messages do not give back.
 pub struct Coordinator {
     topics: Topics,
     trigger: Severity,
     deadline: Duration,
-    expected: Vec<String>,
+    /// The gateway's zones.
     zones: Vec<String>,
     cancel_after_ack: bool,
     state: Persisted,
-    presence: BTreeMap<String, Presence>,
-    started: Instant,
-    /// Agents reported missing so far (faults raised and not yet cleared).
-    missing: BTreeSet<String>,
-    /// The readiness last published (without its time), so it is republished only on change.
-    readiness: Option<(BTreeMap<String, String>, Vec<String>)>,
+    /// The expected agents and their presence.
+    roster: Roster,
     /// When each zone's request was last published (this process only).
     request_sent: BTreeMap<String, Instant>,
     dirty: bool,
@@ -182,13 +118,9 @@ impl Coordinator {
             trigger: drain.trigger,
             cancel_after_ack: drain.cancel_after_ack,
             deadline: drain.deadline,
-            expected: drain.agents.clone(),
             zones,
             state: persisted,
-            presence: BTreeMap::new(),
-            started: now.mono,
-            missing: BTreeSet::new(),
-            readiness: None,
+            roster: Roster::new(drain.agents.clone(), now.mono),
             request_sent: BTreeMap::new(),
             dirty: false,
         }
@@ -291,7 +223,7 @@ impl Coordinator {
             tracing::warn!(zone, agent, claimed = %ack.agent, "drain: ignoring an ack whose agent does not match its topic");
             return Effects::default();
         }
-        if !self.expected.iter().any(|a| a == agent) {
+        if !self.roster.expects(agent) {
             tracing::warn!(zone, agent, drain_id = %ack.drain_id, "drain: ack from unknown agent {agent:?} (not in drain.agents) ignored");
             return Effects::default();
         }
@@ -354,24 +286,10 @@ impl Coordinator {
 
     /// An agent's retained presence on `P/drain/agents/{agent}`.
     pub fn on_presence(&mut self, agent: &str, payload: &[u8], now: Now) -> Effects {
-        if payload.is_empty() {
-            // A cleared retained message: the agent was decommissioned.
-            self.presence.remove(agent);
-        } else {
-            match serde_json::from_slice::<Presence>(payload) {
-                Ok(p) => {
-                    self.presence.insert(agent.to_string(), p);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        agent,
-                        "drain: ignoring an agent presence that is not one ({e})"
-                    );
-                    return Effects::default();
-                }
-            }
+        if !self.roster.update(agent, payload) {
+            return Effects::default();
         }
-        let mut fx = self.check_readiness(now);
+        let mut fx = self.roster.check(&self.topics, &self.zones, now);
         // Open drains show who is offline in their status.
         let zones: Vec<String> = self
             .state
@@ -380,7 +298,7 @@ impl Coordinator {
             .filter(|r| r.open() && r.agents.contains_key(agent))
             .map(|r| r.zone.clone())
             .collect();
-        let serves: Option<Vec<String>> = self.presence.get(agent).map(|p| p.zones.clone());
+        let serves: Option<Vec<String>> = self.roster.serves(agent);
         for zone in zones {
             // A drain started before this agent's presence was known (right after a restart)
             // waited for it in every zone; one it does not serve stops waiting for it.
@@ -424,7 +342,7 @@ impl Coordinator {
 
     /// The passing of time: deadlines, and the presence grace.
     pub fn tick(&mut self, now: Now) -> Effects {
-        let mut fx = self.check_readiness(now);
+        let mut fx = self.roster.check(&self.topics, &self.zones, now);
         let open: Vec<String> = self
             .state
             .zones
@@ -463,6 +381,7 @@ impl Coordinator {
             format!("{zone}-{id_ms}")
         };
         let agents: BTreeMap<String, Progress> = self
+            .roster
             .expected_for(zone)
             .into_iter()
             .map(|a| (a, Progress::Pending))
@@ -605,210 +524,6 @@ impl Coordinator {
         }
         fx
     }
-
-    /// `drain.agents`, less agents whose presence lists only other zones.
-    fn expected_for(&self, zone: &str) -> Vec<String> {
-        self.expected
-            .iter()
-            .filter(|a| {
-                self.presence
-                    .get(*a)
-                    .is_none_or(|p| p.zones.iter().any(|z| z == zone))
-            })
-            .cloned()
-            .collect()
-    }
-
-    /// How an expected agent looks now: `online`, `offline`, or `unknown`.
-    fn presence_of(&self, agent: &str) -> &'static str {
-        match self.presence.get(agent).map(|p| p.state) {
-            Some(PresenceState::Online) => "online",
-            Some(PresenceState::Offline) => "offline",
-            None => "unknown",
-        }
-    }
-
-    fn is_missing(&self, agent: &str, now: Now) -> bool {
-        match self.presence_of(agent) {
-            "online" => false,
-            "offline" => true,
-            _ => now.mono.saturating_duration_since(self.started) >= PRESENCE_GRACE,
-        }
-    }
-
-    /// The gateway's zones `agent` serves, as its presence last said; all of them if unknown.
-    fn zones_served_by(&self, agent: &str) -> Vec<String> {
-        let said: Vec<String> = self
-            .presence
-            .get(agent)
-            .map(|p| {
-                p.zones
-                    .iter()
-                    .filter(|z| self.zones.contains(z))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if said.is_empty() {
-            self.zones.clone()
-        } else {
-            said
-        }
-    }
-
-    /// Publishes `P/drain/readiness` when it changed, raising or clearing agent faults.
-    fn check_readiness(&mut self, now: Now) -> Effects {
-        let mut fx = Effects::default();
-        let agents: BTreeMap<String, String> = self
-            .expected
-            .iter()
-            .map(|a| (a.clone(), self.presence_of(a).to_string()))
-            .collect();
-        let mut missing: Vec<String> = self
-            .expected
-            .iter()
-            .filter(|a| self.is_missing(a, now))
-            .cloned()
-            .collect();
-        missing.sort();
-        for a in &missing {
-            if self.missing.insert(a.clone()) {
-                let detail = format!(
-                    "drain agent {a} is {}: drains it takes part in will wait for their deadline",
-                    if self.presence_of(a) == "offline" {
-                        "offline"
-                    } else {
-                        "not announced"
-                    }
-                );
-                fx.faults.push(AgentFault {
-                    agent: a.clone(),
-                    active: true,
-                    severity: Severity::Warning,
-                    detail,
-                    zones: self.zones_served_by(a),
-                });
-            }
-        }
-        let back: Vec<String> = self
-            .missing
-            .iter()
-            .filter(|a| !missing.contains(a))
-            .cloned()
-            .collect();
-        for a in back {
-            self.missing.remove(&a);
-            fx.faults.push(AgentFault {
-                detail: format!("drain agent {a} is online again"),
-                agent: a,
-                active: false,
-                severity: Severity::Warning,
-                zones: Vec::new(),
-            });
-        }
-        let current = (agents, missing);
-        if self.readiness.as_ref() != Some(&current) && !self.expected.is_empty() {
-            let body = Readiness {
-                agents: current.0.clone(),
-                missing: current.1.clone(),
-                severity: (!current.1.is_empty()).then_some(Severity::Warning),
-                time: crate::clock::rfc3339(now.wall),
-            };
-            fx.messages
-                .push(message(self.topics.drain_readiness(), &body));
-            // The whole picture on every change, so an alarm table restored from before a
-            // restart learns that an agent it still holds as missing is back.
-            for a in self.expected.iter().filter(|a| !current.1.contains(a)) {
-                fx.faults.push(AgentFault {
-                    agent: a.clone(),
-                    active: false,
-                    severity: Severity::Warning,
-                    detail: format!("drain agent {a} is online"),
-                    zones: Vec::new(),
-                });
-            }
-            self.readiness = Some(current);
-        }
-        fx
-    }
-
-    fn request_message(&self, rec: &DrainRecord) -> Outgoing {
-        let topic = self.topics.drain_request(&rec.zone);
-        if rec.state == DrainState::Cancelled {
-            message(
-                topic,
-                &Cancelled {
-                    drain_id: rec.drain_id.clone(),
-                    state: CancelledState::Cancelled,
-                    drill: rec.drill,
-                },
-            )
-        } else {
-            message(
-                topic,
-                &Request {
-                    drain_id: rec.drain_id.clone(),
-                    zone: rec.zone.clone(),
-                    severity: rec.severity,
-                    reason: rec.reason.clone(),
-                    requested_at: rec.requested_at.clone(),
-                    deadline: crate::clock::rfc3339(
-                        UNIX_EPOCH + Duration::from_millis(rec.deadline_ms),
-                    ),
-                    drill: rec.drill,
-                },
-            )
-        }
-    }
-
-    fn status_message(&self, rec: &DrainRecord) -> Outgoing {
-        let offline = if rec.open() {
-            rec.agents
-                .iter()
-                .filter(|(a, p)| **p == Progress::Pending && self.presence_of(a) != "online")
-                .map(|(a, _)| a.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        message(
-            self.topics.drain_status(&rec.zone),
-            &super::messages::Status {
-                drain_id: rec.drain_id.clone(),
-                state: rec.state,
-                agents: rec.agents.clone(),
-                offline,
-                drill: rec.drill,
-            },
-        )
-    }
-
-    fn clearance_message(&self, rec: &DrainRecord) -> Option<Outgoing> {
-        let c = rec.clearance.as_ref()?;
-        Some(message(
-            self.topics.power_clearance(&rec.zone),
-            &Clearance {
-                zone: rec.zone.clone(),
-                clear: c.clear,
-                drain_id: rec.drain_id.clone(),
-                reason: c.reason.clone(),
-                time: c.time.clone(),
-                drill: rec.drill,
-            },
-        ))
-    }
-}
-
-/// A retained drain message.
-fn message<T: Serialize>(topic: String, body: &T) -> Outgoing {
-    // These bodies are strings, numbers and maps of strings: serialising cannot fail; an
-    // empty body (which would clear the retained message) is the fallback all the same.
-    let payload = serde_json::to_vec(body).unwrap_or_default();
-    Outgoing::Message {
-        topic,
-        payload,
-        retain: true,
-    }
 }
 
 fn severity_of(level: Level) -> Option<Severity> {
@@ -818,12 +533,6 @@ fn severity_of(level: Level) -> Option<Severity> {
         Level::Critical => Some(Severity::Critical),
         Level::Emergency => Some(Severity::Emergency),
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
