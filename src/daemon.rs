@@ -26,14 +26,6 @@ use crate::outbox::OutboxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error(
-        "devices[{index}] ({device}): transport {transport} is not supported by this build yet"
-    )]
-    Unsupported {
-        index: usize,
-        device: String,
-        transport: &'static str,
-    },
     /// Alarm or drain state under storage.dir.
     #[error("storage.dir: {0}")]
     Store(#[from] StoreError),
@@ -99,15 +91,6 @@ pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonErro
 
 /// Runs until `cancel`; the demo and tests use this directly.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
-    for (index, d) in cfg.devices.iter().enumerate() {
-        if !fieldbus::supported(&d.transport) {
-            return Err(DaemonError::Unsupported {
-                index,
-                device: d.id.clone(),
-                transport: d.transport.name(),
-            });
-        }
-    }
     let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
     // Durable messages are on disk before they count as raised; what earlier runs left
     // unconfirmed is delivered first, to each broker from its own cursor.
@@ -533,15 +516,6 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonE
             continue;
         }
         any = true;
-        if !fieldbus::supported(&d.transport) {
-            println!(
-                "{:<16} transport {} not supported by this build yet",
-                d.id,
-                d.transport.name()
-            );
-            all_ok = false;
-            continue;
-        }
         let Some((reading, requests)) = fieldbus::poll_once(cfg, i, &counters).await else {
             continue;
         };
