@@ -20,6 +20,7 @@ pub mod message;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod report;
 pub mod rules;
 pub mod sim;
 pub mod storage;
