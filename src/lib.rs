@@ -24,6 +24,7 @@ pub mod report;
 pub mod rules;
 pub mod sim;
 pub mod storage;
+mod supervision;
 
 /// The version reported on the gateway status topic.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
