@@ -89,7 +89,7 @@ pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonErro
     }
 }
 
-/// Runs until `cancel`; the demo and tests use this directly.
+/// Runs until `cancel`: one generation of [`run`], and the demo's whole gateway.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
     // Durable messages are on disk before they count as raised; what earlier runs left
