@@ -4,7 +4,6 @@
 //! was given and hands its last events to MQTT, and only then does the MQTT link publish
 //! "offline" and close. Every task is tracked; nothing is left running.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,25 +14,18 @@ use tokio_util::task::TaskTracker;
 use crate::alarms::{StateStore, StoreError};
 use crate::clock::Now;
 use crate::command::Command;
-use crate::config::{Config, RuleBody};
+use crate::config::Config;
 use crate::drain::{DrainHandle, DrainService};
 use crate::engine::Engine;
 use crate::fieldbus;
 use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
-use crate::mqtt::{self, Durable, Topics};
+use crate::mqtt::{self, Durable};
 use crate::outbox::OutboxError;
+use crate::supervision::{Supervision, LINK_STALL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error(
-        "devices[{index}] ({device}): transport {transport} is not supported by this build yet"
-    )]
-    Unsupported {
-        index: usize,
-        device: String,
-        transport: &'static str,
-    },
     /// Alarm or drain state under storage.dir.
     #[error("storage.dir: {0}")]
     Store(#[from] StoreError),
@@ -97,17 +89,8 @@ pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonErro
     }
 }
 
-/// Runs until `cancel`; the demo and tests use this directly.
+/// Runs until `cancel`: one generation of [`run`], and the demo's whole gateway.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
-    for (index, d) in cfg.devices.iter().enumerate() {
-        if !fieldbus::supported(&d.transport) {
-            return Err(DaemonError::Unsupported {
-                index,
-                device: d.id.clone(),
-                transport: d.transport.name(),
-            });
-        }
-    }
     let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
     // Durable messages are on disk before they count as raised; what earlier runs left
     // unconfirmed is delivered first, to each broker from its own cursor.
@@ -287,99 +270,6 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     result
 }
 
-/// A broker loop that has not come round for this long is hung (it beats every
-/// [`mqtt::PULSE`], through backoffs too); well inside `WatchdogSec=30s`.
-const LINK_STALL: Duration = Duration::from_secs(10);
-
-/// How long start-up may wait for every device's first good answer before telling systemd it is
-/// ready anyway (a dead device is a fault alarm, not a reason to hold the whole service back).
-const READY_WAIT: Duration = Duration::from_secs(30);
-
-/// What systemd is told: READY once every device has answered (or after [`READY_WAIT`]), and
-/// watchdog pings only while every poll loop keeps delivering readings, so a hung task stops
-/// the pings and systemd restarts the daemon.
-struct Supervision {
-    started: std::time::Instant,
-    /// Per device: when its poll loop last delivered a reading (answer or not), and whether it
-    /// ever answered.
-    last: Vec<Option<std::time::Instant>>,
-    answered: Vec<bool>,
-    ready: bool,
-    watchdog: Option<Duration>,
-}
-
-impl Supervision {
-    fn new(cfg: &Config) -> Supervision {
-        Supervision {
-            started: std::time::Instant::now(),
-            last: vec![None; cfg.devices.len()],
-            answered: vec![false; cfg.devices.len()],
-            ready: false,
-            watchdog: sd_notify::watchdog_enabled(),
-        }
-    }
-
-    fn saw(&mut self, r: &fieldbus::Reading) {
-        self.last[r.device] = Some(std::time::Instant::now());
-        self.answered[r.device] |= r.outcome.is_ok();
-    }
-
-    /// Once a second from the engine loop (so a hung engine loop stops the pings too).
-    /// `stalled_links` are the broker loops that stopped coming round. Returns whether the
-    /// watchdog was pinged.
-    fn tick(&mut self, cfg: &Config, stalled_links: &[String]) -> bool {
-        let now = std::time::Instant::now();
-        if !self.ready {
-            let all = self.answered.iter().all(|a| *a);
-            if all || now.duration_since(self.started) >= READY_WAIT {
-                let silent: Vec<&str> = cfg
-                    .devices
-                    .iter()
-                    .zip(&self.answered)
-                    .filter(|(_, a)| !**a)
-                    .map(|(d, _)| d.id.as_str())
-                    .collect();
-                if silent.is_empty() {
-                    tracing::info!("every device answered: ready");
-                } else {
-                    tracing::warn!(devices = ?silent, "ready, but these devices have not answered yet");
-                }
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                self.ready = true;
-            }
-        }
-        if self.watchdog.is_none() || !self.ready {
-            return false;
-        }
-        // A poll loop is alive if its last reading is no older than one cycle at its slowest:
-        // the interval plus a timeout for each request, plus slack.
-        let stale: Vec<&str> = cfg
-            .devices
-            .iter()
-            .zip(&self.last)
-            .filter(|(d, last)| {
-                let requests = crate::decode::plan_reads(&d.points, d.max_gap).len() as u32 + 1;
-                let bound = d.poll_interval + d.timeout * requests + Duration::from_secs(5);
-                let since = last.unwrap_or(self.started);
-                now.duration_since(since) > bound
-            })
-            .map(|(d, _)| d.id.as_str())
-            .collect();
-        if !stale.is_empty() {
-            tracing::error!(devices = ?stale, "poll loops stopped delivering readings: withholding the watchdog ping");
-        }
-        if !stalled_links.is_empty() {
-            tracing::error!(brokers = ?stalled_links, "MQTT broker loops stopped running: withholding the watchdog ping");
-        }
-        if stale.is_empty() && stalled_links.is_empty() {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Gauges that describe state rather than count events, and the counters other parts keep
 /// for themselves (outbox, field-bus links), refreshed once a second.
 fn update_gauges(
@@ -423,254 +313,5 @@ fn update_gauges(
     metrics.set_drain(&cfg.zones(), &drain.snapshot());
     for (i, d) in cfg.devices.iter().enumerate() {
         metrics.set_link(&d.id, &counters.stats(i));
-    }
-}
-
-/// The `check-config` summary: what the daemon would watch and where it would publish.
-pub fn summary(cfg: &Config) -> String {
-    let mut s = String::new();
-    let points: usize = cfg.devices.iter().map(|d| d.points.len()).sum();
-    let (mut th, mut ror, mut vote) = (0, 0, 0);
-    for r in &cfg.rules {
-        match r.body {
-            RuleBody::Threshold(_) => th += 1,
-            RuleBody::RateOfRise(_) => ror += 1,
-            RuleBody::Vote(_) => vote += 1,
-        }
-    }
-    let _ = writeln!(
-        s,
-        "configuration OK: site {}, gateway {}",
-        cfg.site.id, cfg.site.gateway
-    );
-    let _ = writeln!(
-        s,
-        "  {} devices, {} points, {} rules ({th} threshold, {ror} rate_of_rise, {vote} vote)",
-        cfg.devices.len(),
-        points,
-        cfg.rules.len()
-    );
-    let _ = writeln!(s, "  zones: {}", cfg.zones().join(", "));
-    for d in &cfg.devices {
-        // A line sensor talks on its own; there is nothing to read, only a silence to notice.
-        let how = if matches!(d.transport, crate::config::Transport::SerialLines { .. }) {
-            format!(
-                "from its lines, a fault after {:?} of silence",
-                d.poll_interval + d.timeout
-            )
-        } else {
-            let reads = crate::decode::plan_reads(&d.points, d.max_gap).len();
-            format!("in {reads} reads every {:?}", d.poll_interval)
-        };
-        let _ = writeln!(
-            s,
-            "  device {} ({}, zone {}): {} points {how}",
-            d.id,
-            d.transport.name(),
-            d.zone,
-            d.points.len(),
-        );
-    }
-    let t = Topics::new(cfg);
-    let _ = writeln!(s, "  broker: {}", cfg.mqtt.url);
-    let _ = writeln!(s, "  topics:");
-    let _ = writeln!(s, "    {}  (retained, last will offline)", t.status());
-    for z in cfg.zones() {
-        let _ = writeln!(s, "    {}  (retained)", t.zone_status(&z));
-        let _ = writeln!(
-            s,
-            "    {}/#  (alarm events)",
-            t.alarm(&z, "+", "+", "+").trim_end_matches("/+/+/+")
-        );
-    }
-    for d in &cfg.devices {
-        let _ = writeln!(s, "    {}", t.telemetry(&d.id));
-    }
-    let _ = write!(s, "    {}  (commands in)", t.cmd_filter());
-    // Drain coordination (issue 5).
-    if let Some(d) = &cfg.drain {
-        let _ = write!(
-            s,
-            "\n  drain: trigger {}, deadline {}, agents {}",
-            d.trigger,
-            humantime::format_duration(d.deadline),
-            if d.agents.is_empty() {
-                "(none)".to_string()
-            } else {
-                d.agents.join(", ")
-            }
-        );
-        for z in cfg.zones() {
-            let _ = write!(
-                s,
-                "\n    {}  {}  {}  (retained)",
-                t.drain_request(&z),
-                t.drain_status(&z),
-                t.power_clearance(&z)
-            );
-        }
-        let _ = write!(
-            s,
-            "\n    {}  {}  (in)",
-            t.drain_acks_filter(),
-            t.drain_agents_filter()
-        );
-    }
-    s
-}
-
-/// `emberwatch read`: one poll of each device, printed as a table. Returns whether all answered.
-pub async fn read_once(cfg: &Config, only: Option<&str>) -> Result<bool, DaemonError> {
-    let mut all_ok = true;
-    let mut any = false;
-    let counters = fieldbus::Counters::new(cfg.devices.len());
-    println!(
-        "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} STATUS",
-        "DEVICE", "POINT", "TABLE", "ADDR", "VALUE", "UNIT"
-    );
-    for (i, d) in cfg.devices.iter().enumerate() {
-        if only.is_some_and(|o| o != d.id) {
-            continue;
-        }
-        any = true;
-        if !fieldbus::supported(&d.transport) {
-            println!(
-                "{:<16} transport {} not supported by this build yet",
-                d.id,
-                d.transport.name()
-            );
-            all_ok = false;
-            continue;
-        }
-        let Some((reading, requests)) = fieldbus::poll_once(cfg, i, &counters).await else {
-            continue;
-        };
-        let link = counters.stats(i);
-        match reading.outcome {
-            Err(e) => {
-                all_ok = false;
-                println!("{:<16} {:<20} {}", d.id, "-", e);
-                println!("{:<16} (link: {link})", "");
-            }
-            Ok(points) => {
-                for p in points {
-                    let point = &d.points[p.point];
-                    let (value, status) = match &p.result {
-                        Ok(v) => {
-                            let bad = point
-                                .valid
-                                .is_some_and(|(lo, hi)| v.value < lo || v.value > hi);
-                            (
-                                format!("{}", v.value),
-                                if bad {
-                                    "outside valid range".to_string()
-                                } else {
-                                    "ok".to_string()
-                                },
-                            )
-                        }
-                        Err(e) => {
-                            all_ok = false;
-                            ("-".to_string(), e.to_string())
-                        }
-                    };
-                    println!(
-                        "{:<16} {:<20} {:<8} {:>6} {:>14} {:<8} {}",
-                        d.id,
-                        point.id,
-                        point.table.as_str(),
-                        point.address,
-                        value,
-                        point.unit,
-                        status
-                    );
-                }
-                println!(
-                    "{:<16} ({} requests, {:?}; link: {link})",
-                    "",
-                    requests,
-                    Duration::from_micros(reading.latency.as_micros() as u64)
-                );
-            }
-        }
-    }
-    if !any {
-        println!("no device {:?} in the configuration", only.unwrap_or(""));
-        return Ok(false);
-    }
-    Ok(all_ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn watched() -> (Config, Supervision) {
-        let cfg = crate::mqtt::harness::config("mqtt://127.0.0.1:1883");
-        let mut s = Supervision::new(&cfg);
-        s.watchdog = Some(Duration::from_secs(30));
-        (cfg, s)
-    }
-
-    fn answered(device: usize) -> fieldbus::Reading {
-        fieldbus::Reading {
-            device,
-            at: Now::system(),
-            latency: Duration::from_millis(1),
-            outcome: Ok(vec![]),
-        }
-    }
-
-    #[test]
-    fn the_watchdog_is_pinged_only_while_poll_and_broker_loops_run() {
-        let (cfg, mut s) = watched();
-        // Before every device answered (and before READY_WAIT) nothing is pinged.
-        assert!(!s.tick(&cfg, &[]));
-        s.saw(&answered(0));
-        assert!(s.tick(&cfg, &[]), "ready, every loop alive: pinged");
-        assert!(s.ready);
-        // A hung broker loop withholds the ping even though the pollers are fine.
-        assert!(!s.tick(&cfg, &["mqtt://127.0.0.1:1883".to_string()]));
-        assert!(s.tick(&cfg, &[]));
-        // A poll loop that stopped delivering withholds it too.
-        if let Some(past) = std::time::Instant::now().checked_sub(Duration::from_secs(3600)) {
-            s.last[0] = Some(past);
-            assert!(!s.tick(&cfg, &[]));
-        }
-    }
-
-    #[test]
-    fn the_summary_says_how_each_device_is_read() {
-        // The harness's gateway (rack-01 over Modbus TCP) plus a line sensor.
-        let mut cfg = crate::mqtt::harness::config("mqtt://127.0.0.1:1883");
-        let text = r#"
-[site]
-id = "s"
-gateway = "gw"
-[[devices]]
-id = "h2-01"
-zone = "room-1"
-transport = "serial-lines"
-port = "/dev/ttyUSB0"
-poll_interval = "2s"
-timeout = "1s"
-  [[devices.points]]
-  id = "h2"
-  kind = "hydrogen"
-"#;
-        let lines = match Config::from_toml(text, crate::config::Role::Gateway) {
-            Ok(c) => c,
-            Err(p) => panic!("{p:?}"),
-        };
-        cfg.devices.extend(lines.devices);
-        let s = summary(&cfg);
-        assert!(
-            s.contains("device rack-01 (modbus-tcp, zone room-1): 1 points in 1 reads every 1s"),
-            "{s}"
-        );
-        assert!(
-            s.contains("device h2-01 (serial-lines, zone room-1): 1 points from its lines, a fault after 3s of silence"),
-            "{s}"
-        );
     }
 }

@@ -20,9 +20,11 @@ pub mod message;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod report;
 pub mod rules;
 pub mod sim;
 pub mod storage;
+mod supervision;
 
 /// The version reported on the gateway status topic.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

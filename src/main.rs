@@ -100,7 +100,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => Ok(match Config::load(&config, Role::Gateway) {
             Ok(cfg) => {
-                println!("{}", emberwatch::daemon::summary(&cfg));
+                println!("{}", emberwatch::report::summary(&cfg));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -110,7 +110,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Read { config, device } => {
             let cfg = load_or_report(&config, Role::Gateway)?;
-            let ok = emberwatch::daemon::read_once(&cfg, device.as_deref()).await?;
+            let ok = emberwatch::report::read_once(&cfg, device.as_deref()).await;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

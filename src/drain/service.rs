@@ -129,7 +129,7 @@ impl DrainService {
         let (zone_tx, zones) = mpsc::channel(QUEUE);
         let (drill_tx, drills) = mpsc::channel(QUEUE);
         let (view_tx, view) = watch::channel(coordinator.persisted().clone());
-        let runner = Runner {
+        let drain_task = DrainTask {
             view: view_tx,
             coordinator,
             store,
@@ -139,7 +139,7 @@ impl DrainService {
             incoming,
             faults,
         };
-        let task = tokio::spawn(runner.run());
+        let task = tokio::spawn(drain_task.run());
         let handle = DrainHandle {
             zones: Some(zone_tx),
             drills: Some(drill_tx),
@@ -161,7 +161,9 @@ impl DrainService {
     }
 }
 
-struct Runner {
+/// The drain task itself: owns the coordinator, its state file and the receiving ends of the
+/// channels, so nothing else touches the drain state while it runs.
+struct DrainTask {
     coordinator: Coordinator,
     store: JsonStore,
     publisher: Publisher,
@@ -172,7 +174,9 @@ struct Runner {
     view: watch::Sender<Persisted>,
 }
 
-impl Runner {
+impl DrainTask {
+    /// The task's body: resumes what `drain.json` held, then serves until the daemon drops
+    /// its [`DrainHandle`].
     async fn run(mut self) {
         let fx = self.coordinator.resume(Now::system());
         self.apply(fx).await;

@@ -86,11 +86,6 @@ pub enum LinkError {
         register: u16,
         reason: String,
     },
-    #[error("device {device}: transport {transport} is not built yet")]
-    Unsupported {
-        device: String,
-        transport: &'static str,
-    },
     /// The serial port (or the device server's TCP connection) is missing, cannot be opened, or
     /// was lost: every device on it gets this until it is back.
     #[error("device {device}: port {port}: {reason}")]
@@ -202,10 +197,11 @@ pub fn spawn_pollers(
         let tx = tx.clone();
         let cancel = cancel.clone();
         match &device.transport {
-            Transport::ModbusTcp { .. } => {
-                let counters = counters.clone();
+            Transport::ModbusTcp { address } => {
+                let link =
+                    modbus::ModbusDevice::new(device.clone(), address.clone(), counters.clone());
                 tracker.spawn(async move {
-                    poll_loop(index, device, counters, tx, cancel).await;
+                    poll_loop(index, device, link, tx, cancel).await;
                 });
             }
             Transport::ModbusRtu { .. } | Transport::ModbusRtuOverTcp { .. } => {
@@ -241,8 +237,9 @@ pub async fn poll_once(
 ) -> Option<(Reading, usize)> {
     let device = cfg.devices.get(index)?.clone();
     Some(match &device.transport {
-        Transport::ModbusTcp { .. } => {
-            let mut link = modbus::ModbusDevice::new(device, counters.clone());
+        Transport::ModbusTcp { address } => {
+            let address = address.clone();
+            let mut link = modbus::ModbusDevice::new(device, address, counters.clone());
             let reading = link.poll(index).await;
             let requests = link.plan().len();
             link.close().await;
@@ -263,11 +260,10 @@ pub async fn poll_once(
 async fn poll_loop(
     index: usize,
     device: Device,
-    counters: Counters,
+    mut link: modbus::ModbusDevice,
     tx: mpsc::Sender<Reading>,
     cancel: CancellationToken,
 ) {
-    let mut link = modbus::ModbusDevice::new(device.clone(), counters);
     let mut ticker = tokio::time::interval(device.poll_interval);
     // A slow poll must not be followed by a burst of catch-up polls.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,14 +284,4 @@ async fn poll_loop(
         }
     }
     link.close().await;
-}
-
-/// Whether this build can poll a transport; the daemon refuses to start otherwise.
-pub fn supported(t: &Transport) -> bool {
-    match t {
-        Transport::ModbusTcp { .. }
-        | Transport::ModbusRtu { .. }
-        | Transport::ModbusRtuOverTcp { .. }
-        | Transport::SerialLines { .. } => true,
-    }
 }

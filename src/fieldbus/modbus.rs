@@ -12,7 +12,7 @@ use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::slave::{Slave, SlaveContext};
 
 use crate::clock::Now;
-use crate::config::{Device, Transport};
+use crate::config::Device;
 use crate::decode::{plan_reads, ReadSpan, Table};
 use crate::fieldbus::counters::LinkCounters;
 use crate::fieldbus::{span_points, Counters, LinkError, PointReading, Reading, SpanAnswer};
@@ -20,6 +20,9 @@ use crate::fieldbus::{span_points, Counters, LinkError, PointReading, Reading, S
 /// One Modbus device and its (possibly absent) connection.
 pub struct ModbusDevice {
     device: Device,
+    /// Its `modbus-tcp` address, which the caller took from the transport it matched: no other
+    /// transport can reach this client.
+    address: String,
     plan: Vec<ReadSpan>,
     ctx: Option<Context>,
     /// Requests, timeouts and lost connections, as the serial buses count theirs (`read`
@@ -33,10 +36,12 @@ enum SpanData {
 }
 
 impl ModbusDevice {
-    pub fn new(device: Device, counters: Counters) -> ModbusDevice {
+    /// `address` is the `modbus-tcp` address of `device`'s transport.
+    pub fn new(device: Device, address: String, counters: Counters) -> ModbusDevice {
         let plan = plan_reads(&device.points, device.max_gap);
         ModbusDevice {
             device,
+            address,
             plan,
             ctx: None,
             counters,
@@ -78,28 +83,16 @@ impl ModbusDevice {
         }
     }
 
-    async fn connect(device: &Device) -> Result<Context, LinkError> {
-        let address = match &device.transport {
-            Transport::ModbusTcp { address } => address.clone(),
-            other => {
-                return Err(LinkError::Unsupported {
-                    device: device.id.clone(),
-                    transport: other.name(),
-                })
-            }
-        };
+    async fn connect(device: &Device, address: &str) -> Result<Context, LinkError> {
         let err = |reason: String| LinkError::Connect {
             device: device.id.clone(),
-            address: address.clone(),
+            address: address.to_string(),
             reason,
         };
-        let stream = tokio::time::timeout(
-            device.timeout,
-            tokio::net::TcpStream::connect(address.as_str()),
-        )
-        .await
-        .map_err(|_| err(format!("no connection within {:?}", device.timeout)))?
-        .map_err(|e| err(e.to_string()))?;
+        let stream = tokio::time::timeout(device.timeout, tokio::net::TcpStream::connect(address))
+            .await
+            .map_err(|_| err(format!("no connection within {:?}", device.timeout)))?
+            .map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let slave = Slave(device.unit);
         Ok(tokio_modbus::client::tcp::attach_slave(stream, slave))
@@ -113,7 +106,7 @@ impl ModbusDevice {
         let id = &self.device.id;
         let mut ctx = match self.ctx.take() {
             Some(ctx) => ctx,
-            None => Self::connect(&self.device).await?,
+            None => Self::connect(&self.device, &self.address).await?,
         };
         ctx.set_slave(Slave(self.device.unit));
         let mut out = Vec::with_capacity(self.device.points.len());
