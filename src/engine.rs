@@ -14,10 +14,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::alarms::{AlarmEvent, AlarmKind, AlarmTable, Condition, Identity, Snapshot};
+use crate::alarms::{
+    AlarmEvent, AlarmKind, AlarmTable, Condition, Identity, LinkFault, PointFault, RuleKind,
+    Snapshot, Source,
+};
 use crate::clock::{rfc3339, Now};
 use crate::command::{Command, Refused};
-use crate::config::{Config, Device, Direction, Point, PointKind, RuleBody};
+use crate::config::{Config, Direction, Point, PointKind, RuleBody};
 use crate::decode::Raw;
 use crate::fieldbus::{LinkError, PointError, PointReading, Reading};
 use crate::message::{CommandResult, Outgoing, Quality, Telemetry};
@@ -45,9 +48,6 @@ const DETECTOR_KINDS: [PointKind; 4] = [
     PointKind::Temperature,
 ];
 
-/// The per-point sensor faults, by rule name in the alarm key.
-const POINT_FAULTS: [&str; 4] = ["out-of-range", "stuck", "trouble", "unreadable"];
-
 pub struct Engine {
     cfg: std::sync::Arc<Config>,
     table: AlarmTable,
@@ -61,7 +61,7 @@ pub struct Engine {
     unchanged: Vec<Vec<Option<(Raw, Instant)>>>,
     /// [device][point] → the sensor fault currently raised, so a healthy reading costs no
     /// alarm-table lookups.
-    faulted: Vec<Vec<Option<&'static str>>>,
+    faulted: Vec<Vec<Option<PointFault>>>,
 }
 
 /// What one input caused, in publishing order.
@@ -141,64 +141,78 @@ impl Engine {
     /// device or point is gone from the configuration.
     fn seed(&mut self, id: &Identity, level: Option<Severity>) -> bool {
         let cfg = self.cfg.clone();
-        if id.device == "_drain" {
+        let Some(source) = Source::of(id) else {
+            return false;
+        };
+        let device = |name: &str| cfg.devices.iter().position(|d| d.id == name);
+        let point =
+            |di: usize, name: &str| cfg.devices[di].points.iter().position(|p| p.id == name);
+        match source {
             // Kept while the agent is still expected; the drain task reports it back or gone.
-            return cfg
+            Source::DrainAgent { agent } => cfg
                 .drain
                 .as_ref()
-                .is_some_and(|d| d.agents.contains(&id.point));
-        }
-        let Some(di) = cfg.devices.iter().position(|d| d.id == id.device) else {
+                .is_some_and(|d| d.agents.iter().any(|a| a == agent)),
             // Votes and blind-zone faults belong to a zone, not a device.
-            return id.device == "_zone"
-                && (id.kind == AlarmKind::Fault
-                    || cfg
-                        .rules
-                        .iter()
-                        .any(|r| r.id == id.rule && matches!(r.body, RuleBody::Vote(_))));
-        };
-        if id.kind == AlarmKind::Fault {
-            if id.point == "_link" {
-                if id.rule == "comm-loss" && level.is_some() {
+            Source::BlindZone => true,
+            Source::Vote { rule } => cfg
+                .rules
+                .iter()
+                .any(|r| r.id == rule && matches!(r.body, RuleBody::Vote(_))),
+            Source::Link { device: d, fault } => {
+                let Some(di) = device(d) else {
+                    return false;
+                };
+                if fault == LinkFault::CommLoss && level.is_some() {
                     // Until the device answers, it is still not answering.
                     self.misses[di] = COMM_LOSS_AFTER;
                 }
-                return true;
-            }
-            let Some(pi) = cfg.devices[di].points.iter().position(|p| p.id == id.point) else {
-                return false;
-            };
-            let Some(rule) = POINT_FAULTS.iter().find(|r| **r == id.rule) else {
-                return false;
-            };
-            if level.is_some() {
-                self.faulted[di][pi] = Some(rule);
-            }
-            return true;
-        }
-        let Some(pi) = cfg.devices[di].points.iter().position(|p| p.id == id.point) else {
-            return false;
-        };
-        let Some(ri) = cfg
-            .rules
-            .iter()
-            .position(|r| r.id == id.rule && r.targets.contains(&(di, pi)))
-        else {
-            return false;
-        };
-        match (&cfg.rules[ri].body, id.kind) {
-            (RuleBody::Threshold(_), AlarmKind::Threshold) => {
-                self.thresholds
-                    .insert((ri, di, pi), ThresholdState::at(level));
                 true
             }
-            (RuleBody::RateOfRise(_), AlarmKind::RateOfRise) => {
+            Source::PointFault {
+                device: d,
+                point: p,
+                fault,
+            } => {
+                let Some((di, pi)) = device(d).and_then(|di| Some((di, point(di, p)?))) else {
+                    return false;
+                };
                 if level.is_some() {
-                    self.rates.insert((ri, di, pi), RateState::raised());
+                    self.faulted[di][pi] = Some(fault);
                 }
                 true
             }
-            _ => false,
+            Source::Rule {
+                device: d,
+                point: p,
+                rule,
+                kind,
+            } => {
+                let Some((di, pi)) = device(d).and_then(|di| Some((di, point(di, p)?))) else {
+                    return false;
+                };
+                let Some(ri) = cfg
+                    .rules
+                    .iter()
+                    .position(|r| r.id == rule && r.targets.contains(&(di, pi)))
+                else {
+                    return false;
+                };
+                match (&cfg.rules[ri].body, kind) {
+                    (RuleBody::Threshold(_), RuleKind::Threshold) => {
+                        self.thresholds
+                            .insert((ri, di, pi), ThresholdState::at(level));
+                        true
+                    }
+                    (RuleBody::RateOfRise(_), RuleKind::RateOfRise) => {
+                        if level.is_some() {
+                            self.rates.insert((ri, di, pi), RateState::raised());
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
         }
     }
 
@@ -247,22 +261,14 @@ impl Engine {
         detail: &str,
         now: Now,
     ) -> Output {
-        let key = format!("_drain/{agent}/agent-offline");
+        let source = Source::DrainAgent { agent };
         let zones: Vec<String> = match severity {
             Some(_) => zones.to_vec(),
-            None => self.table.zones_with_condition(&key),
+            None => self.table.zones_with_condition(&source.key()),
         };
         let mut events = Vec::new();
         for zone in zones {
-            let id = Identity {
-                zone,
-                device: "_drain".into(),
-                point: agent.to_string(),
-                rule: "agent-offline".into(),
-                kind: AlarmKind::Fault,
-                unit: None,
-                latching: false,
-            };
+            let id = source.identity(&zone);
             let cond = Condition {
                 severity,
                 value: None,
@@ -357,14 +363,14 @@ impl Engine {
         let telemetry = match &r.outcome {
             Ok(points) => {
                 self.misses[r.device] = 0;
-                events.extend(self.link_fault(r.device, "comm-loss", None, r.at));
+                events.extend(self.link_fault(r.device, LinkFault::CommLoss, None, r.at));
                 let exception = points.iter().find_map(|p| match &p.result {
                     Err(e @ PointError::Exception { .. }) => {
                         Some(format!("device {}: {e}", device.id))
                     }
                     _ => None,
                 });
-                events.extend(self.link_fault(r.device, "exception", exception, r.at));
+                events.extend(self.link_fault(r.device, LinkFault::Exception, exception, r.at));
                 let mut values = std::collections::BTreeMap::new();
                 let mut all_good = true;
                 for p in points {
@@ -390,7 +396,7 @@ impl Engine {
                 if self.misses[r.device] >= COMM_LOSS_AFTER {
                     events.extend(self.link_fault(
                         r.device,
-                        "comm-loss",
+                        LinkFault::CommLoss,
                         Some(link_message(e)),
                         r.at,
                     ));
@@ -407,24 +413,6 @@ impl Engine {
             body: telemetry,
         };
         self.finish(events, r.at, vec![telemetry])
-    }
-
-    fn identity(
-        d: &Device,
-        point: &str,
-        rule: &str,
-        kind: AlarmKind,
-        unit: Option<String>,
-    ) -> Identity {
-        Identity {
-            zone: d.zone.clone(),
-            device: d.id.clone(),
-            point: point.to_string(),
-            rule: rule.to_string(),
-            kind,
-            unit: unit.filter(|u| !u.is_empty()),
-            latching: false,
-        }
     }
 
     /// Raises (`Some(message)`) or clears (`None`) a fault; clearing a fault that is not there
@@ -458,21 +446,20 @@ impl Engine {
         self.table.update(id, cond, now)
     }
 
-    /// A device-level fault (`_link/comm-loss`, `_link/exception`).
+    /// A device-level fault (comm-loss, exception).
     fn link_fault(
         &mut self,
         device: usize,
-        rule: &str,
+        fault: LinkFault,
         message: Option<String>,
         now: Now,
     ) -> Option<AlarmEvent> {
-        let id = Self::identity(
-            &self.cfg.devices[device],
-            "_link",
-            rule,
-            AlarmKind::Fault,
-            None,
-        );
+        let d = &self.cfg.devices[device];
+        let id = Source::Link {
+            device: &d.id,
+            fault,
+        }
+        .identity(&d.zone);
         self.fault(&id, message, None, now)
     }
 
@@ -497,7 +484,7 @@ impl Engine {
                 self.point_faults(
                     device,
                     p.point,
-                    Some(("unreadable", msg)),
+                    Some((PointFault::Unreadable, msg)),
                     None,
                     now,
                     events,
@@ -524,7 +511,7 @@ impl Engine {
         raw: Raw,
         value: f64,
         now: Instant,
-    ) -> Option<(&'static str, String)> {
+    ) -> Option<(PointFault, String)> {
         let unit = if point.unit.is_empty() {
             String::new()
         } else {
@@ -541,13 +528,13 @@ impl Engine {
         };
         if point.trouble.contains(&raw.as_f64()) {
             return Some((
-                "trouble",
+                PointFault::Trouble,
                 format!("{} reports trouble (code {:?})", point.id, raw.as_f64()),
             ));
         }
         if let Some((lo, hi)) = point.valid.filter(|(lo, hi)| value < *lo || value > *hi) {
             return Some((
-                "out-of-range",
+                PointFault::OutOfRange,
                 format!(
                     "{} {value:?}{unit} outside valid range [{lo:?}, {hi:?}]: sensor fault",
                     point.id
@@ -558,7 +545,7 @@ impl Engine {
             let frozen = now.saturating_duration_since(since);
             if !after.is_zero() && frozen >= after {
                 return Some((
-                    "stuck",
+                    PointFault::Stuck,
                     format!(
                         "{} unchanged at {value:?}{unit} for {}: sensor stuck",
                         point.id,
@@ -575,40 +562,35 @@ impl Engine {
         &mut self,
         device: usize,
         pi: usize,
-        current: Option<(&'static str, String)>,
+        current: Option<(PointFault, String)>,
         value: Option<f64>,
         now: Now,
         events: &mut Vec<AlarmEvent>,
     ) {
         let was = self.faulted[device][pi];
-        let now_rule = current.as_ref().map(|(r, _)| *r);
-        if was == now_rule {
+        let now_fault = current.as_ref().map(|(f, _)| *f);
+        if was == now_fault {
             return;
         }
         let cfg = self.cfg.clone();
         let d = &cfg.devices[device];
         let point = &d.points[pi];
+        let id = |fault| Identity {
+            unit: unit_of(point),
+            ..Source::PointFault {
+                device: &d.id,
+                point: &point.id,
+                fault,
+            }
+            .identity(&d.zone)
+        };
         if let Some(old) = was {
-            let id = Self::identity(
-                d,
-                &point.id,
-                old,
-                AlarmKind::Fault,
-                Some(point.unit.clone()),
-            );
-            events.extend(self.fault(&id, None, value, now));
+            events.extend(self.fault(&id(old), None, value, now));
         }
-        if let Some((rule, msg)) = current {
-            let id = Self::identity(
-                d,
-                &point.id,
-                rule,
-                AlarmKind::Fault,
-                Some(point.unit.clone()),
-            );
-            events.extend(self.fault(&id, Some(msg), value, now));
+        if let Some((fault, msg)) = current {
+            events.extend(self.fault(&id(fault), Some(msg), value, now));
         }
-        self.faulted[device][pi] = now_rule;
+        self.faulted[device][pi] = now_fault;
     }
 
     /// Runs a good value through the threshold and rate-of-rise rules watching it.
@@ -630,7 +612,7 @@ impl Engine {
         };
         for &ri in &self.watchers[device][pi] {
             let rule = &cfg.rules[ri];
-            let (kind, unit_out, cond) = match &rule.body {
+            let (kind, unit, cond) = match &rule.body {
                 RuleBody::Threshold(th) => {
                     let state = self.thresholds.entry((ri, device, pi)).or_default();
                     let Some(change) = th.evaluate(state, value, now.mono) else {
@@ -655,8 +637,8 @@ impl Engine {
                         ),
                     };
                     (
-                        AlarmKind::Threshold,
-                        Some(point.unit.clone()),
+                        RuleKind::Threshold,
+                        unit_of(point),
                         Condition {
                             severity: change.to,
                             value: Some(value),
@@ -691,7 +673,7 @@ impl Engine {
                         )
                     };
                     (
-                        AlarmKind::RateOfRise,
+                        RuleKind::RateOfRise,
                         Some(per),
                         Condition {
                             severity: change.active.then_some(rr.severity),
@@ -703,8 +685,17 @@ impl Engine {
                 }
                 RuleBody::Vote(_) => continue,
             };
-            let mut id = Self::identity(d, &point.id, &rule.id, kind, unit_out);
-            id.latching = rule.latch;
+            let id = Identity {
+                unit,
+                latching: rule.latch,
+                ..Source::Rule {
+                    device: &d.id,
+                    point: &point.id,
+                    rule: &rule.id,
+                    kind,
+                }
+                .identity(&d.zone)
+            };
             events.extend(self.table.update(&id, cond, now));
         }
     }
@@ -716,30 +707,30 @@ impl Engine {
         let mut detectors = 0;
         let mut faulted = 0;
         for d in cfg.devices.iter().filter(|d| d.zone == zone) {
-            let link_down = ["comm-loss", "exception"]
-                .iter()
-                .any(|r| self.table.condition(zone, &format!("{}/_link/{r}", d.id)));
+            let link_down = LinkFault::ALL.into_iter().any(|fault| {
+                let link = Source::Link {
+                    device: &d.id,
+                    fault,
+                };
+                self.table.condition(zone, &link.key())
+            });
             for p in d.points.iter().filter(|p| DETECTOR_KINDS.contains(&p.kind)) {
                 detectors += 1;
                 if link_down
-                    || POINT_FAULTS.iter().any(|r| {
-                        self.table
-                            .condition(zone, &format!("{}/{}/{r}", d.id, p.id))
+                    || PointFault::ALL.into_iter().any(|fault| {
+                        let sensor = Source::PointFault {
+                            device: &d.id,
+                            point: &p.id,
+                            fault,
+                        };
+                        self.table.condition(zone, &sensor.key())
                     })
                 {
                     faulted += 1;
                 }
             }
         }
-        let id = Identity {
-            zone: zone.to_string(),
-            device: "_zone".into(),
-            point: "_detectors".into(),
-            rule: "all-faulted".into(),
-            kind: AlarmKind::Fault,
-            unit: None,
-            latching: false,
-        };
+        let id = Source::BlindZone.identity(zone);
         let blind = detectors > 0 && faulted == detectors;
         if !blind && !self.table.condition_of(&id) {
             return;
@@ -787,13 +778,8 @@ impl Engine {
                 });
             let voters = vote::voters(v, candidates);
             let id = Identity {
-                zone: zone.to_string(),
-                device: "_zone".into(),
-                point: "_vote".into(),
-                rule: rule.id.clone(),
-                kind: AlarmKind::Vote,
-                unit: None,
                 latching: rule.latch,
+                ..Source::Vote { rule: &rule.id }.identity(zone)
             };
             let agreed = voters.len() >= v.need;
             if !agreed && !self.table.condition_of(&id) {
@@ -821,6 +807,11 @@ impl Engine {
             events.extend(self.table.update(&id, cond, now));
         }
     }
+}
+
+/// A point's unit as alarms carry it: none rather than empty.
+fn unit_of(point: &Point) -> Option<String> {
+    Some(point.unit.clone()).filter(|u| !u.is_empty())
 }
 
 fn link_message(e: &LinkError) -> String {
