@@ -86,31 +86,40 @@ fn seed_one(
             point,
             rule,
             kind,
-        } => {
-            let Some((di, pi)) = point_index(cfg, device, point) else {
-                return false;
-            };
-            let Some(ri) = cfg
-                .rules
-                .iter()
-                .position(|r| r.id == rule && r.targets.contains(&(di, pi)))
-            else {
-                return false;
-            };
-            match (&cfg.rules[ri].body, kind) {
-                (RuleBody::Threshold(_), RuleKind::Threshold) => {
-                    rules.seed_threshold((ri, di, pi), level);
-                    true
-                }
-                (RuleBody::RateOfRise(_), RuleKind::RateOfRise) => {
-                    if level.is_some() {
-                        rules.seed_rate_raised((ri, di, pi));
-                    }
-                    true
-                }
-                _ => false,
-            }
+        } => point_index(cfg, device, point)
+            .is_some_and(|(di, pi)| seed_rule(cfg, rules, (di, pi), rule, kind, level)),
+    }
+}
+
+/// A threshold or rate-of-rise alarm of the point at `(di, pi)`: false unless `rule` still
+/// watches that point and is still of the alarm's kind.
+fn seed_rule(
+    cfg: &Config,
+    rules: &mut RuleStates,
+    (di, pi): (usize, usize),
+    rule: &str,
+    kind: RuleKind,
+    level: Option<Severity>,
+) -> bool {
+    let Some(ri) = cfg
+        .rules
+        .iter()
+        .position(|r| r.id == rule && r.targets.contains(&(di, pi)))
+    else {
+        return false;
+    };
+    match (&cfg.rules[ri].body, kind) {
+        (RuleBody::Threshold(_), RuleKind::Threshold) => {
+            rules.seed_threshold((ri, di, pi), level);
+            true
         }
+        (RuleBody::RateOfRise(_), RuleKind::RateOfRise) => {
+            if level.is_some() {
+                rules.seed_rate_raised((ri, di, pi));
+            }
+            true
+        }
+        _ => false,
     }
 }
 

@@ -8,7 +8,9 @@ use crate::decode::{Decoded, Raw};
 use crate::fieldbus::{LinkError, PointReading};
 use std::time::Duration;
 
-const CFG: &str = r#"
+/// The site and the one device every test configuration starts with; its points and the rules
+/// follow.
+const RACK_01: &str = r#"
 [site]
 id = "s"
 gateway = "gw"
@@ -16,6 +18,10 @@ gateway = "gw"
 id = "rack-01"
 zone = "room-1"
 address = "127.0.0.1:5020"
+"#;
+
+/// One temperature point with a two-level threshold.
+const CFG: &str = r#"
   [[devices.points]]
   id = "t"
   address = 116
@@ -29,9 +35,18 @@ points = ["*/t"]
 above = { warning = 45.0, critical = 55.0 }
 "#;
 
+/// `RACK_01` followed by `points_and_rules`.
+fn config(points_and_rules: &str) -> Arc<Config> {
+    let text = format!("{RACK_01}{points_and_rules}");
+    Arc::new(Config::from_toml(&text, Role::Gateway).expect("valid"))
+}
+
+fn engine_with(points_and_rules: &str) -> Engine {
+    Engine::new(config(points_and_rules), 0)
+}
+
 fn engine() -> Engine {
-    let cfg = Config::from_toml(CFG, Role::Gateway).expect("valid");
-    Engine::new(std::sync::Arc::new(cfg), 0)
+    engine_with(CFG)
 }
 
 fn reading(at: Now, v: Option<f64>) -> Reading {
@@ -111,14 +126,8 @@ fn out_of_range_is_a_sensor_fault_not_an_alarm() {
     assert_eq!(out.events[0].state, AlarmState::Cleared);
 }
 
+/// An off-gas and a smoke point, each with a threshold, and a vote that needs both.
 const VOTE_CFG: &str = r#"
-[site]
-id = "s"
-gateway = "gw"
-[[devices]]
-id = "rack-01"
-zone = "room-1"
-address = "127.0.0.1:5020"
   [[devices.points]]
   id = "offgas"
   kind = "offgas"
@@ -158,8 +167,7 @@ fn two_points(at: Now, offgas: f64, smoke: f64) -> Reading {
 
 #[test]
 fn two_distinct_sensors_confirm_a_fire_by_vote() {
-    let cfg = Config::from_toml(VOTE_CFG, Role::Gateway).expect("valid");
-    let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+    let mut e = engine_with(VOTE_CFG);
     let now = Now::system();
     let out = e.on_reading(&two_points(now, 50.0, 0.0));
     assert_eq!(out.events.len(), 1, "one sensor alone does not confirm");
@@ -191,8 +199,7 @@ fn each_zone_votes_for_itself() {
         "[[rules]]\nid = \"offgas-high\"",
         "[[devices]]\nid = \"rack-02\"\nzone = \"room-2\"\naddress = \"127.0.0.1:5021\"\n  [[devices.points]]\n  id = \"offgas\"\n  kind = \"offgas\"\n  address = 121\n  [[devices.points]]\n  id = \"smoke_stage\"\n  kind = \"smoke\"\n  address = 120\n[[rules]]\nid = \"offgas-high\"",
     );
-    let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
-    let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+    let mut e = engine_with(&text);
     let now = Now::system();
     let fire = e.on_reading(&two_points(now, 50.0, 1.0));
     let vote = fire
@@ -267,8 +274,7 @@ fn a_fast_climb_raises_rate_of_rise() {
         "above = { warning = 45.0, critical = 55.0 }",
         "rate_of_rise = { per_minute = 8.3, window = \"10s\", severity = \"critical\" }",
     );
-    let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
-    let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+    let mut e = engine_with(&text);
     let t0 = Now::system();
     let mut raised = None;
     for i in 0..20u64 {
@@ -290,7 +296,7 @@ fn a_fast_climb_raises_rate_of_rise() {
 
 #[test]
 fn a_restart_does_not_raise_active_alarms_again() {
-    let cfg = std::sync::Arc::new(Config::from_toml(CFG, Role::Gateway).expect("valid"));
+    let cfg = config(CFG);
     let mut e = Engine::new(cfg.clone(), 0);
     let now = Now::system();
     assert_eq!(e.on_reading(&reading(now, Some(57.2))).events.len(), 1);
@@ -306,6 +312,29 @@ fn a_restart_does_not_raise_active_alarms_again() {
         (out.events[0].seq, out.events[0].state),
         (2, AlarmState::Cleared)
     );
+}
+
+/// Restore reads every persisted alarm back to its source: a vote survives a restart while its
+/// rule is configured, and is dropped once it is not.
+#[test]
+fn a_restart_keeps_the_alarms_the_configuration_still_has() {
+    let mut e = engine_with(VOTE_CFG);
+    e.on_reading(&two_points(Now::system(), 50.0, 1.0));
+    let keys =
+        |e: &Engine| -> Vec<String> { e.alarms().alarms().map(|a| a.identity.key()).collect() };
+    let all = [
+        "_zone/_vote/confirmed-fire",
+        "rack-01/offgas/offgas-high",
+        "rack-01/smoke_stage/smoke",
+    ];
+    assert_eq!(keys(&e), all);
+    assert_eq!(keys(&Engine::restore(config(VOTE_CFG), e.snapshot())), all);
+    let without_vote = VOTE_CFG
+        .split("[[rules]]\nid = \"confirmed-fire\"")
+        .next()
+        .unwrap_or_default();
+    let fewer = Engine::restore(config(without_vote), e.snapshot());
+    assert_eq!(keys(&fewer), all[1..]);
 }
 
 fn cmd(e: &mut Engine, name: &str, body: &str) -> (Vec<AlarmEvent>, CommandResult) {
@@ -387,8 +416,7 @@ fn stuck_and_trouble_are_faults_that_freeze_evaluation() {
         "valid = [-40.0, 150.0]",
         "valid = [-40.0, 150.0]\n  stuck_after = \"10s\"\n  trouble = [6553.5]",
     );
-    let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
-    let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+    let mut e = engine_with(&text);
     let t0 = Now::system();
     e.on_reading(&reading(t0, Some(50.0)));
     let out = e.on_reading(&reading(t0.after(Duration::from_secs(10)), Some(50.0)));
@@ -412,8 +440,7 @@ fn stuck_and_trouble_are_faults_that_freeze_evaluation() {
 #[test]
 fn a_zone_with_every_detector_silent_is_blind() {
     let text = CFG.replace("  id = \"t\"\n", "  id = \"t\"\n  kind = \"temperature\"\n");
-    let cfg = Config::from_toml(&text, Role::Gateway).expect("valid");
-    let mut e = Engine::new(std::sync::Arc::new(cfg), 0);
+    let mut e = engine_with(&text);
     let t0 = Now::system();
     e.on_reading(&reading(t0, None));
     let out = e.on_reading(&reading(t0, None));
