@@ -4,9 +4,11 @@
 //! [`StateStore`] so event numbers never go back and active alarms are not raised again after a
 //! restart or crash.
 
+mod source;
 mod store;
 mod table;
 
+pub use source::{LinkFault, PointFault, RuleKind, Source};
 pub use store::{Snapshot, StateStore, StoreError};
 pub use table::{Alarm, AlarmTable, CommandError, Condition, Identity};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::{
-    AlarmEvent, AlarmKind, AlarmState, EventDetail, IsaState, Level, Snapshot, ZoneStatus,
+    AlarmEvent, AlarmKind, AlarmState, EventDetail, IsaState, Level, Snapshot, Source, ZoneStatus,
 };
 use crate::clock::{rfc3339, Now};
 use crate::rules::Severity;
@@ -25,7 +25,7 @@ use crate::rules::Severity;
 pub struct Identity {
     pub zone: String,
     pub device: String,
-    /// A point id, or `_link` for device-level faults, `_vote` for votes.
+    /// A point id, or a gateway segment ([`Source`] spells them).
     pub point: String,
     pub rule: String,
     pub kind: AlarmKind,
@@ -37,9 +37,9 @@ pub struct Identity {
 
 impl Identity {
     /// `device/point/rule`: the alarm's key in events, zone status and commands. A device's
-    /// alarms have keys of their own (a device is in one zone); the gateway's own alarms
-    /// (`_zone/_vote/{rule}`, `_zone/_detectors/all-faulted`, `_drain/{agent}/agent-offline`)
-    /// repeat the key in every zone, so the table holds alarms by zone and key.
+    /// alarms have keys of their own (a device is in one zone); the gateway's own alarms (votes,
+    /// blind zones, missing drain agents: see [`Source`]) repeat the key in every zone, so the
+    /// table holds alarms by zone and key.
     pub fn key(&self) -> String {
         format!("{}/{}/{}", self.device, self.point, self.rule)
     }
@@ -544,7 +544,7 @@ impl AlarmTable {
             }
             // A missing drain agent is the drain's trouble, not the room's: listed and counted
             // as a fault, but it neither raises the level nor keeps a finished drain going.
-            if a.identity.device != "_drain" {
+            if !Source::is_drain_agent(&a.identity) {
                 level = level.max(Level::from(a.severity));
             }
             if a.identity.kind == AlarmKind::Fault {
@@ -567,6 +567,7 @@ impl AlarmTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarms::LinkFault;
 
     fn id(point: &str, kind: AlarmKind) -> Identity {
         Identity {
@@ -870,18 +871,22 @@ mod tests {
             cond(Some(Severity::Warning)),
             now,
         );
+        let link = Source::Link {
+            device: "rack-01",
+            fault: LinkFault::CommLoss,
+        };
         t.update(
-            &id("_link", AlarmKind::Fault),
+            &link.identity("room-1"),
             cond(Some(Severity::Critical)),
             now,
         );
         let z = t.zone_status("room-1", now);
         assert_eq!(z.level, Level::Critical);
         assert_eq!(z.faults, 1);
-        assert_eq!(z.active, vec!["rack-01/_link/r", "rack-01/t/r"]);
+        assert_eq!(z.active, vec!["rack-01/_link/comm-loss", "rack-01/t/r"]);
         assert_eq!(t.zone_status("room-2", now).level, Level::Normal);
         t.shelve(
-            "rack-01/_link/r",
+            "rack-01/_link/comm-loss",
             None,
             Duration::from_secs(60),
             Duration::from_secs(60),
@@ -891,7 +896,7 @@ mod tests {
         .unwrap();
         let z = t.zone_status("room-1", now);
         assert_eq!((z.level, z.faults), (Level::Warning, 0));
-        assert_eq!(z.shelved, vec!["rack-01/_link/r"]);
+        assert_eq!(z.shelved, vec!["rack-01/_link/comm-loss"]);
     }
 
     #[test]
@@ -928,14 +933,11 @@ mod tests {
     fn a_gateway_alarm_is_one_per_zone_and_commands_can_name_the_zone() {
         let now = Now::system();
         let mut t = AlarmTable::new("s", "gw", 0);
-        let vote = |zone: &str| Identity {
-            zone: zone.into(),
-            device: "_zone".into(),
-            point: "_vote".into(),
-            rule: "confirmed-fire".into(),
-            kind: AlarmKind::Vote,
-            unit: None,
-            latching: false,
+        let vote = |zone: &str| {
+            Source::Vote {
+                rule: "confirmed-fire",
+            }
+            .identity(zone)
         };
         let key = vote("room-1").key();
         assert!(t

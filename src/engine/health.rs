@@ -1,0 +1,257 @@
+//! Whether a device and its sensors are to be believed, before any rule sees a value.
+//!
+//! A fire detector that cannot be read, reads outside its valid range, reports a trouble code or
+//! has not changed for too long gives no evidence either way: its fault is raised (a warning
+//! for a technician) and its value is kept from the rules, so the last good value never clears
+//! a threshold alarm. Kept apart from rule evaluation because it has its own state (misses,
+//! last raw values, the fault raised per point) and its own alarms ([`Source::Link`],
+//! [`Source::PointFault`]).
+
+use std::time::{Duration, Instant};
+
+use crate::alarms::{Condition, Identity, LinkFault, PointFault, Source};
+use crate::config::{Config, Device, Point};
+use crate::decode::Raw;
+use crate::fieldbus::{LinkError, PointError, PointReading};
+use crate::rules::Severity;
+
+use super::{unit_of, unit_suffix, Changes};
+
+/// Consecutive failed polls before a device is declared not answering: one miss can be a
+/// dropped packet, two in a row is a device the zone cannot rely on (well within the "3 polls"
+/// an operator is promised).
+pub const COMM_LOSS_AFTER: u32 = 2;
+
+/// Severity of sensor and link faults: they need a technician, not a drain.
+pub const FAULT_SEVERITY: Severity = Severity::Warning;
+
+/// Per device and point, what the fault checks remember between polls.
+pub(super) struct Health {
+    /// Consecutive failed polls per device.
+    misses: Vec<u32>,
+    /// [device][point] → the last raw value and since when it has not changed.
+    unchanged: Vec<Vec<Option<(Raw, Instant)>>>,
+    /// [device][point] → the sensor fault currently raised, so a healthy reading costs no
+    /// alarm-table lookups.
+    faulted: Vec<Vec<Option<PointFault>>>,
+}
+
+impl Health {
+    pub(super) fn new(cfg: &Config) -> Health {
+        Health {
+            misses: vec![0; cfg.devices.len()],
+            unchanged: per_point(cfg),
+            faulted: per_point(cfg),
+        }
+    }
+
+    /// After a restart with the device's comm-loss active: until it answers, it is still not
+    /// answering (the next miss must not count from zero).
+    pub(super) fn seed_comm_loss(&mut self, device: usize) {
+        self.misses[device] = COMM_LOSS_AFTER;
+    }
+
+    /// After a restart with a point's sensor fault active, so the next good reading clears it.
+    pub(super) fn seed_fault(&mut self, device: usize, point: usize, fault: PointFault) {
+        self.faulted[device][point] = Some(fault);
+    }
+
+    /// The device answered: its comm-loss clears, and its exception fault follows whether any
+    /// point came back as a Modbus exception.
+    pub(super) fn answered(
+        &mut self,
+        d: &Device,
+        device: usize,
+        points: &[PointReading],
+        changes: &mut Changes,
+    ) {
+        self.misses[device] = 0;
+        link_fault(d, LinkFault::CommLoss, None, changes);
+        let exception = points.iter().find_map(|p| match &p.result {
+            Err(e @ PointError::Exception { .. }) => Some(format!("device {}: {e}", d.id)),
+            _ => None,
+        });
+        link_fault(d, LinkFault::Exception, exception, changes);
+    }
+
+    /// The device did not answer: after [`COMM_LOSS_AFTER`] misses in a row, comm-loss.
+    pub(super) fn missed(
+        &mut self,
+        d: &Device,
+        device: usize,
+        e: &LinkError,
+        changes: &mut Changes,
+    ) {
+        self.misses[device] = self.misses[device].saturating_add(1);
+        if self.misses[device] >= COMM_LOSS_AFTER {
+            link_fault(
+                d,
+                LinkFault::CommLoss,
+                Some(format!("not answering: {e}")),
+                changes,
+            );
+        }
+    }
+
+    /// Checks one point of an answer, raising or clearing its sensor fault; returns its value
+    /// only if the rules may evaluate it.
+    pub(super) fn check(
+        &mut self,
+        d: &Device,
+        device: usize,
+        p: &PointReading,
+        changes: &mut Changes,
+    ) -> Option<f64> {
+        let point = &d.points[p.point];
+        let (raw, value) = match &p.result {
+            Ok(decoded) => (decoded.raw, decoded.value),
+            // Exceptions are reported once per device (link exception fault); the point simply
+            // has no value, and its alarms stay as they are.
+            Err(PointError::Exception { .. }) => return None,
+            Err(e) => {
+                let msg = format!("device {} point {}: {e}", d.id, point.id);
+                self.point_fault(
+                    d,
+                    device,
+                    p.point,
+                    Some((PointFault::Unreadable, msg)),
+                    None,
+                    changes,
+                );
+                return None;
+            }
+        };
+        let problem = self.sensor_problem(device, p.point, point, raw, value, changes.now.mono);
+        let good = problem.is_none();
+        self.point_fault(d, device, p.point, problem, Some(value), changes);
+        good.then_some(value)
+    }
+
+    /// What is wrong with a sensor that answered, if anything: (fault, message).
+    fn sensor_problem(
+        &mut self,
+        device: usize,
+        pi: usize,
+        point: &Point,
+        raw: Raw,
+        value: f64,
+        now: Instant,
+    ) -> Option<(PointFault, String)> {
+        let unit = unit_suffix(point);
+        // Stuck: the raw value, not the scaled one, so rounding cannot hide a change.
+        let slot = &mut self.unchanged[device][pi];
+        let since = match slot {
+            Some((last, since)) if *last == raw => *since,
+            _ => {
+                *slot = Some((raw, now));
+                now
+            }
+        };
+        if point.trouble.contains(&raw.as_f64()) {
+            return Some((
+                PointFault::Trouble,
+                format!("{} reports trouble (code {:?})", point.id, raw.as_f64()),
+            ));
+        }
+        if let Some((lo, hi)) = point.valid.filter(|(lo, hi)| value < *lo || value > *hi) {
+            return Some((
+                PointFault::OutOfRange,
+                format!(
+                    "{} {value:?}{unit} outside valid range [{lo:?}, {hi:?}]: sensor fault",
+                    point.id
+                ),
+            ));
+        }
+        if let Some(after) = point.stuck_after {
+            let frozen = now.saturating_duration_since(since);
+            if !after.is_zero() && frozen >= after {
+                return Some((
+                    PointFault::Stuck,
+                    format!(
+                        "{} unchanged at {value:?}{unit} for {}: sensor stuck",
+                        point.id,
+                        humantime::format_duration(Duration::from_secs(frozen.as_secs()))
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Sets the point's one current fault (or none), clearing the one it replaces.
+    fn point_fault(
+        &mut self,
+        d: &Device,
+        device: usize,
+        pi: usize,
+        current: Option<(PointFault, String)>,
+        value: Option<f64>,
+        changes: &mut Changes,
+    ) {
+        let was = self.faulted[device][pi];
+        let now_fault = current.as_ref().map(|(f, _)| *f);
+        if was == now_fault {
+            return;
+        }
+        let point = &d.points[pi];
+        let id = |fault| Identity {
+            unit: unit_of(point),
+            ..Source::PointFault {
+                device: &d.id,
+                point: &point.id,
+                fault,
+            }
+            .identity(&d.zone)
+        };
+        if let Some(old) = was {
+            fault(&id(old), None, value, changes);
+        }
+        if let Some((f, msg)) = current {
+            fault(&id(f), Some(msg), value, changes);
+        }
+        self.faulted[device][pi] = now_fault;
+    }
+}
+
+/// Nothing yet, for every point of every device.
+fn per_point<T: Clone>(cfg: &Config) -> Vec<Vec<Option<T>>> {
+    cfg.devices
+        .iter()
+        .map(|d| vec![None; d.points.len()])
+        .collect()
+}
+
+/// A device-level fault, raised with `message` or cleared.
+fn link_fault(d: &Device, which: LinkFault, message: Option<String>, changes: &mut Changes) {
+    let id = Source::Link {
+        device: &d.id,
+        fault: which,
+    }
+    .identity(&d.zone);
+    fault(&id, message, None, changes);
+}
+
+/// Raises (`Some(message)`) or clears (`None`) a fault; clearing a fault that is not there
+/// says nothing.
+fn fault(id: &Identity, message: Option<String>, value: Option<f64>, changes: &mut Changes) {
+    let cond = match message {
+        Some(m) => Condition {
+            severity: Some(FAULT_SEVERITY),
+            value,
+            threshold: None,
+            message: m,
+        },
+        None => {
+            if !changes.table.condition_of(id) {
+                return;
+            }
+            Condition {
+                severity: None,
+                value,
+                threshold: None,
+                message: format!("{} {}: cleared", id.device, id.rule),
+            }
+        }
+    };
+    changes.update(id, cond);
+}
