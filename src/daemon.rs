@@ -20,7 +20,7 @@ use crate::engine::Engine;
 use crate::fieldbus;
 use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
-use crate::mqtt::{self, Durable};
+use crate::mqtt::{self, DurableOutbox};
 use crate::outbox::OutboxError;
 use crate::supervision::{Supervision, LINK_STALL};
 
@@ -94,7 +94,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
     // Durable messages are on disk before they count as raised; what earlier runs left
     // unconfirmed is delivered first, to each broker from its own cursor.
-    let durable = Durable::open(&cfg)?;
+    let durable = DurableOutbox::open(&cfg)?;
     // Events reach the outbox before the alarm state is saved (an event must never exist only
     // in the state file), so a crash between the two leaves the outbox ahead: numbering goes
     // on from whichever is further, and no seq is ever used twice.

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{self, Durable, Feed};
+use super::delivery::{self, DurableOutbox, Feed};
 use super::echo::Echoes;
 use super::embedded;
 use super::ledger::{Entry, Ledger};
@@ -159,20 +159,21 @@ pub struct Publisher {
     routes: Arc<[Route]>,
     topics: Arc<Topics>,
     /// The outbox durable messages go through; `None` for a link without one (tests, tools).
-    durable: Option<Arc<Durable>>,
+    durable: Option<Arc<DurableOutbox>>,
 }
 
 /// The way into one broker loop.
 #[derive(Clone)]
 struct Route {
     tx: mpsc::Sender<Publication>,
-    shared: Arc<Shared>,
+    health: Arc<BrokerHealth>,
 }
 
-/// State the loop task shares with the handles: the connection flag, counters, and the
-/// loop's pulse.
+/// One broker's health as the handles see it: the connection flag, the telemetry-dropped
+/// counter, and the loop's pulse. The loop task writes it; [`Publisher`] reads it for metrics
+/// and the watchdog.
 #[derive(Debug)]
-struct Shared {
+struct BrokerHealth {
     /// The broker, as configured (for metrics and log lines).
     url: String,
     connected: AtomicBool,
@@ -182,9 +183,9 @@ struct Shared {
     pulse: Pulse,
 }
 
-impl Shared {
-    fn new(url: String) -> Shared {
-        Shared {
+impl BrokerHealth {
+    fn new(url: String) -> BrokerHealth {
+        BrokerHealth {
             url,
             connected: AtomicBool::new(false),
             telemetry_dropped: AtomicU64::new(0),
@@ -238,10 +239,10 @@ impl Publisher {
 
     fn send_telemetry(&self, publication: Publication) {
         for r in self.routes.iter() {
-            if !r.shared.connected.load(Ordering::Relaxed)
+            if !r.health.connected.load(Ordering::Relaxed)
                 || r.tx.try_send(publication.clone()).is_err()
             {
-                r.shared.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
+                r.health.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -275,7 +276,7 @@ impl Publisher {
     }
 
     /// The outbox, for its pressure and latest `seq` (metrics, logs).
-    pub fn outbox(&self) -> Option<&Arc<Durable>> {
+    pub fn outbox(&self) -> Option<&Arc<DurableOutbox>> {
         self.durable.as_ref()
     }
 
@@ -283,7 +284,7 @@ impl Publisher {
     pub fn telemetry_dropped(&self) -> u64 {
         self.routes
             .iter()
-            .map(|r| r.shared.telemetry_dropped.load(Ordering::Relaxed))
+            .map(|r| r.health.telemetry_dropped.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -293,8 +294,8 @@ impl Publisher {
             .iter()
             .map(|r| {
                 (
-                    r.shared.url.clone(),
-                    r.shared.connected.load(Ordering::Relaxed),
+                    r.health.url.clone(),
+                    r.health.connected.load(Ordering::Relaxed),
                 )
             })
             .collect()
@@ -306,8 +307,8 @@ impl Publisher {
     pub fn stalled_links(&self, within: Duration) -> Vec<String> {
         self.routes
             .iter()
-            .filter(|r| r.shared.pulse.silent_for() > within)
-            .map(|r| r.shared.url.clone())
+            .filter(|r| r.health.pulse.silent_for() > within)
+            .map(|r| r.health.url.clone())
             .collect()
     }
 
@@ -315,7 +316,7 @@ impl Publisher {
     pub fn is_connected(&self) -> bool {
         self.routes
             .iter()
-            .any(|r| r.shared.connected.load(Ordering::Relaxed))
+            .any(|r| r.health.connected.load(Ordering::Relaxed))
     }
 }
 
@@ -400,7 +401,7 @@ pub async fn connect_durable(
     cfg: &Config,
     opts: LinkOptions,
     cancel: CancellationToken,
-    durable: Arc<Durable>,
+    durable: Arc<DurableOutbox>,
 ) -> Result<Link, MqttError> {
     start(cfg, opts, cancel, Some(durable)).await
 }
@@ -409,7 +410,7 @@ async fn start(
     cfg: &Config,
     opts: LinkOptions,
     cancel: CancellationToken,
-    durable: Option<Arc<Durable>>,
+    durable: Option<Arc<DurableOutbox>>,
 ) -> Result<Link, MqttError> {
     let started_at = crate::clock::rfc3339(SystemTime::now());
     let m = &cfg.mqtt;
@@ -455,7 +456,7 @@ async fn start(
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let shared = Arc::new(Shared::new(url.to_string()));
+        let health = Arc::new(BrokerHealth::new(url.to_string()));
         let mut pulse = tokio::time::interval(PULSE);
         pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let feed = durable.as_ref().map(|d| d.feed(&url.to_string()));
@@ -465,7 +466,7 @@ async fn start(
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let runner = Runner {
+        let broker_loop = BrokerLoop {
             url,
             client_id: opts.client_id.clone(),
             topics: topics.clone(),
@@ -477,7 +478,7 @@ async fn start(
             rx,
             commands: cmd_tx.clone(),
             incoming: in_tx.clone(),
-            shared: shared.clone(),
+            health: health.clone(),
             ledger: Ledger::new(WINDOW),
             feed,
             heartbeat,
@@ -496,8 +497,8 @@ async fn start(
             last_error: None,
             next_delay: BACKOFF_FIRST,
         };
-        tasks.push(tokio::spawn(runner.run(eventloop)));
-        routes.push(Route { tx, shared });
+        tasks.push(tokio::spawn(broker_loop.run(eventloop)));
+        routes.push(Route { tx, health });
     }
     Ok(Link {
         publisher: Publisher {
@@ -518,9 +519,9 @@ enum Step {
     Deadline,
 }
 
-/// The loop task's state. Everything here is owned by the one task; the handles see only
-/// [`Shared`].
-struct Runner {
+/// The loop of one broker: everything here is owned by its one task; the handles see only
+/// [`BrokerHealth`].
+struct BrokerLoop {
     url: BrokerUrl,
     client_id: String,
     topics: Arc<Topics>,
@@ -533,13 +534,13 @@ struct Runner {
     rx: mpsc::Receiver<Publication>,
     commands: mpsc::Sender<Result<Command, Refused>>,
     incoming: mpsc::Sender<Inbound>,
-    shared: Arc<Shared>,
+    health: Arc<BrokerHealth>,
     ledger: Ledger,
     /// This broker's view of the outbox (durable links only).
     feed: Option<Feed>,
     /// When to republish the retained status with the latest `seq` (durable links only).
     heartbeat: Option<tokio::time::Interval>,
-    /// When to show the loop is alive (`Shared::pulse`).
+    /// When to show the loop is alive (`BrokerHealth::pulse`).
     pulse: tokio::time::Interval,
     /// This broker's place in the link (0: `mqtt.url`, then `mqtt.also`).
     index: usize,
@@ -566,7 +567,7 @@ struct Runner {
     next_delay: Duration,
 }
 
-impl Runner {
+impl BrokerLoop {
     async fn run(mut self, mut eventloop: EventLoop) {
         loop {
             let step = {
@@ -582,7 +583,7 @@ impl Runner {
                         m = self.rx.recv(), if self.can_take() => self.take(m),
                         () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
                         () = tick(&mut self.heartbeat), if self.connected() && !self.stopping => self.send_heartbeat(),
-                        _ = self.pulse.tick() => self.shared.pulse.mark(),
+                        _ = self.pulse.tick() => self.health.pulse.mark(),
                         () = sleep_until(self.deadline), if self.stopping => break Step::Deadline,
                     }
                 }
@@ -696,7 +697,7 @@ impl Runner {
                 .try_publish(p.topic, p.qos, p.retain, p.payload)
                 .is_err()
         {
-            self.shared
+            self.health
                 .telemetry_dropped
                 .fetch_add(1, Ordering::Relaxed);
         } else {
@@ -843,7 +844,7 @@ impl Runner {
         }
         self.connected_since = Some(Instant::now());
         self.last_error = None;
-        self.shared.connected.store(true, Ordering::Relaxed);
+        self.health.connected.store(true, Ordering::Relaxed);
         self.disconnect_sent = false;
         if self.stopping {
             // Reconnected during the stop grace: only flush what is queued and say offline;
@@ -973,10 +974,10 @@ impl Runner {
         eventloop.pending.clear();
         let requeued = self.ledger.connection_lost();
         let lost_telemetry = std::mem::take(&mut self.telemetry_in_channel) as u64;
-        self.shared
+        self.health
             .telemetry_dropped
             .fetch_add(lost_telemetry, Ordering::Relaxed);
-        self.shared.connected.store(false, Ordering::Relaxed);
+        self.health.connected.store(false, Ordering::Relaxed);
         if let Some(since) = self.connected_since.take() {
             if since.elapsed() >= STABLE {
                 self.failures = 0;
@@ -1020,7 +1021,7 @@ impl Runner {
             tokio::select! {
                 () = sleep_until(wake) => return true,
                 () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
-                _ = self.pulse.tick() => self.shared.pulse.mark(),
+                _ = self.pulse.tick() => self.health.pulse.mark(),
                 () = sleep_until(self.deadline), if self.stopping => return false,
             }
         }
@@ -1029,7 +1030,7 @@ impl Runner {
     /// Stopped with messages the broker never confirmed: say how many. The socket (if any)
     /// closes without DISCONNECT, so the broker's last will marks the gateway offline.
     fn give_up(&mut self) {
-        self.shared.connected.store(false, Ordering::Relaxed);
+        self.health.connected.store(false, Ordering::Relaxed);
         let unconfirmed = self.ledger.unconfirmed() + self.rx.len();
         if unconfirmed > 0 {
             tracing::warn!(
@@ -1042,7 +1043,7 @@ impl Runner {
     }
 
     fn finish(&mut self) {
-        self.shared.connected.store(false, Ordering::Relaxed);
+        self.health.connected.store(false, Ordering::Relaxed);
         tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
     }
 }
@@ -1120,12 +1121,12 @@ mod tests {
 
     #[test]
     fn a_loop_that_stops_beating_is_silent_for_as_long() {
-        let mut shared = Shared::new("mqtt://broker:1883".into());
+        let mut health = BrokerHealth::new("mqtt://broker:1883".into());
         // As if the loop had last come round 20 s ago.
-        shared.pulse = Pulse::marked_ago(Duration::from_secs(20));
-        assert!(shared.pulse.silent_for() >= Duration::from_secs(20));
-        shared.pulse.mark();
-        assert!(shared.pulse.silent_for() < Duration::from_secs(1));
+        health.pulse = Pulse::marked_ago(Duration::from_secs(20));
+        assert!(health.pulse.silent_for() >= Duration::from_secs(20));
+        health.pulse.mark();
+        assert!(health.pulse.silent_for() < Duration::from_secs(1));
     }
 
     #[test]

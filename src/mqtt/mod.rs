@@ -31,7 +31,7 @@ pub(crate) mod harness;
 #[cfg(test)]
 mod tests;
 
-pub use delivery::Durable;
+pub use delivery::DurableOutbox;
 pub use embedded::EmbeddedBroker;
 
 /// rumqttc options for a short-lived client of `cfg.mqtt`'s broker (credentials and TLS as the
