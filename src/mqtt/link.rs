@@ -339,11 +339,50 @@ pub struct Link {
     pub commands: mpsc::Receiver<Result<Command, Refused>>,
     /// Publishes on [`LinkOptions::subscriptions`], from every broker.
     pub incoming: mpsc::Receiver<Inbound>,
+    tasks: LinkTasks,
+}
+
+/// The broker loops of a link, to wait for once they are cancelled. Apart from [`Link`] so that
+/// its owner can hand the publisher and the receivers to different tasks
+/// ([`Link::into_parts`]) and still wait for the loops at the end.
+#[derive(Debug)]
+pub struct LinkTasks {
     /// One loop per broker.
     tasks: Vec<JoinHandle<()>>,
+    /// Closed after the loops end, so it commits their cursors a last time.
+    outbox: Option<Arc<DurableOutbox>>,
 }
 
 impl Link {
+    /// The publisher, the commands, the inbound messages, and the loops, each to its own owner.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Publisher,
+        mpsc::Receiver<Result<Command, Refused>>,
+        mpsc::Receiver<Inbound>,
+        LinkTasks,
+    ) {
+        (self.publisher, self.commands, self.incoming, self.tasks)
+    }
+
+    /// See [`LinkTasks::closed`].
+    pub async fn closed(self) {
+        self.tasks.closed().await;
+    }
+
+    /// Kills the loop tasks without any goodbye, as a crash would (the socket closes without
+    /// DISCONNECT, so the broker publishes the last will).
+    #[cfg(test)]
+    pub(crate) async fn crash(self) {
+        for task in self.tasks.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl LinkTasks {
     /// Waits for the loop tasks to finish, which they do after the cancellation token given to
     /// [`connect`] fires: at most about [`STOP_GRACE`] later. Then the outbox, if any, commits
     /// its cursors a last time and closes.
@@ -355,18 +394,8 @@ impl Link {
                 }
             }
         }
-        if let Some(d) = &self.publisher.durable {
+        if let Some(d) = &self.outbox {
             d.close().await;
-        }
-    }
-
-    /// Kills the loop tasks without any goodbye, as a crash would (the socket closes without
-    /// DISCONNECT, so the broker publishes the last will).
-    #[cfg(test)]
-    pub(crate) async fn crash(self) {
-        for task in self.tasks {
-            task.abort();
-            let _ = task.await;
         }
     }
 }
@@ -504,11 +533,14 @@ async fn start(
         publisher: Publisher {
             routes: routes.into(),
             topics,
-            durable,
+            durable: durable.clone(),
         },
         commands,
         incoming,
-        tasks,
+        tasks: LinkTasks {
+            tasks,
+            outbox: durable,
+        },
     })
 }
 
