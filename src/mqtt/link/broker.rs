@@ -1,38 +1,10 @@
-//! A connection to the broker: a cheap [`Publisher`] handle for the pipeline and one task that
-//! owns rumqttc's event loop. The gateway uses it, and so does each drain agent: both need the
-//! same promise (nothing handed over is lost across a reconnect) and the same presence
-//! announcement (retained online status, last will offline). [`LinkOptions`] holds what
-//! differs between them.
-//!
-//! Shaped like rumqttc itself (handle vs. loop): the pipeline never touches the socket, and the
-//! socket never waits on the pipeline. Between them is one bounded channel per broker. Without
-//! an outbox ([`connect`]), alarm events and zone statuses wait for room in it (they must not be
-//! lost); with one ([`connect_durable`], the daemon), they go to disk instead and each broker's
-//! loop reads them from there through its own cursor (`delivery.rs`), so a broker that is away
-//! holds up neither the pipeline nor the other brokers. Telemetry never waits and is dropped
-//! and counted instead.
-//!
-//! The loop task
-//! - polls rumqttc continuously, reconnecting with jittered exponential backoff for as long as
-//!   it runs, logging each failure once with the broker URL and the reason;
-//! - on every CONNACK publishes the retained online presence and subscribes to `cmd/+` (the
-//!   gateway) and to the caller's extra filters;
-//! - hands publications to rumqttc through a [`Ledger`] that tracks every QoS 1 publish until
-//!   the broker's PUBACK, and after a reconnect resends, in order, whatever was not confirmed
-//!   (rumqttc itself drops those on a clean session: see `ledger.rs`);
-//! - with an outbox: takes records from its feed while the window has room, reports PUBACKs
-//!   back to it, republishes the retained status every `mqtt.heartbeat` with the latest `seq`,
-//!   and answers `cmd/replay` itself from the journal;
-//! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
-//!   [`Inbound`] messages (every broker's loop feeds the same two channels);
-//! - on cancellation, sends what is queued, then the retained offline status, waits (up to
-//!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
-//!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
-//!   offline.
+//! One broker's loop task: owns rumqttc's event loop and polls it for as long as the link
+//! runs, feeding it from the pipeline channel and the outbox through the [`Ledger`]'s window,
+//! and driving reconnects and the stop protocol.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rand::Rng;
 use rumqttc::{
@@ -40,48 +12,21 @@ use rumqttc::{
     Outgoing as Wire, QoS, StateError, SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{self, DurableOutbox, Feed};
-use super::echo::Echoes;
-use super::embedded;
-use super::ledger::{Entry, Ledger};
-use super::options::{self, RUMQTTC_INFLIGHT};
-use super::payload::{Class, GatewayStatus, Publication};
-use super::topics;
-use super::{MqttError, Topics};
-use crate::clock::Pulse;
+use super::publisher::BrokerHealth;
+use super::{Inbound, Presence, STOP_GRACE, TELEMETRY_SLOTS, WINDOW};
 use crate::command::{Command, Refused};
-use crate::config::{BrokerUrl, Config};
-use crate::message::Outgoing;
+use crate::config::BrokerUrl;
+use crate::mqtt::delivery::Feed;
+use crate::mqtt::echo::Echoes;
+use crate::mqtt::ledger::{Entry, Ledger};
+use crate::mqtt::options::RUMQTTC_INFLIGHT;
+use crate::mqtt::payload::{Class, Publication};
+use crate::mqtt::topics::{self, Topics};
 
-/// Room in the pipeline → link channel. Large: the channel is also where events wait while
-/// the broker is unreachable, and `send` blocks the pipeline only once it is full.
-pub const QUEUE: usize = 16_384;
-
-/// QoS 1 publishes handed to rumqttc and not yet acked. Below rumqttc's own in-flight limit,
-/// so rumqttc never blocks or replays on its own and packet ids never collide when the broker
-/// acks in order.
-const WINDOW: usize = 64;
-
-/// QoS 0 telemetry allowed to wait in rumqttc's request channel; beyond that it is dropped.
-const TELEMETRY_SLOTS: usize = 256;
-
-/// Room for commands not yet taken by the daemon; more are dropped with a warning rather than
-/// stall the connection.
-const COMMANDS: usize = 64;
-
-/// Room for messages on the extra subscriptions not yet taken by the caller. They were acked to
-/// the broker on receipt, so the room is generous; beyond it they are dropped with a warning
-/// rather than stall keep-alives.
-const INBOUND: usize = 1024;
-
-/// After cancellation: how long queued messages may take to be confirmed.
-pub const STOP_GRACE: Duration = Duration::from_secs(2);
-
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// A connection that lasted this long resets the backoff; one that drops sooner (a broker that
@@ -90,459 +35,6 @@ const STABLE: Duration = Duration::from_secs(10);
 
 /// While the same connection failure repeats, it is logged at warn level this often.
 const REPEAT_WARNING: Duration = Duration::from_secs(60);
-
-/// A publish received on one of [`LinkOptions::subscriptions`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    /// The broker delivered a stored retained message (a new subscription's first look).
-    pub retain: bool,
-}
-
-/// Whose presence a connection announces: retained `online` on every connect; `offline` as
-/// the last will and as the last message of a clean stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Presence {
-    pub topic: String,
-    pub online: Vec<u8>,
-    pub offline: Vec<u8>,
-}
-
-/// What differs between the gateway's connection and a drain agent's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkOptions {
-    pub client_id: String,
-    pub presence: Presence,
-    /// Subscribe to `P/gateways/{gateway}/cmd/+` and deliver commands on [`Link::commands`].
-    pub commands: bool,
-    /// Further filters, subscribed at QoS 1 on every connect; what arrives on them is
-    /// delivered on [`Link::incoming`].
-    pub subscriptions: Vec<String>,
-    /// Ask the broker to keep a session (clean_session = false), so QoS 1 messages on the
-    /// subscriptions published while this client is away are delivered when it returns.
-    pub persistent_session: bool,
-    /// `mqtt.url = "embedded"` starts the in-process broker (the gateway hosts it); false
-    /// just connects to 127.0.0.1:1883 (a drain agent next to such a gateway).
-    pub host_embedded: bool,
-}
-
-impl LinkOptions {
-    /// The gateway: `P/gateways/{gateway}/status` with version and start time, commands on.
-    pub fn gateway(cfg: &Config) -> LinkOptions {
-        let topics = Topics::new(cfg);
-        let online = GatewayStatus::Online {
-            version: crate::VERSION.to_string(),
-            started_at: crate::clock::rfc3339(SystemTime::now()),
-            seq: None,
-            outbox: None,
-        };
-        LinkOptions {
-            client_id: cfg.mqtt.client_id.clone(),
-            presence: Presence {
-                topic: topics.status(),
-                online: online.to_json(),
-                offline: GatewayStatus::Offline.to_json(),
-            },
-            commands: true,
-            subscriptions: Vec::new(),
-            persistent_session: false,
-            host_embedded: true,
-        }
-    }
-}
-
-/// The pipeline's handle on the link. Cheap to clone.
-#[derive(Clone)]
-pub struct Publisher {
-    /// One per broker loop: `mqtt.url` first, then each of `mqtt.also` (durable links only).
-    routes: Arc<[Route]>,
-    topics: Arc<Topics>,
-    /// The outbox durable messages go through; `None` for a link without one (tests, tools).
-    durable: Option<Arc<DurableOutbox>>,
-}
-
-/// The way into one broker loop.
-#[derive(Clone)]
-struct Route {
-    tx: mpsc::Sender<Publication>,
-    health: Arc<BrokerHealth>,
-}
-
-/// One broker's health as the handles see it: the connection flag, the telemetry-dropped
-/// counter, and the loop's pulse. The loop task writes it; [`Publisher`] reads it for metrics
-/// and the watchdog.
-#[derive(Debug)]
-struct BrokerHealth {
-    /// The broker, as configured (for metrics and log lines).
-    url: String,
-    connected: AtomicBool,
-    telemetry_dropped: AtomicU64,
-    /// When the loop last came round to its select. A loop that is stuck (a handler that
-    /// never returns) stops marking it, connected or not.
-    pulse: Pulse,
-}
-
-impl BrokerHealth {
-    fn new(url: String) -> BrokerHealth {
-        BrokerHealth {
-            url,
-            connected: AtomicBool::new(false),
-            telemetry_dropped: AtomicU64::new(0),
-            pulse: Pulse::new(),
-        }
-    }
-}
-
-/// How often a broker loop marks its pulse ([`Publisher::stalled_links`]).
-pub const PULSE: Duration = Duration::from_secs(1);
-
-impl Publisher {
-    /// Events, zone statuses, command results and other durable messages: never dropped. With
-    /// an outbox they are on disk when this returns, and each broker's loop takes them from
-    /// there; without one they are queued in memory while disconnected and sent in order after
-    /// reconnect (waiting only when the queue is full).
-    /// Telemetry: never waits; dropped and counted when disconnected or when the queue is full.
-    pub async fn send(&self, msg: Outgoing) {
-        // A failure is logged here and reported through `outbox_failed`.
-        let _ = self.send_all(vec![msg]).await;
-    }
-
-    /// As [`Publisher::send`] for several messages; the durable ones share one fsync. Fails
-    /// only when the outbox could not make them durable (they were not sent, and the outbox
-    /// accepts nothing more: see [`Publisher::outbox_failed`]).
-    pub async fn send_all(&self, msgs: Vec<Outgoing>) -> Result<(), String> {
-        let mut entries = Vec::new();
-        for msg in msgs {
-            let publication = match Publication::encode(&self.topics, &msg) {
-                Ok(p) => p,
-                Err(e) => {
-                    // Cannot happen for these types; logged rather than unwrapped all the same.
-                    tracing::error!("mqtt: cannot encode {msg:?}: {e}; not sent");
-                    continue;
-                }
-            };
-            match (&self.durable, publication.class) {
-                (_, Class::Telemetry) => self.send_telemetry(publication),
-                (Some(_), Class::Durable) => entries.push(delivery::entry(&msg, publication)),
-                _ => self.send_queued(publication).await,
-            }
-        }
-        if let (Some(durable), false) = (&self.durable, entries.is_empty()) {
-            if let Err(reason) = durable.append(entries).await {
-                tracing::error!("mqtt: not raised, the outbox failed: {reason}");
-                return Err(reason);
-            }
-        }
-        Ok(())
-    }
-
-    fn send_telemetry(&self, publication: Publication) {
-        for r in self.routes.iter() {
-            if !r.health.connected.load(Ordering::Relaxed)
-                || r.tx.try_send(publication.clone()).is_err()
-            {
-                r.health.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    async fn send_queued(&self, publication: Publication) {
-        for r in self.routes.iter() {
-            let topic = publication.topic.clone();
-            if r.tx.send(publication.clone()).await.is_err() {
-                tracing::warn!("mqtt: link already stopped; message for {topic} not sent");
-            }
-        }
-    }
-
-    /// Publishes the retained fault status on every broker, straight from memory (the outbox
-    /// is what failed), ahead of the offline status the stop then sends.
-    pub async fn report_fault(&self, reason: &str) {
-        let status = GatewayStatus::Fault {
-            reason: reason.to_string(),
-        };
-        self.send_queued(Publication::status(&self.topics, &status))
-            .await;
-    }
-
-    /// Resolves with the reason when the outbox can no longer write: the daemon must stop.
-    /// Never resolves for a link without an outbox.
-    pub async fn outbox_failed(&self) -> String {
-        match &self.durable {
-            Some(d) => d.failed().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The outbox, for its pressure and latest `seq` (metrics, logs).
-    pub fn outbox(&self) -> Option<&Arc<DurableOutbox>> {
-        self.durable.as_ref()
-    }
-
-    /// Telemetry messages dropped so far (disconnected, or queues full), over all brokers.
-    pub fn telemetry_dropped(&self) -> u64 {
-        self.routes
-            .iter()
-            .map(|r| r.health.telemetry_dropped.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Each broker (`mqtt.url`, then `mqtt.also`) and whether it is connected now.
-    pub fn brokers(&self) -> Vec<(String, bool)> {
-        self.routes
-            .iter()
-            .map(|r| {
-                (
-                    r.health.url.clone(),
-                    r.health.connected.load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
-    /// The brokers whose loop has not come round for longer than `within`: hung tasks (a
-    /// broker that is merely unreachable keeps its loop turning through the backoff). The
-    /// daemon withholds the systemd watchdog ping while any is listed.
-    pub fn stalled_links(&self, within: Duration) -> Vec<String> {
-        self.routes
-            .iter()
-            .filter(|r| r.health.pulse.silent_for() > within)
-            .map(|r| r.health.url.clone())
-            .collect()
-    }
-
-    /// True between a broker's CONNACK and the next connection error, for any broker.
-    pub fn is_connected(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|r| r.health.connected.load(Ordering::Relaxed))
-    }
-}
-
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("connected", &self.is_connected())
-            .field("telemetry_dropped", &self.telemetry_dropped())
-            .finish()
-    }
-}
-
-/// A running link: the publishing handle, the incoming commands and messages, and the loop
-/// task.
-#[derive(Debug)]
-pub struct Link {
-    pub publisher: Publisher,
-    /// Every command received, parsed: taken or refused (a refusal is answered on `cmd/result` by
-    /// whoever takes it from here). `cmd/replay` is not among them: the link answers it.
-    pub commands: mpsc::Receiver<Result<Command, Refused>>,
-    /// Publishes on [`LinkOptions::subscriptions`], from every broker.
-    pub incoming: mpsc::Receiver<Inbound>,
-    tasks: LinkTasks,
-}
-
-/// The broker loops of a link, to wait for once they are cancelled. Apart from [`Link`] so that
-/// its owner can hand the publisher and the receivers to different tasks
-/// ([`Link::into_parts`]) and still wait for the loops at the end.
-#[derive(Debug)]
-pub struct LinkTasks {
-    /// One loop per broker.
-    tasks: Vec<JoinHandle<()>>,
-    /// Closed after the loops end, so it commits their cursors a last time.
-    outbox: Option<Arc<DurableOutbox>>,
-}
-
-impl Link {
-    /// The publisher, the commands, the inbound messages, and the loops, each to its own owner.
-    pub fn into_parts(
-        self,
-    ) -> (
-        Publisher,
-        mpsc::Receiver<Result<Command, Refused>>,
-        mpsc::Receiver<Inbound>,
-        LinkTasks,
-    ) {
-        (self.publisher, self.commands, self.incoming, self.tasks)
-    }
-
-    /// See [`LinkTasks::closed`].
-    pub async fn closed(self) {
-        self.tasks.closed().await;
-    }
-
-    /// Kills the loop tasks without any goodbye, as a crash would (the socket closes without
-    /// DISCONNECT, so the broker publishes the last will).
-    #[cfg(test)]
-    pub(crate) async fn crash(self) {
-        for task in self.tasks.tasks {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl LinkTasks {
-    /// Waits for the loop tasks to finish, which they do after the cancellation token given to
-    /// [`connect`] fires: at most about [`STOP_GRACE`] later. Then the outbox, if any, commits
-    /// its cursors a last time and closes.
-    pub async fn closed(self) {
-        for task in self.tasks {
-            if let Err(e) = task.await {
-                if e.is_panic() {
-                    tracing::error!("mqtt: the link task panicked: {e}");
-                }
-            }
-        }
-        if let Some(d) = &self.outbox {
-            d.close().await;
-        }
-    }
-}
-
-/// Starts the gateway's link described by `cfg.mqtt` and returns at once: the broker need not
-/// be up (messages queue until it is). `mqtt.url = "embedded"` first starts the in-process
-/// broker on 127.0.0.1:1883. Fails only on set-up problems: unreadable password or
-/// certificate files, or an embedded broker that cannot listen. The loop runs until `cancel`
-/// fires.
-///
-/// Durable messages wait in memory: this is the link for tools and tests. The daemon uses
-/// [`connect_durable`].
-pub async fn connect(cfg: &Config, cancel: CancellationToken) -> Result<Link, MqttError> {
-    connect_with(cfg, LinkOptions::gateway(cfg), cancel).await
-}
-
-/// As [`connect`], for any identity: the broker and credentials come from `cfg.mqtt`, the
-/// rest from `opts`. Durable messages wait in memory (a drain agent, tools).
-pub async fn connect_with(
-    cfg: &Config,
-    opts: LinkOptions,
-    cancel: CancellationToken,
-) -> Result<Link, MqttError> {
-    start(cfg, opts, cancel, None).await
-}
-
-/// As [`connect_with`], with durable messages going through `durable` (the outbox), and one
-/// loop per broker, `mqtt.url` and each of `mqtt.also`, each delivering from its own cursor.
-/// The online presence is then the gateway status with the latest `seq` and the outbox's
-/// health, republished every `mqtt.heartbeat`.
-pub async fn connect_durable(
-    cfg: &Config,
-    opts: LinkOptions,
-    cancel: CancellationToken,
-    durable: Arc<DurableOutbox>,
-) -> Result<Link, MqttError> {
-    start(cfg, opts, cancel, Some(durable)).await
-}
-
-async fn start(
-    cfg: &Config,
-    opts: LinkOptions,
-    cancel: CancellationToken,
-    durable: Option<Arc<DurableOutbox>>,
-) -> Result<Link, MqttError> {
-    let started_at = crate::clock::rfc3339(SystemTime::now());
-    let m = &cfg.mqtt;
-    let mut urls = vec![m.url.clone()];
-    if durable.is_some() {
-        urls.extend(m.also.iter().cloned());
-    } else if !m.also.is_empty() {
-        let also: Vec<String> = m.also.iter().map(ToString::to_string).collect();
-        tracing::warn!(
-            "mqtt.also ({}) needs the durable outbox; publishing to {} only",
-            also.join(", "),
-            m.url
-        );
-    }
-    if urls.contains(&BrokerUrl::Embedded) && opts.host_embedded {
-        let (ip, port) = options::EMBEDDED_ADDR;
-        let broker = embedded::start((ip, port).into()).await?;
-        tracing::info!("mqtt: embedded broker listening on {}", broker.addr);
-    }
-    let topics = Arc::new(Topics::new(cfg));
-    let (cmd_tx, commands) = mpsc::channel(COMMANDS);
-    let (in_tx, incoming) = mpsc::channel(INBOUND);
-    let mut routes = Vec::new();
-    let mut tasks = Vec::new();
-    // Only a link with several brokers can hear a command twice.
-    let echoes = (urls.len() > 1).then(|| Arc::new(std::sync::Mutex::new(Echoes::default())));
-    for (index, url) in urls.into_iter().enumerate() {
-        let mut broker = m.clone();
-        broker.url = url.clone();
-        let mqtt_opts = options::build(
-            &broker,
-            &opts.client_id,
-            Some(&opts.presence),
-            !opts.persistent_session,
-        )?;
-        let (client, mut eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
-        // TCP_NODELAY (rumqttc leaves Nagle on). A poll's QoS 0 telemetry is written at once,
-        // its alarm event only after the outbox fsync; the broker answers no QoS 0 publish and
-        // delays its TCP ACK (about 40 ms on Linux), and Nagle held the event back until that
-        // ACK: 42 ms median from our socket write to the subscriber in the latency bench,
-        // 0.3 ms with NODELAY. Our publishes are few and small: each goes out when written.
-        let mut network = eventloop.network_options();
-        network.set_tcp_nodelay(true);
-        eventloop.set_network_options(network);
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let health = Arc::new(BrokerHealth::new(url.to_string()));
-        let mut pulse = tokio::time::interval(PULSE);
-        pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let feed = durable.as_ref().map(|d| d.feed(&url.to_string()));
-        let heartbeat = feed.as_ref().map(|_| {
-            let mut i = tokio::time::interval(m.heartbeat);
-            // After a disconnection, one heartbeat, not a burst of the missed ones.
-            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            i
-        });
-        let broker_loop = BrokerLoop {
-            url,
-            client_id: opts.client_id.clone(),
-            topics: topics.clone(),
-            presence: opts.presence.clone(),
-            wants_commands: opts.commands,
-            subscriptions: opts.subscriptions.clone(),
-            started_at: started_at.clone(),
-            client,
-            rx,
-            commands: cmd_tx.clone(),
-            incoming: in_tx.clone(),
-            health: health.clone(),
-            ledger: Ledger::new(WINDOW),
-            feed,
-            heartbeat,
-            pulse,
-            index,
-            echoes: echoes.clone(),
-            telemetry_in_channel: 0,
-            cancel: cancel.clone(),
-            stopping: false,
-            deadline: Instant::now(),
-            rx_done: false,
-            offline_queued: false,
-            disconnect_sent: false,
-            failures: 0,
-            connected_since: None,
-            last_error: None,
-            next_delay: BACKOFF_FIRST,
-        };
-        tasks.push(tokio::spawn(broker_loop.run(eventloop)));
-        routes.push(Route { tx, health });
-    }
-    Ok(Link {
-        publisher: Publisher {
-            routes: routes.into(),
-            topics,
-            durable: durable.clone(),
-        },
-        commands,
-        incoming,
-        tasks: LinkTasks {
-            tasks,
-            outbox: durable,
-        },
-    })
-}
 
 /// Why the inner select loop handed control back.
 enum Step {
@@ -553,54 +45,54 @@ enum Step {
 
 /// The loop of one broker: everything here is owned by its one task; the handles see only
 /// [`BrokerHealth`].
-struct BrokerLoop {
-    url: BrokerUrl,
-    client_id: String,
-    topics: Arc<Topics>,
-    presence: Presence,
-    wants_commands: bool,
-    subscriptions: Vec<String>,
+pub(super) struct BrokerLoop {
+    pub(super) url: BrokerUrl,
+    pub(super) client_id: String,
+    pub(super) topics: Arc<Topics>,
+    pub(super) presence: Presence,
+    pub(super) wants_commands: bool,
+    pub(super) subscriptions: Vec<String>,
     /// When this process started (RFC 3339), for the outbox-enriched gateway status.
-    started_at: String,
-    client: AsyncClient,
-    rx: mpsc::Receiver<Publication>,
-    commands: mpsc::Sender<Result<Command, Refused>>,
-    incoming: mpsc::Sender<Inbound>,
-    health: Arc<BrokerHealth>,
-    ledger: Ledger,
+    pub(super) started_at: String,
+    pub(super) client: AsyncClient,
+    pub(super) rx: mpsc::Receiver<Publication>,
+    pub(super) commands: mpsc::Sender<Result<Command, Refused>>,
+    pub(super) incoming: mpsc::Sender<Inbound>,
+    pub(super) health: Arc<BrokerHealth>,
+    pub(super) ledger: Ledger,
     /// This broker's view of the outbox (durable links only).
-    feed: Option<Feed>,
+    pub(super) feed: Option<Feed>,
     /// When to republish the retained status with the latest `seq` (durable links only).
-    heartbeat: Option<tokio::time::Interval>,
+    pub(super) heartbeat: Option<tokio::time::Interval>,
     /// When to show the loop is alive (`BrokerHealth::pulse`).
-    pulse: tokio::time::Interval,
+    pub(super) pulse: tokio::time::Interval,
     /// This broker's place in the link (0: `mqtt.url`, then `mqtt.also`).
-    index: usize,
+    pub(super) index: usize,
     /// Commands lately heard through any of the link's brokers (several brokers only).
-    echoes: Option<Arc<std::sync::Mutex<Echoes>>>,
+    pub(super) echoes: Option<Arc<std::sync::Mutex<Echoes>>>,
     /// QoS 0 publishes handed to rumqttc and not yet written.
-    telemetry_in_channel: usize,
-    cancel: CancellationToken,
-    stopping: bool,
+    pub(super) telemetry_in_channel: usize,
+    pub(super) cancel: CancellationToken,
+    pub(super) stopping: bool,
     /// When the stop grace ends (meaningful once `stopping`).
-    deadline: Instant,
+    pub(super) deadline: Instant,
     /// The pipeline channel is closed and empty.
-    rx_done: bool,
+    pub(super) rx_done: bool,
     /// The final offline status is queued: nothing more is taken.
-    offline_queued: bool,
-    disconnect_sent: bool,
+    pub(super) offline_queued: bool,
+    pub(super) disconnect_sent: bool,
     /// Consecutive failures, for the backoff.
-    failures: u32,
-    connected_since: Option<Instant>,
+    pub(super) failures: u32,
+    pub(super) connected_since: Option<Instant>,
     /// The last failure logged at warn level, and when: a repeat of it within
     /// [`REPEAT_WARNING`] is logged at debug only.
-    last_error: Option<(String, Instant)>,
+    pub(super) last_error: Option<(String, Instant)>,
     /// How long to wait before the next connection attempt.
-    next_delay: Duration,
+    pub(super) next_delay: Duration,
 }
 
 impl BrokerLoop {
-    async fn run(mut self, mut eventloop: EventLoop) {
+    pub(super) async fn run(mut self, mut eventloop: EventLoop) {
         loop {
             let step = {
                 // The poll future is never dropped half-way (rumqttc's poll is not cancel
@@ -1150,16 +642,6 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_loop_that_stops_beating_is_silent_for_as_long() {
-        let mut health = BrokerHealth::new("mqtt://broker:1883".into());
-        // As if the loop had last come round 20 s ago.
-        health.pulse = Pulse::marked_ago(Duration::from_secs(20));
-        assert!(health.pulse.silent_for() >= Duration::from_secs(20));
-        health.pulse.mark();
-        assert!(health.pulse.silent_for() < Duration::from_secs(1));
-    }
 
     #[test]
     fn backoff_doubles_from_100ms_to_5s_with_jitter() {
