@@ -6,15 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttState,
-    Outgoing as Wire, QoS, StateError, SubscribeReasonCode,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttState, Outgoing as Wire, QoS,
+    SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::{describe, Backoff};
 use super::publisher::BrokerHealth;
 use super::{Inbound, Presence, STOP_GRACE, TELEMETRY_SLOTS, WINDOW};
 use crate::command::{Command, Refused};
@@ -25,16 +25,6 @@ use crate::mqtt::ledger::{Entry, Ledger};
 use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
 use crate::mqtt::topics::{self, Topics};
-
-pub(super) const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// A connection that lasted this long resets the backoff; one that drops sooner (a broker that
-/// kicks us at once) keeps escalating, so the gateway does not hammer it.
-const STABLE: Duration = Duration::from_secs(10);
-
-/// While the same connection failure repeats, it is logged at warn level this often.
-const REPEAT_WARNING: Duration = Duration::from_secs(60);
 
 /// Why the inner select loop handed control back.
 enum Step {
@@ -81,14 +71,8 @@ pub(super) struct BrokerLoop {
     /// The final offline status is queued: nothing more is taken.
     pub(super) offline_queued: bool,
     pub(super) disconnect_sent: bool,
-    /// Consecutive failures, for the backoff.
-    pub(super) failures: u32,
-    pub(super) connected_since: Option<Instant>,
-    /// The last failure logged at warn level, and when: a repeat of it within
-    /// [`REPEAT_WARNING`] is logged at debug only.
-    pub(super) last_error: Option<(String, Instant)>,
-    /// How long to wait before the next connection attempt.
-    pub(super) next_delay: Duration,
+    /// Failures in a row and what was last warned about: how long to wait, how loudly to log.
+    pub(super) backoff: Backoff,
 }
 
 impl BrokerLoop {
@@ -120,8 +104,8 @@ impl BrokerLoop {
                     }
                 }
                 Step::Polled(Err(e)) => {
-                    self.on_error(e, &mut eventloop);
-                    if !self.back_off().await {
+                    let delay = self.on_error(e, &mut eventloop);
+                    if !self.back_off(delay).await {
                         return self.give_up();
                     }
                 }
@@ -132,7 +116,7 @@ impl BrokerLoop {
     }
 
     fn connected(&self) -> bool {
-        self.connected_since.is_some()
+        self.backoff.is_connected()
     }
 
     /// New pipeline messages are taken only when they can go straight to rumqttc: connected,
@@ -355,19 +339,18 @@ impl BrokerLoop {
     }
 
     fn on_connack(&mut self) {
-        if self.failures > 0 {
+        let failures = self.backoff.connected(Instant::now());
+        if failures > 0 {
             tracing::info!(
                 "mqtt broker {}: connected as {} after {} failed attempt{}",
                 self.url,
                 self.client_id,
-                self.failures,
-                if self.failures == 1 { "" } else { "s" }
+                failures,
+                if failures == 1 { "" } else { "s" }
             );
         } else {
             tracing::info!("mqtt broker {}: connected as {}", self.url, self.client_id);
         }
-        self.connected_since = Some(Instant::now());
-        self.last_error = None;
         self.health.connected.store(true, Ordering::Relaxed);
         self.disconnect_sent = false;
         if self.stopping {
@@ -485,7 +468,8 @@ impl BrokerLoop {
     }
 
     /// After a failed poll: settle the books, then log.
-    fn on_error(&mut self, e: ConnectionError, eventloop: &mut EventLoop) {
+    /// Returns how long to wait before the next attempt.
+    fn on_error(&mut self, e: ConnectionError, eventloop: &mut EventLoop) -> Duration {
         // rumqttc may have buffered events (acks read just before the failure) that it would
         // otherwise hand out after the next CONNACK, where a stale PUBACK would confirm the
         // wrong message. Apply them now, then start rumqttc from a fresh state: its `pending`
@@ -502,15 +486,8 @@ impl BrokerLoop {
             .telemetry_dropped
             .fetch_add(lost_telemetry, Ordering::Relaxed);
         self.health.connected.store(false, Ordering::Relaxed);
-        if let Some(since) = self.connected_since.take() {
-            if since.elapsed() >= STABLE {
-                self.failures = 0;
-            }
-        }
-        self.failures = self.failures.saturating_add(1);
-
         let reason = describe(&e);
-        let delay = backoff(self.failures);
+        let retry = self.backoff.failed(&reason, Instant::now());
         let unconfirmed = if requeued > 0 {
             format!("; {requeued} unconfirmed message(s) will be resent")
         } else {
@@ -519,28 +496,25 @@ impl BrokerLoop {
         // One line per failure; repeats of the same failure go to debug (but to warn again
         // every REPEAT_WARNING) so a broker down for an hour neither floods the journal nor
         // goes quiet.
-        let repeat = matches!(&self.last_error, Some((last, at))
-            if *last == reason && at.elapsed() < REPEAT_WARNING);
-        if repeat {
+        if retry.repeat {
             tracing::debug!(
                 "mqtt broker {}: {reason}; retrying in {} ms{unconfirmed}",
                 self.url,
-                delay.as_millis()
+                retry.delay.as_millis()
             );
         } else {
             tracing::warn!(
                 "mqtt broker {}: {reason}; retrying in {} ms{unconfirmed}",
                 self.url,
-                delay.as_millis()
+                retry.delay.as_millis()
             );
-            self.last_error = Some((reason, Instant::now()));
         }
-        self.next_delay = delay;
+        retry.delay
     }
 
-    /// Sleeps the backoff; false if the stop grace ran out meanwhile.
-    async fn back_off(&mut self) -> bool {
-        let wake = Instant::now() + self.next_delay;
+    /// Sleeps `delay`; false if the stop grace ran out meanwhile.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        let wake = Instant::now() + delay;
         loop {
             tokio::select! {
                 () = sleep_until(wake) => return true,
@@ -579,92 +553,5 @@ async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
             i.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// `BACKOFF_FIRST` doubling per failure up to `BACKOFF_MAX`, with jitter (50–100 %) so a site's
-/// gateways do not all reconnect in the same instant after a broker restart.
-fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let ceiling = BACKOFF_FIRST.saturating_mul(1 << exp).min(BACKOFF_MAX);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-}
-
-/// A connection failure in an operator's words.
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => match code {
-            ConnectReturnCode::BadUserNamePassword => {
-                "broker refused the login: bad user name or password (mqtt.username, mqtt.password_file)".into()
-            }
-            ConnectReturnCode::NotAuthorized => {
-                "broker refused the login: not authorized (check mqtt.username / mqtt.password_file and the broker's ACL)".into()
-            }
-            ConnectReturnCode::BadClientId => {
-                "broker refused the client id (mqtt.client_id)".into()
-            }
-            ConnectReturnCode::ServiceUnavailable => {
-                "broker refused the connection: service unavailable".into()
-            }
-            ConnectReturnCode::RefusedProtocolVersion => {
-                "broker refused MQTT 3.1.1".into()
-            }
-            ConnectReturnCode::Success => "broker sent an odd CONNACK".into(),
-        },
-        ConnectionError::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => {
-                "cannot connect: connection refused (is the broker running?)".into()
-            }
-            _ => format!("cannot connect: {io}"),
-        },
-        ConnectionError::NetworkTimeout => "no answer from the broker in time".into(),
-        ConnectionError::Tls(t) => format!("TLS: {t}"),
-        ConnectionError::MqttState(StateError::ConnectionAborted) => {
-            "connection closed by the broker".into()
-        }
-        ConnectionError::MqttState(StateError::AwaitPingResp) => {
-            "connection lost: no answer to keep-alive ping".into()
-        }
-        ConnectionError::MqttState(StateError::Io(io))
-        | ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => {
-            format!("connection lost: {io}")
-        }
-        ConnectionError::MqttState(StateError::Deserialization(
-            rumqttc::Error::PayloadSizeLimitExceeded(n),
-        )) => format!("connection dropped: the broker sent a {n}-byte packet, above the limit"),
-        ConnectionError::MqttState(s) => format!("connection lost: {s}"),
-        ConnectionError::FlushTimeout => "connection lost: write timed out".into(),
-        other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_100ms_to_5s_with_jitter() {
-        for _ in 0..50 {
-            let first = backoff(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-            let fourth = backoff(4);
-            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
-            let late = backoff(40);
-            assert!(late >= Duration::from_millis(2500) && late <= BACKOFF_MAX);
-        }
-    }
-
-    #[test]
-    fn a_refused_login_says_so() {
-        let e = ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword);
-        assert!(describe(&e).contains("refused the login: bad user name or password"));
-        let e = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
-        assert!(describe(&e).contains("refused the login: not authorized"));
-        let e = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(describe(&e).contains("is the broker running?"));
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        let e = ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(reset)));
-        assert_eq!(describe(&e), "connection lost: connection reset");
     }
 }

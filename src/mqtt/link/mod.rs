@@ -33,6 +33,7 @@
 //! The parts: [`Publisher`] (`publisher.rs`) is the handle side; each broker's loop task
 //! (`broker.rs`) is the other.
 
+mod backoff;
 mod broker;
 mod publisher;
 
@@ -45,7 +46,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::broker::{BrokerLoop, BACKOFF_FIRST};
+use self::backoff::Backoff;
+use self::broker::BrokerLoop;
 pub use self::publisher::Publisher;
 use self::publisher::{BrokerHealth, Route};
 use super::delivery::DurableOutbox;
@@ -338,10 +340,7 @@ async fn start(
             rx_done: false,
             offline_queued: false,
             disconnect_sent: false,
-            failures: 0,
-            connected_since: None,
-            last_error: None,
-            next_delay: BACKOFF_FIRST,
+            backoff: Backoff::default(),
         };
         tasks.push(tokio::spawn(broker_loop.run(eventloop)));
         routes.push(Route { tx, health });
