@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::{describe, Backoff};
 use super::publisher::BrokerHealth;
-use super::{Inbound, Presence, STOP_GRACE, TELEMETRY_SLOTS, WINDOW};
+use super::stop::Stop;
+use super::{Inbound, Presence, TELEMETRY_SLOTS, WINDOW};
 use crate::command::{Command, Refused};
 use crate::config::BrokerUrl;
 use crate::mqtt::delivery::Feed;
@@ -63,14 +64,8 @@ pub(super) struct BrokerLoop {
     /// QoS 0 publishes handed to rumqttc and not yet written.
     pub(super) telemetry_in_channel: usize,
     pub(super) cancel: CancellationToken,
-    pub(super) stopping: bool,
-    /// When the stop grace ends (meaningful once `stopping`).
-    pub(super) deadline: Instant,
-    /// The pipeline channel is closed and empty.
-    pub(super) rx_done: bool,
-    /// The final offline status is queued: nothing more is taken.
-    pub(super) offline_queued: bool,
-    pub(super) disconnect_sent: bool,
+    /// Where the loop is in stopping: running, draining, offline queued, disconnecting.
+    pub(super) stop: Stop,
     /// Failures in a row and what was last warned about: how long to wait, how loudly to log.
     pub(super) backoff: Backoff,
 }
@@ -87,12 +82,12 @@ impl BrokerLoop {
                 loop {
                     tokio::select! {
                         r = &mut poll => break Step::Polled(r),
-                        () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
+                        () = self.cancel.cancelled(), if !self.stop.is_stopping() => self.begin_stop(),
                         m = self.rx.recv(), if self.can_take() => self.take(m),
                         () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
-                        () = tick(&mut self.heartbeat), if self.connected() && !self.stopping => self.send_heartbeat(),
+                        () = tick(&mut self.heartbeat), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
                         _ = self.pulse.tick() => self.health.pulse.mark(),
-                        () = sleep_until(self.deadline), if self.stopping => break Step::Deadline,
+                        () = grace_over(self.stop.deadline()) => break Step::Deadline,
                     }
                 }
             };
@@ -123,7 +118,7 @@ impl BrokerLoop {
     /// nothing older waiting in the backlog, room in the window.
     fn can_take(&self) -> bool {
         self.connected()
-            && !self.rx_done
+            && self.stop.takes_pipeline()
             && self.ledger.backlog_is_empty()
             && self.ledger.has_room()
     }
@@ -132,7 +127,7 @@ impl BrokerLoop {
     fn can_take_durable(&self) -> bool {
         self.feed.is_some()
             && self.connected()
-            && !self.offline_queued
+            && self.stop.takes_outbox()
             && self.ledger.backlog_is_empty()
             && self.ledger.has_room()
     }
@@ -186,7 +181,7 @@ impl BrokerLoop {
 
     fn take(&mut self, msg: Option<Publication>) {
         let Some(p) = msg else {
-            self.rx_done = true;
+            self.stop.pipeline_closed();
             self.maybe_queue_offline();
             return;
         };
@@ -250,8 +245,7 @@ impl BrokerLoop {
     }
 
     fn begin_stop(&mut self) {
-        self.stopping = true;
-        self.deadline = Instant::now() + STOP_GRACE;
+        self.stop.begin(Instant::now());
         // Nothing new gets in; what is already queued is still delivered, then the offline
         // status goes last.
         self.rx.close();
@@ -264,8 +258,7 @@ impl BrokerLoop {
     /// outbox record has been handed over.
     fn maybe_queue_offline(&mut self) {
         let drained = self.feed.as_ref().is_none_or(|f| !f.has_more());
-        if self.stopping && self.rx_done && drained && !self.offline_queued {
-            self.offline_queued = true;
+        if self.stop.offline_due(drained) {
             self.queue_offline();
         }
     }
@@ -280,10 +273,9 @@ impl BrokerLoop {
     /// Once stopping and everything (offline status included) is confirmed: DISCONNECT, so
     /// the broker discards the last will (the retained status already says offline).
     fn maybe_disconnect(&mut self) {
-        if self.offline_queued && self.ledger.is_idle() && self.connected() && !self.disconnect_sent
-        {
+        if self.stop.awaits_disconnect() && self.ledger.is_idle() && self.connected() {
             match self.client.try_disconnect() {
-                Ok(()) => self.disconnect_sent = true,
+                Ok(()) => self.stop.disconnect_sent(),
                 Err(e) => tracing::debug!("mqtt: cannot queue DISCONNECT: {e}"),
             }
         }
@@ -301,7 +293,7 @@ impl BrokerLoop {
             }
             Event::Outgoing(Wire::Publish(pkid)) => self.on_written(pkid),
             Event::Outgoing(Wire::AwaitAck(pkid)) => self.ledger.parked(pkid),
-            Event::Outgoing(Wire::Disconnect) => return self.stopping,
+            Event::Outgoing(Wire::Disconnect) => return self.stop.is_stopping(),
             _ => {}
         }
         false
@@ -352,8 +344,8 @@ impl BrokerLoop {
             tracing::info!("mqtt broker {}: connected as {}", self.url, self.client_id);
         }
         self.health.connected.store(true, Ordering::Relaxed);
-        self.disconnect_sent = false;
-        if self.stopping {
+        self.stop.reconnected();
+        if self.stop.is_stopping() {
             // Reconnected during the stop grace: only flush what is queued and say offline;
             // announcing "online" now would be a lie.
             return;
@@ -518,9 +510,9 @@ impl BrokerLoop {
         loop {
             tokio::select! {
                 () = sleep_until(wake) => return true,
-                () = self.cancel.cancelled(), if !self.stopping => self.begin_stop(),
+                () = self.cancel.cancelled(), if !self.stop.is_stopping() => self.begin_stop(),
                 _ = self.pulse.tick() => self.health.pulse.mark(),
-                () = sleep_until(self.deadline), if self.stopping => return false,
+                () = grace_over(self.stop.deadline()) => return false,
             }
         }
     }
@@ -543,6 +535,14 @@ impl BrokerLoop {
     fn finish(&mut self) {
         self.health.connected.store(false, Ordering::Relaxed);
         tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
+    }
+}
+
+/// When the stop grace runs out; never, before cancellation.
+async fn grace_over(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,6 +36,7 @@
 mod backoff;
 mod broker;
 mod publisher;
+mod stop;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -43,13 +44,13 @@ use std::time::{Duration, SystemTime};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
 use self::broker::BrokerLoop;
 pub use self::publisher::Publisher;
 use self::publisher::{BrokerHealth, Route};
+use self::stop::Stop;
 use super::delivery::DurableOutbox;
 use super::echo::Echoes;
 use super::embedded;
@@ -335,11 +336,7 @@ async fn start(
             echoes: echoes.clone(),
             telemetry_in_channel: 0,
             cancel: cancel.clone(),
-            stopping: false,
-            deadline: Instant::now(),
-            rx_done: false,
-            offline_queued: false,
-            disconnect_sent: false,
+            stop: Stop::default(),
             backoff: Backoff::default(),
         };
         tasks.push(tokio::spawn(broker_loop.run(eventloop)));
