@@ -15,17 +15,15 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::{describe, Backoff};
+use super::inbound::Router;
 use super::publisher::BrokerHealth;
 use super::stop::Stop;
-use super::{Inbound, Presence, TELEMETRY_SLOTS, WINDOW};
-use crate::command::{Command, Refused};
+use super::{Presence, TELEMETRY_SLOTS, WINDOW};
 use crate::config::BrokerUrl;
 use crate::mqtt::delivery::Feed;
-use crate::mqtt::echo::Echoes;
 use crate::mqtt::ledger::{Entry, Ledger};
 use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
-use crate::mqtt::topics::{self, Topics};
 
 /// Why the inner select loop handed control back.
 enum Step {
@@ -39,16 +37,11 @@ enum Step {
 pub(super) struct BrokerLoop {
     pub(super) url: BrokerUrl,
     pub(super) client_id: String,
-    pub(super) topics: Arc<Topics>,
     pub(super) presence: Presence,
-    pub(super) wants_commands: bool,
-    pub(super) subscriptions: Vec<String>,
     /// When this process started (RFC 3339), for the outbox-enriched gateway status.
     pub(super) started_at: String,
     pub(super) client: AsyncClient,
     pub(super) rx: mpsc::Receiver<Publication>,
-    pub(super) commands: mpsc::Sender<Result<Command, Refused>>,
-    pub(super) incoming: mpsc::Sender<Inbound>,
     pub(super) health: Arc<BrokerHealth>,
     pub(super) ledger: Ledger,
     /// This broker's view of the outbox (durable links only).
@@ -57,13 +50,11 @@ pub(super) struct BrokerLoop {
     pub(super) heartbeat: Option<tokio::time::Interval>,
     /// When to show the loop is alive (`BrokerHealth::pulse`).
     pub(super) pulse: tokio::time::Interval,
-    /// This broker's place in the link (0: `mqtt.url`, then `mqtt.also`).
-    pub(super) index: usize,
-    /// Commands lately heard through any of the link's brokers (several brokers only).
-    pub(super) echoes: Option<Arc<std::sync::Mutex<Echoes>>>,
     /// QoS 0 publishes handed to rumqttc and not yet written.
     pub(super) telemetry_in_channel: usize,
     pub(super) cancel: CancellationToken,
+    /// Where received publishes go (commands, the extra filters, `cmd/replay` back here).
+    pub(super) router: Router,
     /// Where the loop is in stopping: running, draining, offline queued, disconnecting.
     pub(super) stop: Stop,
     /// Failures in a row and what was last warned about: how long to wait, how loudly to log.
@@ -325,7 +316,7 @@ impl BrokerLoop {
             tracing::warn!(
                 "mqtt broker {}: subscription to {} refused; those messages will not arrive",
                 self.url,
-                self.filters().join(", ")
+                self.router.filters().join(", ")
             );
         }
     }
@@ -353,7 +344,7 @@ impl BrokerLoop {
         let online = self.online_presence();
         let entry = self.ledger.stamp(online);
         self.hand(entry);
-        for filter in self.filters() {
+        for filter in self.router.filters() {
             if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
                 tracing::error!("mqtt: cannot subscribe to {filter}: {e}");
             }
@@ -367,95 +358,15 @@ impl BrokerLoop {
         }
     }
 
-    /// Every filter subscribed on connect: commands (if wanted), then the extras.
-    fn filters(&self) -> Vec<String> {
-        let mut f = Vec::with_capacity(self.subscriptions.len() + 1);
-        if self.wants_commands {
-            f.push(self.topics.cmd_filter());
-        }
-        f.extend(self.subscriptions.iter().cloned());
-        f
-    }
-
-    /// Routes a received publish: commands to [`Link::commands`], anything on the extra
-    /// filters to [`Link::incoming`].
+    /// Routes a received publish; a `cmd/replay` comes back to be answered here, on the broker
+    /// that asked, from the outbox's journal (the router says so only for a link with one).
     fn on_publish(&mut self, p: rumqttc::Publish) {
-        if self.wants_commands && self.topics.command_name(&p.topic).is_some() {
-            return self.on_command(p);
-        }
-        if !self
-            .subscriptions
-            .iter()
-            .any(|f| topics::matches(&p.topic, f))
-        {
-            if p.topic != self.topics.cmd_result() {
-                tracing::debug!("mqtt: ignoring publish on {}", p.topic);
-            }
-            return;
-        }
-        let msg = Inbound {
-            topic: p.topic.clone(),
-            payload: p.payload.to_vec(),
-            retain: p.retain,
-        };
-        match self.incoming.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(m)) => {
-                tracing::warn!("mqtt: inbound queue full; dropped a message on {}", m.topic)
-            }
-            Err(mpsc::error::TrySendError::Closed(m)) => {
-                tracing::debug!("mqtt: nobody takes inbound messages; dropped {}", m.topic)
-            }
-        }
-    }
-
-    fn on_command(&mut self, p: rumqttc::Publish) {
-        let Some(name) = self.topics.command_name(&p.topic) else {
+        let (Some(request), Some(feed)) = (self.router.route(p), &self.feed) else {
             return;
         };
-        if p.retain {
-            // A retained command would be replayed at every reconnect.
-            tracing::warn!(
-                "mqtt: ignoring retained command on {}; commands must not be retained",
-                p.topic
-            );
-            return;
-        }
-        if let (Some(feed), "replay") = (&self.feed, name) {
-            // Answered here, on the broker that asked, from the outbox's journal.
-            let request = match Command::parse(name, &p.payload) {
-                Ok(Command::Replay(r)) => Ok(r),
-                Ok(other) => Err(Refused::new(name, format!("not a replay: {other:?}"))),
-                Err(refused) => Err(refused),
-            };
-            for publication in feed.replay(request, &self.topics) {
-                let entry = self.ledger.stamp(publication);
-                self.ledger.push_backlog(entry);
-            }
-            return;
-        }
-        if let Some(echoes) = &self.echoes {
-            let echo = echoes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_echo(self.index, name, &p.payload, std::time::Instant::now());
-            if echo {
-                tracing::info!(
-                    "mqtt broker {}: command {name:?} already received through another broker (a bridge's copy); not applied twice",
-                    self.url
-                );
-                return;
-            }
-        }
-        match self.commands.try_send(Command::parse(name, &p.payload)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
-                "mqtt: command queue full; dropped command {name:?} from {}",
-                p.topic
-            ),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!("mqtt: nobody takes commands; dropped {name:?}")
-            }
+        for publication in feed.replay(request, &self.router.topics) {
+            let entry = self.ledger.stamp(publication);
+            self.ledger.push_backlog(entry);
         }
     }
 

@@ -35,6 +35,7 @@
 
 mod backoff;
 mod broker;
+mod inbound;
 mod publisher;
 mod stop;
 
@@ -48,6 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
 use self::broker::BrokerLoop;
+pub use self::inbound::Inbound;
+use self::inbound::Router;
 pub use self::publisher::Publisher;
 use self::publisher::{BrokerHealth, Route};
 use self::stop::Stop;
@@ -84,15 +87,6 @@ const INBOUND: usize = 1024;
 
 /// After cancellation: how long queued messages may take to be confirmed.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
-
-/// A publish received on one of [`LinkOptions::subscriptions`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    /// The broker delivered a stored retained message (a new subscription's first look).
-    pub retain: bool,
-}
 
 /// Whose presence a connection announces: retained `online` on every connect; `offline` as
 /// the last will and as the last message of a clean stop.
@@ -315,27 +309,32 @@ async fn start(
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
+        let router = Router {
+            url: url.clone(),
+            topics: topics.clone(),
+            wants_commands: opts.commands,
+            subscriptions: opts.subscriptions.clone(),
+            answers_replay: feed.is_some(),
+            index,
+            echoes: echoes.clone(),
+            commands: cmd_tx.clone(),
+            incoming: in_tx.clone(),
+        };
         let broker_loop = BrokerLoop {
             url,
             client_id: opts.client_id.clone(),
-            topics: topics.clone(),
             presence: opts.presence.clone(),
-            wants_commands: opts.commands,
-            subscriptions: opts.subscriptions.clone(),
             started_at: started_at.clone(),
             client,
             rx,
-            commands: cmd_tx.clone(),
-            incoming: in_tx.clone(),
             health: health.clone(),
             ledger: Ledger::new(WINDOW),
             feed,
             heartbeat,
             pulse,
-            index,
-            echoes: echoes.clone(),
             telemetry_in_channel: 0,
             cancel: cancel.clone(),
+            router,
             stop: Stop::default(),
             backoff: Backoff::default(),
         };
