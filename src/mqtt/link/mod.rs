@@ -30,8 +30,12 @@
 //!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
 //!   offline.
 //!
-//! The parts: [`Publisher`] (`publisher.rs`) is the handle side; each broker's loop task
-//! (`broker.rs`) is the other.
+//! The parts, split the way rumqttc splits its event loop from its protocol state:
+//! - `publisher.rs`: the handle side, [`Publisher`], and each broker's health it reads;
+//! - `broker.rs`: the per-broker loop task, the only part that does I/O;
+//! - `stop.rs`, `backoff.rs`: the stop protocol and the reconnect backoff, as I/O-free state
+//!   the loop drives (tested like `ledger.rs`);
+//! - `inbound.rs`: where a received publish goes.
 
 mod backoff;
 mod broker;
