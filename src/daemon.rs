@@ -20,7 +20,7 @@ use crate::engine::Engine;
 use crate::fieldbus;
 use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
-use crate::mqtt::{self, Durable};
+use crate::mqtt::{self, DurableOutbox};
 use crate::outbox::OutboxError;
 use crate::supervision::{Supervision, LINK_STALL};
 
@@ -94,7 +94,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
     // Durable messages are on disk before they count as raised; what earlier runs left
     // unconfirmed is delivered first, to each broker from its own cursor.
-    let durable = Durable::open(&cfg)?;
+    let durable = DurableOutbox::open(&cfg)?;
     // Events reach the outbox before the alarm state is saved (an event must never exist only
     // in the state file), so a crash between the two leaves the outbox ahead: numbering goes
     // on from whichever is further, and no seq is ever used twice.
@@ -112,18 +112,16 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     let cfg = Arc::new(cfg);
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let mut link = mqtt::connect_durable(
+    let link = mqtt::connect_durable(
         &cfg,
         crate::drain::service::link_options(&cfg),
         mqtt_cancel.clone(),
         durable,
     )
     .await?;
-    let publisher = link.publisher.clone();
-    let mut commands = std::mem::replace(&mut link.commands, mpsc::channel(1).1);
     // Drain coordination (issue 5): sees every zone status, takes cmd/drill and the
-    // acks/presence arriving on the link; stopped after the engine, before MQTT.
-    let incoming = std::mem::replace(&mut link.incoming, mpsc::channel(1).1);
+    // acks/presence arriving on the link (`incoming`); stopped after the engine, before MQTT.
+    let (publisher, mut commands, incoming, link) = link.into_parts();
     // Missing drain agents become alarms in the engine's table (`_drain/{agent}/agent-offline`).
     let (fault_tx, mut agent_faults) = mpsc::channel(64);
     let (drain, drain_service) =

@@ -3,7 +3,7 @@
 //! Without it, an alarm event waited in memory for the broker, and was gone if the daemon died
 //! first. With it:
 //!
-//! - [`Durable::append`] puts alarm events, zone statuses and every other durable message into
+//! - [`DurableOutbox::append`] puts alarm events, zone statuses and every other durable message into
 //!   the [`Outbox`] (written and fsynced: only then has an event been raised). One writer thread
 //!   does every append, so messages that arrive together share one fsync (group commit), and the
 //!   async pipeline never blocks on the disk.
@@ -16,7 +16,7 @@
 //!   ([`Feed::replay`]); the retained status is republished every `mqtt.heartbeat` with the
 //!   latest `seq` ([`Feed::heartbeat`]).
 //! - a failed write or fsync is not retried (a retried fsync can report success for lost data):
-//!   every later append fails, and [`Durable::failed`] tells the daemon, which publishes a
+//!   every later append fails, and [`DurableOutbox::failed`] tells the daemon, which publishes a
 //!   fault status and exits so that its supervisor restarts it on a clean file.
 
 use std::collections::HashMap;
@@ -45,8 +45,9 @@ struct Request {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// The outbox as shared by the pipeline's handles and the broker links.
-pub struct Durable {
+/// The durable outbox: the on-disk [`Outbox`] with its writer thread, as shared by the
+/// pipeline's handles (which append) and the broker loops (which read through a [`Feed`]).
+pub struct DurableOutbox {
     outbox: Arc<Mutex<Outbox>>,
     /// To the writer thread; `None` once closed.
     requests: Mutex<Option<std_mpsc::Sender<Request>>>,
@@ -57,9 +58,9 @@ pub struct Durable {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for Durable {
+impl std::fmt::Debug for DurableOutbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Durable")
+        f.debug_struct("DurableOutbox")
             .field("pressure", &self.pressure())
             .finish()
     }
@@ -78,10 +79,10 @@ pub fn brokers(cfg: &Config) -> Vec<String> {
         .collect()
 }
 
-impl Durable {
+impl DurableOutbox {
     /// Opens the outbox under `storage.dir` with a cursor for `mqtt.url` and each `mqtt.also`,
     /// and starts the writer thread.
-    pub fn open(cfg: &Config) -> Result<Arc<Durable>, OutboxError> {
+    pub fn open(cfg: &Config) -> Result<Arc<DurableOutbox>, OutboxError> {
         let outbox = Outbox::open(
             &cfg.storage.dir,
             Options::from_config(&cfg.storage),
@@ -107,7 +108,7 @@ impl Durable {
                 op: "start the outbox writer thread",
                 source,
             })?;
-        Ok(Arc::new(Durable {
+        Ok(Arc::new(DurableOutbox {
             outbox,
             requests: Mutex::new(Some(tx)),
             appended,
@@ -117,7 +118,7 @@ impl Durable {
     }
 
     /// Makes `entries` durable; returns once they are fsynced, or with the reason they could
-    /// not be (then the outbox is dead: see [`Durable::failed`]).
+    /// not be (then the outbox is dead: see [`DurableOutbox::failed`]).
     pub async fn append(&self, entries: Vec<Entry>) -> Result<(), String> {
         if let Some(reason) = self.failure.borrow().clone() {
             return Err(reason);
@@ -311,7 +312,7 @@ pub(crate) fn entry(msg: &Outgoing, p: Publication) -> Entry {
 /// publications are outbox records (so their PUBACKs move the cursor).
 #[derive(Debug)]
 pub(crate) struct Feed {
-    durable: Arc<Durable>,
+    durable: Arc<DurableOutbox>,
     broker: String,
     /// The next position to hand to the broker.
     next: u64,
@@ -491,7 +492,7 @@ mod tests {
         })
     }
 
-    async fn raise(d: &Durable, topics: &Topics, seqs: std::ops::RangeInclusive<u64>) {
+    async fn raise(d: &DurableOutbox, topics: &Topics, seqs: std::ops::RangeInclusive<u64>) {
         let entries = seqs
             .map(|s| {
                 let msg = event(s);
@@ -516,7 +517,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = two_brokers(dir.path());
         let topics = Topics::new(&cfg);
-        let d = Durable::open(&cfg).expect("open");
+        let d = DurableOutbox::open(&cfg).expect("open");
         let (mut a, mut b) = (d.feed(A), d.feed(B));
         raise(&d, &topics, 1..=4).await;
         assert!(a.has_more() && b.has_more());
@@ -533,7 +534,7 @@ mod tests {
         d.close().await;
         drop((a, b, d));
 
-        let d = Durable::open(&cfg).expect("reopen");
+        let d = DurableOutbox::open(&cfg).expect("reopen");
         let (mut a, mut b) = (d.feed(A), d.feed(B));
         assert!(a.take(10).is_empty(), "A confirmed everything");
         let rest: Vec<u64> = b
@@ -555,7 +556,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = two_brokers(dir.path());
         let topics = Topics::new(&cfg);
-        let d = Durable::open(&cfg).expect("open");
+        let d = DurableOutbox::open(&cfg).expect("open");
         raise(&d, &topics, 1..=5).await;
         let feed = d.feed(A);
         let out = feed.replay(

@@ -31,7 +31,7 @@ pub(crate) mod harness;
 #[cfg(test)]
 mod tests;
 
-pub use delivery::Durable;
+pub use delivery::DurableOutbox;
 pub use embedded::EmbeddedBroker;
 
 /// rumqttc options for a short-lived client of `cfg.mqtt`'s broker (credentials and TLS as the
@@ -45,7 +45,8 @@ pub fn client_options(
 }
 pub use error::MqttError;
 pub use link::{
-    connect, connect_durable, connect_with, Inbound, Link, LinkOptions, Presence, Publisher, PULSE,
+    connect, connect_durable, connect_with, Inbound, Link, LinkOptions, LinkTasks, Presence,
+    Publisher, PULSE,
 };
 pub use payload::GatewayStatus;
 pub use topics::Topics;

@@ -1,0 +1,468 @@
+//! One broker's loop task: owns rumqttc's event loop and polls it for as long as the link
+//! runs, feeding it from the pipeline channel and the outbox through the [`Ledger`]'s window,
+//! and driving reconnects and the stop protocol.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttState, Outgoing as Wire, QoS,
+    SubscribeReasonCode,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::{describe, Backoff};
+use super::inbound::Router;
+use super::publisher::BrokerHealth;
+use super::stop::Stop;
+use super::{Presence, TELEMETRY_SLOTS, WINDOW};
+use crate::config::BrokerUrl;
+use crate::mqtt::delivery::Feed;
+use crate::mqtt::ledger::{Entry, Ledger};
+use crate::mqtt::options::RUMQTTC_INFLIGHT;
+use crate::mqtt::payload::{Class, Publication};
+
+/// Why the inner select loop handed control back.
+enum Step {
+    Polled(Result<Event, ConnectionError>),
+    /// The stop grace ran out.
+    Deadline,
+}
+
+/// The loop of one broker: everything here is owned by its one task; the handles see only
+/// [`BrokerHealth`].
+pub(super) struct BrokerLoop {
+    pub(super) url: BrokerUrl,
+    pub(super) client_id: String,
+    pub(super) presence: Presence,
+    /// When this process started (RFC 3339), for the outbox-enriched gateway status.
+    pub(super) started_at: String,
+    pub(super) client: AsyncClient,
+    pub(super) rx: mpsc::Receiver<Publication>,
+    pub(super) health: Arc<BrokerHealth>,
+    pub(super) ledger: Ledger,
+    /// This broker's view of the outbox (durable links only).
+    pub(super) feed: Option<Feed>,
+    /// When to republish the retained status with the latest `seq` (durable links only).
+    pub(super) heartbeat: Option<tokio::time::Interval>,
+    /// When to show the loop is alive (`BrokerHealth::pulse`).
+    pub(super) pulse: tokio::time::Interval,
+    /// QoS 0 publishes handed to rumqttc and not yet written.
+    pub(super) telemetry_in_channel: usize,
+    pub(super) cancel: CancellationToken,
+    /// Where received publishes go (commands, the extra filters, `cmd/replay` back here).
+    pub(super) router: Router,
+    /// Where the loop is in stopping: running, draining, offline queued, disconnecting.
+    pub(super) stop: Stop,
+    /// Failures in a row and what was last warned about: how long to wait, how loudly to log.
+    pub(super) backoff: Backoff,
+}
+
+impl BrokerLoop {
+    pub(super) async fn run(mut self, mut eventloop: EventLoop) {
+        loop {
+            let step = {
+                // The poll future is never dropped half-way (rumqttc's poll is not cancel
+                // safe: a publish taken from its channel but not yet written would be stuck).
+                // It stays pinned while the other branches feed rumqttc through `client`.
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                loop {
+                    tokio::select! {
+                        r = &mut poll => break Step::Polled(r),
+                        () = self.cancel.cancelled(), if !self.stop.is_stopping() => self.begin_stop(),
+                        m = self.rx.recv(), if self.can_take() => self.take(m),
+                        () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
+                        () = tick(&mut self.heartbeat), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
+                        _ = self.pulse.tick() => self.health.pulse.mark(),
+                        () = grace_over(self.stop.deadline()) => break Step::Deadline,
+                    }
+                }
+            };
+            match step {
+                Step::Deadline => return self.give_up(),
+                Step::Polled(Ok(event)) => {
+                    if self.on_event(event) {
+                        return self.finish();
+                    }
+                }
+                Step::Polled(Err(e)) => {
+                    let delay = self.on_error(e, &mut eventloop);
+                    if !self.back_off(delay).await {
+                        return self.give_up();
+                    }
+                }
+            }
+            self.pump();
+            self.maybe_disconnect();
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.backoff.is_connected()
+    }
+
+    /// New pipeline messages are taken only when they can go straight to rumqttc: connected,
+    /// nothing older waiting in the backlog, room in the window.
+    fn can_take(&self) -> bool {
+        self.connected()
+            && self.stop.takes_pipeline()
+            && self.ledger.backlog_is_empty()
+            && self.ledger.has_room()
+    }
+
+    /// Outbox records are taken on the same terms, until the offline status is queued.
+    fn can_take_durable(&self) -> bool {
+        self.feed.is_some()
+            && self.connected()
+            && self.stop.takes_outbox()
+            && self.ledger.backlog_is_empty()
+            && self.ledger.has_room()
+    }
+
+    /// Hands outbox records to rumqttc while the window has room.
+    fn pump_feed(&mut self) {
+        while self.can_take_durable() {
+            let room = WINDOW.saturating_sub(self.ledger.outstanding());
+            let Some(feed) = self.feed.as_mut() else {
+                return;
+            };
+            if !feed.has_more() {
+                return;
+            }
+            let batch = feed.take(room);
+            if batch.is_empty() {
+                return;
+            }
+            for (pos, publication) in batch {
+                let entry = self.ledger.stamp(publication);
+                if let Some(feed) = self.feed.as_mut() {
+                    feed.track(entry.seq, pos);
+                }
+                if !self.hand(entry) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The online presence: with an outbox, the gateway status with the latest `seq` and the
+    /// outbox's health; without one, the caller's online payload as given.
+    fn online_presence(&self) -> Publication {
+        match &self.feed {
+            Some(feed) => {
+                let status = feed.status(crate::VERSION, &self.started_at);
+                Publication::presence(&self.presence.topic, &status.to_json(), true)
+            }
+            None => Publication::presence(&self.presence.topic, &self.presence.online, true),
+        }
+    }
+
+    /// The retained status again, with the latest `seq` (durable links only).
+    fn send_heartbeat(&mut self) {
+        if self.feed.is_none() {
+            return;
+        }
+        let entry = self.ledger.stamp(self.online_presence());
+        self.hand(entry);
+    }
+
+    fn take(&mut self, msg: Option<Publication>) {
+        let Some(p) = msg else {
+            self.stop.pipeline_closed();
+            self.maybe_queue_offline();
+            return;
+        };
+        if p.class == Class::Telemetry {
+            self.hand_telemetry(p);
+        } else {
+            let entry = self.ledger.stamp(p);
+            self.hand(entry);
+        }
+    }
+
+    fn hand_telemetry(&mut self, p: Publication) {
+        if self.telemetry_in_channel >= TELEMETRY_SLOTS
+            || self
+                .client
+                .try_publish(p.topic, p.qos, p.retain, p.payload)
+                .is_err()
+        {
+            self.health
+                .telemetry_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.telemetry_in_channel += 1;
+        }
+    }
+
+    /// Gives one QoS 1 publication to rumqttc and records it in the ledger.
+    fn hand(&mut self, entry: Entry) -> bool {
+        let p = &entry.publication;
+        match self
+            .client
+            .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
+        {
+            Ok(()) => {
+                self.ledger.handed(entry);
+                true
+            }
+            Err(e) => {
+                // The channel is sized for the window, so this means rumqttc is gone or full
+                // beyond design; keep the message for the next attempt.
+                tracing::error!("mqtt: cannot hand {} to the MQTT client: {e}", p.topic);
+                self.ledger.unhand(entry);
+                false
+            }
+        }
+    }
+
+    /// Sends backlog entries (replays after a reconnect, the final offline status) while the
+    /// window has room.
+    fn pump(&mut self) {
+        if !self.connected() {
+            return;
+        }
+        while let Some(entry) = self.ledger.next_from_backlog() {
+            if !self.hand(entry) {
+                return;
+            }
+        }
+        self.pump_feed();
+        self.maybe_queue_offline();
+    }
+
+    fn begin_stop(&mut self) {
+        self.stop.begin(Instant::now());
+        // Nothing new gets in; what is already queued is still delivered, then the offline
+        // status goes last.
+        self.rx.close();
+        self.maybe_queue_offline();
+        self.pump();
+        self.maybe_disconnect();
+    }
+
+    /// The offline status goes last: once stopping, the pipeline channel is drained and every
+    /// outbox record has been handed over.
+    fn maybe_queue_offline(&mut self) {
+        let drained = self.feed.as_ref().is_none_or(|f| !f.has_more());
+        if self.stop.offline_due(drained) {
+            self.queue_offline();
+        }
+    }
+
+    fn queue_offline(&mut self) {
+        let offline = Publication::presence(&self.presence.topic, &self.presence.offline, false);
+        let entry = self.ledger.stamp(offline);
+        self.ledger.push_backlog(entry);
+        self.pump();
+    }
+
+    /// Once stopping and everything (offline status included) is confirmed: DISCONNECT, so
+    /// the broker discards the last will (the retained status already says offline).
+    fn maybe_disconnect(&mut self) {
+        if self.stop.awaits_disconnect() && self.ledger.is_idle() && self.connected() {
+            match self.client.try_disconnect() {
+                Ok(()) => self.stop.disconnect_sent(),
+                Err(e) => tracing::debug!("mqtt: cannot queue DISCONNECT: {e}"),
+            }
+        }
+    }
+
+    /// Handles one event from rumqttc. Returns true when the link is done (DISCONNECT sent).
+    fn on_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
+            Event::Incoming(Incoming::Publish(p)) => self.on_publish(p),
+            Event::Incoming(Incoming::PubAck(ack)) => self.on_puback(ack.pkid),
+            Event::Incoming(Incoming::SubAck(ack)) => self.on_suback(&ack),
+            Event::Outgoing(Wire::Publish(0)) => {
+                self.telemetry_in_channel = self.telemetry_in_channel.saturating_sub(1);
+            }
+            Event::Outgoing(Wire::Publish(pkid)) => self.on_written(pkid),
+            Event::Outgoing(Wire::AwaitAck(pkid)) => self.ledger.parked(pkid),
+            Event::Outgoing(Wire::Disconnect) => return self.stop.is_stopping(),
+            _ => {}
+        }
+        false
+    }
+
+    fn on_puback(&mut self, pkid: u16) {
+        match self.ledger.acked(pkid) {
+            Some(entry) => {
+                if let Some(feed) = self.feed.as_mut() {
+                    feed.acked(entry.seq);
+                }
+            }
+            None => tracing::debug!("mqtt: PUBACK {pkid} for nothing outstanding"),
+        }
+    }
+
+    fn on_written(&mut self, pkid: u16) {
+        if !self.ledger.written(pkid) {
+            tracing::warn!("mqtt: publish {pkid} written but not tracked; ledger out of step");
+        }
+    }
+
+    fn on_suback(&self, ack: &rumqttc::SubAck) {
+        let refused = ack
+            .return_codes
+            .iter()
+            .any(|c| matches!(c, SubscribeReasonCode::Failure));
+        if refused {
+            tracing::warn!(
+                "mqtt broker {}: subscription to {} refused; those messages will not arrive",
+                self.url,
+                self.router.filters().join(", ")
+            );
+        }
+    }
+
+    fn on_connack(&mut self) {
+        let failures = self.backoff.connected(Instant::now());
+        if failures > 0 {
+            tracing::info!(
+                "mqtt broker {}: connected as {} after {} failed attempt{}",
+                self.url,
+                self.client_id,
+                failures,
+                if failures == 1 { "" } else { "s" }
+            );
+        } else {
+            tracing::info!("mqtt broker {}: connected as {}", self.url, self.client_id);
+        }
+        self.health.connected.store(true, Ordering::Relaxed);
+        self.stop.reconnected();
+        if self.stop.is_stopping() {
+            // Reconnected during the stop grace: only flush what is queued and say offline;
+            // announcing "online" now would be a lie.
+            return;
+        }
+        let online = self.online_presence();
+        let entry = self.ledger.stamp(online);
+        self.hand(entry);
+        for filter in self.router.filters() {
+            if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                tracing::error!("mqtt: cannot subscribe to {filter}: {e}");
+            }
+        }
+        if !self.ledger.backlog_is_empty() {
+            tracing::info!(
+                "mqtt broker {}: resending {} unconfirmed message(s)",
+                self.url,
+                self.ledger.backlog_len()
+            );
+        }
+    }
+
+    /// Routes a received publish; a `cmd/replay` comes back to be answered here, on the broker
+    /// that asked, from the outbox's journal (the router says so only for a link with one).
+    fn on_publish(&mut self, p: rumqttc::Publish) {
+        let (Some(request), Some(feed)) = (self.router.route(p), &self.feed) else {
+            return;
+        };
+        for publication in feed.replay(request, &self.router.topics) {
+            let entry = self.ledger.stamp(publication);
+            self.ledger.push_backlog(entry);
+        }
+    }
+
+    /// After a failed poll: settle the books, then log.
+    /// Returns how long to wait before the next attempt.
+    fn on_error(&mut self, e: ConnectionError, eventloop: &mut EventLoop) -> Duration {
+        // rumqttc may have buffered events (acks read just before the failure) that it would
+        // otherwise hand out after the next CONNACK, where a stale PUBACK would confirm the
+        // wrong message. Apply them now, then start rumqttc from a fresh state: its `pending`
+        // copy of unacked publishes is dropped because the ledger resends them itself, and a
+        // leftover collision would otherwise block its request channel for good.
+        while let Some(ev) = eventloop.state.events.pop_front() {
+            self.on_event(ev);
+        }
+        eventloop.state = MqttState::new(RUMQTTC_INFLIGHT, false);
+        eventloop.pending.clear();
+        let requeued = self.ledger.connection_lost();
+        let lost_telemetry = std::mem::take(&mut self.telemetry_in_channel) as u64;
+        self.health
+            .telemetry_dropped
+            .fetch_add(lost_telemetry, Ordering::Relaxed);
+        self.health.connected.store(false, Ordering::Relaxed);
+        let reason = describe(&e);
+        let retry = self.backoff.failed(&reason, Instant::now());
+        let unconfirmed = if requeued > 0 {
+            format!("; {requeued} unconfirmed message(s) will be resent")
+        } else {
+            String::new()
+        };
+        // One line per failure; repeats of the same failure go to debug (but to warn again
+        // every REPEAT_WARNING) so a broker down for an hour neither floods the journal nor
+        // goes quiet.
+        if retry.repeat {
+            tracing::debug!(
+                "mqtt broker {}: {reason}; retrying in {} ms{unconfirmed}",
+                self.url,
+                retry.delay.as_millis()
+            );
+        } else {
+            tracing::warn!(
+                "mqtt broker {}: {reason}; retrying in {} ms{unconfirmed}",
+                self.url,
+                retry.delay.as_millis()
+            );
+        }
+        retry.delay
+    }
+
+    /// Sleeps `delay`; false if the stop grace ran out meanwhile.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        let wake = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = sleep_until(wake) => return true,
+                () = self.cancel.cancelled(), if !self.stop.is_stopping() => self.begin_stop(),
+                _ = self.pulse.tick() => self.health.pulse.mark(),
+                () = grace_over(self.stop.deadline()) => return false,
+            }
+        }
+    }
+
+    /// Stopped with messages the broker never confirmed: say how many. The socket (if any)
+    /// closes without DISCONNECT, so the broker's last will marks the gateway offline.
+    fn give_up(&mut self) {
+        self.health.connected.store(false, Ordering::Relaxed);
+        let unconfirmed = self.ledger.unconfirmed() + self.rx.len();
+        if unconfirmed > 0 {
+            tracing::warn!(
+                "mqtt broker {}: stopping with {unconfirmed} message(s) not confirmed by the broker",
+                self.url
+            );
+        } else {
+            tracing::info!("mqtt broker {}: stopped", self.url);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.health.connected.store(false, Ordering::Relaxed);
+        tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
+    }
+}
+
+/// When the stop grace runs out; never, before cancellation.
+async fn grace_over(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next heartbeat tick; never, for a link without heartbeats.
+async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
+    match heartbeat {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

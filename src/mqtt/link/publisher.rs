@@ -1,0 +1,204 @@
+//! The pipeline's side of a link: a cheap, cloneable [`Publisher`] that puts each message
+//! where it must go (the outbox, or each broker loop's channel) and never touches a socket, and
+//! the per-broker [`BrokerHealth`] the loops keep up to date for it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::clock::Pulse;
+use crate::message::Outgoing;
+use crate::mqtt::delivery::{self, DurableOutbox};
+use crate::mqtt::payload::{Class, GatewayStatus, Publication};
+use crate::mqtt::Topics;
+
+/// The pipeline's handle on the link. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    /// One per broker loop: `mqtt.url` first, then each of `mqtt.also` (durable links only).
+    pub(super) routes: Arc<[Route]>,
+    pub(super) topics: Arc<Topics>,
+    /// The outbox durable messages go through; `None` for a link without one (tests, tools).
+    pub(super) durable: Option<Arc<DurableOutbox>>,
+}
+
+/// The way into one broker loop.
+#[derive(Clone)]
+pub(super) struct Route {
+    pub(super) tx: mpsc::Sender<Publication>,
+    pub(super) health: Arc<BrokerHealth>,
+}
+
+/// One broker's health as the handles see it: the connection flag, the telemetry-dropped
+/// counter, and the loop's pulse. The loop task writes it; [`Publisher`] reads it for metrics
+/// and the watchdog.
+#[derive(Debug)]
+pub(super) struct BrokerHealth {
+    /// The broker, as configured (for metrics and log lines).
+    pub(super) url: String,
+    pub(super) connected: AtomicBool,
+    pub(super) telemetry_dropped: AtomicU64,
+    /// When the loop last came round to its select. A loop that is stuck (a handler that
+    /// never returns) stops marking it, connected or not.
+    pub(super) pulse: Pulse,
+}
+
+impl BrokerHealth {
+    pub(super) fn new(url: String) -> BrokerHealth {
+        BrokerHealth {
+            url,
+            connected: AtomicBool::new(false),
+            telemetry_dropped: AtomicU64::new(0),
+            pulse: Pulse::new(),
+        }
+    }
+}
+
+impl Publisher {
+    /// Events, zone statuses, command results and other durable messages: never dropped. With
+    /// an outbox they are on disk when this returns, and each broker's loop takes them from
+    /// there; without one they are queued in memory while disconnected and sent in order after
+    /// reconnect (waiting only when the queue is full).
+    /// Telemetry: never waits; dropped and counted when disconnected or when the queue is full.
+    pub async fn send(&self, msg: Outgoing) {
+        // A failure is logged here and reported through `outbox_failed`.
+        let _ = self.send_all(vec![msg]).await;
+    }
+
+    /// As [`Publisher::send`] for several messages; the durable ones share one fsync. Fails
+    /// only when the outbox could not make them durable (they were not sent, and the outbox
+    /// accepts nothing more: see [`Publisher::outbox_failed`]).
+    pub async fn send_all(&self, msgs: Vec<Outgoing>) -> Result<(), String> {
+        let mut entries = Vec::new();
+        for msg in msgs {
+            let publication = match Publication::encode(&self.topics, &msg) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Cannot happen for these types; logged rather than unwrapped all the same.
+                    tracing::error!("mqtt: cannot encode {msg:?}: {e}; not sent");
+                    continue;
+                }
+            };
+            match (&self.durable, publication.class) {
+                (_, Class::Telemetry) => self.send_telemetry(publication),
+                (Some(_), Class::Durable) => entries.push(delivery::entry(&msg, publication)),
+                _ => self.send_queued(publication).await,
+            }
+        }
+        if let (Some(durable), false) = (&self.durable, entries.is_empty()) {
+            if let Err(reason) = durable.append(entries).await {
+                tracing::error!("mqtt: not raised, the outbox failed: {reason}");
+                return Err(reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_telemetry(&self, publication: Publication) {
+        for r in self.routes.iter() {
+            if !r.health.connected.load(Ordering::Relaxed)
+                || r.tx.try_send(publication.clone()).is_err()
+            {
+                r.health.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn send_queued(&self, publication: Publication) {
+        for r in self.routes.iter() {
+            let topic = publication.topic.clone();
+            if r.tx.send(publication.clone()).await.is_err() {
+                tracing::warn!("mqtt: link already stopped; message for {topic} not sent");
+            }
+        }
+    }
+
+    /// Publishes the retained fault status on every broker, straight from memory (the outbox
+    /// is what failed), ahead of the offline status the stop then sends.
+    pub async fn report_fault(&self, reason: &str) {
+        let status = GatewayStatus::Fault {
+            reason: reason.to_string(),
+        };
+        self.send_queued(Publication::status(&self.topics, &status))
+            .await;
+    }
+
+    /// Resolves with the reason when the outbox can no longer write: the daemon must stop.
+    /// Never resolves for a link without an outbox.
+    pub async fn outbox_failed(&self) -> String {
+        match &self.durable {
+            Some(d) => d.failed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The outbox, for its pressure and latest `seq` (metrics, logs).
+    pub fn outbox(&self) -> Option<&Arc<DurableOutbox>> {
+        self.durable.as_ref()
+    }
+
+    /// Telemetry messages dropped so far (disconnected, or queues full), over all brokers.
+    pub fn telemetry_dropped(&self) -> u64 {
+        self.routes
+            .iter()
+            .map(|r| r.health.telemetry_dropped.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Each broker (`mqtt.url`, then `mqtt.also`) and whether it is connected now.
+    pub fn brokers(&self) -> Vec<(String, bool)> {
+        self.routes
+            .iter()
+            .map(|r| {
+                (
+                    r.health.url.clone(),
+                    r.health.connected.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// The brokers whose loop has not come round for longer than `within`: hung tasks (a
+    /// broker that is merely unreachable keeps its loop turning through the backoff). The
+    /// daemon withholds the systemd watchdog ping while any is listed.
+    pub fn stalled_links(&self, within: Duration) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.health.pulse.silent_for() > within)
+            .map(|r| r.health.url.clone())
+            .collect()
+    }
+
+    /// True between a broker's CONNACK and the next connection error, for any broker.
+    pub fn is_connected(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.health.connected.load(Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connected", &self.is_connected())
+            .field("telemetry_dropped", &self.telemetry_dropped())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_stops_beating_is_silent_for_as_long() {
+        let mut health = BrokerHealth::new("mqtt://broker:1883".into());
+        // As if the loop had last come round 20 s ago.
+        health.pulse = Pulse::marked_ago(Duration::from_secs(20));
+        assert!(health.pulse.silent_for() >= Duration::from_secs(20));
+        health.pulse.mark();
+        assert!(health.pulse.silent_for() < Duration::from_secs(1));
+    }
+}
