@@ -353,6 +353,64 @@ fn the_journal_answers_replay_and_is_bounded_by_age() {
     assert_eq!(o.latest_seq(), Some(40));
 }
 
+/// A replay streams: each batch is at most what was asked for, goes on from where the last
+/// one stopped, stops at the last event of the request, and reads confirmed events back one
+/// frame at a time (by offset), also after compaction rewrote their segment and after a
+/// restart.
+#[test]
+fn the_journal_streams_a_replay_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Options {
+        max_bytes: 8 << 10,
+        segment_bytes: 64 << 10,
+        journal_max_bytes: 1 << 20,
+        journal_max_age: Duration::from_secs(3600),
+    };
+    let mut o = Outbox::open(dir.path(), small.clone(), &[A.to_string()]).unwrap();
+    for s in 1..=20 {
+        for r in o.append(vec![event(s), message(s)]).unwrap() {
+            o.ack(A, r.pos).unwrap();
+        }
+    }
+    o.commit().unwrap();
+    assert_eq!(o.resident_payload_bytes(), 0, "every broker has them");
+    let stream = |o: &Outbox| {
+        let (mut pos, mut next, mut batches) = (0, 3, Vec::new());
+        loop {
+            let b = o.replay_batch(pos, next, 17, 4).unwrap();
+            assert!(b.events.len() <= 4);
+            assert_eq!(b.oldest_seq, Some(1));
+            let Some(last) = b.events.last() else { break };
+            next = last.seq + 1;
+            pos = b.next_pos;
+            batches.push(
+                b.events
+                    .iter()
+                    .map(|r| r.payload.clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        batches
+    };
+    let want: Vec<Vec<Vec<u8>>> = (3..=17)
+        .collect::<Vec<u64>>()
+        .chunks(4)
+        .map(|c| c.iter().map(|&s| event(s).payload).collect())
+        .collect();
+    assert_eq!(stream(&o), want);
+    // Unconfirmed statuses force compaction, which rewrites the journal's segments.
+    let mut n = 0;
+    while o.pressure().dropped == 0 {
+        n += 1;
+        assert!(n < 1000, "never compacted: {:?}", o.pressure());
+        o.append(vec![zone("room-1", n)]).unwrap();
+    }
+    assert_eq!(stream(&o), want, "after compaction");
+    drop(o);
+    let o = Outbox::open(dir.path(), small, &[A.to_string()]).unwrap();
+    assert_eq!(stream(&o), want, "after a restart");
+}
+
 #[test]
 fn the_journal_is_bounded_by_size() {
     let dir = tempfile::tempdir().unwrap();
