@@ -40,9 +40,10 @@ pub(crate) const SLOTS: usize = 16;
 /// Events one replay sends per turn before the next replay's turn: replays share fairly.
 pub(crate) const TURN: usize = 8;
 
-/// Answers (refusals, results) waiting for a slot. A flood of requests beyond this is dropped
-/// with a log line rather than grow without bound; each answer is at most one `reply_to` long.
-pub(crate) const MAX_ANSWERS: usize = 256;
+/// Answers (refusals, results) waiting for a slot. A busy refusal is about 150 bytes, so a
+/// burst of a thousand requests is answered in full for about as much memory as one replayed
+/// batch; beyond it answers are dropped (logged once per burst) rather than grow without bound.
+pub(crate) const MAX_ANSWERS: usize = 1024;
 
 /// What to read from the journal for the replay whose turn it is
 /// ([`outbox::Outbox::replay_batch`]).
@@ -118,6 +119,8 @@ fn result(ok: bool, reason: String) -> CommandResult {
 pub(crate) struct Replays {
     running: VecDeque<Running>,
     answers: VecDeque<CommandResult>,
+    /// Answers dropped since the queue was last below [`MAX_ANSWERS`].
+    dropped: u64,
     unconfirmed: HashSet<u64>,
 }
 
@@ -168,11 +171,22 @@ impl Replays {
 
     fn answer(&mut self, result: CommandResult) {
         if self.answers.len() >= MAX_ANSWERS {
-            tracing::warn!(
-                "mqtt: {MAX_ANSWERS} cmd/replay answers already waiting; not answering one more ({})",
-                result.reason.as_deref().unwrap_or("")
-            );
+            if self.dropped == 0 {
+                tracing::warn!(
+                    "mqtt: {MAX_ANSWERS} cmd/replay answers already waiting; further requests go \
+                     unanswered until they are sent ({})",
+                    result.reason.as_deref().unwrap_or("")
+                );
+            }
+            self.dropped += 1;
             return;
+        }
+        if self.dropped > 0 {
+            tracing::warn!(
+                "mqtt: {} cmd/replay request(s) went unanswered",
+                self.dropped
+            );
+            self.dropped = 0;
         }
         self.answers.push_back(result);
     }
