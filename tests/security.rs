@@ -333,6 +333,7 @@ async fn a_refused_login_is_logged_and_retried_never_fatal() {
 }
 
 const GW: &str = "emberwatch/test-site/gateways/gw-t";
+const ALARM: &str = "emberwatch/test-site/alarms/room-1/rack-01/cell_temp_max/cell-overtemp";
 
 /// A broker, a simulated rack, a gateway with a drain for room-1 (so a drill would show on
 /// `drain/room-1/request`), and a subscriber to everything, once the gateway is online.
@@ -395,13 +396,7 @@ async fn send_commands(port: u16, commands: &[(&str, Vec<u8>)]) {
 async fn an_oversized_command_is_refused_and_the_gateway_stays_online() {
     let (broker, _sim, _daemon, _state, mut sub) = gateway().await;
     let big = format!(r#"{{"alarm":"{}"}}"#, "x".repeat(300 * 1024));
-    send_commands(broker.port(), &[("ack", big.into_bytes())]).await;
-    let result = sub
-        .expect_where(&format!("{GW}/cmd/result"), |j| j["command"] == "ack", SOON)
-        .await;
-    assert_eq!(result["ok"], false, "{result}");
-    let reason = result["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("16384-byte limit"), "{result}");
+    refused(&broker, &mut sub, "ack", big.as_bytes(), "16384-byte limit").await;
 
     send_commands(broker.port(), &[("ack", br#"{"alarm":"*"}"#.to_vec())]).await;
     let next = sub
@@ -437,12 +432,8 @@ async fn every_command_of_a_flood_is_answered() {
     let port = broker.port();
     let sending = tokio::spawn(async move { send_commands(port, &flood).await });
     sim.write(116, 572).await;
-    sub.expect_where(
-        "emberwatch/test-site/alarms/room-1/rack-01/cell_temp_max/cell-overtemp",
-        |j| j["state"] == "active",
-        Duration::from_secs(5),
-    )
-    .await;
+    sub.expect_where(ALARM, |j| j["state"] == "active", Duration::from_secs(5))
+        .await;
     sending.await.expect("flood");
 
     let (mut refused, mut busy) = (0, 0);
@@ -481,37 +472,21 @@ async fn every_command_of_a_flood_is_answered() {
 async fn a_replay_onto_our_own_command_topics_is_refused_and_starts_no_drill() {
     let (broker, sim, _daemon, _state, mut sub) = gateway().await;
     sim.write(116, 572).await;
-    sub.expect_where(
-        "emberwatch/test-site/alarms/room-1/rack-01/cell_temp_max/cell-overtemp",
-        |j| j["state"] == "active",
-        SOON,
-    )
-    .await;
+    sub.expect_where(ALARM, |j| j["state"] == "active", SOON)
+        .await;
     sim.write(116, 250).await;
-    sub.expect_where(
-        "emberwatch/test-site/alarms/room-1/rack-01/cell_temp_max/cell-overtemp",
-        |j| j["state"] == "cleared",
-        SOON,
-    )
-    .await;
+    sub.expect_where(ALARM, |j| j["state"] == "cleared", SOON)
+        .await;
     sub.forget();
     let body = format!(r#"{{"from_seq":1,"reply_to":"{GW}/cmd/drill"}}"#);
-    send_commands(broker.port(), &[("replay", body.into_bytes())]).await;
-    let result = sub
-        .expect_where(
-            &format!("{GW}/cmd/result"),
-            |j| j["command"] == "replay",
-            SOON,
-        )
-        .await;
-    assert_eq!(result["ok"], false, "{result}");
-    assert!(
-        result["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("own command topics"),
-        "{result}"
-    );
+    refused(
+        &broker,
+        &mut sub,
+        "replay",
+        body.as_bytes(),
+        "own command topics",
+    )
+    .await;
     no_drill(&mut sub).await;
 }
 
@@ -520,24 +495,20 @@ async fn a_replay_onto_our_own_command_topics_is_refused_and_starts_no_drill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drill_with_an_unknown_field_is_refused() {
     let (broker, _sim, _daemon, _state, mut sub) = gateway().await;
-    let body = br#"{"zone":"room-1","severity":"emergency"}"#.to_vec();
-    send_commands(broker.port(), &[("drill", body)]).await;
+    let body = br#"{"zone":"room-1","severity":"emergency"}"#;
+    refused(&broker, &mut sub, "drill", body, "unknown field `severity`").await;
+    no_drill(&mut sub).await;
+}
+
+/// Sends one command and expects its refusal on `cmd/result`, the reason containing `needle`.
+async fn refused(broker: &Mosquitto, sub: &mut Subscriber, name: &str, body: &[u8], needle: &str) {
+    send_commands(broker.port(), &[(name, body.to_vec())]).await;
     let result = sub
-        .expect_where(
-            &format!("{GW}/cmd/result"),
-            |j| j["command"] == "drill",
-            SOON,
-        )
+        .expect_where(&format!("{GW}/cmd/result"), |j| j["command"] == name, SOON)
         .await;
     assert_eq!(result["ok"], false, "{result}");
-    assert!(
-        result["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unknown field `severity`"),
-        "{result}"
-    );
-    no_drill(&mut sub).await;
+    let reason = result["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(needle), "{result}");
 }
 
 /// Nothing on room-1's drain request for a while: no drill (nor drain) was started.
