@@ -89,6 +89,7 @@ impl Bench {
                     time: "t".into(),
                     shelved: vec![],
                     unacknowledged: 0,
+                    evidence: *level,
                 };
                 self.c.on_zone(&z, now)
             }
@@ -101,6 +102,7 @@ impl Bench {
                     time: "t".into(),
                     shelved: vec![],
                     unacknowledged: *n,
+                    evidence: *level,
                 };
                 self.c.on_zone(&z, now)
             }
