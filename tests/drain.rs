@@ -32,6 +32,7 @@ fn presence_topic(agent: &str) -> String {
 
 /// Register 116 of the simulator: max cell temperature, i16, 0.1 degC.
 const CELL_TEMP_MAX: u16 = 116;
+const OFFGAS: u16 = 121;
 
 /// For things that take a poll or two; waited this long only when something is wrong.
 const SOON: Duration = Duration::from_secs(15);
@@ -196,6 +197,11 @@ struct Rig {
 
 impl Rig {
     async fn start(agents: &[&str], deadline: &str) -> Rig {
+        Rig::start_with(agents, deadline, "").await
+    }
+
+    /// As [`Rig::start`], with more configuration (`[[rules]]`) appended.
+    async fn start_with(agents: &[&str], deadline: &str, extra: &str) -> Rig {
         let broker = Mosquitto::start().await;
         let sim = Sim::start("normal", 1).await;
         let state = tempfile::tempdir().expect("tempdir");
@@ -206,7 +212,7 @@ impl Rig {
             .collect::<Vec<_>>()
             .join(", ");
         let drain = format!(
-            "\n[drain]\ntrigger = \"critical\"\ndeadline = \"{deadline}\"\nagents = [{agents}]\n"
+            "{extra}\n[drain]\ntrigger = \"critical\"\ndeadline = \"{deadline}\"\nagents = [{agents}]\n"
         );
         let gateway_config = gateway_config(broker.port(), sim.port(), state.path(), &drain);
         let daemon = Daemon::start(&gateway_config);
@@ -622,6 +628,88 @@ async fn a_drill_runs_the_handshake_marked_and_restores() {
     let mut late = Subscriber::connect(rig.port(), CLEARANCE).await;
     let c = late.expect(CLEARANCE, SOON).await;
     assert_eq!(c["clear"], false);
+}
+
+/// Issue 15: a rack whose link flapped made the zone blind (`_zone/_detectors/all-faulted`,
+/// critical) again and again, and each time drained and restored the room's traffic for real.
+/// A blind zone is a loud alarm and a job for a technician, never a drain or a clearance; an
+/// off-gas rise in the same room still drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_zone_is_loud_but_drains_nothing_while_off_gas_still_drains() {
+    const OFFGAS_RULE: &str = r#"
+[[rules]]
+id = "offgas-high"
+points = ["*/offgas"]
+above = { warning = 10.0, critical = 50.0 }
+"#;
+    const BLIND: &str = "emberwatch/test-site/alarms/room-1/_zone/_detectors/all-faulted";
+    const ZONE: &str = "emberwatch/test-site/zones/room-1/status";
+    let mut rig = Rig::start_with(&["lb-1"], "30s", OFFGAS_RULE).await;
+    let lb_runs = rig.dir().join("lb-1.runs");
+    let _lb = Agent::start(
+        rig.port(),
+        rig.dir(),
+        "lb-1",
+        &hook(&lb_runs, "echo drained"),
+        &hook(&lb_runs, "echo restored"),
+    );
+    rig.online("lb-1").await;
+
+    // The rack's link flaps: silent, back, silent, back. Every detector of the zone is on it.
+    let addr = rig.sim.addr().to_string();
+    for _ in 0..2 {
+        rig.sim.kill().await;
+        let blind = rig.expect(BLIND, |v| v["state"] == "active").await;
+        assert_eq!(
+            (&blind["severity"], &blind["kind"]),
+            (&Value::from("critical"), &Value::from("fault"))
+        );
+        let zone = rig.expect(ZONE, |v| v["level"] == "critical").await;
+        assert_eq!(zone["evidence"], "normal", "{zone}");
+        rig.sim = Sim::start_at(&addr, "normal", 1).await;
+        rig.expect(BLIND, |v| v["state"] == "cleared").await;
+    }
+    // The coordinator sees each zone status as it is raised; give it time to (wrongly) act.
+    let drain_msg = rig
+        .sub
+        .next_matching(
+            |t, _| [REQUEST, STATUS, CLEARANCE].contains(&t),
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(
+        drain_msg.is_none(),
+        "a blind zone started a drain: {:?}\nseen:\n{}",
+        drain_msg.map(|m| format!("{} {}", m.topic, m.text())),
+        rig.sub.seen_list()
+    );
+    assert_eq!(runs(&lb_runs), Vec::<String>::new(), "no hook ran");
+
+    // Electrolyte off-gas: fire evidence, drained and cleared as ever.
+    rig.sim.write(OFFGAS, 200).await;
+    let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    assert_eq!(
+        req["reason"],
+        serde_json::json!(["rack-01/offgas/offgas-high"])
+    );
+    let zone = rig.expect(ZONE, |v| v["evidence"] == "critical").await;
+    assert_eq!(zone["level"], "critical", "{zone}");
+    let clearance = rig
+        .expect(CLEARANCE, |v| {
+            v["clear"] == true && v["drain_id"] == id.as_str()
+        })
+        .await;
+    assert!(
+        clearance["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("every expected agent confirmed")),
+        "{clearance}"
+    );
+    assert_eq!(
+        runs(&lb_runs),
+        vec![format!("drain {id} room-1 critical drill=0")]
+    );
 }
 
 fn status_ok(s: ExitStatus) -> bool {
