@@ -248,10 +248,34 @@ impl Rig {
             .await;
     }
 
+    /// Starts agent `id` whose hooks log each run to `{dir}/{id}.runs` (read it with [`runs`]),
+    /// then run the shell snippets `drain` and `restore`; returns once the agent is online.
+    async fn agent(&mut self, id: &str, drain: &str, restore: &str) -> (Agent, PathBuf) {
+        let log = self.dir().join(format!("{id}.runs"));
+        let agent = Agent::start(
+            self.port(),
+            self.dir(),
+            id,
+            &hook(&log, drain),
+            &hook(&log, restore),
+        );
+        self.online(id).await;
+        (agent, log)
+    }
+
     async fn online(&mut self, agent: &str) {
         self.sub
             .expect_where(&presence_topic(agent), |v| v["state"] == "online", SOON)
             .await;
+    }
+
+    /// Waits for clearance (`clear: true`) for drain `id` and checks its reason says `why`.
+    async fn cleared(&mut self, id: &str, why: &str) {
+        let c = self
+            .expect(CLEARANCE, |v| v["clear"] == true && v["drain_id"] == id)
+            .await;
+        let reason = c["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(why), "{c}");
     }
 
     async fn expect(&mut self, topic: &str, pred: impl FnMut(&Value) -> bool) -> Value {
@@ -422,15 +446,7 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
     let mut rig = Rig::start(&["lb-1"], "60s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "sleep 3"),
-        &hook(&lb_runs, "true"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "sleep 3", "true").await;
     rig.set_cell_temp(60.0).await;
     let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
     let id = req["drain_id"].as_str().expect("drain_id").to_string();
@@ -452,18 +468,7 @@ async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
     let req = rig.expect(REQUEST, |_| true).await;
     assert_eq!(req["drain_id"], id.as_str(), "same drain after restart");
     assert_eq!(req["severity"], "emergency");
-    let clearance = rig
-        .expect(CLEARANCE, |v| {
-            v["clear"] == true && v["drain_id"] == id.as_str()
-        })
-        .await;
-    assert!(
-        clearance["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("every expected agent confirmed"),
-        "{clearance}"
-    );
+    rig.cleared(&id, "every expected agent confirmed").await;
     rig.expect(STATUS, |v| v["state"] == "drained").await;
     assert_eq!(runs(&lb_runs).len(), 1, "the hook ran once");
     assert!(daemon.stderr().contains("resuming drain after restart"));
@@ -477,15 +482,7 @@ async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_drain_still_ends_in_clearance() {
     let mut rig = Rig::start(&["lb-1"], "60s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "sleep 2"),
-        &hook(&lb_runs, "true"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "sleep 2", "true").await;
     rig.set_cell_temp(60.0).await;
     let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
     let id = req["drain_id"].as_str().expect("drain_id").to_string();
@@ -515,15 +512,7 @@ async fn a_broker_restart_mid_drain_still_ends_in_clearance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_never_runs_a_hook_twice() {
     let mut rig = Rig::start(&["lb-1"], "60s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let mut lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "sleep 30"),
-        &hook(&lb_runs, "true"),
-    );
-    rig.online("lb-1").await;
+    let (mut lb, lb_runs) = rig.agent("lb-1", "sleep 30", "true").await;
     rig.set_cell_temp(60.0).await;
     let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
     let id = req["drain_id"].as_str().expect("drain_id").to_string();
@@ -576,15 +565,7 @@ async fn an_agent_restart_never_runs_a_hook_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drill_runs_the_handshake_marked_and_restores() {
     let mut rig = Rig::start(&["lb-1"], "30s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "echo drained"),
-        &hook(&lb_runs, "echo restored"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "echo drained", "echo restored").await;
 
     let out = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
         .args(["drill", "--zone", "room-1", "--config"])
@@ -645,15 +626,7 @@ above = { warning = 10.0, critical = 50.0 }
     const BLIND: &str = "emberwatch/test-site/alarms/room-1/_zone/_detectors/all-faulted";
     const ZONE: &str = "emberwatch/test-site/zones/room-1/status";
     let mut rig = Rig::start_with(&["lb-1"], "30s", OFFGAS_RULE).await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "echo drained"),
-        &hook(&lb_runs, "echo restored"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "echo drained", "echo restored").await;
 
     // The rack's link flaps: silent, back, silent, back. Every detector of the zone is on it.
     let addr = rig.sim.addr().to_string();
@@ -695,17 +668,7 @@ above = { warning = 10.0, critical = 50.0 }
     );
     let zone = rig.expect(ZONE, |v| v["evidence"] == "critical").await;
     assert_eq!(zone["level"], "critical", "{zone}");
-    let clearance = rig
-        .expect(CLEARANCE, |v| {
-            v["clear"] == true && v["drain_id"] == id.as_str()
-        })
-        .await;
-    assert!(
-        clearance["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("every expected agent confirmed")),
-        "{clearance}"
-    );
+    rig.cleared(&id, "every expected agent confirmed").await;
     assert_eq!(
         runs(&lb_runs),
         vec![format!("drain {id} room-1 critical drill=0")]
