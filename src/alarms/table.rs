@@ -520,9 +520,12 @@ impl AlarmTable {
         n
     }
 
-    /// The retained status of one zone: shelved and out-of-service alarms excluded.
+    /// The retained status of one zone: shelved and out-of-service alarms excluded. Its
+    /// `evidence` ranks only the alarms that say something about a fire, so faults (a blind
+    /// zone included) stay loud on the panel without starting a drain.
     pub fn zone_status(&self, zone: &str, now: Now) -> ZoneStatus {
         let mut level = Level::Normal;
+        let mut evidence = Level::Normal;
         let mut active = Vec::new();
         let mut shelved = Vec::new();
         let mut faults = 0;
@@ -547,6 +550,9 @@ impl AlarmTable {
             if !Source::is_drain_agent(&a.identity) {
                 level = level.max(Level::from(a.severity));
             }
+            if a.identity.kind.is_fire_evidence() {
+                evidence = evidence.max(Level::from(a.severity));
+            }
             if a.identity.kind == AlarmKind::Fault {
                 faults += 1;
             }
@@ -560,6 +566,7 @@ impl AlarmTable {
             time: rfc3339(now.wall),
             shelved,
             unacknowledged,
+            evidence,
         }
     }
 }
@@ -568,6 +575,8 @@ impl AlarmTable {
 mod tests {
     use super::*;
     use crate::alarms::LinkFault;
+
+    const MINUTE: Duration = Duration::from_secs(60);
 
     fn id(point: &str, kind: AlarmKind) -> Identity {
         Identity {
@@ -897,6 +906,42 @@ mod tests {
         let z = t.zone_status("room-1", now);
         assert_eq!((z.level, z.faults), (Level::Warning, 0));
         assert_eq!(z.shelved, vec!["rack-01/_link/comm-loss"]);
+    }
+
+    /// Faults (link, sensor, blind zone, missing drain agent) make the panel loud but are no
+    /// fire evidence: only rule and vote alarms rank in `evidence`, which drains are started on.
+    #[test]
+    fn zone_evidence_ranks_fire_alarms_only() {
+        let now = Now::system();
+        let mut t = AlarmTable::new("site", "gw", 0);
+        let faults = [
+            Source::Link {
+                device: "rack-01",
+                fault: LinkFault::CommLoss,
+            },
+            Source::BlindZone,
+            Source::DrainAgent { agent: "lb-1" },
+        ];
+        for f in faults {
+            t.update(&f.identity("room-1"), cond(Some(Severity::Critical)), now);
+        }
+        let z = t.zone_status("room-1", now);
+        assert_eq!((z.level, z.evidence), (Level::Critical, Level::Normal));
+        assert_eq!(z.faults, 3);
+        let hot = id("t", AlarmKind::Threshold);
+        t.update(&hot, cond(Some(Severity::Warning)), now);
+        let z = t.zone_status("room-1", now);
+        assert_eq!((z.level, z.evidence), (Level::Critical, Level::Warning));
+        let vote = Source::Vote { rule: "fire" }.identity("room-1");
+        t.update(&vote, cond(Some(Severity::Emergency)), now);
+        let z = t.zone_status("room-1", now);
+        assert_eq!((z.level, z.evidence), (Level::Emergency, Level::Emergency));
+        // A shelved rule alarm counts in neither.
+        t.update(&vote, cond(None), now);
+        t.shelve(&hot.key(), None, MINUTE, MINUTE, "x", now)
+            .unwrap();
+        let z = t.zone_status("room-1", now);
+        assert_eq!((z.level, z.evidence), (Level::Critical, Level::Normal));
     }
 
     #[test]
