@@ -138,6 +138,13 @@ pub enum CommandError {
     },
 }
 
+/// The largest `seq` a gateway carries on from (`state.json`'s `last_seq`): 2^53 − 1, the
+/// largest integer every JSON subscriber reads exactly (JavaScript's `Number.MAX_SAFE_INTEGER`).
+/// Counting never gets there (a million events a second for 285 years), so a larger value is a
+/// damaged or edited file; refusing it keeps numbering far from u64::MAX, where it would wrap to
+/// 0 and subscribers dropping duplicates by `event_id` would drop new alarms.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
 /// Chatter: more than this many transitions in a minute (ISA-18.2 "chattering alarm").
 pub const DEFAULT_CHATTER_PER_MINUTE: usize = 5;
 
@@ -309,6 +316,7 @@ impl AlarmTable {
         let limit = self.chatter_per_minute;
         let a = self.alarms.get_mut(slot)?;
         let key = &slot.1;
+        // Cannot overflow: state beyond MAX_SEQ is refused at load (store.rs).
         self.last_seq += 1;
         let seq = self.last_seq;
         let minute_ago = now
