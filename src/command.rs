@@ -18,6 +18,11 @@ use crate::message::CommandResult;
 /// Every command name this gateway takes, for the answer to one it does not.
 pub const NAMES: [&str; 5] = ["ack", "shelve", "service", "drill", "replay"];
 
+/// The shortest shelf: the daemon lifts expired shelves on its one-second tick, so a shorter
+/// one would last until that tick anyway, and `"1ns"` answered ok is a typo (`"1h"`?) the
+/// operator never learns about.
+pub const MIN_SHELVE: Duration = Duration::from_secs(1);
+
 /// One parsed, checked operator command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -46,7 +51,7 @@ pub struct Shelve {
     pub alarm: String,
     /// Required when the key names alarms in several zones (a shelf must hide one alarm).
     pub zone: Option<String>,
-    /// How long, more than zero; the alarm table enforces `alarms.max_shelve`.
+    /// How long, at least [`MIN_SHELVE`]; the alarm table enforces `alarms.max_shelve`.
     pub duration: Duration,
     /// Not blank.
     pub reason: String,
@@ -150,6 +155,13 @@ impl Command {
                     .map_err(|e| refuse(format!("cmd/shelve: \"for\": {e}")))?;
                 if duration.is_zero() {
                     return Err(refuse("cmd/shelve: \"for\" must be more than 0".into()));
+                }
+                if duration < MIN_SHELVE {
+                    return Err(refuse(format!(
+                        "cmd/shelve: \"for\" must be at least {}: shelves are lifted on the \
+                         gateway's once-a-second tick, so a shorter one could not be honoured",
+                        humantime::format_duration(MIN_SHELVE)
+                    )));
                 }
                 let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) else {
                     return Err(refuse(
@@ -328,6 +340,12 @@ mod tests {
                 "shelve",
                 r#"{"alarm":"x","for":"0s","reason":"r"}"#,
                 "\"for\" must be more than 0",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"x","for":"999ms","reason":"r"}"#,
+                "cmd/shelve: \"for\" must be at least 1s: shelves are lifted on the gateway's \
+                 once-a-second tick, so a shorter one could not be honoured",
             ),
             (
                 "shelve",

@@ -403,6 +403,13 @@ fn bad_commands_are_answered_and_change_nothing() {
             "exceeds the maximum of 8h",
         ),
         ("reboot", "{}", "unknown command \"reboot\""),
+        // Answered ok with nothing done, these read as "done" to the operator.
+        ("ack", r#"{"alarm":"*","zone":"nope"}"#, "no zone \"nope\""),
+        (
+            "shelve",
+            r#"{"alarm":"rack-01/t/hot","for":"1ns","reason":"x"}"#,
+            "cmd/shelve: \"for\" must be at least 1s",
+        ),
     ];
     for (name, body, want) in cases {
         let (events, r) = cmd(&mut e, name, body);
