@@ -431,7 +431,7 @@ impl Feed {
                         }
                         _ => format!("no event with seq >= {} is held", req.from_seq),
                     };
-                    if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq) {
+                    if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq.max(1)) {
                         reason.push_str(&format!(
                         "; events before seq {oldest} are no longer held (storage.journal_max, journal_max_age)"
                     ));
@@ -583,6 +583,26 @@ mod tests {
         };
         assert_eq!(seq, Some(5));
         assert_eq!(outbox.map(|o| o.undelivered), Some(5));
+        d.close().await;
+    }
+
+    /// Numbering starts at 1: a replay from 0 with event 1 still held has lost nothing.
+    #[tokio::test]
+    async fn replay_from_zero_of_a_whole_journal_reports_no_loss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = two_brokers(dir.path());
+        let topics = Topics::new(&cfg);
+        let d = DurableOutbox::open(&cfg).expect("open");
+        raise(&d, &topics, 1..=3).await;
+        let out = d.feed(A).replay(
+            request(br#"{"from_seq": 0, "reply_to": "ops/replay"}"#),
+            &topics,
+        );
+        let result: CommandResult = serde_json::from_slice(&out[3].payload).expect("result");
+        assert_eq!(
+            result.reason.as_deref(),
+            Some("republished 3 event(s), seq 1..=3, on ops/replay")
+        );
         d.close().await;
     }
 }
