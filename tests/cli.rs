@@ -84,18 +84,29 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/emberwatch.toml")
 }
 
-/// A configuration with one mistake of each kind an operator makes, each at a known key path.
-const BAD: &str = r#"
+/// The site, broker and storage every configuration here starts with (a macro so that the
+/// configurations can stay `const`).
+macro_rules! head {
+    () => {
+        r#"
 [site]
 id = "test-site"
 gateway = "gw-t"
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"
+topic_prefix = "emberwatch"
 
 [storage]
 dir = "/tmp/emberwatch-never-written"
+"#
+    };
+}
 
+/// A configuration with one mistake of each kind an operator makes, each at a known key path.
+const BAD: &str = concat!(
+    head!(),
+    r#"
 [[devices]]
 id = "rack-01"
 zone = "room-1"
@@ -114,7 +125,8 @@ poll_interval = "1 fortnight"
 id = "cell-overtemp"
 points = ["rack-99/nothing"]
 above = { warning = 60.0, critical = 55.0 }
-"#;
+"#
+);
 
 /// Every line an operator must find in the error output for [`BAD`], in the validator's words.
 const BAD_ERRORS: [&str; 5] = [
@@ -301,18 +313,9 @@ fn sim_help_lists_its_options() {
 }
 
 /// A valid configuration for the cases below, each of which changes one line of it.
-const GOOD: &str = r#"
-[site]
-id = "test-site"
-gateway = "gw-t"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-topic_prefix = "emberwatch"
-
-[storage]
-dir = "/tmp/emberwatch-never-written"
-
+const GOOD: &str = concat!(
+    head!(),
+    r#"
 [[devices]]
 id = "rack-01"
 zone = "room-1"
@@ -326,7 +329,8 @@ timeout = "500ms"
   type = "i16"
   scale = 0.1
   offset = 0.0
-"#;
+"#
+);
 
 /// Settings that used to pass `check-config` and leave the gateway blind (a point never
 /// evaluated, a poll loop flooding the link or never coming round, a prefix nobody receives,
