@@ -18,11 +18,6 @@ use crate::message::CommandResult;
 /// Every command name this gateway takes, for the answer to one it does not.
 pub const NAMES: [&str; 5] = ["ack", "shelve", "service", "drill", "replay"];
 
-/// The shortest shelf: the daemon lifts expired shelves on its one-second tick, so a shorter
-/// one would last until that tick anyway, and `"1ns"` answered ok is a typo (`"1h"`?) the
-/// operator never learns about.
-pub const MIN_SHELVE: Duration = Duration::from_secs(1);
-
 /// One parsed, checked operator command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -43,6 +38,11 @@ pub struct Ack {
     #[serde(default)]
     pub zone: Option<String>,
 }
+
+/// The shortest shelf: the daemon lifts expired shelves on its one-second tick, so a shorter
+/// one would last until that tick anyway, and `"1ns"` answered ok is a typo (`"1h"`?) the
+/// operator never learns about.
+pub const MIN_SHELVE: Duration = Duration::from_secs(1);
 
 /// `cmd/shelve`: hide an alarm for a while, with a reason. Both are required: a shelf must
 /// expire, and whoever finds a hidden alarm must learn why.
