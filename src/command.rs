@@ -46,6 +46,11 @@ pub struct Ack {
     pub zone: Option<String>,
 }
 
+/// The shortest shelf: the daemon lifts expired shelves on its one-second tick, so a shorter
+/// one would last until that tick anyway, and `"1ns"` answered ok is a typo (`"1h"`?) the
+/// operator never learns about.
+pub const MIN_SHELVE: Duration = Duration::from_secs(1);
+
 /// `cmd/shelve`: hide an alarm for a while, with a reason. Both are required: a shelf must
 /// expire, and whoever finds a hidden alarm must learn why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +58,7 @@ pub struct Shelve {
     pub alarm: String,
     /// Required when the key names alarms in several zones (a shelf must hide one alarm).
     pub zone: Option<String>,
-    /// How long, more than zero; the alarm table enforces `alarms.max_shelve`.
+    /// How long, at least [`MIN_SHELVE`]; the alarm table enforces `alarms.max_shelve`.
     pub duration: Duration,
     /// Not blank.
     pub reason: String,
@@ -169,6 +174,13 @@ impl Command {
                     .map_err(|e| refuse(format!("cmd/shelve: \"for\": {e}")))?;
                 if duration.is_zero() {
                     return Err(refuse("cmd/shelve: \"for\" must be more than 0".into()));
+                }
+                if duration < MIN_SHELVE {
+                    return Err(refuse(format!(
+                        "cmd/shelve: \"for\" must be at least {}: shelves are lifted on the \
+                         gateway's once-a-second tick, so a shorter one could not be honoured",
+                        humantime::format_duration(MIN_SHELVE)
+                    )));
                 }
                 let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) else {
                     return Err(refuse(
@@ -347,6 +359,12 @@ mod tests {
                 "shelve",
                 r#"{"alarm":"x","for":"0s","reason":"r"}"#,
                 "\"for\" must be more than 0",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"x","for":"999ms","reason":"r"}"#,
+                "cmd/shelve: \"for\" must be at least 1s: shelves are lifted on the gateway's \
+                 once-a-second tick, so a shorter one could not be honoured",
             ),
             (
                 "shelve",

@@ -9,7 +9,7 @@
 //!
 //! Pure: the caller passes `now`, persists [`Snapshot`] and publishes the events.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,8 @@ pub enum CommandError {
     Ambiguous { key: String, zones: Vec<String> },
     #[error("no alarm {key:?} in zone {zone:?}")]
     NotInZone { key: String, zone: String },
+    #[error("no zone {0:?}")]
+    NoZone(String),
     #[error("shelving {key:?} for {} exceeds the maximum of {} (alarms.max_shelve)", humantime::format_duration(*.asked), humantime::format_duration(*.max))]
     TooLong {
         key: String,
@@ -137,6 +139,13 @@ pub enum CommandError {
         max: Duration,
     },
 }
+
+/// The largest `seq` a gateway carries on from (`state.json`'s `last_seq`): 2^53 − 1, the
+/// largest integer every JSON subscriber reads exactly (JavaScript's `Number.MAX_SAFE_INTEGER`).
+/// Counting never gets there (a million events a second for 285 years), so a larger value is a
+/// damaged or edited file; refusing it keeps numbering far from u64::MAX, where it would wrap to
+/// 0 and subscribers dropping duplicates by `event_id` would drop new alarms.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 /// Chatter: more than this many transitions in a minute (ISA-18.2 "chattering alarm").
 pub const DEFAULT_CHATTER_PER_MINUTE: usize = 5;
@@ -149,6 +158,8 @@ pub struct AlarmTable {
     alarms: BTreeMap<Slot, Alarm>,
     last_seq: u64,
     chatter_per_minute: usize,
+    /// See [`AlarmTable::set_zones`].
+    zones: BTreeSet<String>,
 }
 
 impl AlarmTable {
@@ -160,6 +171,7 @@ impl AlarmTable {
             alarms: BTreeMap::new(),
             last_seq,
             chatter_per_minute: DEFAULT_CHATTER_PER_MINUTE,
+            zones: BTreeSet::new(),
         }
     }
 
@@ -171,6 +183,12 @@ impl AlarmTable {
             t.alarms.insert(a.identity.slot(), a);
         }
         t
+    }
+
+    /// The configured zones, so that a command naming another is refused rather than
+    /// answered ok with nothing done.
+    pub fn set_zones(&mut self, zones: impl IntoIterator<Item = String>) {
+        self.zones = zones.into_iter().collect();
     }
 
     pub fn set_chatter_limit(&mut self, per_minute: usize) {
@@ -217,6 +235,11 @@ impl AlarmTable {
             },
             _ => CommandError::Unknown(key.to_string()),
         })
+    }
+
+    /// Configured, or holding an alarm (one restored from before its zone left the file).
+    fn has_zone(&self, zone: &str) -> bool {
+        self.zones.contains(zone) || self.alarms.keys().any(|(z, _)| z == zone)
     }
 
     /// As [`AlarmTable::named`], for commands that must name exactly one alarm.
@@ -309,6 +332,7 @@ impl AlarmTable {
         let limit = self.chatter_per_minute;
         let a = self.alarms.get_mut(slot)?;
         let key = &slot.1;
+        // Cannot overflow: state beyond MAX_SEQ is refused at load (store.rs).
         self.last_seq += 1;
         let seq = self.last_seq;
         let minute_ago = now
@@ -366,6 +390,10 @@ impl AlarmTable {
         now: Now,
     ) -> Result<Vec<AlarmEvent>, CommandError> {
         let slots: Vec<Slot> = if key == "*" {
+            // A mistyped zone would otherwise acknowledge nothing and answer ok.
+            if let Some(z) = zone.filter(|z| !self.has_zone(z)) {
+                return Err(CommandError::NoZone(z.to_string()));
+            }
             self.alarms
                 .iter()
                 .filter(|((z, _), a)| !a.acked && zone.is_none_or(|want| want == z))
@@ -839,6 +867,25 @@ mod tests {
         assert_eq!(evs.len(), 2);
         assert!(evs.iter().all(|e| e.acked && e.state == AlarmState::Active));
         assert!(t.ack("*", None, now).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ack_star_in_a_zone_needs_a_zone_that_exists() {
+        let now = Now::system();
+        let mut t = AlarmTable::new("s", "gw", 0);
+        t.set_zones(["room-1".to_string(), "room-2".to_string()]);
+        t.update(
+            &id("a", AlarmKind::Threshold),
+            cond(Some(Severity::Warning)),
+            now,
+        );
+        let e = t.ack("*", Some("nope"), now).unwrap_err();
+        assert_eq!(e.to_string(), "no zone \"nope\"");
+        assert!(
+            t.ack("*", Some("room-2"), now).unwrap().is_empty(),
+            "nothing to do"
+        );
+        assert_eq!(t.ack("*", Some("room-1"), now).unwrap().len(), 1);
     }
 
     #[test]

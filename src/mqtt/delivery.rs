@@ -431,7 +431,7 @@ impl Feed {
                         }
                         _ => format!("no event with seq >= {} is held", req.from_seq),
                     };
-                    if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq) {
+                    if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq.max(1)) {
                         reason.push_str(&format!(
                         "; events before seq {oldest} are no longer held (storage.journal_max, journal_max_age)"
                     ));
@@ -570,6 +570,16 @@ mod tests {
         let result: CommandResult = serde_json::from_slice(&out[3].payload).expect("result");
         assert!(result.ok, "{result:?}");
         assert_eq!(out[3].topic, topics.cmd_result());
+        // Numbering starts at 1: from 0 with seq 1 still held, nothing is lost.
+        let out = feed.replay(
+            request(br#"{"from_seq": 0, "reply_to": "ops/replay"}"#),
+            &topics,
+        );
+        let result: CommandResult = serde_json::from_slice(&out[5].payload).expect("result");
+        assert_eq!(
+            result.reason.as_deref(),
+            Some("republished 5 event(s), seq 1..=5, on ops/replay")
+        );
         for bad in [
             &br#"{"from_seq": 1}"#[..],
             br#"{"from_seq": 1, "reply_to": "a/#"}"#,
