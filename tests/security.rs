@@ -511,11 +511,13 @@ async fn refused(broker: &Mosquitto, sub: &mut Subscriber, name: &str, body: &[u
     assert!(reason.contains(needle), "{result}");
 }
 
-/// Nothing on room-1's drain request for a while: no drill (nor drain) was started.
+/// No drill request on room-1 for a while: no drill was started. (The retained request of the
+/// real drain the test's own alarm caused may still be republished as cancelled; that is not
+/// a drill, and waiting for it before the command would only make the test slower.)
 async fn no_drill(sub: &mut Subscriber) {
     let request = sub
         .next_matching(
-            |t, _| t == "emberwatch/test-site/drain/room-1/request",
+            |t, j| t == "emberwatch/test-site/drain/room-1/request" && j["drill"] == true,
             Duration::from_secs(2),
         )
         .await;
