@@ -18,6 +18,13 @@ use crate::message::CommandResult;
 /// Every command name this gateway takes, for the answer to one it does not.
 pub const NAMES: [&str; 5] = ["ack", "shelve", "service", "drill", "replay"];
 
+/// The largest command body taken, in bytes. A real command is a few hundred bytes; anything
+/// near this is a mistake or an attack, refused before it is parsed so that a flood of large
+/// bodies costs no JSON work. Below the link's incoming packet limit
+/// (`mqtt::options::MAX_INCOMING`) by design: the gateway must be able to read a body to answer
+/// that it is too large.
+pub const MAX_BODY: usize = 16 * 1024;
+
 /// One parsed, checked operator command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -39,6 +46,11 @@ pub struct Ack {
     pub zone: Option<String>,
 }
 
+/// The shortest shelf: the daemon lifts expired shelves on its one-second tick, so a shorter
+/// one would last until that tick anyway, and `"1ns"` answered ok is a typo (`"1h"`?) the
+/// operator never learns about.
+pub const MIN_SHELVE: Duration = Duration::from_secs(1);
+
 /// `cmd/shelve`: hide an alarm for a while, with a reason. Both are required: a shelf must
 /// expire, and whoever finds a hidden alarm must learn why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +58,7 @@ pub struct Shelve {
     pub alarm: String,
     /// Required when the key names alarms in several zones (a shelf must hide one alarm).
     pub zone: Option<String>,
-    /// How long, more than zero; the alarm table enforces `alarms.max_shelve`.
+    /// How long, at least [`MIN_SHELVE`]; the alarm table enforces `alarms.max_shelve`.
     pub duration: Duration,
     /// Not blank.
     pub reason: String,
@@ -62,18 +74,24 @@ pub struct Service {
 }
 
 /// `cmd/drill`: `{"zone": ZONE}`, a drain of the zone marked as a drill. `emberwatch drill`
-/// sends it, hence `Serialize`.
+/// sends it, hence `Serialize`. Strict: a body with anything else (an alarm event replayed
+/// onto `cmd/drill`, which also has a `zone`) is not a drill request and must not start one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Drill {
     pub zone: String,
 }
 
 /// `cmd/replay`: `{"from_seq": N, "reply_to": TOPIC}`, the journaled events from `from_seq`
-/// republished on `reply_to`, to repair a subscriber's gap.
+/// republished on `reply_to`, to repair a subscriber's gap. Strict, like every command body:
+/// a misspelt field is refused rather than silently ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Replay {
     pub from_seq: u64,
-    /// Checked to be a topic one can publish to (no wildcard, not `$...`, not empty).
+    /// Checked to be a topic one can publish to (no wildcard, not `$...`, not empty). The
+    /// broker link also refuses the gateway's own command topics (it knows them; this module
+    /// does not).
     pub reply_to: String,
 }
 
@@ -136,6 +154,12 @@ impl Command {
     /// Parses the body of `cmd/{name}`; every way it can be wrong is a [`Refused`] that says so.
     pub fn parse(name: &str, payload: &[u8]) -> Result<Command, Refused> {
         let refuse = |reason: String| Refused::new(name, reason);
+        if payload.len() > MAX_BODY {
+            return Err(refuse(format!(
+                "cmd/{name}: body of {} bytes is over the {MAX_BODY}-byte limit for a command",
+                payload.len()
+            )));
+        }
         match name {
             "ack" => Ok(Command::Ack(json(name, payload)?)),
             "shelve" => {
@@ -150,6 +174,13 @@ impl Command {
                     .map_err(|e| refuse(format!("cmd/shelve: \"for\": {e}")))?;
                 if duration.is_zero() {
                     return Err(refuse("cmd/shelve: \"for\" must be more than 0".into()));
+                }
+                if duration < MIN_SHELVE {
+                    return Err(refuse(format!(
+                        "cmd/shelve: \"for\" must be at least {}: shelves are lifted on the \
+                         gateway's once-a-second tick, so a shorter one could not be honoured",
+                        humantime::format_duration(MIN_SHELVE)
+                    )));
                 }
                 let Some(reason) = b.reason.filter(|r| !r.trim().is_empty()) else {
                     return Err(refuse(
@@ -331,6 +362,12 @@ mod tests {
             ),
             (
                 "shelve",
+                r#"{"alarm":"x","for":"999ms","reason":"r"}"#,
+                "cmd/shelve: \"for\" must be at least 1s: shelves are lifted on the gateway's \
+                 once-a-second tick, so a shorter one could not be honoured",
+            ),
+            (
+                "shelve",
                 r#"{"alarm":"x","for":"30m","reason":"  "}"#,
                 "\"reason\" is required",
             ),
@@ -340,6 +377,16 @@ mod tests {
                 "\"reason\" is required to take an alarm out of service",
             ),
             ("drill", "{}", "cmd/drill wants {\"zone\": ZONE}"),
+            (
+                "drill",
+                r#"{"zone":"room-1","go":true}"#,
+                "unknown field `go`",
+            ),
+            (
+                "replay",
+                r#"{"from_seq":1,"reply_to":"ops/r","to_seq":9}"#,
+                "unknown field `to_seq`",
+            ),
             ("replay", r#"{"from_seq":1}"#, "expected {\"from_seq\": N"),
             (
                 "replay",
@@ -361,6 +408,30 @@ mod tests {
             let reason = refusal(name, body);
             assert!(reason.contains(want), "{name} {body}: {reason}");
         }
+    }
+
+    /// Any command, known or not, over [`MAX_BODY`] is refused by its size, naming the limit;
+    /// at the limit it is parsed as usual.
+    #[test]
+    fn an_oversized_body_is_refused_naming_the_limit() {
+        let pad = |n: usize| format!(r#"{{"alarm":"{}"}}"#, "x".repeat(n - 12));
+        let big = pad(MAX_BODY + 1);
+        assert_eq!(big.len(), MAX_BODY + 1);
+        for name in ["ack", "drill", "reboot"] {
+            let reason = refusal(name, &big);
+            assert_eq!(
+                reason,
+                format!(
+                    "cmd/{name}: body of {} bytes is over the {MAX_BODY}-byte limit for a command",
+                    MAX_BODY + 1
+                )
+            );
+        }
+        let at_limit = pad(MAX_BODY);
+        assert!(matches!(
+            Command::parse("ack", at_limit.as_bytes()),
+            Ok(Command::Ack(_))
+        ));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonErro
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let mut cfg = cfg;
     loop {
+        // At start and after each reload: what the file does that its author may not expect.
+        for w in cfg.warnings() {
+            tracing::warn!(problem = %w, "configuration warning");
+        }
         let cancel = CancellationToken::new();
         let generation = serve(cfg.clone(), cancel.clone());
         tokio::pin!(generation);

@@ -319,12 +319,22 @@ pub fn decode_words(
 }
 
 /// Raw value → engineering value (`raw * scale + offset`); booleans stay 0/1.
-pub fn engineering(point: &Point, raw: Raw) -> f64 {
-    match raw {
-        Raw::Bit(_) => raw.as_f64(),
-        // Rounded to 9 decimals so 572 × 0.1 reads 57.2, not 57.200000000000003.
-        _ => ((raw.as_f64() * point.scale + point.offset) * 1e9).round() / 1e9,
+///
+/// A result that is not a finite number (a huge raw value times the scale, or a non-finite
+/// scale or offset that validation missed) is [`DecodeError::NotFinite`]: no rule can compare
+/// it, so it must reach sensor health as a fault, never as a reading.
+pub fn engineering(point: &Point, raw: Raw) -> Result<f64, DecodeError> {
+    if let Raw::Bit(_) = raw {
+        return Ok(raw.as_f64());
     }
+    let v = raw.as_f64() * point.scale + point.offset;
+    if !v.is_finite() {
+        return Err(DecodeError::NotFinite);
+    }
+    // Rounded to 9 decimals so 572 × 0.1 reads 57.2, not 57.200000000000003; beyond about
+    // 1e299 the rounding itself overflows, and such a value has no decimals to tidy.
+    let rounded = (v * 1e9).round() / 1e9;
+    Ok(if rounded.is_finite() { rounded } else { v })
 }
 
 /// A point decoded from a span's response: its raw content and engineering value.
@@ -344,7 +354,7 @@ pub fn decode_point(point: &Point, span_start: u16, words: &[u16]) -> Result<Dec
     )?;
     Ok(Decoded {
         raw,
-        value: engineering(point, raw),
+        value: engineering(point, raw)?,
     })
 }
 
@@ -462,6 +472,30 @@ mod tests {
                 .value,
             1.0
         );
+    }
+
+    #[test]
+    fn a_value_scale_and_offset_cannot_make_finite_is_an_error() {
+        let mut p = point(Table::Holding, 100, ValueType::I16);
+        p.offset = f64::NAN;
+        assert_eq!(decode_point(&p, 100, &[1]), Err(DecodeError::NotFinite));
+        let mut p = point(Table::Holding, 100, ValueType::U64);
+        p.scale = f64::MAX;
+        assert_eq!(
+            decode_point(&p, 100, &[0xffff, 0xffff, 0xffff, 0xffff]),
+            Err(DecodeError::NotFinite),
+            "overflows to infinity"
+        );
+        // A finite value too large to round to 9 decimals is kept, not turned into infinity.
+        let p = point(Table::Holding, 100, ValueType::F64);
+        let big = 1e300f64.to_bits();
+        let words = [
+            (big >> 48) as u16,
+            (big >> 32) as u16,
+            (big >> 16) as u16,
+            big as u16,
+        ];
+        assert_eq!(decode_point(&p, 100, &words).map(|d| d.value), Ok(1e300));
     }
 
     #[test]

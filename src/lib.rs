@@ -2,8 +2,10 @@
 //! heat) into alarms operators can trust and a traffic drain finished before the power is cut.
 //!
 //! The modules mirror the pipeline, in the order a register value travels:
-//! `config` → `fieldbus` (poll) → `decode` → `rules` → `alarms` → `mqtt` → `drain`, with `sim`
-//! and `demo` standing in for a real battery room.
+//! `config` → `fieldbus` (poll) → `decode` → `engine` (with `rules` and `alarms`) → `message` →
+//! `mqtt` (with `outbox`) → `drain`; operator commands come in through `command`. `sim` and `demo`
+//! stand in for a real battery room. ARCHITECTURE.md at the repository root is the map: which
+//! task owns which state, the channels between them, and where to start for each kind of change.
 
 pub mod alarms;
 pub mod clock;

@@ -101,6 +101,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => Ok(match Config::load(&config, Role::Gateway) {
             Ok(cfg) => {
                 println!("{}", emberwatch::report::summary(&cfg));
+                for w in cfg.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -84,18 +84,29 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/emberwatch.toml")
 }
 
-/// A configuration with one mistake of each kind an operator makes, each at a known key path.
-const BAD: &str = r#"
+/// The site, broker and storage every configuration here starts with (a macro so that the
+/// configurations can stay `const`).
+macro_rules! head {
+    () => {
+        r#"
 [site]
 id = "test-site"
 gateway = "gw-t"
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"
+topic_prefix = "emberwatch"
 
 [storage]
 dir = "/tmp/emberwatch-never-written"
+"#
+    };
+}
 
+/// A configuration with one mistake of each kind an operator makes, each at a known key path.
+const BAD: &str = concat!(
+    head!(),
+    r#"
 [[devices]]
 id = "rack-01"
 zone = "room-1"
@@ -114,7 +125,8 @@ poll_interval = "1 fortnight"
 id = "cell-overtemp"
 points = ["rack-99/nothing"]
 above = { warning = 60.0, critical = 55.0 }
-"#;
+"#
+);
 
 /// Every line an operator must find in the error output for [`BAD`], in the validator's words.
 const BAD_ERRORS: [&str; 5] = [
@@ -298,4 +310,100 @@ fn sim_help_lists_its_options() {
             "emberwatch sim --help lacks {flag}:\n{o}"
         );
     }
+}
+
+/// A valid configuration for the cases below, each of which changes one line of it.
+const GOOD: &str = concat!(
+    head!(),
+    r#"
+[[devices]]
+id = "rack-01"
+zone = "room-1"
+address = "127.0.0.1:5020"
+poll_interval = "1s"
+timeout = "500ms"
+
+  [[devices.points]]
+  id = "cell_temp_max"
+  address = 116
+  type = "i16"
+  scale = 0.1
+  offset = 0.0
+"#
+);
+
+/// Settings that used to pass `check-config` and leave the gateway blind (a point never
+/// evaluated, a poll loop flooding the link or never coming round, a prefix nobody receives,
+/// state written to the working directory): each is now refused with exit code 1 and exactly
+/// this line, and nothing else.
+#[test]
+fn check_config_refuses_settings_that_would_blind_the_gateway() {
+    let cases = [
+        (
+            ("offset = 0.0", "offset = nan"),
+            "devices[0].points[0].offset: NaN is not a finite number: no reading could be computed",
+        ),
+        (
+            ("poll_interval = \"1s\"", "poll_interval = \"1ns\""),
+            "devices[0].poll_interval: must be at least 10ms: no Modbus device answers sooner",
+        ),
+        (
+            ("poll_interval = \"1s\"", "poll_interval = \"999999999999h\""),
+            "devices[0].poll_interval: must be at most 1h: a device is lost only after two missed polls, so longer leaves a dead sensor unnoticed",
+        ),
+        (
+            ("timeout = \"500ms\"", "timeout = \"1h\""),
+            "devices[0].timeout: must be at most 1m: a device that has not answered in a minute is not answering",
+        ),
+        (
+            ("topic_prefix = \"emberwatch\"", "topic_prefix = \"$SYS\""),
+            "mqtt.topic_prefix: \"$SYS\" starts with '$': brokers keep $ topics for themselves and deliver nothing published there",
+        ),
+        (
+            ("topic_prefix = \"emberwatch\"", "topic_prefix = \"ember\\u0000watch\""),
+            "mqtt.topic_prefix: \"ember\\0watch\" contains a control character: MQTT topics cannot carry one",
+        ),
+        (
+            ("address = \"127.0.0.1:5020\"", "address = \"\""),
+            "devices[0].address: \"\" is not host:port",
+        ),
+        (
+            ("dir = \"/tmp/emberwatch-never-written\"", "dir = \"\""),
+            "storage.dir: must not be empty: alarm state and the outbox live there (e.g. \"/var/lib/emberwatch\")",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.toml", GOOD);
+    let o = emberwatch(&["check-config", "--config", &good], &[]);
+    assert_eq!(o.code, Some(0), "{o}");
+    assert!(!o.stderr.contains("warning"), "{o}");
+    for ((from, to), want) in cases {
+        assert!(GOOD.contains(from), "{from:?}");
+        let bad = write(dir.path(), "bad.toml", &GOOD.replacen(from, to, 1));
+        let o = emberwatch(&["check-config", "--config", &bad], &[]);
+        assert_eq!(o.code, Some(1), "{to}: {o}");
+        assert!(
+            o.stderr.contains(&format!("bad.toml: 1 error\n  {want}\n")),
+            "{to}: want {want:?} alone in\n{o}"
+        );
+    }
+}
+
+/// A timeout above the poll interval is accepted (a fast poll that tolerates a slow answer) but
+/// said out loud: exit 0, and the warning on stderr beside the summary.
+#[test]
+fn check_config_warns_of_a_timeout_beyond_the_poll_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = GOOD.replace("timeout = \"500ms\"", "timeout = \"2s\"");
+    let path = write(dir.path(), "slow.toml", &slow);
+    let o = emberwatch(&["check-config", "--config", &path], &[]);
+    assert_eq!(o.code, Some(0), "{o}");
+    assert!(o.stdout.contains("configuration OK"), "{o}");
+    assert_eq!(
+        o.stderr,
+        "warning: devices[0].timeout: 2s is longer than poll_interval 1s: while the device takes \
+         that long it is polled every 2s, not every 1s, and a silent device shows as comm-loss \
+         only after 4s\n",
+        "{o}"
+    );
 }

@@ -32,6 +32,7 @@ fn presence_topic(agent: &str) -> String {
 
 /// Register 116 of the simulator: max cell temperature, i16, 0.1 degC.
 const CELL_TEMP_MAX: u16 = 116;
+const OFFGAS: u16 = 121;
 
 /// For things that take a poll or two; waited this long only when something is wrong.
 const SOON: Duration = Duration::from_secs(15);
@@ -196,6 +197,11 @@ struct Rig {
 
 impl Rig {
     async fn start(agents: &[&str], deadline: &str) -> Rig {
+        Rig::start_with(agents, deadline, "").await
+    }
+
+    /// As [`Rig::start`], with more configuration (`[[rules]]`) appended.
+    async fn start_with(agents: &[&str], deadline: &str, extra: &str) -> Rig {
         let broker = Mosquitto::start().await;
         let sim = Sim::start("normal", 1).await;
         let state = tempfile::tempdir().expect("tempdir");
@@ -206,7 +212,7 @@ impl Rig {
             .collect::<Vec<_>>()
             .join(", ");
         let drain = format!(
-            "\n[drain]\ntrigger = \"critical\"\ndeadline = \"{deadline}\"\nagents = [{agents}]\n"
+            "{extra}\n[drain]\ntrigger = \"critical\"\ndeadline = \"{deadline}\"\nagents = [{agents}]\n"
         );
         let gateway_config = gateway_config(broker.port(), sim.port(), state.path(), &drain);
         let daemon = Daemon::start(&gateway_config);
@@ -242,10 +248,34 @@ impl Rig {
             .await;
     }
 
+    /// Starts agent `id` whose hooks log each run to `{dir}/{id}.runs` (read it with [`runs`]),
+    /// then run the shell snippets `drain` and `restore`; returns once the agent is online.
+    async fn agent(&mut self, id: &str, drain: &str, restore: &str) -> (Agent, PathBuf) {
+        let log = self.dir().join(format!("{id}.runs"));
+        let agent = Agent::start(
+            self.port(),
+            self.dir(),
+            id,
+            &hook(&log, drain),
+            &hook(&log, restore),
+        );
+        self.online(id).await;
+        (agent, log)
+    }
+
     async fn online(&mut self, agent: &str) {
         self.sub
             .expect_where(&presence_topic(agent), |v| v["state"] == "online", SOON)
             .await;
+    }
+
+    /// Waits for clearance (`clear: true`) for drain `id` and checks its reason says `why`.
+    async fn cleared(&mut self, id: &str, why: &str) {
+        let c = self
+            .expect(CLEARANCE, |v| v["clear"] == true && v["drain_id"] == id)
+            .await;
+        let reason = c["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(why), "{c}");
     }
 
     async fn expect(&mut self, topic: &str, pred: impl FnMut(&Value) -> bool) -> Value {
@@ -416,15 +446,7 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
     let mut rig = Rig::start(&["lb-1"], "60s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "sleep 3"),
-        &hook(&lb_runs, "true"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "sleep 3", "true").await;
     rig.set_cell_temp(60.0).await;
     let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
     let id = req["drain_id"].as_str().expect("drain_id").to_string();
@@ -446,18 +468,7 @@ async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
     let req = rig.expect(REQUEST, |_| true).await;
     assert_eq!(req["drain_id"], id.as_str(), "same drain after restart");
     assert_eq!(req["severity"], "emergency");
-    let clearance = rig
-        .expect(CLEARANCE, |v| {
-            v["clear"] == true && v["drain_id"] == id.as_str()
-        })
-        .await;
-    assert!(
-        clearance["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("every expected agent confirmed"),
-        "{clearance}"
-    );
+    rig.cleared(&id, "every expected agent confirmed").await;
     rig.expect(STATUS, |v| v["state"] == "drained").await;
     assert_eq!(runs(&lb_runs).len(), 1, "the hook ran once");
     assert!(daemon.stderr().contains("resuming drain after restart"));
@@ -471,15 +482,7 @@ async fn a_gateway_restart_mid_drain_resumes_the_same_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_drain_still_ends_in_clearance() {
     let mut rig = Rig::start(&["lb-1"], "60s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "sleep 2"),
-        &hook(&lb_runs, "true"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "sleep 2", "true").await;
     rig.set_cell_temp(60.0).await;
     let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
     let id = req["drain_id"].as_str().expect("drain_id").to_string();
@@ -509,15 +512,7 @@ async fn a_broker_restart_mid_drain_still_ends_in_clearance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_never_runs_a_hook_twice() {
     let mut rig = Rig::start(&["lb-1"], "60s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let mut lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "sleep 30"),
-        &hook(&lb_runs, "true"),
-    );
-    rig.online("lb-1").await;
+    let (mut lb, lb_runs) = rig.agent("lb-1", "sleep 30", "true").await;
     rig.set_cell_temp(60.0).await;
     let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
     let id = req["drain_id"].as_str().expect("drain_id").to_string();
@@ -570,15 +565,7 @@ async fn an_agent_restart_never_runs_a_hook_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drill_runs_the_handshake_marked_and_restores() {
     let mut rig = Rig::start(&["lb-1"], "30s").await;
-    let lb_runs = rig.dir().join("lb-1.runs");
-    let _lb = Agent::start(
-        rig.port(),
-        rig.dir(),
-        "lb-1",
-        &hook(&lb_runs, "echo drained"),
-        &hook(&lb_runs, "echo restored"),
-    );
-    rig.online("lb-1").await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "echo drained", "echo restored").await;
 
     let out = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
         .args(["drill", "--zone", "room-1", "--config"])
@@ -622,6 +609,70 @@ async fn a_drill_runs_the_handshake_marked_and_restores() {
     let mut late = Subscriber::connect(rig.port(), CLEARANCE).await;
     let c = late.expect(CLEARANCE, SOON).await;
     assert_eq!(c["clear"], false);
+}
+
+/// Issue 15: a rack whose link flapped made the zone blind (`_zone/_detectors/all-faulted`,
+/// critical) again and again, and each time drained and restored the room's traffic for real.
+/// A blind zone is a loud alarm and a job for a technician, never a drain or a clearance; an
+/// off-gas rise in the same room still drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_zone_is_loud_but_drains_nothing_while_off_gas_still_drains() {
+    const OFFGAS_RULE: &str = r#"
+[[rules]]
+id = "offgas-high"
+points = ["*/offgas"]
+above = { warning = 10.0, critical = 50.0 }
+"#;
+    const BLIND: &str = "emberwatch/test-site/alarms/room-1/_zone/_detectors/all-faulted";
+    const ZONE: &str = "emberwatch/test-site/zones/room-1/status";
+    let mut rig = Rig::start_with(&["lb-1"], "30s", OFFGAS_RULE).await;
+    let (_lb, lb_runs) = rig.agent("lb-1", "echo drained", "echo restored").await;
+
+    // The rack's link flaps: silent, back, silent, back. Every detector of the zone is on it.
+    let addr = rig.sim.addr().to_string();
+    for _ in 0..2 {
+        rig.sim.kill().await;
+        let blind = rig.expect(BLIND, |v| v["state"] == "active").await;
+        assert_eq!(
+            (&blind["severity"], &blind["kind"]),
+            (&Value::from("critical"), &Value::from("fault"))
+        );
+        let zone = rig.expect(ZONE, |v| v["level"] == "critical").await;
+        assert_eq!(zone["evidence"], "normal", "{zone}");
+        rig.sim = Sim::start_at(&addr, "normal", 1).await;
+        rig.expect(BLIND, |v| v["state"] == "cleared").await;
+    }
+    // The coordinator sees each zone status as it is raised; give it time to (wrongly) act.
+    let drain_msg = rig
+        .sub
+        .next_matching(
+            |t, _| [REQUEST, STATUS, CLEARANCE].contains(&t),
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(
+        drain_msg.is_none(),
+        "a blind zone started a drain: {:?}\nseen:\n{}",
+        drain_msg.map(|m| format!("{} {}", m.topic, m.text())),
+        rig.sub.seen_list()
+    );
+    assert_eq!(runs(&lb_runs), Vec::<String>::new(), "no hook ran");
+
+    // Electrolyte off-gas: fire evidence, drained and cleared as ever.
+    rig.sim.write(OFFGAS, 200).await;
+    let req = rig.expect(REQUEST, |v| v["severity"] == "critical").await;
+    let id = req["drain_id"].as_str().expect("drain_id").to_string();
+    assert_eq!(
+        req["reason"],
+        serde_json::json!(["rack-01/offgas/offgas-high"])
+    );
+    let zone = rig.expect(ZONE, |v| v["evidence"] == "critical").await;
+    assert_eq!(zone["level"], "critical", "{zone}");
+    rig.cleared(&id, "every expected agent confirmed").await;
+    assert_eq!(
+        runs(&lb_runs),
+        vec![format!("drain {id} room-1 critical drill=0")]
+    );
 }
 
 fn status_ok(s: ExitStatus) -> bool {

@@ -27,6 +27,19 @@ pub enum AlarmKind {
     Fault,
 }
 
+impl AlarmKind {
+    /// Whether an alarm of this kind says something about a fire (a rule saw a value, or
+    /// sensors agreeing), as opposed to a fault, which says only that a sensor, a link or a
+    /// drain agent cannot be relied on. Drains are started by fire evidence alone: a fault
+    /// calls for a technician, and a flapping link must not move a room's traffic to and fro.
+    pub fn is_fire_evidence(self) -> bool {
+        matches!(
+            self,
+            AlarmKind::Threshold | AlarmKind::RateOfRise | AlarmKind::Vote
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlarmState {
@@ -93,9 +106,10 @@ pub struct EventDetail {
 }
 
 /// Zone level: the highest active severity, or normal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    #[default]
     Normal,
     Warning,
     Critical,
@@ -116,6 +130,8 @@ impl From<Severity> for Level {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ZoneStatus {
     pub zone: String,
+    /// What a wall panel shows: the highest severity of every counted alarm, faults included
+    /// (a blind zone is critical), so that nobody overlooks an unwatched room.
     pub level: Level,
     /// Keys of the zone's active alarms, sorted.
     pub active: Vec<String>,
@@ -128,4 +144,10 @@ pub struct ZoneStatus {
     /// Alarms of the zone (active or cleared) no one has acknowledged yet.
     #[serde(default)]
     pub unacknowledged: u32,
+    /// The highest severity of the zone's fire evidence alone (threshold, rate-of-rise and
+    /// vote alarms, as counted in `level`), never raised by a fault. `level` tells people what
+    /// to look at; `evidence` is what a drain is started on, because a drain moves real
+    /// traffic and a flapping detector must not move it back and forth.
+    #[serde(default)]
+    pub evidence: Level,
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::alarms::table::Alarm;
+use crate::alarms::table::{Alarm, MAX_SEQ};
 use crate::storage::JsonStore;
 pub use crate::storage::StoreError;
 
@@ -30,7 +30,17 @@ pub struct StateStore(JsonStore);
 impl StateStore {
     /// Opens the state under `dir`, creating `dir` if needed; no file means a fresh gateway.
     pub fn open(dir: &Path) -> Result<(StateStore, Snapshot), StoreError> {
-        let (store, snapshot) = JsonStore::open(dir, "state.json")?;
+        let (store, snapshot): (_, Snapshot) = JsonStore::open(dir, "state.json")?;
+        if snapshot.last_seq > MAX_SEQ {
+            return Err(StoreError::Corrupt {
+                path: store.path().to_path_buf(),
+                reason: format!(
+                    "last_seq {} is beyond {MAX_SEQ}: numbering on would wrap to 0 and \
+                     subscribers would drop new alarms as duplicates",
+                    snapshot.last_seq
+                ),
+            });
+        }
         Ok((StateStore(store), snapshot))
     }
 
@@ -57,6 +67,25 @@ mod tests {
         .unwrap();
         let (_, snap) = StateStore::open(dir.path()).unwrap();
         assert_eq!(snap.last_seq, 42);
+        // Numbering on from near u64::MAX would wrap to 0, and subscribers dropping duplicates
+        // by event_id would drop new alarms: such a state is refused, not used.
+        for (seq, ok) in [(MAX_SEQ, true), (MAX_SEQ + 1, false), (u64::MAX - 1, false)] {
+            fs::write(
+                dir.path().join("state.json"),
+                format!("{{\"last_seq\": {seq}, \"alarms\": []}}"),
+            )
+            .unwrap();
+            match StateStore::open(dir.path()) {
+                Ok((_, snap)) => assert!(ok && snap.last_seq == seq, "{seq} accepted"),
+                Err(e) => assert!(
+                    !ok && e.to_string().contains(&format!(
+                        "state.json: not a valid emberwatch state file (last_seq {seq} is \
+                         beyond {MAX_SEQ}"
+                    )),
+                    "{seq}: {e}"
+                ),
+            }
+        }
         fs::write(dir.path().join("state.json"), "{\"last_seq\": 4").unwrap();
         let e = StateStore::open(dir.path()).unwrap_err().to_string();
         assert!(

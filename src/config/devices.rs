@@ -20,6 +20,24 @@ pub const DEFAULT_UNIT: u8 = 1;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+/// The shortest `poll_interval` accepted. No Modbus device answers faster (a TCP round trip
+/// and the device's own scan cycle take milliseconds; one RTU frame at 19200 baud takes several),
+/// so anything shorter only floods the link and the engine: `"1ns"` polled thousands of times a
+/// second.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest `poll_interval` accepted. A device is declared lost only after
+/// [`crate::engine::COMM_LOSS_AFTER`] missed polls, so the interval bounds how long a dead
+/// detector goes unnoticed; off-gas gives minutes of warning before a cell burns, and beyond an
+/// hour the gateway is no longer watching (`"999999999999h"` polled once, then never again).
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+/// The shortest `timeout` accepted: no reply arrives sooner (see [`MIN_POLL_INTERVAL`]), so a
+/// shorter one only turns every poll into a comm-loss.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest `timeout` accepted. A device that has not answered in a minute is not answering,
+/// and comm-loss waits for [`crate::engine::COMM_LOSS_AFTER`] timeouts in a row, so a longer one
+/// hides a dead detector for minutes. A timeout above `poll_interval` is allowed (a fast poll
+/// that tolerates a slow answer) but warned about: see [`warnings`].
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `max_gap`, in registers (or bits).
 pub const DEFAULT_MAX_GAP: u16 = 16;
 /// Default `baud`: the Modbus RTU norm.
@@ -256,12 +274,18 @@ impl Validator {
             DEFAULT_POLL_INTERVAL,
         );
         let timeout = self.duration(&format!("{at}.timeout"), d.timeout, DEFAULT_TIMEOUT);
-        if poll_interval.is_zero() {
-            self.problem(format!("{at}.poll_interval"), "must be more than 0");
-        }
-        if timeout.is_zero() {
-            self.problem(format!("{at}.timeout"), "must be more than 0");
-        }
+        self.bounded(
+            &format!("{at}.poll_interval"),
+            poll_interval,
+            (MIN_POLL_INTERVAL, MAX_POLL_INTERVAL),
+            "a device is lost only after two missed polls, so longer leaves a dead sensor unnoticed",
+        );
+        self.bounded(
+            &format!("{at}.timeout"),
+            timeout,
+            (MIN_TIMEOUT, MAX_TIMEOUT),
+            "a device that has not answered in a minute is not answering",
+        );
         let max_gap: u16 = self.int(
             &format!("{at}.max_gap"),
             d.max_gap,
@@ -310,14 +334,36 @@ impl Validator {
         }
     }
 
+    /// `poll_interval` and `timeout`: zero is refused as before (the words an operator has
+    /// seen), then the bounds, with `why` for the upper one.
+    fn bounded(&mut self, path: &str, d: Duration, (min, max): (Duration, Duration), why: &str) {
+        let fmt = humantime::format_duration;
+        if d.is_zero() {
+            self.problem(path, "must be more than 0");
+        } else if d < min {
+            self.problem(
+                path,
+                format!(
+                    "must be at least {}: no Modbus device answers sooner",
+                    fmt(min)
+                ),
+            );
+        } else if d > max {
+            self.problem(path, format!("must be at most {}: {why}", fmt(max)));
+        }
+    }
+
+    /// `address`: `host:port`, both parts present (an empty one is never reached, and the
+    /// device would only ever be a comm-loss).
     fn address(&mut self, at: &str, d: &RawDevice) -> String {
         let path = format!("{at}.address");
-        let a = self.required(&path, d.address.clone()).unwrap_or_default();
-        if !a.is_empty()
-            && a.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-        {
+        let Some(a) = self.required(&path, d.address.clone()) else {
+            return String::new();
+        };
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
             self.problem(path, format!("{a:?} is not host:port"));
         }
         a
@@ -377,4 +423,36 @@ impl Validator {
             }
         }
     }
+}
+
+/// What a valid configuration does that its author may not expect; printed by `check-config`
+/// and logged when the daemon starts, never a reason to refuse the file.
+///
+/// A `timeout` above `poll_interval` is legitimate (a fast poll of a device that is sometimes
+/// slow to answer) but the interval is then not what it promises: a slow answer delays the next
+/// poll, and a silent device shows as comm-loss only after [`crate::engine::COMM_LOSS_AFTER`]
+/// timeouts. A serial-lines sensor is not polled (its `timeout` is slack on its silence), so it
+/// is not warned about.
+pub(super) fn warnings(devices: &[Device]) -> Vec<super::Problem> {
+    let fmt = humantime::format_duration;
+    devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| {
+            d.timeout > d.poll_interval && !matches!(d.transport, Transport::SerialLines { .. })
+        })
+        .map(|(i, d)| super::Problem {
+            path: format!("devices[{i}].timeout"),
+            message: format!(
+                "{} is longer than poll_interval {}: while the device takes that long it is \
+                 polled every {}, not every {}, and a silent device shows as comm-loss only \
+                 after {}",
+                fmt(d.timeout),
+                fmt(d.poll_interval),
+                fmt(d.timeout),
+                fmt(d.poll_interval),
+                fmt(d.timeout * crate::engine::COMM_LOSS_AFTER),
+            ),
+        })
+        .collect()
 }

@@ -145,6 +145,12 @@ impl Config {
             .flat_map(|d| d.points.iter().map(move |p| (d, p)))
     }
 
+    /// What this valid configuration does that its author may not expect (`check-config`
+    /// prints these, the daemon logs them); see `devices::warnings`.
+    pub fn warnings(&self) -> Vec<Problem> {
+        devices::warnings(&self.devices)
+    }
+
     /// The distinct zones, in the order they first appear.
     pub fn zones(&self) -> Vec<String> {
         let mut zones: Vec<String> = Vec::new();

@@ -124,6 +124,14 @@ impl Validator {
             self.problem(format!("{at}.scale"), "must be a non-zero number");
         }
         let offset = p.offset.unwrap_or(DEFAULT_OFFSET);
+        // TOML spells `nan` and `inf`: with either, every reading decodes to a non-number that
+        // no threshold compares against, so the point would watch nothing.
+        if !offset.is_finite() {
+            self.problem(
+                format!("{at}.offset"),
+                format!("{offset} is not a finite number: no reading could be computed"),
+            );
+        }
         let valid = match p.valid {
             None => None,
             Some(v) if v.len() == 2 && v[0] < v[1] => Some((v[0], v[1])),

@@ -175,6 +175,29 @@ impl fmt::Display for BrokerUrl {
 }
 
 impl Validator {
+    /// `mqtt.topic_prefix` must make topics a broker accepts and delivers to subscribers: a
+    /// prefix that fails here is not refused by the broker at publish time, it is simply never
+    /// delivered, so the gateway would raise alarms nobody receives.
+    fn topic_prefix(&mut self, prefix: &str) {
+        let problem = if prefix.is_empty()
+            || prefix.contains(['#', '+'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            "must be non-empty, without '#', '+' or leading/trailing '/'"
+        } else if prefix.starts_with('$') {
+            // MQTT 3.1.1 4.7.2: `$` topics are the broker's own ($SYS); subscriptions to `#`
+            // never match them and brokers drop what clients publish there.
+            "starts with '$': brokers keep $ topics for themselves and deliver nothing published there"
+        } else if prefix.chars().any(char::is_control) {
+            // MQTT forbids U+0000 in a topic and brokers refuse the other control characters.
+            "contains a control character: MQTT topics cannot carry one"
+        } else {
+            return;
+        };
+        self.problem("mqtt.topic_prefix", format!("{prefix:?} {problem}"));
+    }
+
     pub(super) fn site(&mut self, s: RawSite, role: Role) -> Site {
         Site {
             id: self.id("site.id", s.id, &['-']),
@@ -216,18 +239,7 @@ impl Validator {
         let topic_prefix = m
             .topic_prefix
             .unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into());
-        if topic_prefix.is_empty()
-            || topic_prefix.contains(['#', '+'])
-            || topic_prefix.starts_with('/')
-            || topic_prefix.ends_with('/')
-        {
-            self.problem(
-                "mqtt.topic_prefix",
-                format!(
-                    "{topic_prefix:?} must be non-empty, without '#', '+' or leading/trailing '/'"
-                ),
-            );
-        }
+        self.topic_prefix(&topic_prefix);
         let keep_alive = self.duration("mqtt.keep_alive", m.keep_alive, DEFAULT_KEEP_ALIVE);
         if keep_alive < MIN_KEEP_ALIVE {
             self.problem("mqtt.keep_alive", "must be at least 1s");

@@ -53,7 +53,21 @@ impl Validator {
                 s.journal_max_age,
                 DEFAULT_JOURNAL_MAX_AGE,
             ),
-            dir: PathBuf::from(s.dir.unwrap_or_else(|| DEFAULT_DIR.to_string())),
+            dir: self.dir(s.dir),
         }
+    }
+
+    /// `storage.dir`: an empty path is the working directory of whoever started the daemon,
+    /// so alarm state and the outbox would land wherever that happened to be, and a restart
+    /// from elsewhere would renumber events from 1 and forget every active alarm.
+    fn dir(&mut self, dir: Option<String>) -> PathBuf {
+        let dir = dir.unwrap_or_else(|| DEFAULT_DIR.to_string());
+        if dir.trim().is_empty() {
+            self.problem(
+                "storage.dir",
+                format!("must not be empty: alarm state and the outbox live there (e.g. {DEFAULT_DIR:?})"),
+            );
+        }
+        PathBuf::from(dir)
     }
 }

@@ -301,3 +301,101 @@ fn broker_urls() {
     assert!(BrokerUrl::parse("http://x").is_err());
     assert!(BrokerUrl::parse("mqtt://x:99999").is_err());
 }
+
+/// Settings that load without complaint yet leave the gateway blind or deaf: a point that can
+/// never be computed, a poll loop that floods the link or never comes round, a prefix no
+/// subscriber receives, state written nowhere in particular. Each is refused at its key path.
+#[test]
+fn settings_that_would_blind_the_gateway_are_refused() {
+    let cases = [
+        (
+            ("scale = 0.1\n", "scale = 0.1\n  offset = nan\n"),
+            "devices[0].points[0].offset: NaN is not a finite number",
+        ),
+        (
+            ("scale = 0.1\n", "scale = 0.1\n  offset = -inf\n"),
+            "devices[0].points[0].offset: -inf is not a finite number",
+        ),
+        (
+            ("poll_interval = \"1s\"", "poll_interval = \"1ns\""),
+            "devices[0].poll_interval: must be at least 10ms",
+        ),
+        (
+            (
+                "poll_interval = \"1s\"",
+                "poll_interval = \"999999999999h\"",
+            ),
+            "devices[0].poll_interval: must be at most 1h",
+        ),
+        (
+            ("timeout = \"500ms\"", "timeout = \"1ns\""),
+            "devices[0].timeout: must be at least 10ms",
+        ),
+        (
+            ("timeout = \"500ms\"", "timeout = \"2m\""),
+            "devices[0].timeout: must be at most 1m",
+        ),
+        (
+            (
+                "url = \"mqtt://127.0.0.1:1883\"",
+                "url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"$SYS\"",
+            ),
+            "mqtt.topic_prefix: \"$SYS\" starts with '$'",
+        ),
+        (
+            (
+                "url = \"mqtt://127.0.0.1:1883\"",
+                "url = \"mqtt://127.0.0.1:1883\"\ntopic_prefix = \"ember\\u0000watch\"",
+            ),
+            "mqtt.topic_prefix: \"ember\\0watch\" contains a control character",
+        ),
+        (
+            ("address = \"127.0.0.1:5020\"", "address = \"\""),
+            "devices[0].address: \"\" is not host:port",
+        ),
+        (
+            ("address = \"127.0.0.1:5020\"", "address = \":5020\""),
+            "devices[0].address: \":5020\" is not host:port",
+        ),
+        (
+            ("dir = \"/tmp/x\"", "dir = \"\""),
+            "storage.dir: must not be empty",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for ((from, to), want) in cases {
+        assert!(GOOD.contains(from), "{from:?}");
+        let e = errors(&GOOD.replacen(from, to, 1));
+        if e.len() != 1 || !e[0].starts_with(want) {
+            wrong.push(format!("{to:?}: want {want:?}, got {e:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Through the environment as well as the file.
+    let env = vec![("EMBERWATCH__STORAGE__DIR".to_string(), String::new())];
+    let e = parse(GOOD, env, Role::Gateway).expect_err("empty dir");
+    assert!(
+        e[0].to_string()
+            .starts_with("storage.dir: must not be empty"),
+        "{e:?}"
+    );
+}
+
+/// A timeout longer than the poll interval is legitimate (a fast poll that tolerates a slow
+/// answer) but not what the interval promises, so it is a warning, not an error.
+#[test]
+fn a_timeout_beyond_the_poll_interval_is_a_warning() {
+    let c = parse(GOOD, vec![], Role::Gateway).expect("valid");
+    assert_eq!(c.warnings(), Vec::<Problem>::new());
+    let slow = GOOD.replace("timeout = \"500ms\"", "timeout = \"2s\"");
+    let c = parse(&slow, vec![], Role::Gateway).expect("a warning is not an error");
+    let w: Vec<String> = c.warnings().iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        w,
+        [
+            "devices[0].timeout: 2s is longer than poll_interval 1s: while the device takes that \
+          long it is polled every 2s, not every 1s, and a silent device shows as comm-loss only \
+          after 4s"
+        ]
+    );
+}

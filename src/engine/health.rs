@@ -104,12 +104,19 @@ impl Health {
     ) -> Option<f64> {
         let point = &d.points[p.point];
         let (raw, value) = match &p.result {
-            Ok(decoded) => (decoded.raw, decoded.value),
+            Ok(decoded) if decoded.value.is_finite() => (decoded.raw, decoded.value),
             // Exceptions are reported once per device (link exception fault); the point simply
             // has no value, and its alarms stay as they are.
             Err(PointError::Exception { .. }) => return None,
-            Err(e) => {
-                let msg = format!("device {} point {}: {e}", d.id, point.id);
+            // A value that is not a number compares with no threshold and passes the valid
+            // range, so it is unreadable whatever produced it (decoding refuses the ones it
+            // computes), never a reading of quality good that watches nothing.
+            unreadable => {
+                let why = match unreadable {
+                    Ok(decoded) => format!("value {} is not a number", decoded.value),
+                    Err(e) => e.to_string(),
+                };
+                let msg = format!("device {} point {}: {why}", d.id, point.id);
                 self.point_fault(
                     d,
                     device,

@@ -116,6 +116,7 @@ impl Engine {
     pub fn restore(cfg: Arc<Config>, snapshot: Snapshot) -> Engine {
         let mut table = AlarmTable::restore(&cfg.site.id, &cfg.site.gateway, snapshot);
         table.set_chatter_limit(cfg.alarms.chatter_per_minute);
+        table.set_zones(cfg.zones());
         let mut engine = Engine {
             health: Health::new(&cfg),
             rules: RuleStates::default(),

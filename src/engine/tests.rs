@@ -126,6 +126,27 @@ fn out_of_range_is_a_sensor_fault_not_an_alarm() {
     assert_eq!(out.events[0].state, AlarmState::Cleared);
 }
 
+/// A value that is not a number (whatever produced it) gives no evidence: a sensor fault and
+/// telemetry quality fault, never a reading of quality good that no rule can compare.
+#[test]
+fn a_value_that_is_not_a_number_is_a_sensor_fault() {
+    let mut e = engine();
+    let now = Now::system();
+    for v in [f64::NAN, f64::INFINITY] {
+        let out = e.on_reading(&reading(now, Some(v)));
+        let keys: Vec<&str> = out.events.iter().map(|e| e.alarm.as_str()).collect();
+        assert_eq!(keys, ["rack-01/t/unreadable"], "{v}");
+        assert_eq!(out.events[0].kind, AlarmKind::Fault);
+        assert!(
+            matches!(out.messages.last(), Some(Outgoing::Telemetry { body, .. }) if body.quality == Quality::Fault && body.points.is_empty()),
+            "{v}: {:?}",
+            out.messages.last()
+        );
+        let out = e.on_reading(&reading(now, Some(25.0)));
+        assert_eq!(out.events[0].state, AlarmState::Cleared, "{v}");
+    }
+}
+
 /// An off-gas and a smoke point, each with a threshold, and a vote that needs both.
 const VOTE_CFG: &str = r#"
   [[devices.points]]
@@ -382,6 +403,13 @@ fn bad_commands_are_answered_and_change_nothing() {
             "exceeds the maximum of 8h",
         ),
         ("reboot", "{}", "unknown command \"reboot\""),
+        // Answered ok with nothing done, these read as "done" to the operator.
+        ("ack", r#"{"alarm":"*","zone":"nope"}"#, "no zone \"nope\""),
+        (
+            "shelve",
+            r#"{"alarm":"rack-01/t/hot","for":"1ns","reason":"x"}"#,
+            "cmd/shelve: \"for\" must be at least 1s",
+        ),
     ];
     for (name, body, want) in cases {
         let (events, r) = cmd(&mut e, name, body);

@@ -155,10 +155,12 @@ pub fn points(device: &Device, fields: &[(String, &str)]) -> Vec<PointReading> {
                 Some((_, v)) => match v.trim().parse::<f64>() {
                     Ok(x) if x.is_finite() => {
                         let raw = Raw::Float(x);
-                        Ok(Decoded {
-                            raw,
-                            value: engineering(point, raw),
-                        })
+                        engineering(point, raw)
+                            .map(|value| Decoded { raw, value })
+                            .map_err(|e| PointError::Field {
+                                field: field.to_string(),
+                                problem: format!("{:?} with scale and offset: {e}", v.trim()),
+                            })
                     }
                     _ => Err(PointError::Field {
                         field: field.to_string(),
@@ -496,6 +498,25 @@ port = "/dev/null"
         for bad in ["SENSOR READY", "T1=1 garbage", "=5", ""] {
             assert!(f.fields(bad).is_err(), "{bad:?} should be malformed");
         }
+    }
+
+    /// A number on the line that scale and offset take past what a float holds is unusable,
+    /// not infinity of quality good.
+    #[test]
+    fn a_field_scaled_beyond_a_number_is_a_point_error() {
+        let mut d = device(None);
+        let fields = Format::of(&d).unwrap().fields("T1=1e308 SMK=1").unwrap();
+        assert_eq!(
+            points(&d, &fields)[0].result.as_ref().map(|d| d.value),
+            Ok(1e308)
+        );
+        d.points[0].scale = 10.0;
+        let p = points(&d, &fields);
+        let e = p[0].result.as_ref().expect_err("inf").to_string();
+        assert_eq!(
+            e,
+            "field T1: \"1e308\" with scale and offset: value is not a number (NaN or infinite)"
+        );
     }
 
     #[test]

@@ -546,6 +546,17 @@ mod tests {
         let result: CommandResult = serde_json::from_slice(&out[3].payload).expect("result");
         assert!(result.ok, "{result:?}");
         assert_eq!(out[3].topic, topics.cmd_result());
+        // Numbering starts at 1: from 0 with seq 1 still held, nothing is lost.
+        let out = replay(
+            &feed,
+            request(br#"{"from_seq": 0, "reply_to": "ops/replay"}"#),
+            &topics,
+        );
+        let result: CommandResult = serde_json::from_slice(&out[5].payload).expect("result");
+        assert_eq!(
+            result.reason.as_deref(),
+            Some("republished 5 event(s), seq 1..=5, on ops/replay")
+        );
         for bad in [
             &br#"{"from_seq": 1}"#[..],
             br#"{"from_seq": 1, "reply_to": "a/#"}"#,

@@ -20,9 +20,18 @@ use crate::config::{BrokerUrl, Mqtt};
 /// Where the embedded broker listens when `mqtt.url = "embedded"` (SPEC).
 pub(crate) const EMBEDDED_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 1883);
 
-/// Largest packet accepted or sent. rumqttc's 10 KiB default is too small for a zone status
-/// listing many active alarms; an oversized packet would otherwise kill the connection.
-const MAX_PACKET: usize = 256 * 1024;
+/// Largest packet sent. rumqttc's 10 KiB default is too small for a zone status listing many
+/// active alarms; an oversized packet would otherwise kill the connection.
+const MAX_OUTGOING: usize = 256 * 1024;
+
+/// Largest packet read. rumqttc (MQTT 3.1.1) cannot skip a packet over its limit: the read
+/// fails and the connection drops, taking the retained status offline and losing the commands
+/// behind it. MQTT 3.1.1 has no way to tell the broker this limit, so it is set well above
+/// [`MAX_BODY`](crate::command::MAX_BODY), so that an oversized command is read and refused by
+/// name, and the broker is told the same number in its own configuration
+/// (`max_packet_size` in deploy/mosquitto/emberwatch.conf), so nothing larger reaches us.
+pub(crate) const MAX_INCOMING: usize = 1024 * 1024;
+const _: () = assert!(MAX_INCOMING > 2 * crate::command::MAX_BODY);
 
 /// Unacked QoS 1 publishes rumqttc may track. The link's own window is smaller (see
 /// `link::WINDOW`), so rumqttc's flow control never has to stop on its own.
@@ -69,7 +78,7 @@ pub(crate) fn build(
     // a dead gateway. A drain agent asks for a session anyway: requests published while it was
     // reconnecting must still reach it.
     o.set_clean_session(clean_session);
-    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    o.set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
     o.set_inflight(RUMQTTC_INFLIGHT);
     if let Some(presence) = presence {
         o.set_last_will(LastWill::new(
@@ -278,6 +287,28 @@ mod tests {
             endpoint(&BrokerUrl::Embedded),
             ("127.0.0.1".to_string(), 1883)
         );
+    }
+
+    /// An oversized command must be read to be refused, and the example broker configuration
+    /// must stop anything the gateway could not read.
+    #[test]
+    fn the_incoming_limit_reads_any_command_and_the_broker_enforces_it() {
+        let cfg = crate::mqtt::harness::config("mqtt://127.0.0.1:1883");
+        let o = build(&cfg.mqtt, "gw", None, true).unwrap();
+        assert_eq!(o.max_packet_size(), MAX_INCOMING);
+        let conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/mosquitto/emberwatch.conf"
+        ))
+        .unwrap();
+        let broker_limit: usize = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("max_packet_size "))
+            .expect("max_packet_size in the example mosquitto configuration")
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(broker_limit, MAX_INCOMING);
     }
 
     #[test]

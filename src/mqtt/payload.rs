@@ -248,12 +248,13 @@ pub(crate) mod tests {
             time: "2026-11-24T13:40:02.123Z".into(),
             shelved: vec![],
             unacknowledged: 0,
+            evidence: Level::Critical,
         };
         let p = Publication::encode(&topics(), &Outgoing::Zone(z)).unwrap();
         assert_eq!(p.topic, "emberwatch/pangyo-a/zones/room-1/status");
         assert_eq!(
             String::from_utf8(p.payload).unwrap(),
-            r#"{"zone":"room-1","level":"critical","active":["rack-01/cell_temp_max/cell-overtemp"],"faults":0,"time":"2026-11-24T13:40:02.123Z","shelved":[],"unacknowledged":0}"#
+            r#"{"zone":"room-1","level":"critical","active":["rack-01/cell_temp_max/cell-overtemp"],"faults":0,"time":"2026-11-24T13:40:02.123Z","shelved":[],"unacknowledged":0,"evidence":"critical"}"#
         );
         assert_eq!(
             (p.qos, p.retain, p.class),

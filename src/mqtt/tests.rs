@@ -100,6 +100,7 @@ async fn zone_status_is_retained_for_late_subscribers() {
         time: "2026-11-24T13:40:02.123Z".into(),
         shelved: vec![],
         unacknowledged: 0,
+        evidence: Level::Critical,
     };
     link.publisher.send(Outgoing::Zone(zone.clone())).await;
     // Once the broker has it (the stop waits for the ack), a late subscriber sees it.

@@ -12,15 +12,16 @@
 //! is published as).
 //!
 //! The rules, in the order they matter during a fire:
-//! - a zone whose level reaches `drain.trigger` gets a drain with a new `drain_id`; a higher
-//!   severity later keeps the same drain (agents must not drain twice) and republishes the
-//!   request with the new severity;
+//! - a zone whose fire evidence (its status's `evidence`: threshold, rate-of-rise and vote
+//!   alarms, never faults) reaches `drain.trigger` gets a drain with a new `drain_id`; a higher
+//!   evidence severity later keeps the same drain (agents must not drain twice) and republishes
+//!   the request with the new severity;
 //! - the drain is `drained` once every expected agent said `done`; at the deadline it is
 //!   `timed_out`; either way the clearance becomes `clear: true` with a reason that names who
 //!   did not confirm. A `failed` agent does not end the wait early: someone may still fix it
 //!   by hand before the deadline;
-//! - a zone back to `normal` cancels: request `{"drain_id","state":"cancelled"}`, clearance
-//!   withdrawn (`clear: false`), agents restore;
+//! - a zone back to `normal` (its `level`, faults included) cancels: request
+//!   `{"drain_id","state":"cancelled"}`, clearance withdrawn (`clear: false`), agents restore;
 //! - acks for another `drain_id`, from agents not in `drain.agents`, or not expected for that
 //!   zone, are logged and ignored;
 //! - the drain set of a zone is `drain.agents`, less agents whose presence lists other zones
@@ -160,12 +161,24 @@ impl Coordinator {
     }
 
     /// A zone's status changed (or was published at start-up).
+    ///
+    /// A drain moves a room's traffic away and tells whoever cuts the power that they may: it is
+    /// started, and escalated, on fire evidence alone (`z.evidence`). A fault (a link, a stuck,
+    /// out-of-range or troubled sensor, a blind zone, a missing agent) says a sensor needs
+    /// fixing, not that the room burns; a flapping detector once drained and restored a room
+    /// eleven times in 20 s. The blind zone stays a loud critical alarm in `z.level`.
+    ///
+    /// Cancelling is asymmetric on purpose: it waits for the whole zone, faults included, to be
+    /// back to normal (`z.level`). A fault is never "normal": once fire has been seen, sensors
+    /// that then fail (a detector's link melting is what a fire does) prove nothing about the
+    /// fire, so a fire-safety engineer keeps the traffic away and the clearance given until the
+    /// zone is watched again and reads normal.
     pub fn on_zone(&mut self, z: &ZoneStatus, now: Now) -> Effects {
         let mut fx = Effects::default();
         let trigger = Level::from(self.trigger);
         let current = self.state.zones.get(&z.zone).filter(|r| r.in_force());
-        if z.level >= trigger {
-            let severity = severity_of(z.level).unwrap_or(self.trigger);
+        if z.evidence >= trigger {
+            let severity = severity_of(z.evidence).unwrap_or(self.trigger);
             match current {
                 Some(rec) if !rec.drill => {
                     if severity > rec.severity {
@@ -408,7 +421,7 @@ impl Coordinator {
         if drill {
             tracing::info!(zone, drain_id = %drain_id, "drill: drain requested");
         } else {
-            tracing::warn!(zone, drain_id = %drain_id, severity = %severity, reason = ?rec.reason, "drain requested: zone reached drain.trigger");
+            tracing::warn!(zone, drain_id = %drain_id, severity = %severity, reason = ?rec.reason, "drain requested: fire evidence in the zone reached drain.trigger");
         }
         let mut fx = Effects::default();
         fx.messages.push(self.request_message(&rec));

@@ -10,8 +10,10 @@ const P: &str = "emberwatch/pangyo-a";
 
 #[derive(Debug, Clone)]
 enum Step {
-    /// The zone's level and active alarm keys.
+    /// The zone's level and active alarm keys, every one of them fire evidence.
     Zone(Level, &'static [&'static str]),
+    /// A zone with faults: (level, evidence, active keys).
+    Faulted(Level, Level, &'static [&'static str]),
     /// The zone's level with this many alarms not yet acknowledged.
     Unacked(Level, u32),
     /// An ack for the zone's current drain from `agent`: (agent, state, action).
@@ -42,12 +44,15 @@ impl Bench {
     }
 
     fn new_with(agents: &[&str], cancel_after_ack: bool) -> Bench {
-        let drain = config::Drain {
+        Bench::with_drain(config::Drain {
             trigger: Severity::Critical,
             deadline: Duration::from_secs(120),
             agents: agents.iter().map(|s| s.to_string()).collect(),
             cancel_after_ack,
-        };
+        })
+    }
+
+    fn with_drain(drain: config::Drain) -> Bench {
         let t0 = Now::system();
         let c = Coordinator::new(
             Topics::from_parts("emberwatch", "pangyo-a", "gw-b1"),
@@ -77,21 +82,25 @@ impl Bench {
             .unwrap_or_default()
     }
 
+    fn zone(&mut self, level: Level, evidence: Level, active: &[&str], now: Now) -> Effects {
+        let z = ZoneStatus {
+            zone: "room-1".into(),
+            level,
+            active: active.iter().map(|s| s.to_string()).collect(),
+            faults: active.iter().filter(|k| k.contains("/_")).count() as u32,
+            time: "t".into(),
+            shelved: vec![],
+            unacknowledged: 0,
+            evidence,
+        };
+        self.c.on_zone(&z, now)
+    }
+
     fn run(&mut self, step: &Step) -> Vec<(String, Value)> {
         let now = self.now();
         let fx = match step {
-            Step::Zone(level, active) => {
-                let z = ZoneStatus {
-                    zone: "room-1".into(),
-                    level: *level,
-                    active: active.iter().map(|s| s.to_string()).collect(),
-                    faults: 0,
-                    time: "t".into(),
-                    shelved: vec![],
-                    unacknowledged: 0,
-                };
-                self.c.on_zone(&z, now)
-            }
+            Step::Zone(level, active) => self.zone(*level, *level, active, now),
+            Step::Faulted(level, evidence, active) => self.zone(*level, *evidence, active, now),
             Step::Unacked(level, n) => {
                 let z = ZoneStatus {
                     zone: "room-1".into(),
@@ -101,6 +110,7 @@ impl Bench {
                     time: "t".into(),
                     shelved: vec![],
                     unacknowledged: *n,
+                    evidence: *level,
                 };
                 self.c.on_zone(&z, now)
             }
@@ -180,7 +190,11 @@ fn fits(got: &Value, want: &Value, id: &str) -> bool {
 /// Runs the steps; after each, every expectation must be met, in order, by what was published
 /// (other messages may come between).
 fn play(agents: &[&str], steps: &[(Step, Vec<Expect>)]) -> Bench {
-    let mut b = Bench::new(agents);
+    play_on(Bench::new(agents), steps)
+}
+
+/// As [`play`], on a bench set up by the caller.
+fn play_on(mut b: Bench, steps: &[(Step, Vec<Expect>)]) -> Bench {
     for (i, (step, want)) in steps.iter().enumerate() {
         let got = b.run(step);
         let id = b.id();
@@ -729,5 +743,90 @@ fn with_cancel_after_acknowledged_a_normal_zone_waits_for_every_ack() {
         out.iter()
             .any(|(t, v)| t == "drain/room-1/request" && v["state"] == "cancelled"),
         "not cancelled once everything was acknowledged: {out:?}"
+    );
+}
+
+const BLIND: &[&str] = &["_zone/_detectors/all-faulted", "rack-01/_link/comm-loss"];
+const LINK_DOWN: &[&str] = &["rack-01/_link/comm-loss"];
+
+/// Issue 15: a detector whose link flapped made the zone blind (critical) again and again, and
+/// each time a real drain and restore of the room's traffic. Faults make the zone loud, never
+/// a drain; fire evidence still drains, whatever faults are around it.
+#[test]
+fn a_flapping_blind_zone_never_drains_but_fire_evidence_does() {
+    let flap = [
+        (Faulted(Level::Critical, Level::Normal, BLIND), vec![]),
+        (Faulted(Level::Warning, Level::Normal, LINK_DOWN), vec![]),
+        (Zone(Level::Normal, &[]), vec![]),
+    ];
+    let mut steps: Vec<(Step, Vec<Expect>)> = flap.iter().cycle().take(9).cloned().collect();
+    steps.push((
+        Faulted(
+            Level::Critical,
+            Level::Critical,
+            &["rack-01/_link/comm-loss", "rack-01/offgas/offgas-high"],
+        ),
+        vec![(
+            "drain/room-1/request",
+            json!({"drain_id": "$id", "severity": "critical"}),
+        )],
+    ));
+    let b = play(&["lb-1"], &steps);
+    assert!(b.id().starts_with("room-1-"), "{}", b.id());
+}
+
+/// With `drain.trigger = "warning"`, a fault (a warning) would once have drained; and a drain
+/// running on fire evidence would have escalated on a blind zone. Neither any more: a drain's
+/// severity is the fire's. Nor is a drain cancelled while faults keep the zone from normal:
+/// sensors that went blind in a room where fire was seen prove nothing about the fire, so the
+/// traffic stays away until the zone reads normal again.
+#[test]
+fn faults_neither_start_escalate_nor_cancel_a_drain() {
+    let b = Bench::with_drain(config::Drain {
+        trigger: Severity::Warning,
+        deadline: Duration::from_secs(120),
+        agents: vec!["lb-1".into()],
+        cancel_after_ack: false,
+    });
+    const OFFGAS: &str = "rack-01/offgas/offgas-high";
+    play_on(
+        b,
+        &[
+            (
+                Faulted(Level::Warning, Level::Normal, &["rack-01/offgas/stuck"]),
+                vec![],
+            ),
+            (Faulted(Level::Warning, Level::Normal, LINK_DOWN), vec![]),
+            (Zone(Level::Normal, &[]), vec![]),
+            (
+                Zone(Level::Warning, &[OFFGAS]),
+                vec![(
+                    "drain/room-1/request",
+                    json!({"severity": "warning", "reason": [OFFGAS]}),
+                )],
+            ),
+            (
+                Ack("lb-1", "done", "drain"),
+                vec![("power/room-1/clearance", json!({"clear": true}))],
+            ),
+            // The off-gas detector's link goes: the zone is blind, the fire unknown.
+            (Faulted(Level::Critical, Level::Warning, BLIND), vec![]),
+            (Faulted(Level::Critical, Level::Normal, BLIND), vec![]),
+            (Faulted(Level::Warning, Level::Normal, LINK_DOWN), vec![]),
+            (After(300), vec![]),
+            (
+                Zone(Level::Normal, &[]),
+                vec![
+                    (
+                        "drain/room-1/request",
+                        json!({"drain_id": "$id", "state": "cancelled"}),
+                    ),
+                    (
+                        "power/room-1/clearance",
+                        json!({"clear": false, "reason": "~zone back to normal"}),
+                    ),
+                ],
+            ),
+        ],
     );
 }

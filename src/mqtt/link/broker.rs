@@ -15,10 +15,11 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::{describe, Backoff};
-use super::inbound::Router;
+use super::busy::BusyAnswers;
+use super::inbound::{Answer, Router};
 use super::publisher::BrokerHealth;
 use super::stop::Stop;
-use super::{Presence, TELEMETRY_SLOTS, WINDOW};
+use super::{Presence, BUSY_SLOTS, TELEMETRY_SLOTS, WINDOW};
 use crate::command::Refused;
 use crate::config::BrokerUrl;
 use crate::message::Outgoing;
@@ -53,8 +54,10 @@ pub(super) struct BrokerLoop {
     pub(super) heartbeat: Option<tokio::time::Interval>,
     /// When to show the loop is alive (`BrokerHealth::pulse`).
     pub(super) pulse: tokio::time::Interval,
-    /// QoS 0 publishes handed to rumqttc and not yet written.
-    pub(super) telemetry_in_channel: usize,
+    /// QoS 0 publishes (telemetry, busy answers) handed to rumqttc and not yet written.
+    pub(super) qos0_in_channel: usize,
+    /// Busy refusals of commands the daemon had no room for, waiting for a QoS 0 slot.
+    pub(super) busy: BusyAnswers,
     pub(super) cancel: CancellationToken,
     /// Where received publishes go (commands, the extra filters, `cmd/replay` back here).
     pub(super) router: Router,
@@ -222,7 +225,7 @@ impl BrokerLoop {
     }
 
     fn hand_telemetry(&mut self, p: Publication) {
-        if self.telemetry_in_channel >= TELEMETRY_SLOTS
+        if self.qos0_in_channel >= TELEMETRY_SLOTS
             || self
                 .client
                 .try_publish(p.topic, p.qos, p.retain, p.payload)
@@ -232,7 +235,29 @@ impl BrokerLoop {
                 .telemetry_dropped
                 .fetch_add(1, Ordering::Relaxed);
         } else {
-            self.telemetry_in_channel += 1;
+            self.qos0_in_channel += 1;
+        }
+    }
+
+    /// Hands busy answers to rumqttc while QoS 0 slots are free. Telemetry stops at
+    /// [`TELEMETRY_SLOTS`]; busy answers may use [`BUSY_SLOTS`] more, so a burst of telemetry
+    /// cannot keep a command unanswered, and neither can take a QoS 1 publish's room.
+    fn pump_busy(&mut self) {
+        while self.qos0_in_channel < TELEMETRY_SLOTS + BUSY_SLOTS {
+            let Some(p) = self.busy.pop() else {
+                return;
+            };
+            match self
+                .client
+                .try_publish(p.topic.clone(), p.qos, false, p.payload.clone())
+            {
+                Ok(()) => self.qos0_in_channel += 1,
+                Err(e) => {
+                    tracing::debug!("mqtt: cannot hand a busy answer to the MQTT client: {e}");
+                    self.busy.unpop(p);
+                    return;
+                }
+            }
         }
     }
 
@@ -268,6 +293,7 @@ impl BrokerLoop {
                 return;
             }
         }
+        self.pump_busy();
         self.pump_feed();
         self.pump_replays();
         self.maybe_queue_offline();
@@ -319,7 +345,7 @@ impl BrokerLoop {
             Event::Incoming(Incoming::PubAck(ack)) => self.on_puback(ack.pkid),
             Event::Incoming(Incoming::SubAck(ack)) => self.on_suback(&ack),
             Event::Outgoing(Wire::Publish(0)) => {
-                self.telemetry_in_channel = self.telemetry_in_channel.saturating_sub(1);
+                self.qos0_in_channel = self.qos0_in_channel.saturating_sub(1);
             }
             Event::Outgoing(Wire::Publish(pkid)) => self.on_written(pkid),
             Event::Outgoing(Wire::AwaitAck(pkid)) => self.ledger.parked(pkid),
@@ -400,15 +426,45 @@ impl BrokerLoop {
 
     /// Routes a received publish; a `cmd/replay` comes back to be answered here, on the broker
     /// that asked, from the outbox's journal (the router says so only for a link with one):
-    /// it joins the replays, streamed by [`BrokerLoop::pump_replays`], or is refused.
+    /// it joins the replays, streamed by [`BrokerLoop::pump_replays`], or is refused. So does
+    /// the busy refusal of a command the daemon had no room for.
     fn on_publish(&mut self, p: rumqttc::Publish) {
-        let (Some(mut request), Some(feed)) = (self.router.route(p), &self.feed) else {
+        let mut request = match self.router.route(p) {
+            None => return,
+            Some(Answer::Busy(answer)) => return self.answer_busy(answer),
+            Some(Answer::Replay(request)) => request,
+        };
+        let Some(feed) = &self.feed else {
             return;
         };
         if self.stop.is_stopping() && request.is_ok() {
             request = Err(Refused::new("replay", "the gateway is stopping"));
         }
         self.replays.request(request, feed.latest_seq());
+    }
+
+    /// Queues a busy refusal and sends what the QoS 0 slots allow; the log says how many, at
+    /// most every few seconds, not one line per command of a flood.
+    fn answer_busy(&mut self, answer: Publication) {
+        if let Some(w) = self.busy.push(answer, Instant::now()) {
+            let dropped = if w.dropped > 0 {
+                format!(
+                    ", {} of them unanswered (more than {} waiting)",
+                    w.dropped,
+                    super::busy::BACKLOG
+                )
+            } else {
+                String::new()
+            };
+            tracing::warn!(
+                "mqtt broker {}: command queue full; refused {} command(s) as busy{dropped}",
+                self.url,
+                w.refused
+            );
+        }
+        if self.connected() {
+            self.pump_busy();
+        }
     }
 
     /// After a failed poll: settle the books, then log.
@@ -425,7 +481,7 @@ impl BrokerLoop {
         eventloop.state = MqttState::new(RUMQTTC_INFLIGHT, false);
         eventloop.pending.clear();
         let requeued = self.ledger.connection_lost();
-        let lost_telemetry = std::mem::take(&mut self.telemetry_in_channel) as u64;
+        let lost_telemetry = std::mem::take(&mut self.qos0_in_channel) as u64;
         self.health
             .telemetry_dropped
             .fetch_add(lost_telemetry, Ordering::Relaxed);

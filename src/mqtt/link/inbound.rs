@@ -1,6 +1,7 @@
 //! Where a publish a broker loop receives goes: a command to [`Link::commands`], a message on
 //! the caller's extra filters to [`Link::incoming`], `cmd/replay` back to the loop (it answers
-//! from the outbox's journal, on the broker that asked), anything else nowhere.
+//! from the outbox's journal, on the broker that asked), a command the daemon has no room for
+//! back to the loop as a busy refusal (`busy.rs`), anything else nowhere.
 //!
 //! Apart from the loop because none of it touches the send window or the stop protocol, and
 //! because which topic goes where is a contract (SPEC "MQTT") worth a table of its own below.
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::command::{Command, Refused, Replay};
 use crate::config::BrokerUrl;
 use crate::mqtt::echo::Echoes;
+use crate::mqtt::payload::{Class, Publication};
 use crate::mqtt::topics::{self, Topics};
 
 /// A publish received on one of [`LinkOptions::subscriptions`](super::LinkOptions::subscriptions).
@@ -24,6 +26,15 @@ pub struct Inbound {
     pub payload: Vec<u8>,
     /// The broker delivered a stored retained message (a new subscription's first look).
     pub retain: bool,
+}
+
+/// What a received publish asks of the broker loop itself.
+#[derive(Debug, PartialEq)]
+pub(super) enum Answer {
+    /// A `cmd/replay` to answer from the journal, or its refusal.
+    Replay(Result<Replay, Refused>),
+    /// A command refused because the daemon's queue was full: `cmd/result` at QoS 0.
+    Busy(Publication),
 }
 
 /// One broker loop's routing of received publishes (every broker's loop feeds the same two
@@ -98,21 +109,15 @@ impl Router {
 
     /// Routes a received publish: commands to [`Link::commands`](super::Link::commands),
     /// anything on the extra filters to [`Link::incoming`](super::Link::incoming). Returns
-    /// the request of a `cmd/replay` the loop is to answer itself.
-    pub fn route(&self, p: rumqttc::Publish) -> Option<Result<Replay, Refused>> {
+    /// what the loop is to answer itself: a `cmd/replay`, or a command refused as busy.
+    pub fn route(&self, p: rumqttc::Publish) -> Option<Answer> {
         match self.destination(&p.topic, p.retain) {
             Destination::RetainedCommand => tracing::warn!(
                 "mqtt: ignoring retained command on {}; commands must not be retained",
                 p.topic
             ),
-            Destination::Replay => {
-                return Some(match Command::parse("replay", &p.payload) {
-                    Ok(Command::Replay(r)) => Ok(r),
-                    Ok(other) => Err(Refused::new("replay", format!("not a replay: {other:?}"))),
-                    Err(refused) => Err(refused),
-                })
-            }
-            Destination::Command(name) => self.command(name, &p),
+            Destination::Replay => return Some(Answer::Replay(self.replay_request(&p.payload))),
+            Destination::Command(name) => return self.command(name, &p).map(Answer::Busy),
             Destination::Subscribed => self.deliver(p),
             Destination::Unwanted { quiet: false } => {
                 tracing::debug!("mqtt: ignoring publish on {}", p.topic)
@@ -122,7 +127,31 @@ impl Router {
         None
     }
 
-    fn command(&self, name: &str, p: &rumqttc::Publish) {
+    /// A `cmd/replay` body, parsed, with its `reply_to` checked against this gateway's own
+    /// command topics: events replayed there would come back as commands (an alarm event on
+    /// `cmd/drill` names a zone), so a replay could start drills or ack alarms.
+    fn replay_request(&self, payload: &[u8]) -> Result<Replay, Refused> {
+        let r = match Command::parse("replay", payload)? {
+            Command::Replay(r) => r,
+            other => return Err(Refused::new("replay", format!("not a replay: {other:?}"))),
+        };
+        let own = self.topics.cmd("#");
+        if topics::matches(&r.reply_to, &own) {
+            return Err(Refused::new(
+                "replay",
+                format!(
+                    "reply_to {:?} is under this gateway's own command topics ({own}); \
+                     replayed events would be taken as commands",
+                    r.reply_to
+                ),
+            ));
+        }
+        Ok(r)
+    }
+
+    /// Hands a command to the daemon; without room, returns its busy refusal instead (waiting
+    /// would stall this loop, dropping it would leave the sender without an answer).
+    fn command(&self, name: &str, p: &rumqttc::Publish) -> Option<Publication> {
         if let Some(echoes) = &self.echoes {
             let echo = echoes
                 .lock()
@@ -133,18 +162,36 @@ impl Router {
                     "mqtt broker {}: command {name:?} already received through another broker (a bridge's copy); not applied twice",
                     self.url
                 );
-                return;
+                return None;
             }
         }
         match self.commands.try_send(Command::parse(name, &p.payload)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
-                "mqtt: command queue full; dropped command {name:?} from {}",
-                p.topic
-            ),
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => Some(self.busy(name)),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!("mqtt: nobody takes commands; dropped {name:?}")
+                tracing::debug!("mqtt: nobody takes commands; dropped {name:?}");
+                None
             }
+        }
+    }
+
+    /// The busy refusal of command `name`, as a QoS 0 `cmd/result` (see `busy.rs` for why).
+    /// Named as it arrived: the answer must not depend on parsing what was not taken.
+    fn busy(&self, name: &str) -> Publication {
+        let refused = Refused::new(
+            name,
+            format!(
+                "busy: {} earlier commands are waiting; nothing was changed, send it again",
+                self.commands.max_capacity()
+            ),
+        );
+        Publication {
+            topic: self.topics.cmd_result(),
+            // A struct of strings always serialises; the fallback only keeps this panic-free.
+            payload: serde_json::to_vec(&refused.result()).unwrap_or_default(),
+            qos: rumqttc::QoS::AtMostOnce,
+            retain: false,
+            class: Class::Telemetry,
         }
     }
 
@@ -224,6 +271,81 @@ mod tests {
                 "{topic} retain={retain} commands={wants} replay={replay}"
             );
         }
+    }
+
+    fn publish(topic: &str, payload: &[u8]) -> rumqttc::Publish {
+        rumqttc::Publish::new(topic, rumqttc::QoS::AtLeastOnce, payload.to_vec())
+    }
+
+    /// A full command queue answers the command (busy, at QoS 0) instead of dropping it; a
+    /// queue with room takes it and asks nothing of the loop.
+    #[test]
+    fn a_command_without_room_is_answered_busy() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let r = Router {
+            commands: tx,
+            ..router(true, true)
+        };
+        let ack = "emberwatch/pangyo-a/gateways/gw-b1/cmd/ack";
+        assert_eq!(r.route(publish(ack, br#"{"alarm":"*"}"#)), None);
+        let Some(Answer::Busy(answer)) = r.route(publish(ack, br#"{"alarm":"x"}"#)) else {
+            panic!("no busy answer");
+        };
+        assert_eq!(
+            answer.topic,
+            "emberwatch/pangyo-a/gateways/gw-b1/cmd/result"
+        );
+        assert_eq!(answer.qos, rumqttc::QoS::AtMostOnce);
+        assert!(!answer.retain);
+        let body: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        assert_eq!(body["command"], "ack");
+        assert_eq!(body["ok"], false);
+        assert_eq!(
+            body["reason"],
+            "busy: 1 earlier commands are waiting; nothing was changed, send it again"
+        );
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(r.route(publish(ack, br#"{"alarm":"x"}"#)), None);
+    }
+
+    #[test]
+    fn a_replay_onto_our_own_command_topics_is_refused() {
+        let r = router(true, true);
+        let body = |to: &str| format!(r#"{{"from_seq":1,"reply_to":"{to}"}}"#);
+        for to in [
+            "emberwatch/pangyo-a/gateways/gw-b1/cmd/drill",
+            "emberwatch/pangyo-a/gateways/gw-b1/cmd/ack",
+            "emberwatch/pangyo-a/gateways/gw-b1/cmd/result",
+            "emberwatch/pangyo-a/gateways/gw-b1/cmd",
+            "emberwatch/pangyo-a/gateways/gw-b1/cmd/a/b",
+        ] {
+            let refused = r.replay_request(body(to).as_bytes()).unwrap_err();
+            assert_eq!(refused.command, "replay");
+            assert!(
+                refused
+                    .reason
+                    .contains("under this gateway's own command topics")
+                    && refused.reason.contains("gw-b1/cmd/#"),
+                "{to}: {}",
+                refused.reason
+            );
+        }
+        for to in [
+            "ops/replay",
+            "emberwatch/pangyo-a/gateways/gw-b1/replies",
+            "emberwatch/pangyo-a/gateways/gw-b2/cmd-log",
+        ] {
+            assert_eq!(
+                r.replay_request(body(to).as_bytes()).map(|q| q.reply_to),
+                Ok(to.to_string())
+            );
+        }
+        // What Command::parse refuses stays refused, with its own reason.
+        let bad = r.replay_request(br#"{"from_seq":1,"reply_to":"a/#"}"#);
+        assert!(bad
+            .unwrap_err()
+            .reason
+            .contains("not a topic one can publish to"));
     }
 
     #[test]

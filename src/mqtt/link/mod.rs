@@ -25,7 +25,8 @@
 //!   and answers `cmd/replay` itself from the journal, a batch at a time in what live traffic
 //!   leaves of the window (`replays.rs`);
 //! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
-//!   [`Inbound`] messages (every broker's loop feeds the same two channels);
+//!   [`Inbound`] messages (every broker's loop feeds the same two channels); a command the
+//!   daemon has no room for is answered busy on `cmd/result` by the loop itself;
 //! - on cancellation, sends what is queued, then the retained offline status, waits (up to
 //!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
 //!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
@@ -36,10 +37,11 @@
 //! - `broker.rs`: the per-broker loop task, the only part that does I/O;
 //! - `stop.rs`, `backoff.rs`: the stop protocol and the reconnect backoff, as I/O-free state
 //!   the loop drives (tested like `ledger.rs`);
-//! - `inbound.rs`: where a received publish goes.
+//! - `inbound.rs`: where a received publish goes; `busy.rs`: the queue of busy answers.
 
 mod backoff;
 mod broker;
+mod busy;
 mod inbound;
 mod publisher;
 mod stop;
@@ -81,9 +83,12 @@ const WINDOW: usize = 64;
 /// QoS 0 telemetry allowed to wait in rumqttc's request channel; beyond that it is dropped.
 const TELEMETRY_SLOTS: usize = 256;
 
-/// Room for commands not yet taken by the daemon; more are dropped with a warning rather than
-/// stall the connection.
+/// Room for commands not yet taken by the daemon; more are answered busy by the broker loop
+/// (`busy.rs`) rather than stall the connection or go unanswered.
 const COMMANDS: usize = 64;
+
+/// QoS 0 busy answers allowed to wait in rumqttc's request channel beyond telemetry's slots.
+const BUSY_SLOTS: usize = 64;
 
 /// Room for messages on the extra subscriptions not yet taken by the caller. They were acked to
 /// the broker on receipt, so the room is generous; beyond it they are dropped with a warning
@@ -294,7 +299,8 @@ async fn start(
             Some(&opts.presence),
             !opts.persistent_session,
         )?;
-        let (client, mut eventloop) = AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + 8);
+        let (client, mut eventloop) =
+            AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + BUSY_SLOTS + 8);
         // TCP_NODELAY (rumqttc leaves Nagle on). A poll's QoS 0 telemetry is written at once,
         // its alarm event only after the outbox fsync; the broker answers no QoS 0 publish and
         // delays its TCP ACK (about 40 ms on Linux), and Nagle held the event back until that
@@ -337,7 +343,8 @@ async fn start(
             feed,
             heartbeat,
             pulse,
-            telemetry_in_channel: 0,
+            qos0_in_channel: 0,
+            busy: Default::default(),
             cancel: cancel.clone(),
             router,
             replays: Default::default(),
