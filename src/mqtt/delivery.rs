@@ -12,8 +12,8 @@
 //!   away holds up nobody: the others' cursors move on, and its records wait on disk.
 //! - the writer thread persists the cursors every [`COMMIT_EVERY`]; a crash in between only
 //!   means those messages are sent again (at least once; subscribers drop copies by `event_id`).
-//! - `cmd/replay` is answered by the link that received it, from the outbox's event journal
-//!   ([`Feed::replay`]); the retained status is republished every `mqtt.heartbeat` with the
+//! - `cmd/replay` is answered by the link that received it, from the outbox's event journal, a
+//!   batch at a time ([`Feed::replay_batch`], paced by `replays.rs`); the retained status is republished every `mqtt.heartbeat` with the
 //!   latest `seq` ([`Feed::heartbeat`]).
 //! - a failed write or fsync is not retried (a retried fsync can report success for lost data):
 //!   every later append fails, and [`DurableOutbox::failed`] tells the daemon, which publishes a
@@ -27,10 +27,9 @@ use rumqttc::QoS;
 use tokio::sync::{oneshot, watch};
 
 use super::payload::{Class, GatewayStatus, OutboxHealth, Publication};
-use super::Topics;
-use crate::command::{Refused, Replay};
+use super::replays::Want;
 use crate::config::Config;
-use crate::message::{CommandResult, Outgoing};
+use crate::message::Outgoing;
 use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
 
 /// How often acknowledged positions are written to the cursor files.
@@ -406,63 +405,16 @@ impl Feed {
         }
     }
 
-    /// Answers `cmd/replay`: the journaled events from `from_seq` republished, unchanged, on
-    /// `reply_to`, then the command result.
-    pub fn replay(&self, request: Result<Replay, Refused>, topics: &Topics) -> Vec<Publication> {
-        let (mut out, result) = match request {
-            Err(refused) => (Vec::new(), refused.result()),
-            Ok(req) => match lock(&self.durable.outbox).replay_from(req.from_seq) {
-                Err(e) => (
-                    Vec::new(),
-                    CommandResult {
-                        command: "replay".into(),
-                        ok: false,
-                        reason: Some(format!("cannot read the journal: {e}")),
-                    },
-                ),
-                Ok(replay) => {
-                    let n = replay.events.len();
-                    let mut reason = match (replay.events.first(), replay.events.last()) {
-                        (Some(a), Some(b)) => {
-                            format!(
-                                "republished {n} event(s), seq {}..={}, on {}",
-                                a.seq, b.seq, req.reply_to
-                            )
-                        }
-                        _ => format!("no event with seq >= {} is held", req.from_seq),
-                    };
-                    if let Some(oldest) = replay.oldest_seq.filter(|&o| o > req.from_seq.max(1)) {
-                        reason.push_str(&format!(
-                        "; events before seq {oldest} are no longer held (storage.journal_max, journal_max_age)"
-                    ));
-                    }
-                    let events = replay
-                        .events
-                        .iter()
-                        .map(|r| Publication {
-                            topic: req.reply_to.clone(),
-                            payload: r.payload.clone(),
-                            qos: QoS::AtLeastOnce,
-                            retain: false,
-                            class: Class::Durable,
-                        })
-                        .collect();
-                    (
-                        events,
-                        CommandResult {
-                            command: "replay".into(),
-                            ok: true,
-                            reason: Some(reason),
-                        },
-                    )
-                }
-            },
-        };
-        match Publication::encode(topics, &Outgoing::CommandResult(result)) {
-            Ok(p) => out.push(p),
-            Err(e) => tracing::error!("mqtt: cannot encode the replay result: {e}"),
-        }
-        out
+    /// The latest alarm event `seq` held: where a `cmd/replay` arriving now ends.
+    pub fn latest_seq(&self) -> Option<u64> {
+        self.durable.latest_seq()
+    }
+
+    /// One turn of a `cmd/replay` ([`Replays`](super::replays::Replays) says what to read).
+    pub fn replay_batch(&self, want: Want) -> Result<crate::outbox::Replay, String> {
+        lock(&self.durable.outbox)
+            .replay_batch(want.from_pos, want.from_seq, want.until_seq, want.max)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -470,14 +422,37 @@ impl Feed {
 mod tests {
     use super::super::harness::config;
     use super::super::payload::tests::spec_event;
+    use super::super::replays::Replays;
+    use super::super::Topics;
     use super::*;
     use crate::alarms::AlarmEvent;
+    use crate::command::{Refused, Replay};
+    use crate::message::CommandResult;
 
     /// A `cmd/replay` body as the link hands it over: parsed, or refused.
     fn request(body: &[u8]) -> Result<Replay, Refused> {
         match crate::command::Command::parse("replay", body)? {
             crate::command::Command::Replay(r) => Ok(r),
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Answers one request as a broker loop with an empty window and a prompt broker does:
+    /// every publication it hands over, in order.
+    fn replay(feed: &Feed, request: Result<Replay, Refused>, topics: &Topics) -> Vec<Publication> {
+        let mut replays = Replays::default();
+        replays.request(request, feed.latest_seq());
+        let mut out = Vec::new();
+        loop {
+            if let Some(result) = replays.next_answer() {
+                out.push(
+                    Publication::encode(topics, &Outgoing::CommandResult(result)).expect("encode"),
+                );
+            } else if let Some(want) = replays.want(64) {
+                out.extend(replays.batch(want, feed.replay_batch(want)));
+            } else {
+                return out;
+            }
         }
     }
 
@@ -559,7 +534,8 @@ mod tests {
         let d = DurableOutbox::open(&cfg).expect("open");
         raise(&d, &topics, 1..=5).await;
         let feed = d.feed(A);
-        let out = feed.replay(
+        let out = replay(
+            &feed,
             request(br#"{"from_seq": 3, "reply_to": "ops/replay"}"#),
             &topics,
         );
@@ -571,7 +547,8 @@ mod tests {
         assert!(result.ok, "{result:?}");
         assert_eq!(out[3].topic, topics.cmd_result());
         // Numbering starts at 1: from 0 with seq 1 still held, nothing is lost.
-        let out = feed.replay(
+        let out = replay(
+            &feed,
             request(br#"{"from_seq": 0, "reply_to": "ops/replay"}"#),
             &topics,
         );
@@ -584,7 +561,7 @@ mod tests {
             &br#"{"from_seq": 1}"#[..],
             br#"{"from_seq": 1, "reply_to": "a/#"}"#,
         ] {
-            let out = feed.replay(request(bad), &topics);
+            let out = replay(&feed, request(bad), &topics);
             let result: CommandResult = serde_json::from_slice(&out[0].payload).expect("result");
             assert_eq!((out.len(), result.ok), (1, false), "{result:?}");
         }

@@ -24,6 +24,7 @@ mod ledger;
 pub mod link;
 mod options;
 pub mod payload;
+mod replays;
 pub mod topics;
 
 #[cfg(test)]

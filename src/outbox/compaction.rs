@@ -104,6 +104,7 @@ impl Outbox {
                     Some(r) if h.evicted => r,
                     _ => &h.record,
                 };
+                h.offset = buf.len() as u64;
                 h.size = frame::encode(full, &mut buf) as u64;
                 kept.count(&h.record);
             }
@@ -188,6 +189,7 @@ mod tests {
                 payload: Vec::new(),
             }),
             segment: 0,
+            offset: 0,
             size: 100,
             evicted: false,
         }

@@ -47,6 +47,20 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, OutboxError> {
     })
 }
 
+/// `len` bytes of `path` from `offset`: one record's frame, for a replay.
+pub(super) fn read_at(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, OutboxError> {
+    use std::os::unix::fs::FileExt;
+    let fail = |source| OutboxError::Io {
+        path: path.to_path_buf(),
+        op: "read",
+        source,
+    };
+    let f = File::open(path).map_err(fail)?;
+    let mut buf = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+    f.read_exact_at(&mut buf, offset).map_err(fail)?;
+    Ok(buf)
+}
+
 /// Cuts `path` to `len` bytes and fsyncs it: a torn tail must not be appended after.
 pub(super) fn truncate(path: &Path, len: u64) -> Result<(), OutboxError> {
     let fail = |source| OutboxError::Durability {

@@ -129,6 +129,11 @@ pub(crate) fn scan_from(bytes: &[u8], payload_from: u64) -> Scan {
     scan
 }
 
+/// The one record `bytes` holds from its start (a frame read back by its offset), or why not.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Record, &'static str> {
+    decode_at(bytes, 0, 0).map(|(record, _)| record)
+}
+
 /// Decodes the record starting at `at`; returns it and its framed size, or why it is not one.
 fn decode_at(bytes: &[u8], at: usize, payload_from: u64) -> Result<(Record, usize), &'static str> {
     let rest = &bytes[at..];

@@ -157,22 +157,64 @@ impl Outbox {
         Ok(())
     }
 
-    /// Journaled alarm events with `seq >= from`, for `cmd/replay`; those every broker has
-    /// are read back from their segment files.
+    /// Journaled alarm events with `seq >= from`, all at once (tests and the bench; the
+    /// gateway streams with [`Outbox::replay_batch`]).
     pub fn replay_from(&self, from: u64) -> Result<Replay, OutboxError> {
-        let mut replay = Replay::default();
-        let mut loaded = Loaded::default();
-        for h in &self.held {
-            let r = &h.record;
-            if r.kind != Kind::Event {
-                continue;
-            }
-            replay.oldest_seq = Some(replay.oldest_seq.map_or(r.seq, |o: u64| o.min(r.seq)));
-            if r.seq >= from {
-                replay.events.push(self.full(h, &mut loaded)?);
-            }
-        }
+        let mut replay = self.replay_batch(0, from, u64::MAX, usize::MAX)?;
         replay.events.sort_by_key(|r| r.seq);
         Ok(replay)
+    }
+
+    /// One turn of a `cmd/replay`: up to `max` journaled alarm events with
+    /// `from_seq <= seq <= until_seq`, looked for from outbox position `from_pos` on (0 the
+    /// first time, then the previous batch's [`Replay::next_pos`]), and the oldest event `seq`
+    /// still held. Events are journaled in `seq` order (one numbering, one writer), so
+    /// position order is `seq` order and a batch never rescans what an earlier one sent. Only
+    /// the events returned are read back from disk, each by its own offset: a batch costs
+    /// the same whatever the journal's size, and holds only its own payloads in memory.
+    pub fn replay_batch(
+        &self,
+        from_pos: u64,
+        from_seq: u64,
+        until_seq: u64,
+        max: usize,
+    ) -> Result<Replay, OutboxError> {
+        let mut replay = Replay {
+            oldest_seq: self
+                .held
+                .iter()
+                .find(|h| h.record.kind == Kind::Event)
+                .map(|h| h.record.seq),
+            next_pos: from_pos,
+            ..Replay::default()
+        };
+        let start = self.held.partition_point(|h| h.record.pos < from_pos);
+        for h in self.held.range(start..) {
+            let r = &h.record;
+            if replay.events.len() >= max || (r.kind == Kind::Event && r.seq > until_seq) {
+                break;
+            }
+            replay.next_pos = r.pos + 1;
+            if r.kind == Kind::Event && r.seq >= from_seq {
+                replay.events.push(self.read_back(h)?);
+            }
+        }
+        Ok(replay)
+    }
+
+    /// `h`'s record with its payload: as held, or its one frame read back from its segment.
+    fn read_back(&self, h: &Held) -> Result<Arc<Record>, OutboxError> {
+        if !h.evicted {
+            return Ok(h.record.clone());
+        }
+        let path = self.dir.join(segment::file_name(h.segment));
+        let bytes = files::read_at(&path, h.offset, h.size)?;
+        match frame::decode(&bytes) {
+            Ok(r) if r.pos == h.record.pos => Ok(Arc::new(r)),
+            _ => Err(OutboxError::Missing {
+                path,
+                pos: h.record.pos,
+            }),
+        }
     }
 }

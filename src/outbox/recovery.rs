@@ -213,6 +213,7 @@ impl Recovered {
                 record: Arc::new(r),
                 segment: id,
                 size: f.size,
+                offset: f.offset,
                 evicted,
             });
         }

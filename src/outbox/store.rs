@@ -74,6 +74,9 @@ pub(super) struct Held {
     pub(super) segment: u64,
     /// Framed size on disk.
     pub(super) size: u64,
+    /// Where its frame starts in the segment file: a replay reads back just the records it
+    /// sends, not the whole segment, whatever the journal's size.
+    pub(super) offset: u64,
     /// Every broker has it: the payload was dropped from memory (the segment file has it).
     pub(super) evicted: bool,
 }
@@ -115,6 +118,8 @@ pub struct Replay {
     pub events: Vec<Arc<Record>>,
     /// The oldest event `seq` still held; a request from before it cannot be fully answered.
     pub oldest_seq: Option<u64>,
+    /// Where the next batch of the same replay looks from ([`Outbox::replay_batch`]).
+    pub next_pos: u64,
 }
 
 /// The durable outbox under `storage.dir/outbox/`. See the module documentation.
@@ -237,6 +242,7 @@ impl Outbox {
             records: out,
             sizes,
             segment: id,
+            offset,
             ..
         } = staged;
         if out.first().map(|r| r.pos) != Some(self.next_pos) || id != self.active_id {
@@ -253,6 +259,7 @@ impl Outbox {
                 seg.count(r);
             }
         }
+        let mut at = offset;
         for (r, size) in out.iter().zip(sizes) {
             if r.kind == Kind::Event {
                 self.latest_seq = self.latest_seq.max(Some(r.seq));
@@ -261,8 +268,10 @@ impl Outbox {
                 record: r.clone(),
                 segment: id,
                 size,
+                offset: at,
                 evicted: false,
             });
+            at += size;
         }
         if self.total_bytes > self.opts.max_bytes && self.total_bytes >= self.retry_bound_at {
             self.enforce_bound()?;

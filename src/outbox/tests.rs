@@ -57,6 +57,27 @@ fn seqs(records: &[std::sync::Arc<Record>]) -> Vec<u64> {
     records.iter().map(|r| r.seq).collect()
 }
 
+/// A bound small enough that a few zone statuses force compaction, in one segment big enough
+/// that the journal is not deleted first: compaction rewrites the segment it is in.
+fn compacting() -> Options {
+    Options {
+        max_bytes: 8 << 10,
+        segment_bytes: 64 << 10,
+        journal_max_bytes: 1 << 20,
+        journal_max_age: Duration::from_secs(3600),
+    }
+}
+
+/// Appends unconfirmed zone statuses until compaction has dropped some.
+fn compact(o: &mut Outbox) {
+    let mut n = 0;
+    while o.pressure().dropped == 0 {
+        n += 1;
+        assert!(n < 1000, "never compacted: {:?}", o.pressure());
+        o.append(vec![zone("room-1", n)]).unwrap();
+    }
+}
+
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir.join("outbox"))
         .unwrap()
@@ -353,6 +374,54 @@ fn the_journal_answers_replay_and_is_bounded_by_age() {
     assert_eq!(o.latest_seq(), Some(40));
 }
 
+/// A replay streams: each batch is at most what was asked for, goes on from where the last
+/// one stopped, stops at the last event of the request, and reads confirmed events back one
+/// frame at a time (by offset), also after compaction rewrote their segment and after a
+/// restart.
+#[test]
+fn the_journal_streams_a_replay_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = compacting();
+    let mut o = Outbox::open(dir.path(), small.clone(), &[A.to_string()]).unwrap();
+    for s in 1..=20 {
+        for r in o.append(vec![event(s), message(s)]).unwrap() {
+            o.ack(A, r.pos).unwrap();
+        }
+    }
+    o.commit().unwrap();
+    assert_eq!(o.resident_payload_bytes(), 0, "every broker has them");
+    let stream = |o: &Outbox| {
+        let (mut pos, mut next, mut batches) = (0, 3, Vec::new());
+        loop {
+            let b = o.replay_batch(pos, next, 17, 4).unwrap();
+            assert!(b.events.len() <= 4);
+            assert_eq!(b.oldest_seq, Some(1));
+            let Some(last) = b.events.last() else { break };
+            next = last.seq + 1;
+            pos = b.next_pos;
+            batches.push(
+                b.events
+                    .iter()
+                    .map(|r| r.payload.clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        batches
+    };
+    let want: Vec<Vec<Vec<u8>>> = (3..=17)
+        .collect::<Vec<u64>>()
+        .chunks(4)
+        .map(|c| c.iter().map(|&s| event(s).payload).collect())
+        .collect();
+    assert_eq!(stream(&o), want);
+    // Unconfirmed statuses force compaction, which rewrites the journal's segments.
+    compact(&mut o);
+    assert_eq!(stream(&o), want, "after compaction");
+    drop(o);
+    let o = Outbox::open(dir.path(), small, &[A.to_string()]).unwrap();
+    assert_eq!(stream(&o), want, "after a restart");
+}
+
 #[test]
 fn the_journal_is_bounded_by_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -456,12 +525,7 @@ fn a_failed_write_is_fatal_and_not_retried() {
 #[test]
 fn confirmed_payloads_leave_memory_and_come_back_from_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let small = Options {
-        max_bytes: 8 << 10,
-        segment_bytes: 64 << 10,
-        journal_max_bytes: 1 << 20,
-        journal_max_age: Duration::from_secs(3600),
-    };
+    let small = compacting();
     let mut o = Outbox::open(dir.path(), small.clone(), &[A.to_string()]).unwrap();
     let first = o.append((1..=5).map(event).collect()).unwrap();
     let payloads: Vec<Vec<u8>> = first.iter().map(|r| r.payload.clone()).collect();
@@ -478,12 +542,7 @@ fn confirmed_payloads_leave_memory_and_come_back_from_disk() {
     assert_eq!(whole(&o.read_from(0, 5)), payloads, "read back if asked");
     // Unconfirmed statuses pile up in the same segment until compaction rewrites it, with the
     // evicted events read back from the file.
-    let mut n = 0;
-    while o.pressure().dropped == 0 {
-        n += 1;
-        assert!(n < 1000, "never compacted: {:?}", o.pressure());
-        o.append(vec![zone("room-1", n)]).unwrap();
-    }
+    compact(&mut o);
     assert_eq!(whole(&o.replay_from(1).unwrap().events), payloads);
     drop(o);
     let o = Outbox::open(dir.path(), small, &[A.to_string()]).unwrap();

@@ -20,11 +20,14 @@ use super::inbound::{Answer, Router};
 use super::publisher::BrokerHealth;
 use super::stop::Stop;
 use super::{Presence, BUSY_SLOTS, TELEMETRY_SLOTS, WINDOW};
+use crate::command::Refused;
 use crate::config::BrokerUrl;
+use crate::message::Outgoing;
 use crate::mqtt::delivery::Feed;
 use crate::mqtt::ledger::{Entry, Ledger};
 use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
+use crate::mqtt::replays::Replays;
 
 /// Why the inner select loop handed control back.
 enum Step {
@@ -58,6 +61,8 @@ pub(super) struct BrokerLoop {
     pub(super) cancel: CancellationToken,
     /// Where received publishes go (commands, the extra filters, `cmd/replay` back here).
     pub(super) router: Router,
+    /// The `cmd/replay` requests being answered, a batch at a time after live traffic.
+    pub(super) replays: Replays,
     /// Where the loop is in stopping: running, draining, offline queued, disconnecting.
     pub(super) stop: Stop,
     /// Failures in a row and what was last warned about: how long to wait, how loudly to log.
@@ -145,6 +150,38 @@ impl BrokerLoop {
                 if let Some(feed) = self.feed.as_mut() {
                     feed.track(entry.seq, pos);
                 }
+                if !self.hand(entry) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands replay answers and replayed events to rumqttc in the room live traffic left:
+    /// called after [`BrokerLoop::pump_feed`], and only while nothing older waits in the
+    /// backlog, so a live record is never queued behind a replayed one.
+    fn pump_replays(&mut self) {
+        while self.connected() && self.ledger.backlog_is_empty() && self.ledger.has_room() {
+            let publications = if let Some(result) = self.replays.next_answer() {
+                match Publication::encode(&self.router.topics, &Outgoing::CommandResult(result)) {
+                    Ok(p) => vec![p],
+                    Err(e) => {
+                        tracing::error!("mqtt: cannot encode a replay result: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                let room = WINDOW.saturating_sub(self.ledger.outstanding());
+                let (Some(want), Some(feed)) = (self.replays.want(room), self.feed.as_ref()) else {
+                    return;
+                };
+                let batch = feed.replay_batch(want);
+                self.replays.batch(want, batch)
+            };
+            for p in publications {
+                let entry = self.ledger.stamp(p);
+                self.replays.track(entry.seq);
+                // A refused hand-over goes to the backlog, still tracked, and is resent first.
                 if !self.hand(entry) {
                     return;
                 }
@@ -258,6 +295,7 @@ impl BrokerLoop {
         }
         self.pump_busy();
         self.pump_feed();
+        self.pump_replays();
         self.maybe_queue_offline();
     }
 
@@ -266,6 +304,7 @@ impl BrokerLoop {
         // Nothing new gets in; what is already queued is still delivered, then the offline
         // status goes last.
         self.rx.close();
+        self.replays.stop();
         self.maybe_queue_offline();
         self.pump();
         self.maybe_disconnect();
@@ -274,7 +313,7 @@ impl BrokerLoop {
     /// The offline status goes last: once stopping, the pipeline channel is drained and every
     /// outbox record has been handed over.
     fn maybe_queue_offline(&mut self) {
-        let drained = self.feed.as_ref().is_none_or(|f| !f.has_more());
+        let drained = self.feed.as_ref().is_none_or(|f| !f.has_more()) && self.replays.is_idle();
         if self.stop.offline_due(drained) {
             self.queue_offline();
         }
@@ -319,6 +358,7 @@ impl BrokerLoop {
     fn on_puback(&mut self, pkid: u16) {
         match self.ledger.acked(pkid) {
             Some(entry) => {
+                self.replays.acked(entry.seq);
                 if let Some(feed) = self.feed.as_mut() {
                     feed.acked(entry.seq);
                 }
@@ -385,10 +425,11 @@ impl BrokerLoop {
     }
 
     /// Routes a received publish; a `cmd/replay` comes back to be answered here, on the broker
-    /// that asked, from the outbox's journal (the router says so only for a link with one),
-    /// and so does the busy refusal of a command the daemon had no room for.
+    /// that asked, from the outbox's journal (the router says so only for a link with one):
+    /// it joins the replays, streamed by [`BrokerLoop::pump_replays`], or is refused. So does
+    /// the busy refusal of a command the daemon had no room for.
     fn on_publish(&mut self, p: rumqttc::Publish) {
-        let request = match self.router.route(p) {
+        let mut request = match self.router.route(p) {
             None => return,
             Some(Answer::Busy(answer)) => return self.answer_busy(answer),
             Some(Answer::Replay(request)) => request,
@@ -396,10 +437,10 @@ impl BrokerLoop {
         let Some(feed) = &self.feed else {
             return;
         };
-        for publication in feed.replay(request, &self.router.topics) {
-            let entry = self.ledger.stamp(publication);
-            self.ledger.push_backlog(entry);
+        if self.stop.is_stopping() && request.is_ok() {
+            request = Err(Refused::new("replay", "the gateway is stopping"));
         }
+        self.replays.request(request, feed.latest_seq());
     }
 
     /// Queues a busy refusal and sends what the QoS 0 slots allow; the log says how many, at

@@ -22,7 +22,8 @@
 //!   (rumqttc itself drops those on a clean session: see `ledger.rs`);
 //! - with an outbox: takes records from its feed while the window has room, reports PUBACKs
 //!   back to it, republishes the retained status every `mqtt.heartbeat` with the latest `seq`,
-//!   and answers `cmd/replay` itself from the journal;
+//!   and answers `cmd/replay` itself from the journal, a batch at a time in what live traffic
+//!   leaves of the window (`replays.rs`);
 //! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
 //!   [`Inbound`] messages (every broker's loop feeds the same two channels); a command the
 //!   daemon has no room for is answered busy on `cmd/result` by the loop itself;
@@ -346,6 +347,7 @@ async fn start(
             busy: Default::default(),
             cancel: cancel.clone(),
             router,
+            replays: Default::default(),
             stop: Stop::default(),
             backoff: Backoff::default(),
         };
