@@ -154,12 +154,7 @@ impl Command {
     /// Parses the body of `cmd/{name}`; every way it can be wrong is a [`Refused`] that says so.
     pub fn parse(name: &str, payload: &[u8]) -> Result<Command, Refused> {
         let refuse = |reason: String| Refused::new(name, reason);
-        if payload.len() > MAX_BODY {
-            return Err(refuse(format!(
-                "cmd/{name}: body of {} bytes is over the {MAX_BODY}-byte limit for a command",
-                payload.len()
-            )));
-        }
+        within_limit(name, payload)?;
         match name {
             "ack" => Ok(Command::Ack(json(name, payload)?)),
             "shelve" => {
@@ -215,20 +210,7 @@ impl Command {
             "drill" => serde_json::from_slice(payload)
                 .map(Command::Drill)
                 .map_err(|e| refuse(format!("cmd/drill wants {{\"zone\": ZONE}}: {e}"))),
-            "replay" => {
-                let r: Replay = serde_json::from_slice(payload).map_err(|e| {
-                    refuse(format!(
-                        "expected {{\"from_seq\": N, \"reply_to\": TOPIC}}: {e}"
-                    ))
-                })?;
-                if !publishable(&r.reply_to) {
-                    return Err(refuse(format!(
-                        "reply_to {:?} is not a topic one can publish to",
-                        r.reply_to
-                    )));
-                }
-                Ok(Command::Replay(r))
-            }
+            "replay" => Replay::parse(payload).map(Command::Replay),
             other => Err(refuse(format!(
                 "unknown command {other:?} (this gateway takes {})",
                 names()
@@ -246,6 +228,41 @@ impl Command {
             Command::Replay(_) => "replay",
         }
     }
+}
+
+impl Replay {
+    /// The body of `cmd/replay`, which the broker link answers itself (from the journal, on the
+    /// broker that asked) rather than routing it on as a [`Command`].
+    pub fn parse(payload: &[u8]) -> Result<Replay, Refused> {
+        let refuse = |reason: String| Refused::new("replay", reason);
+        within_limit("replay", payload)?;
+        let r: Replay = serde_json::from_slice(payload).map_err(|e| {
+            refuse(format!(
+                "expected {{\"from_seq\": N, \"reply_to\": TOPIC}}: {e}"
+            ))
+        })?;
+        if !publishable(&r.reply_to) {
+            return Err(refuse(format!(
+                "reply_to {:?} is not a topic one can publish to",
+                r.reply_to
+            )));
+        }
+        Ok(r)
+    }
+}
+
+/// Every body, known command or not, is refused past [`MAX_BODY`] before it is parsed.
+fn within_limit(name: &str, payload: &[u8]) -> Result<(), Refused> {
+    if payload.len() > MAX_BODY {
+        return Err(Refused::new(
+            name,
+            format!(
+                "cmd/{name}: body of {} bytes is over the {MAX_BODY}-byte limit for a command",
+                payload.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// "ack, shelve, service, drill and replay".

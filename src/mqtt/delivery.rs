@@ -431,10 +431,7 @@ mod tests {
 
     /// A `cmd/replay` body as the link hands it over: parsed, or refused.
     fn request(body: &[u8]) -> Result<Replay, Refused> {
-        match crate::command::Command::parse("replay", body)? {
-            crate::command::Command::Replay(r) => Ok(r),
-            other => panic!("parsed as {other:?}"),
-        }
+        Replay::parse(body)
     }
 
     /// Answers one request as a broker loop with an empty window and a prompt broker does:

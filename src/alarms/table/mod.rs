@@ -259,6 +259,19 @@ impl AlarmTable {
             .ok_or_else(|| CommandError::Unknown(key.to_string()))
     }
 
+    /// The one alarm a command names, to change it (then [`AlarmTable::emit`] the slot).
+    fn one_mut(
+        &mut self,
+        key: &str,
+        zone: Option<&str>,
+    ) -> Result<(Slot, &mut Alarm), CommandError> {
+        let slot = self.one(key, zone)?;
+        match self.alarms.get_mut(&slot) {
+            Some(a) => Ok((slot, a)),
+            None => Err(CommandError::Unknown(key.to_string())),
+        }
+    }
+
     /// Applies a condition; returns the event if what the operator sees changed.
     pub fn update(&mut self, id: &Identity, cond: Condition, now: Now) -> Option<AlarmEvent> {
         let slot = id.slot();
@@ -434,11 +447,7 @@ impl AlarmTable {
         reason: &str,
         now: Now,
     ) -> Result<AlarmEvent, CommandError> {
-        let slot = self.one(key, zone)?;
-        let a = self
-            .alarms
-            .get_mut(&slot)
-            .ok_or_else(|| CommandError::Unknown(key.to_string()))?;
+        let (slot, a) = self.one_mut(key, zone)?;
         if a.active && a.severity == Severity::Emergency {
             return Err(CommandError::Emergency(key.to_string()));
         }
@@ -467,11 +476,7 @@ impl AlarmTable {
         out: Option<String>,
         now: Now,
     ) -> Result<AlarmEvent, CommandError> {
-        let slot = self.one(key, zone)?;
-        let a = self
-            .alarms
-            .get_mut(&slot)
-            .ok_or_else(|| CommandError::Unknown(key.to_string()))?;
+        let (slot, a) = self.one_mut(key, zone)?;
         a.message = match &out {
             Some(r) => format!("{key} out of service: {r}"),
             None => format!("{key} back in service"),

@@ -131,10 +131,7 @@ impl Router {
     /// command topics: events replayed there would come back as commands (an alarm event on
     /// `cmd/drill` names a zone), so a replay could start drills or ack alarms.
     fn replay_request(&self, payload: &[u8]) -> Result<Replay, Refused> {
-        let r = match Command::parse("replay", payload)? {
-            Command::Replay(r) => r,
-            other => return Err(Refused::new("replay", format!("not a replay: {other:?}"))),
-        };
+        let r = Replay::parse(payload)?;
         let own = self.topics.cmd("#");
         if topics::matches(&r.reply_to, &own) {
             return Err(Refused::new(
