@@ -92,8 +92,8 @@ window.EmberTrend = (function () {
       title: c.site + " · " + c.device + "/" + c.point,
       scales: { x: { time: true } },
       axes: [
-        { stroke: "#c9d1d9", grid: { stroke: "#30363d" }, ticks: { stroke: "#30363d" } },
-        { stroke: "#c9d1d9", grid: { stroke: "#30363d" }, ticks: { stroke: "#30363d" } },
+        { stroke: "#c9d1d9", font: "15px sans-serif", grid: { stroke: "#30363d" }, ticks: { stroke: "#30363d" } },
+        { stroke: "#c9d1d9", font: "15px sans-serif", size: 70, grid: { stroke: "#30363d" }, ticks: { stroke: "#30363d" } },
       ],
       series: [
         {},
