@@ -62,16 +62,21 @@ enum Command {
         #[arg(long)]
         zone: String,
     },
-    /// Play a thermal-runaway in one process (simulator, embedded broker, daemon) and narrate
-    /// what an operator sees on MQTT.
-    Demo,
+    /// Play a thermal-runaway in one process (simulator, embedded broker, daemon, drain agent,
+    /// site console) and narrate what an operator sees on MQTT; the console's page follows live.
+    Demo {
+        /// After the story, leave everything running (console page included) until Ctrl-C, so
+        /// you can click around.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // The demo narrates the drain itself; its warn-level log lines would only repeat it.
-        Command::Demo => "warn,rumqttd=off,emberwatch::drain=error",
+        Command::Demo { .. } => "warn,rumqttd=off,emberwatch::drain=error",
         _ => "info,rumqttd=warn",
     };
     logging::init(cli.log_format, default_filter);
@@ -124,8 +129,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             emberwatch::sim::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
-            emberwatch::demo::run().await?;
+        Command::Demo { keep } => {
+            emberwatch::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DrainAgent { config } => {
