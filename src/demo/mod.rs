@@ -17,6 +17,7 @@ use crate::config::{Config, Role};
 use crate::mqtt::embedded;
 use crate::sim::{self, Scenario, SimOptions};
 
+mod console;
 mod story;
 use story::Story;
 
@@ -228,6 +229,22 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         broker.addr.ip(),
         broker.addr.port()
     );
+    // The console connects before the daemon starts, so its page tells the whole story.
+    let console = match console::start(broker.addr, &cfg.site.id, cancel.child_token()).await {
+        Ok(c) => {
+            println!(
+                "  site console on {} (log in as {} with password {})",
+                c.url,
+                console::USER,
+                c.password
+            );
+            Some(c)
+        }
+        Err(e) => {
+            println!("  site console could not start ({e}); the story goes on without it");
+            None
+        }
+    };
     println!("  everything below is what arrived over MQTT, as an operator would see it.\n");
 
     // The operator's subscriber connects before the daemon, so nothing is missed.
@@ -271,6 +288,14 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     if keep && outcome.is_ok() {
         println!();
         println!("--keep: everything keeps running (the fire goes on in the simulator); press Ctrl-C to stop.");
+        if let Some(c) = &console {
+            println!(
+                "  open {} and log in as {} with password {}",
+                c.url,
+                console::USER,
+                c.password
+            );
+        }
         let stop = stop_requested();
         tokio::pin!(stop);
         loop {
@@ -302,6 +327,9 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), stop).await;
+    if let Some(c) = console {
+        c.stop().await;
+    }
     let _ = client.disconnect().await;
     cancel.cancel();
     sim.stopped().await;
