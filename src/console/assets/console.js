@@ -265,6 +265,7 @@
     try { text = await r.text(); } catch (e) { /* keep the status alone */ }
     let json = null;
     try { json = JSON.parse(text); } catch (e) { /* not JSON */ }
+    // A gateway's cmd/result carries `reason`; the console's own refusals carry `error`.
     const reason = (json && (json.reason || json.error)) || text.slice(0, 200);
     if (r.status === 200) {
       notice("ok", what + ": done by gateway " + body.gateway + (reason ? " (" + reason + ")" : ""));
@@ -344,6 +345,8 @@
       state.audit.length = Math.min(state.audit.length, 20);
       renderAudit();
     });
+    // The console dropped updates this page was too slow for: reload what it shows.
+    es.addEventListener("lagged", () => loadAll());
     es.addEventListener("telemetry", (ev) => window.EmberTrend.telemetry(JSON.parse(ev.data)));
   }
 
