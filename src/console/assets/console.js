@@ -133,6 +133,8 @@
     const active = z.active || [];
     const facts = h("dl", { class: "facts" },
       h("dt", {}, "Alarms"), h("dd", {}, active.length + " active, " + (z.unacknowledged || 0) + " unacked"),
+      z.faults ? h("dt", {}, "Faults") : null,
+      z.faults ? h("dd", { class: "clear-no" }, z.faults + " sensor or link fault" + (z.faults > 1 ? "s" : "")) : null,
       h("dt", {}, "Drain"), h("dd", {}, drainText(z.drain)),
       h("dt", {}, "Power cut"), h("dd", {}, clearanceNode(z.clearance)));
     const agents = z.drain && z.drain.agents ? Object.entries(z.drain.agents) : [];
