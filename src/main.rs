@@ -70,6 +70,30 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Run the site console: listen to every gateway of the watched sites, keep the history in
+    /// SQLite, repair gaps with cmd/replay, and serve the web page and JSON API.
+    ///
+    /// The file needs [console] (listen, database, users_file, sites) and [mqtt] as for a
+    /// gateway. Reading is open on a loopback listener; commands (ack, shelve, service) always
+    /// need a user from users_file (see `emberwatch console-user`).
+    Console {
+        /// Console configuration file.
+        #[arg(long, short, default_value = "/etc/emberwatch/console.toml")]
+        config: PathBuf,
+    },
+    /// Add a console user, or replace their password: reads the password from stdin (one line)
+    /// and writes NAME with its argon2 hash to the users file (created with mode 0600).
+    ///
+    /// Example: `emberwatch console-user --users /etc/emberwatch/console.users kim` and type
+    /// the password, or `printf '%s\n' "$PW" | emberwatch console-user --users FILE kim`.
+    /// The console rereads the file on every login, so no restart is needed.
+    ConsoleUser {
+        /// The users file (`console.users_file` of the console's configuration).
+        #[arg(long)]
+        users: PathBuf,
+        /// The user's name as typed at login: 1-64 characters, no ':' and no control characters.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,7 +127,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             emberwatch::daemon::run(cfg, config).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => Ok(match Config::load(&config, Role::Gateway) {
+        Command::CheckConfig { config } => Ok(match Config::load(&config, role_of(&config)) {
+            Ok(cfg) if cfg.console.is_some() => {
+                println!("{}", emberwatch::console::summary(&cfg));
+                ExitCode::SUCCESS
+            }
             Ok(cfg) => {
                 println!("{}", emberwatch::report::summary(&cfg));
                 for w in cfg.warnings() {
@@ -138,6 +166,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             emberwatch::drain::agent::run(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Console { config } => {
+            let cfg = load_or_report(&config, Role::Console)?;
+            emberwatch::console::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ConsoleUser { users, name } => {
+            emberwatch::console::users::add_from_stdin(&users, &name)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Drill { config, zone } => {
             let cfg = load_or_report(&config, Role::Gateway)?;
             Ok(if emberwatch::drain::drill::run(&cfg, &zone).await? {
@@ -147,6 +184,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The role `check-config` validates a file for: a console file is recognised by its
+/// `[console]` section (an unreadable file is reported by the loading itself).
+fn role_of(path: &std::path::Path) -> Role {
+    std::fs::read_to_string(path)
+        .map(|t| Role::of_text(&t))
+        .unwrap_or(Role::Gateway)
 }
 
 fn load_or_report(path: &std::path::Path, role: Role) -> anyhow::Result<Config> {

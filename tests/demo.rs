@@ -68,9 +68,7 @@ impl Demo {
 
     /// "site console on http://127.0.0.1:8080/ (log in as demo with password XYZ)" → (url, pw).
     async fn console(&self) -> (String, String) {
-        let line = self
-            .line("site console on ", Duration::from_secs(20))
-            .await;
+        let line = self.line("site console on ", Duration::from_secs(20)).await;
         let url = line
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
@@ -83,7 +81,10 @@ impl Demo {
             .expect("a password")
             .trim_end_matches(')')
             .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "loopback only: {line}");
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "loopback only: {line}"
+        );
         (url, password)
     }
 }
@@ -94,7 +95,10 @@ async fn curl(args: &[&str]) -> (String, bool) {
         .output()
         .await
         .expect("curl (scripts/test.sh installs it)");
-    (String::from_utf8_lossy(&o.stdout).into_owned(), o.status.success())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.success(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +107,10 @@ async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
     let (url, _) = demo.console().await;
     // The page is served while the story plays.
     let (page, ok) = curl(&["-sf", &format!("{url}/")]).await;
-    assert!(ok && page.contains("<title>emberwatch console</title>"), "{page}");
+    assert!(
+        ok && page.contains("<title>emberwatch console</title>"),
+        "{page}"
+    );
     let status = tokio::time::timeout(Duration::from_secs(60), demo.child.wait())
         .await
         .unwrap_or_else(|_| panic!("demo still running after 60 s:\n{}", demo.text()))
@@ -113,7 +120,11 @@ async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
     assert!(text.contains("POWER-CUT CLEARANCE"), "{text}");
     assert!(!text.contains("--keep:"), "{text}");
     // The console is gone with the demo.
-    assert!(!curl(&["-sf", "--max-time", "2", &format!("{url}/healthz")]).await.1);
+    assert!(
+        !curl(&["-sf", "--max-time", "2", &format!("{url}/healthz")])
+            .await
+            .1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +179,10 @@ async fn demo_keep_leaves_the_console_running_until_ctrl_c() {
         .await
         .unwrap_or_else(|_| panic!("demo --keep still running after Ctrl-C:\n{}", demo.text()))
         .expect("wait");
-    assert!(status.success(), "demo --keep exited {status}:\n{}", demo.text());
+    assert!(
+        status.success(),
+        "demo --keep exited {status}:\n{}",
+        demo.text()
+    );
     assert!(demo.text().contains("stopping."));
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::Update;
 use crate::clock;
 
 /// Alertmanager's clients re-send active alerts every 30 s to 3 min; we re-send every minute.
@@ -327,18 +328,21 @@ pub async fn post(target: &Target, alerts: &[PostableAlert]) -> Result<(), Alert
     Err(AlertmanagerError::Status { addr, status, body })
 }
 
-/// What the console's broadcast carries that this module reads: the latest state of an alarm,
-/// when an update is one.
-pub trait AlarmUpdate: Clone + Send + 'static {
-    fn alarm_view(&self) -> Option<AlarmView>;
+/// The latest state of an alarm, when an update is one (a gateway's event, or the console's
+/// `alarm` after an ack or shelve).
+fn alarm_view(u: &Update) -> Option<AlarmView> {
+    match u {
+        Update::Event(v) | Update::Alarm(v) => serde_json::from_value(v.clone()).ok(),
+        _ => None,
+    }
 }
 
 /// Pushes alarms to Alertmanager until `shutdown`. Started by the console when
 /// `console.alertmanager` is set; never returns an error after a good URL (Alertmanager being
 /// away is logged once per outage and retried).
-pub async fn run<U: AlarmUpdate>(
+pub async fn run(
     url: String,
-    mut rx: broadcast::Receiver<U>,
+    mut rx: broadcast::Receiver<Update>,
     shutdown: CancellationToken,
 ) -> Result<(), AlertmanagerError> {
     let target = Target::parse(&url)?;
@@ -352,7 +356,7 @@ pub async fn run<U: AlarmUpdate>(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => true,
             msg = rx.recv() => match msg {
-                Ok(u) => match u.alarm_view() {
+                Ok(u) => match alarm_view(&u) {
                     // After a failure, wait for the retry tick instead of a request per update.
                     Some(v) => alerts.observe(v) && healthy,
                     None => false,

@@ -74,21 +74,19 @@ pub(super) async fn start(
     site: &str,
     cancel: CancellationToken,
 ) -> Result<DemoConsole, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "emberwatch-demo-console-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("emberwatch-demo-console-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let password = password();
     crate::console::users::set(&dir.join("console.users"), USER, &password)
         .map_err(|e| e.to_string())?;
     let port = port();
-    let cfg = Config::from_toml(&config(broker, port, &dir, site), Role::Console).map_err(|ps| {
-        ps.iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("; ")
-    })?;
+    let cfg =
+        Config::from_toml(&config(broker, port, &dir, site), Role::Console).map_err(|ps| {
+            ps.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
     let task = tokio::spawn(crate::console::serve(cfg, cancel.clone()));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
