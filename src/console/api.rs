@@ -47,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/drains", get(drains))
         .route("/api/stream", get(stream))
         .route("/api/:command", post(command))
+        .layer(axum::middleware::from_fn(super::page::unchallenged))
         .with_state(app)
 }
 

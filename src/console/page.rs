@@ -6,8 +6,9 @@
 //! its MIT licence beside it), included with `include_bytes!`. The page is one client of the JSON
 //! API (`api.rs`) and the stream; it has no routes of its own beyond its files.
 
-use axum::extract::Path;
+use axum::extract::{Path, Request};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -73,6 +74,25 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
         .route("/assets/:name", get(asset))
+}
+
+/// The header the page puts on every request it makes with `fetch`.
+pub const PAGE_MARK: (&str, &str) = ("x-requested-with", "emberwatch-page");
+
+/// A 401 to the page's own requests goes without its `WWW-Authenticate: Basic` challenge:
+/// with it, the browser holds the request and pops up its own password dialog, so the page
+/// could neither say "log in first" nor offer its login form. Scripts (curl) still get the
+/// challenge. Layered over the whole console router.
+pub async fn unchallenged(req: Request, next: Next) -> Response {
+    let from_page = req
+        .headers()
+        .get(PAGE_MARK.0)
+        .is_some_and(|v| v.as_bytes() == PAGE_MARK.1.as_bytes());
+    let mut r = next.run(req).await;
+    if from_page && r.status() == StatusCode::UNAUTHORIZED {
+        r.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    r
 }
 
 async fn index() -> Response {
@@ -172,5 +192,46 @@ mod tests {
             missing.contains("no asset named \"../mod.rs\""),
             "{missing}"
         );
+    }
+
+    /// The page's requests get a bare 401; a script's keep the Basic challenge.
+    #[tokio::test]
+    async fn a_401_to_the_page_carries_no_basic_challenge() {
+        let app: Router = Router::new()
+            .route(
+                "/api/ack",
+                axum::routing::get(|| async {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Basic realm=\"x\"")],
+                        "log in",
+                    )
+                }),
+            )
+            .layer(axum::middleware::from_fn(unchallenged));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let ask = |mark: bool| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let extra = if mark {
+                "X-Requested-With: emberwatch-page\r\n"
+            } else {
+                ""
+            };
+            let req =
+                format!("GET /api/ack HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.expect("read");
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let page = ask(true).await;
+        assert!(page.starts_with("HTTP/1.1 401"), "{page}");
+        assert!(!page.contains("www-authenticate"), "{page}");
+        let script = ask(false).await;
+        assert!(script.contains("www-authenticate: Basic"), "{script}");
     }
 }

@@ -71,7 +71,7 @@
 
   // ---- fetching ---------------------------------------------------------------------------
   async function getJson(path) {
-    const r = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    const r = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json", "X-Requested-With": "emberwatch-page" } });
     if (r.status === 401) throw new Error("401");
     if (!r.ok) throw new Error(path + ": HTTP " + r.status + " " + (await r.text()).slice(0, 200));
     return r.json();
@@ -256,7 +256,9 @@
     try {
       r = await fetch("/api/" + name, {
         method: "POST", credentials: "same-origin",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        // X-Requested-With: the console answers a 401 without a Basic challenge, which would
+        // make the browser hold the request behind its own password dialog.
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-Requested-With": "emberwatch-page" },
         body: JSON.stringify(body),
       });
     } catch (e) {
@@ -364,6 +366,7 @@
     tick();
     setInterval(tick, 1000);
     window.EmberTrend.init(notice);
-    loadAll().then(connect);
+    // The stream is opened only when reading is allowed; otherwise the login form is the page.
+    loadAll().then(() => { if (state.me.can_read) connect(); });
   });
 })();

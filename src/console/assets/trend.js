@@ -58,7 +58,7 @@ window.EmberTrend = (function () {
     $("trend-note").textContent = "loading…";
     let rows;
     try {
-      const r = await fetch("/api/trends?" + q, { credentials: "same-origin" });
+      const r = await fetch("/api/trends?" + q, { credentials: "same-origin", headers: { "X-Requested-With": "emberwatch-page" } });
       if (!r.ok) throw new Error("HTTP " + r.status + " " + (await r.text()).slice(0, 200));
       rows = await r.json();
     } catch (e) {
