@@ -10,6 +10,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The demos of this file run one at a time: each prefers ports 1883 and 8080, and the
+/// assertion that the console is gone after the demo must not see the other demo's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Demo {
     child: Child,
     out: Arc<Mutex<String>>,
@@ -103,6 +107,7 @@ async fn curl(args: &[&str]) -> (String, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut demo = Demo::start(&[]);
     let (url, _) = demo.console().await;
     // The page is served while the story plays.
@@ -129,6 +134,7 @@ async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_keep_leaves_the_console_running_until_ctrl_c() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut demo = Demo::start(&["--keep"]);
     let (url, password) = demo.console().await;
     demo.line("--keep: everything keeps running", Duration::from_secs(60))
