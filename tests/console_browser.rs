@@ -63,7 +63,7 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
     let broker = Mosquitto::start().await;
     let sim = Sim::start("normal", 1).await;
     let storage = tempfile::tempdir().expect("tempdir");
-    let _gateway = Daemon::start(&gateway_config(
+    let gateway = Daemon::start(&gateway_config(
         broker.port(),
         sim.port(),
         storage.path(),
@@ -152,13 +152,7 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
 
     // Step 3: a command without a login is refused, and the page says why.
     let ack = format!("{OFFGAS_ROW} button.ack");
-    b.client
-        .find(Locator::Css(&ack))
-        .await
-        .expect("Acknowledge button")
-        .click()
-        .await
-        .expect("click");
+    click(&b, &ack).await;
     notice_says(&b, "error", "log in first (401)").await;
 
     // A wrong password is told as such.
@@ -174,13 +168,7 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
     .await;
     b.wait_until("the board after login", &tile_is("emergency"), LIVE)
         .await;
-    b.client
-        .find(Locator::Css(&ack))
-        .await
-        .expect("Acknowledge button")
-        .click()
-        .await
-        .expect("click");
+    click(&b, &ack).await;
     notice_says(
         &b,
         "ok",
@@ -203,14 +191,34 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
     )
     .await;
 
-    // The trend of the point shows how it got there.
+    // The gateway refuses to shelve an emergency alarm: its reason is on the page (422).
+    let heat_row = r#"#alarm-rows tr[data-alarm="rack-01/cell_temp_max/cell-overtemp"]"#;
+    click(&b, &format!("{heat_row} button.shelve")).await;
     b.client
-        .find(Locator::Css(&format!("{OFFGAS_ROW} button.trend-btn")))
+        .find(Locator::Id("shelve-reason"))
         .await
-        .expect("Trend button")
-        .click()
+        .expect("reason field")
+        .send_keys("sensor under test")
         .await
-        .expect("click");
+        .expect("type reason");
+    click(&b, "#shelve-ok").await;
+    notice_says(&b, "error", "gateway gw-t refused: ").await;
+    notice_says(&b, "error", "(422)").await;
+    let refusal = b.text(".notice[data-kind=error]").await;
+    assert!(
+        refusal.contains("emergency"),
+        "the gateway's reason: {refusal}"
+    );
+
+    // A gateway that takes the command and never answers (stopped, its status still online):
+    // after 5 s the page says so (504).
+    gateway.signal("STOP");
+    click(&b, &format!("{heat_row} button.ack")).await;
+    notice_says(&b, "error", "no answer from gateway gw-t within 5 s").await;
+    gateway.signal("CONT");
+
+    // The trend of the point shows how it got there.
+    click(&b, &format!("{OFFGAS_ROW} button.trend-btn")).await;
     b.wait_until(
         "the off-gas trend drawn",
         "document.querySelector('#trend-chart canvas') && /\\d+ buckets/.test(document.getElementById('trend-note').textContent)",
@@ -218,6 +226,25 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
     )
     .await;
     b.close().await;
+}
+
+/// Clicks the element `css` names. The alarm list is redrawn on every update, so a button
+/// found a moment ago may be gone; it is found again (as a person would move the pointer).
+async fn click(b: &Browser, css: &str) {
+    for _ in 0..5 {
+        let e = b
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match e.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(w))
+                if w.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
+    panic!("{css}: stale five times in a row");
 }
 
 async fn login(b: &Browser, user: &str, password: &str) {
@@ -236,11 +263,5 @@ async fn login(b: &Browser, user: &str, password: &str) {
         .send_keys(password)
         .await
         .expect("type password");
-    b.client
-        .find(Locator::Id("login-submit"))
-        .await
-        .expect("Log in button")
-        .click()
-        .await
-        .expect("click Log in");
+    click(b, "#login-submit").await;
 }
