@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::table::{Alarm, MAX_SEQ};
+use crate::alarms::AlarmEvent;
 use crate::storage::JsonStore;
 pub use crate::storage::StoreError;
 
@@ -21,6 +22,41 @@ pub struct Snapshot {
     pub last_seq: u64,
     /// Alarms that are active (or otherwise not normal), by key.
     pub alarms: Vec<Alarm>,
+}
+
+impl Snapshot {
+    /// Brings the snapshot up to the events the outbox holds past it, oldest first: the
+    /// outbox is the truth. An event is fsynced there before `state.json` is saved, and once
+    /// there it is delivered (subscribers may have seen it), so when the save failed (a full
+    /// disk, a crash between the two writes) the state is what is behind. `latching` says
+    /// whether a rule latches (the event does not carry it). Returns how many events were
+    /// applied; events at or below `last_seq` are already in the snapshot and skipped.
+    pub fn roll_forward(
+        &mut self,
+        events: &[AlarmEvent],
+        latching: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut applied = 0;
+        for ev in events {
+            if ev.seq <= self.last_seq {
+                continue;
+            }
+            let at = self
+                .alarms
+                .iter()
+                .position(|a| a.identity.zone == ev.zone && a.identity.key() == ev.alarm);
+            let before = at.map(|i| self.alarms.remove(i));
+            let latch = before
+                .as_ref()
+                .map_or_else(|| latching(&ev.rule), |b| b.identity.latching);
+            if let Some(a) = Alarm::from_event(ev, latch, before.as_ref()) {
+                self.alarms.push(a);
+            }
+            self.last_seq = ev.seq;
+            applied += 1;
+        }
+        applied
+    }
 }
 
 /// `storage.dir/state.json`.

@@ -58,8 +58,8 @@ use self::backoff::Backoff;
 use self::broker::BrokerLoop;
 pub use self::inbound::Inbound;
 use self::inbound::Router;
-pub use self::publisher::Publisher;
 use self::publisher::{BrokerHealth, Route};
+pub use self::publisher::{Farewell, Publisher};
 use self::stop::Stop;
 use super::delivery::DurableOutbox;
 use super::echo::Echoes;
@@ -134,6 +134,7 @@ impl LinkOptions {
             started_at: crate::clock::rfc3339(SystemTime::now()),
             seq: None,
             outbox: None,
+            lost: Vec::new(),
         };
         LinkOptions {
             client_id: cfg.mqtt.client_id.clone(),
