@@ -264,16 +264,6 @@ async fn serve_generation(
             fatal = Some((reason.clone(), DaemonError::OutboxFailed(reason)));
             break;
         }
-        if !out.events.is_empty() {
-            // Saved before the next reading: seq never goes back, and a restart neither
-            // raises these alarms again nor forgets an acknowledgement or a shelf. If the
-            // save fails, the events are raised all the same (they are in the outbox, and
-            // on their way): the restart rolls the state forward over them.
-            if let Err(e) = store.save(&engine.snapshot()) {
-                fatal = Some((format!("alarm state: {e}"), DaemonError::Store(e)));
-                break;
-            }
-        }
         for e in &out.events {
             tracing::info!(
                 alarm = %e.alarm,
@@ -284,6 +274,16 @@ async fn serve_generation(
                 "{}",
                 e.message
             );
+        }
+        if !out.events.is_empty() {
+            // Saved before the next reading: seq never goes back, and a restart neither
+            // raises these alarms again nor forgets an acknowledgement or a shelf. If the
+            // save fails, the events are raised all the same (they are in the outbox, and
+            // on their way): the restart rolls the state forward over them.
+            if let Err(e) = store.save(&engine.snapshot()) {
+                fatal = Some((format!("alarm state: {e}"), DaemonError::Store(e)));
+                break;
+            }
         }
         for msg in &zones {
             drain.observe(msg).await;
