@@ -2,7 +2,8 @@
 //!
 //! Shutdown order matters for an alarm system: pollers stop first, the engine finishes what it
 //! was given and hands its last events to MQTT, and only then does the MQTT link publish
-//! "offline" and close. Every task is tracked; nothing is left running.
+//! "offline" (or "fault" after a failed write, or nothing on a reload) and close. Every task is
+//! tracked; nothing is left running.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,9 +30,11 @@ fn config(mqtt_port: u16, sim_port: u16, storage: &Path, extra: &str) -> String 
     )
 }
 
-/// `last_seq` in `storage/state.json`.
+/// `last_seq` in `storage/state.json` (0 before its first save).
 fn state_seq(storage: &Path) -> u64 {
-    let text = std::fs::read_to_string(storage.join("state.json")).expect("state.json");
+    let Ok(text) = std::fs::read_to_string(storage.join("state.json")) else {
+        return 0;
+    };
     let v: Value = serde_json::from_str(&text).expect("state.json is JSON");
     v["last_seq"].as_u64().expect("last_seq")
 }
@@ -161,8 +163,7 @@ async fn a_full_disk_mid_save_leaves_a_fault_and_the_restart_agrees_with_the_fee
     let seen = sub.seen_list();
     let last_status = seen
         .lines()
-        .filter(|l| l.trim_start().starts_with(STATUS))
-        .last()
+        .rfind(|l| l.trim_start().starts_with(STATUS))
         .unwrap_or_default();
     assert!(
         last_status.contains(r#"{"state":"fault""#),

@@ -89,7 +89,56 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarms::AlarmState;
     use std::fs;
+
+    /// The report's case: state.json saved at seq 59 (active) while the outbox went on to
+    /// seq 60 (cleared) before the save failed. Rolled forward, the state says what
+    /// subscribers saw: cleared (unacknowledged: nobody acked it), numbered through 60.
+    #[test]
+    fn the_state_rolls_forward_over_what_the_outbox_raised() {
+        let active: AlarmEvent = serde_json::from_str(
+            r#"{"event_id":"gw-59","seq":59,"site":"s","gateway":"gw","alarm":"rack-01/t/hot",
+            "rule":"hot","zone":"room-1","device":"rack-01","point":"t","kind":"threshold",
+            "severity":"critical","state":"active","acked":false,"value":57.0,"threshold":55.0,
+            "unit":"degC","message":"t 57.0 degC above critical 55.0",
+            "time":"2026-11-24T13:40:02.123Z","since":"2026-11-24T13:40:02.123Z",
+            "isa_state":"active_unacknowledged","shelved_until":null,"out_of_service":false,
+            "chattering":false,"transitions_last_minute":1}"#,
+        )
+        .unwrap();
+        let mut snap = Snapshot::default();
+        assert_eq!(
+            snap.roll_forward(std::slice::from_ref(&active), |_| false),
+            1
+        );
+        assert_eq!(snap.last_seq, 59);
+        assert!(snap.alarms[0].active);
+        let mut cleared = active.clone();
+        cleared.seq = 60;
+        cleared.state = AlarmState::Cleared;
+        cleared.since = "2026-11-24T13:41:00.000Z".into();
+        // Already applied events are skipped; the new one is applied once.
+        assert_eq!(
+            snap.roll_forward(&[active.clone(), cleared.clone()], |_| false),
+            1
+        );
+        assert_eq!(snap.last_seq, 60);
+        assert_eq!(snap.alarms.len(), 1);
+        let a = &snap.alarms[0];
+        assert!(!a.active && !a.acked && !a.condition);
+        assert_eq!(
+            a.since,
+            humantime::parse_rfc3339("2026-11-24T13:41:00Z").unwrap()
+        );
+        // Acknowledged and cleared: normal, nothing left to remember.
+        let mut acked = cleared;
+        acked.seq = 61;
+        acked.acked = true;
+        assert_eq!(snap.roll_forward(&[acked], |_| false), 1);
+        assert!(snap.alarms.is_empty());
+        assert_eq!(snap.last_seq, 61);
+    }
 
     #[test]
     fn state_persists_and_corruption_is_refused() {

@@ -212,6 +212,7 @@ pub(crate) mod tests {
             started_at: "2026-11-24T13:40:00.000Z".into(),
             seq: None,
             outbox: None,
+            lost: Vec::new(),
         };
         assert_eq!(
             String::from_utf8(online.to_json()).unwrap(),
@@ -220,6 +221,18 @@ pub(crate) mod tests {
         assert_eq!(GatewayStatus::Offline.to_json(), br#"{"state":"offline"}"#);
         let back: GatewayStatus = serde_json::from_slice(&online.to_json()).unwrap();
         assert_eq!(back, online);
+        // Events found lost at start: `[from, to]` ranges, only when there are some.
+        let lossy = GatewayStatus::Online {
+            version: "0.1.0".into(),
+            started_at: "2026-11-24T13:40:00.000Z".into(),
+            seq: Some(6),
+            outbox: None,
+            lost: vec![[3, 6]],
+        };
+        assert_eq!(
+            String::from_utf8(lossy.to_json()).unwrap(),
+            r#"{"state":"online","version":"0.1.0","started_at":"2026-11-24T13:40:00.000Z","seq":6,"lost":[[3,6]]}"#
+        );
     }
 
     #[test]

@@ -91,9 +91,12 @@ fn missing(held: impl Iterator<Item = u64>, raised_through: u64) -> Vec<(u64, u6
 mod tests {
     use super::missing;
 
+    /// Event seqs held, `state.json`'s `last_seq`, the ranges lost.
+    type Case = (&'static [u64], u64, &'static [(u64, u64)]);
+
     #[test]
     fn holes_and_a_short_tail_are_losses_and_nothing_else_is() {
-        let cases: &[(&[u64], u64, &[(u64, u64)])] = &[
+        let cases: &[Case] = &[
             // Everything held: a torn tail after it costs nothing.
             (&[1, 2, 3], 3, &[]),
             // Events past state.json (its save failed): rolled forward, not lost.

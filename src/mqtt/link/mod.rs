@@ -27,8 +27,10 @@
 //! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
 //!   [`Inbound`] messages (every broker's loop feeds the same two channels); a command the
 //!   daemon has no room for is answered busy on `cmd/result` by the loop itself;
-//! - on cancellation, sends what is queued, then the retained offline status, waits (up to
-//!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
+//! - on cancellation, sends what is queued, then the retained offline status (or what
+//!   [`Publisher::farewell`] set instead: the `fault` status after a failed write, nothing
+//!   on a reload), waits (up to [`STOP_GRACE`]) for the broker's acks, and disconnects
+//!   cleanly, so the broker discards the last will. If the grace runs out it
 //!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
 //!   offline.
 //!
