@@ -57,10 +57,19 @@ async fn logged(daemon: &Daemon, text: &str) {
     }
 }
 
-/// A tmpfs of 256 KiB mounted under a temporary directory, unmounted on drop. Mounting needs
-/// root (CAP_SYS_ADMIN), as CI and the test machine have; elsewhere the test says it skipped.
+/// A real file system that fills up: a tmpfs of 256 KiB. Mounted in a mount namespace of
+/// its own, owned by an unprivileged user namespace (`unshare --user --map-root-user --mount`,
+/// held open by a `sleep`), so neither root nor the host's mount table is needed; the daemon
+/// runs in that namespace (`nsenter`), and the test reaches the tmpfs through
+/// `/proc/{holder}/root`. Where user namespaces are disabled, root mounts it directly; with
+/// neither, the test says it skipped and why.
 struct TinyDisk {
+    /// Where the daemon sees it (inside the namespace).
     dir: PathBuf,
+    /// Where this test reads and writes it.
+    host: PathBuf,
+    /// The namespace's holder process, or `None` when mounted directly.
+    holder: Option<std::process::Child>,
     _parent: tempfile::TempDir,
 }
 
@@ -69,39 +78,115 @@ impl TinyDisk {
         let parent = tempfile::tempdir().expect("tempdir");
         let dir = parent.path().join("tiny");
         std::fs::create_dir(&dir).expect("mkdir");
+        let mut holder = std::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sleep", "3600"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        if let Some(h) = holder.as_mut() {
+            let pid = h.id().to_string();
+            // The holder needs a moment to unshare; nsenter fails until it has.
+            let mut mounted = false;
+            for _ in 0..50 {
+                mounted = std::process::Command::new("nsenter")
+                    .args([
+                        "-t",
+                        &pid,
+                        "-U",
+                        "-m",
+                        // Keep our uid: it is the namespace's root (setgroups is denied in it).
+                        "--preserve-credentials",
+                        "mount",
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        "size=256k",
+                    ])
+                    .arg("tmpfs")
+                    .arg(&dir)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if mounted {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if mounted {
+                let host = PathBuf::from(format!("/proc/{pid}/root"))
+                    .join(dir.strip_prefix("/").expect("absolute"));
+                return Some(TinyDisk {
+                    dir,
+                    host,
+                    holder,
+                    _parent: parent,
+                });
+            }
+            let _ = h.kill();
+            let _ = h.wait();
+        }
         let mounted = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
             .arg(&dir)
             .output();
         if !matches!(&mounted, Ok(o) if o.status.success()) {
             eprintln!(
-                "SKIPPED {test}: a real full file system needs a tmpfs, and mounting one needs \
-                 root (CAP_SYS_ADMIN): {mounted:?}"
+                "SKIPPED {test}: a real full file system needs a tmpfs: neither an unprivileged \
+                 user+mount namespace (unshare --user --map-root-user --mount) nor mount(8) as \
+                 root worked here: {mounted:?}"
             );
             return None;
         }
         Some(TinyDisk {
+            host: dir.clone(),
             dir,
+            holder: None,
             _parent: parent,
         })
+    }
+
+    /// How to run the daemon so that it sees the tmpfs.
+    fn wrapper(&self) -> Vec<String> {
+        match &self.holder {
+            Some(h) => [
+                "nsenter",
+                "-t",
+                &h.id().to_string(),
+                "-U",
+                "-m",
+                "--preserve-credentials",
+            ]
+            .map(String::from)
+            .to_vec(),
+            None => Vec::new(),
+        }
     }
 
     /// Writes a filler file until the file system refuses more.
     fn fill(&self) {
         use std::io::Write;
-        let mut filler = std::fs::File::create(self.dir.join("filler")).expect("filler");
+        let mut filler = std::fs::File::create(self.host.join("filler")).expect("filler");
         while filler.write_all(&[0u8; 4096]).is_ok() {}
         let _ = filler.sync_all();
     }
 
     fn free(&self) {
-        std::fs::remove_file(self.dir.join("filler")).expect("remove filler");
+        std::fs::remove_file(self.host.join("filler")).expect("remove filler");
     }
 }
 
 impl Drop for TinyDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        match self.holder.as_mut() {
+            // The namespace, and its tmpfs, go with their last process.
+            Some(h) => {
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+            None => {
+                let _ = std::process::Command::new("umount").arg(&self.dir).status();
+            }
+        }
     }
 }
 
@@ -120,12 +205,12 @@ async fn a_full_disk_mid_save_leaves_a_fault_and_the_restart_agrees_with_the_fee
     // state.json on the tiny disk; the outbox on a roomy one, so the event is raised and only
     // the save after it fails.
     let roomy = tempfile::tempdir().expect("tempdir");
-    std::os::unix::fs::symlink(roomy.path(), disk.dir.join("outbox")).expect("symlink");
+    std::os::unix::fs::symlink(roomy.path(), disk.host.join("outbox")).expect("symlink");
     let broker = Mosquitto::start().await;
     let sim = Sim::start("normal", 1).await;
     let config = config(broker.port(), sim.port(), &disk.dir, "");
     let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start_under(&config, &[], &disk.wrapper());
     sub.expect_where(STATUS, |j| j["state"] == "online", SOON)
         .await;
 
@@ -135,7 +220,7 @@ async fn a_full_disk_mid_save_leaves_a_fault_and_the_restart_agrees_with_the_fee
         .await;
     let raised_seq = raised["seq"].as_u64().expect("seq");
     let deadline = Instant::now() + SOON;
-    while state_seq(&disk.dir) < raised_seq {
+    while state_seq(&disk.host) < raised_seq {
         assert!(
             Instant::now() < deadline,
             "state.json never saved the raise"
@@ -161,12 +246,12 @@ async fn a_full_disk_mid_save_leaves_a_fault_and_the_restart_agrees_with_the_fee
         "{last}"
     );
     // The report's state of affairs: the feed says cleared, state.json still says raised.
-    assert_eq!(state_seq(&disk.dir), raised_seq);
+    assert_eq!(state_seq(&disk.host), raised_seq);
 
     disk.free();
     sub.forget();
     let restart = now();
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start_under(&config, &[], &disk.wrapper());
     // The first zone status the restarted gateway publishes (records it had not seen
     // confirmed before the exit are delivered again first, with their old times).
     let zone = sub
@@ -189,7 +274,7 @@ async fn a_full_disk_mid_save_leaves_a_fault_and_the_restart_agrees_with_the_fee
     )
     .await;
     assert!(
-        state_seq(&disk.dir) >= cleared_seq,
+        state_seq(&disk.host) >= cleared_seq,
         "state.json did not catch up"
     );
     // No event says otherwise: the alarm is not raised again.
@@ -245,7 +330,7 @@ async fn a_full_disk_under_the_outbox_leaves_a_fault_and_the_restart_agrees_with
     let sim = Sim::start("normal", 1).await;
     let config = config(broker.port(), sim.port(), storage.path(), "");
     let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start_under(&config, &[], &disk.wrapper());
     sub.expect_where(STATUS, |j| j["state"] == "online", SOON)
         .await;
     sim.write(116, 600).await;
@@ -292,7 +377,7 @@ async fn a_full_disk_under_the_outbox_leaves_a_fault_and_the_restart_agrees_with
     }
     disk.free();
     let restart = now();
-    let _daemon = Daemon::start(&config);
+    let _daemon = Daemon::start_under(&config, &[], &disk.wrapper());
     // Records not confirmed before the exit come first (old zone statuses among them, with
     // their old times), then the restarted gateway's own first zone status.
     let zone = loop {
