@@ -29,7 +29,7 @@ pub enum GatewayStatus {
         outbox: Option<OutboxHealth>,
         /// Alarm events found lost at start, as `[from, to]` seq ranges (inclusive): raised
         /// (`state.json` says so) but gone from the damaged outbox. Absent when nothing was
-        /// lost; reported until the gateway restarts.
+        /// lost; judged again at every start.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         lost: Vec<[u64; 2]>,
     },

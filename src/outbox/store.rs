@@ -146,7 +146,8 @@ pub struct Outbox {
     pub(super) evicted_below: u64,
     /// Where recovery skipped damaged bytes ([`Outbox::assess`]).
     pub(super) damaged: Vec<String>,
-    /// Event `seq` ranges found lost at start ([`Outbox::assess`]), reported until exit.
+    /// Event `seq` ranges found lost at start ([`Outbox::assess`]), reported until exit
+    /// (and found again at the next start while the journal reaches back to them).
     pub(super) lost: Vec<(u64, u64)>,
 }
 
