@@ -381,6 +381,46 @@ fn a_restart_keeps_the_alarms_the_configuration_still_has() {
     assert!(fewer.retire_orphans(Now::system()).events.is_empty());
 }
 
+/// Each way an alarm's source can leave the file gives its own reason in the retiring event.
+#[test]
+fn a_retired_alarm_says_what_left_the_configuration() {
+    let mut e = engine();
+    e.on_reading(&reading(Now::system(), Some(57.2)));
+    let cases = [
+        (
+            CFG.replace("id = \"t\"", "id = \"u\"")
+                .replace("*/t", "*/u"),
+            "cleared: point rack-01/t removed from the configuration; no longer watched",
+        ),
+        (
+            CFG.replace("id = \"hot\"", "id = \"warm\""),
+            "cleared: rule hot no longer watches rack-01/t in the configuration; no longer watched",
+        ),
+    ];
+    for (points_and_rules, want) in cases {
+        let mut after = Engine::restore(config(&points_and_rules), e.snapshot());
+        let events = after.retire_orphans(Now::system()).events;
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>(),
+            [want],
+            "{points_and_rules}"
+        );
+    }
+    // The device itself renamed.
+    let renamed = format!("{RACK_01}{CFG}").replace("rack-01", "rack-07");
+    let cfg = Arc::new(Config::from_toml(&renamed, Role::Gateway).expect("valid"));
+    let events = Engine::restore(cfg, e.snapshot())
+        .retire_orphans(Now::system())
+        .events;
+    assert_eq!(
+        events[0].message,
+        "cleared: rack-01 removed from the configuration; no longer watched"
+    );
+}
+
 fn cmd(e: &mut Engine, name: &str, body: &str) -> (Vec<AlarmEvent>, CommandResult) {
     let out = e.on_command(Command::parse(name, body.as_bytes()), Now::system());
     let result = out
