@@ -99,10 +99,12 @@ fn seed_one(
             kind,
         } => {
             let at = point_index(cfg, device, point)?;
-            kept(
-                seed_rule(cfg, rules, at, rule, kind, level),
-                format!("rule {rule} no longer watches {device}/{point} in the configuration"),
-            )
+            let why = if cfg.rules.iter().any(|r| r.id == rule) {
+                format!("rule {rule} no longer watches {device}/{point} in the configuration")
+            } else {
+                format!("rule {rule} removed from the configuration")
+            };
+            kept(seed_rule(cfg, rules, at, rule, kind, level), why)
         }
     }
 }

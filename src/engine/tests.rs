@@ -394,6 +394,11 @@ fn a_retired_alarm_says_what_left_the_configuration() {
         ),
         (
             CFG.replace("id = \"hot\"", "id = \"warm\""),
+            "cleared: rule hot removed from the configuration; no longer watched",
+        ),
+        (
+            format!("{CFG}  [[devices.points]]\n  id = \"u\"\n  address = 117\n")
+                .replace("points = [\"*/t\"]", "points = [\"*/u\"]"),
             "cleared: rule hot no longer watches rack-01/t in the configuration; no longer watched",
         ),
     ];
