@@ -325,7 +325,13 @@ impl BrokerLoop {
         let payload = match self.health.farewell() {
             Farewell::Offline => self.presence.offline.clone(),
             Farewell::Status(p) => p,
-            Farewell::Silent => return self.pump(),
+            Farewell::Silent => {
+                // No publish whose PUBACK would wake the loop to disconnect: do it now, or the
+                // grace would run out and the last will say offline after all.
+                self.pump();
+                self.maybe_disconnect();
+                return;
+            }
         };
         let last = Publication::presence(&self.presence.topic, &payload, false);
         let entry = self.ledger.stamp(last);
