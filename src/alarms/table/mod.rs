@@ -130,6 +130,9 @@ impl Alarm {
             // What the rules say is not in the event; the first reading re-evaluates it.
             condition: active,
             acked: ev.acked,
+            // The names travel in the event, so rolling forward keeps them too.
+            acked_by: ev.acked_by.clone(),
+            shelved_by: shelved_until.and(ev.shelved_by.clone()),
             since: time(&ev.since).unwrap_or(SystemTime::UNIX_EPOCH),
             shelve_reason: shelved_until.and(before.and_then(|b| b.shelve_reason.clone())),
             shelved_until,
