@@ -374,6 +374,30 @@ async fn history_is_filtered_and_exported_as_csv_and_the_page_can_log_in() {
     )
     .await;
     assert_eq!(me.json()["user"], Value::Null);
+
+    // The trend of the point: 10 s min/max/last buckets from telemetry, oldest first.
+    let trend = rig
+        .console
+        .until(
+            "/api/trends?site=test-site&device=rack-01&point=cell_temp_max&since=3600",
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|b| b["max"] == 57.2))
+            },
+            Duration::from_secs(15),
+        )
+        .await;
+    let buckets = trend.as_array().unwrap();
+    assert!(buckets
+        .windows(2)
+        .all(|w| w[0]["t"].as_i64() < w[1]["t"].as_i64()));
+    assert!(buckets
+        .iter()
+        .all(|b| b["t"].as_i64().unwrap() % 10_000 == 0
+            && b["min"].as_f64() <= b["last"].as_f64()
+            && b["last"].as_f64() <= b["max"].as_f64()));
+    let r = rig.console.get("/api/trends?site=test-site").await;
+    assert_eq!(r.status, 400);
     drop(rig.dir);
 }
 

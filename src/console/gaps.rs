@@ -51,6 +51,20 @@ impl Ranges {
         self.0.insert(a, b);
     }
 
+    /// Takes `n` out (splitting its range).
+    pub fn remove(&mut self, n: u64) {
+        let Some((&a, &b)) = self.0.range(..=n).next_back().filter(|(_, &b)| b >= n) else {
+            return;
+        };
+        self.0.remove(&a);
+        if a < n {
+            self.0.insert(a, n - 1);
+        }
+        if n < b {
+            self.0.insert(n + 1, b);
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.0.iter().map(|(&a, &b)| (a, b))
     }
@@ -175,6 +189,11 @@ impl Record {
         self.received.insert(seq, seq);
         self.latest = self.latest.max(seq);
         true
+    }
+
+    /// An event that was received but could not be stored: a hole again, to be replayed.
+    pub fn unstored(&mut self, seq: u64) {
+        self.received.remove(seq);
     }
 
     /// The retained status says the gateway's latest event is `seq`.
@@ -309,8 +328,13 @@ mod tests {
         assert_eq!(s.holes(1, 15), vec![(4, 4), (6, 6), (13, 15)]);
         assert_eq!(s.holes(7, 12), vec![]);
         assert!(s.contains(11) && !s.contains(6));
-        let s = set(&[(4, 6), (1, 10)]);
+        let mut s = set(&[(4, 6), (1, 10)]);
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![(1, 10)]);
+        s.remove(1);
+        s.remove(5);
+        s.remove(10);
+        s.remove(42);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![(2, 4), (6, 9)]);
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub async fn run(app: Arc<App>, mut eventloop: EventLoop) {
             _ = app.cancel.cancelled() => break,
             _ = tick.tick() => {
                 ticks += 1;
+                unstored(&app);
                 replays(&app).await;
                 let now_ms = unix_ms(SystemTime::now()) as i64;
                 flush_buckets(&app, &mut buckets, now_ms, false, ticks % 5 == 0).await;
@@ -134,8 +135,26 @@ async fn subscribe(app: &App) {
     }
 }
 
+/// Events the database could not store are holes again: replayed once it can.
+fn unstored(app: &App) {
+    let lost = app.writer.health.take_unstored();
+    if lost.is_empty() {
+        return;
+    }
+    let mut live = app.live_mut();
+    for (site, gw, seq) in lost {
+        if let Some(g) = live.gateways.get_mut(&(site, gw)) {
+            g.record.unstored(seq);
+        }
+    }
+}
+
 /// Asks each gateway with a gap (and online) to replay it.
 async fn replays(app: &App) {
+    // Replayed events could not be stored either; ask once both work.
+    if !app.connected.load(Ordering::Relaxed) || !app.writer.health.ok() {
+        return;
+    }
     let now = Instant::now();
     let due: Vec<(String, String, u64)> = {
         let mut live = app.live_mut();
@@ -145,9 +164,6 @@ async fn replays(app: &App) {
             .filter_map(|((s, gw), g)| g.record.replay_due(now).map(|f| (s.clone(), gw.clone(), f)))
             .collect()
     };
-    if !app.connected.load(Ordering::Relaxed) {
-        return;
-    }
     for (site, gw, from) in due {
         let t = app.topics(&site, &gw);
         let reply_to = t.console_replay(&app.console_id);

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS events (
     json TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_seq ON events (site, gateway, seq);
+CREATE INDEX IF NOT EXISTS events_by_gateway ON events (gateway, site, seq);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ms);
 CREATE TABLE IF NOT EXISTS alarms (
     site TEXT NOT NULL, zone TEXT NOT NULL, alarm TEXT NOT NULL,

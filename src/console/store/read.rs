@@ -179,7 +179,8 @@ impl Reader {
             sql.push_str(" AND time_ms <= ?");
             args.push(Sql::Integer(t));
         }
-        sql.push_str(" ORDER BY site, gateway, seq LIMIT ?");
+        // Per gateway in seq order; this order lets either index serve a site or gateway filter.
+        sql.push_str(" ORDER BY gateway, site, seq LIMIT ?");
         args.push(Sql::Integer(q.limit as i64));
         self.with(|c| json_rows(c, &sql, args))
     }

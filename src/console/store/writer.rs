@@ -61,7 +61,14 @@ pub enum Write {
 pub struct Health {
     ok: AtomicBool,
     why: Mutex<Option<String>>,
+    /// Events received but lost with a failed commit: (site, gateway, seq). The subscriber
+    /// takes them back out of its records, so they are replayed once the database works.
+    unstored: Mutex<Vec<(String, String, u64)>>,
 }
+
+/// Unstored events remembered at most; past it the oldest are forgotten (and a restart of the
+/// console, which rebuilds its records from the database, still finds them missing).
+const MAX_UNSTORED: usize = 100_000;
 
 impl Health {
     pub fn ok(&self) -> bool {
@@ -70,6 +77,27 @@ impl Health {
 
     pub fn why(&self) -> Option<String> {
         self.why.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The events lost with failed commits since the last call.
+    pub fn take_unstored(&self) -> Vec<(String, String, u64)> {
+        std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn lost(&self, batch: &[Write]) {
+        let mut u = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
+        for w in batch {
+            if let Write::Event { event, .. } = w {
+                if u.len() >= MAX_UNSTORED {
+                    u.remove(0);
+                }
+                u.push((
+                    text(event, "site"),
+                    text(event, "gateway"),
+                    event.get("seq").and_then(Value::as_u64).unwrap_or(0),
+                ));
+            }
+        }
     }
 
     fn set(&self, result: Result<(), String>) {
@@ -140,7 +168,11 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Write>, health: &Health, his
                 prune(&conn, history, health);
             }
         }
-        health.set(commit(&mut conn, &batch).map_err(|e| e.to_string()));
+        let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
+        if result.is_err() {
+            health.lost(&batch);
+        }
+        health.set(result);
         batch.clear();
     }
 }
