@@ -56,6 +56,9 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            // Its own process group, so Drop can kill the Chromium it starts too: killing
+            // chromedriver alone leaves its browser running, using a core, after a failed test.
+            .process_group(0)
             .spawn()
             .expect("spawn chromedriver");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -131,8 +134,23 @@ impl Browser {
         std::fs::write(path, png).expect("write screenshot");
     }
 
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill().await;
+        // Drop kills chromedriver's whole process group.
+    }
+}
+
+impl Drop for Browser {
+    /// Kills chromedriver and every Chromium process it started (one process group), whether
+    /// the test passed or panicked.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.driver.start_kill();
     }
 }
