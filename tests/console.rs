@@ -468,3 +468,59 @@ async fn an_offline_gateway_gets_nothing_and_a_silent_one_times_out() {
         .await;
     assert_eq!(r.status, 400);
 }
+
+/// A critical alarm in a zone with `[drain]`: the zone tile carries the drain request and its
+/// status, and `/api/drains` holds the zone's drain timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_shows_on_its_zone_and_in_its_timeline() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+    let drain = "\n[drain]\ntrigger = \"critical\"\ndeadline = \"60s\"\nagents = [\"lb-1\"]\n";
+    let _gateway = Daemon::start(&gateway_config(
+        broker.port(),
+        sim.port(),
+        state.path(),
+        drain,
+    ));
+    sub.expect_where(
+        &format!("{P}/gateways/gw-t/status"),
+        |j| j["state"] == "online",
+        SOON,
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let console = Console::start(broker.port(), dir.path(), &["test-site"]).await;
+    sim.write(116, 572).await;
+    let request = sub
+        .expect_where(
+            &format!("{P}/drain/room-1/request"),
+            |j| j["drain_id"].is_string(),
+            SOON,
+        )
+        .await;
+    let zones = console
+        .until(
+            "/api/zones",
+            |v| v[0]["drain"]["drain_id"] == request["drain_id"] && v[0]["level"] == "critical",
+            SOON,
+        )
+        .await;
+    assert_eq!(zones[0]["site"], "test-site");
+    assert_eq!(zones[0]["zone"], "room-1");
+    let timeline = console
+        .until(
+            "/api/drains?site=test-site&zone=room-1",
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|e| e["kind"] == "request"))
+            },
+            SOON,
+        )
+        .await;
+    assert_eq!(
+        timeline[0]["message"]["drain_id"], request["drain_id"],
+        "{timeline}"
+    );
+}

@@ -220,3 +220,18 @@ async fn check_config_understands_a_console_file_and_console_user_keeps_hashes()
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("reads the password from stdin"), "{help}");
 }
+
+/// The example console configuration shipped in config/ is valid as it stands.
+#[test]
+fn the_example_console_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/console.toml");
+    let cfg = emberwatch::config::Config::load_with_env(
+        &path,
+        emberwatch::config::Role::Console,
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let console = cfg.console.expect("[console]");
+    assert_eq!(console.sites, vec!["pangyo-a"]);
+    assert!(console.listen.ip().is_loopback());
+}

@@ -121,6 +121,21 @@ impl Live {
         })
     }
 
+    /// The drain agents that serve `zone`, by their retained presence:
+    /// `[{"agent","state"}]`.
+    pub fn agents_of(&self, site: &str, zone: &str) -> Value {
+        self.agents
+            .iter()
+            .filter(|((s, _), p)| {
+                s == site
+                    && p.get("zones")
+                        .and_then(Value::as_array)
+                        .is_some_and(|z| z.iter().any(|z| z == zone))
+            })
+            .map(|((_, a), p)| json!({"agent": a, "state": p.get("state").cloned().unwrap_or(Value::Null)}))
+            .collect()
+    }
+
     /// An item of `/api/zones`.
     pub fn zone_item(&self, site: &str, zone: &str) -> Value {
         let key = (site.to_string(), zone.to_string());
@@ -136,6 +151,7 @@ impl Live {
             "shelved": field("shelved", json!([])),
             "time": field("time", Value::Null),
             "drain": self.drains.get(&key).cloned().unwrap_or(Value::Null),
+            "agents": self.agents_of(site, zone),
             "clearance": self.clearances.get(&key).cloned().unwrap_or(Value::Null),
         })
     }

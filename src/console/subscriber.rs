@@ -306,7 +306,29 @@ async fn on_message(
             app.send(Update::Zone(item));
         }
         Kind::Agent(agent) => {
-            app.live_mut().agents.insert(key(agent), v);
+            // The tiles of the agent's zones show its presence.
+            let items: Vec<Value> = {
+                let mut live = app.live_mut();
+                let before = live.agents.insert(key(agent), v.clone());
+                let zones = |p: Option<&Value>| -> Vec<String> {
+                    p.and_then(|p| p.get("zones"))
+                        .and_then(Value::as_array)
+                        .map(|z| {
+                            z.iter()
+                                .filter_map(|z| z.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let mut all = zones(before.as_ref());
+                all.extend(zones(Some(&v)));
+                all.sort();
+                all.dedup();
+                all.iter().map(|z| live.zone_item(site, z)).collect()
+            };
+            for item in items {
+                app.send(Update::Zone(item));
+            }
         }
         Kind::Telemetry(device) => telemetry(app, site, device, v, buckets).await,
         Kind::Other => {}

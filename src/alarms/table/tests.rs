@@ -525,3 +525,20 @@ fn who_acked_and_shelved_is_in_the_events_and_the_snapshot() {
     let worse = r.update(&a, cond(Some(Severity::Critical)), later).unwrap();
     assert_eq!((worse.acked, worse.acked_by.as_deref()), (false, None));
 }
+
+/// Rolling `state.json` forward over the outbox (after a crash between the two writes) keeps
+/// who acknowledged and who shelved: the names travel in the events.
+#[test]
+fn an_alarm_rebuilt_from_its_event_keeps_the_names() {
+    let now = Now::system();
+    let mut t = AlarmTable::new("s", "gw", 0);
+    let a = id("t", AlarmKind::Threshold);
+    t.update(&a, cond(Some(Severity::Warning)), now);
+    t.ack(&a.key(), None, Some("Kim"), now).unwrap();
+    let ev = t
+        .shelve(&a.key(), None, MINUTE, MINUTE, "swap", Some("Lee"), now)
+        .unwrap();
+    let rebuilt = Alarm::from_event(&ev, false, None).expect("not normal");
+    assert_eq!(rebuilt.acked_by.as_deref(), Some("Kim"));
+    assert_eq!(rebuilt.shelved_by.as_deref(), Some("Lee"));
+}
