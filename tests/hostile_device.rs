@@ -24,6 +24,8 @@ enum Misbehaviour {
     GarbageAfterReply,
     /// A reply carrying two more registers than asked.
     ExtraRegisters,
+    /// A reply to another transaction than the one asked.
+    WrongTransaction,
 }
 
 /// Serves every connection on a free port until the test ends; returns its address.
@@ -38,9 +40,12 @@ async fn device(how: Misbehaviour) -> String {
                     let count = u16::from_be_bytes([req[10], req[11]]);
                     let asked = usize::from(count);
                     let words = match how {
-                        Misbehaviour::GarbageAfterReply => asked,
                         Misbehaviour::ExtraRegisters => asked + 2,
+                        _ => asked,
                     };
+                    if let Misbehaviour::WrongTransaction = how {
+                        req[1] = req[1].wrapping_add(1);
+                    }
                     // 25.0 degC everywhere (i16, scale 0.1).
                     let mut pdu = vec![req[7], (words * 2) as u8];
                     for _ in 0..words {
@@ -150,4 +155,37 @@ async fn a_reply_with_more_registers_than_asked_is_refused_as_a_protocol_fault()
     let t = rig.sub.expect(TELEMETRY, SOON).await;
     assert_eq!(t["quality"], "fault");
     assert_eq!(t["points"], serde_json::json!({}));
+}
+
+/// Issue 15: link-fault messages showed Rust debug text (`Header { transaction_id: .. }`) to
+/// operators. `emberwatch read` against a device answering another transaction says so in plain
+/// words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_names_a_reply_to_the_wrong_request_in_plain_words() {
+    let addr = device(Misbehaviour::WrongTransaction).await;
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, gateway_config(1883, port, dir.path(), "")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+        .args(["read", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run emberwatch read");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("rack-01"))
+        .unwrap_or_default();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>().join(" "),
+        format!(
+            "rack-01 - device rack-01 at {addr}: holding registers 116-122: \
+             reply to transaction 1 while transaction 0 was asked"
+        ),
+        "{stdout}"
+    );
 }
