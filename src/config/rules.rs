@@ -261,6 +261,9 @@ impl Validator {
             })
         };
         let mut targets = Vec::new();
+        // Which (device, point) pairs are already targets: a pattern like `*/t` matches a point
+        // of every device, and looking each up in `targets` made a big site quadratic.
+        let mut targeted = HashSet::new();
         if !matches!(body, RuleBody::Vote(_)) {
             if r.points.is_empty() {
                 self.problem(
@@ -283,7 +286,7 @@ impl Validator {
                         continue;
                     }
                     for (pi, p) in d.points.iter().enumerate() {
-                        if p.id == pt && !targets.contains(&(di, pi)) {
+                        if p.id == pt && targeted.insert((di, pi)) {
                             targets.push((di, pi));
                         }
                     }
