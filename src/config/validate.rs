@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{alarms, devices, drain, metrics, rules, site, storage};
+use super::{alarms, console, devices, drain, metrics, rules, site, storage};
 use super::{parse_duration, parse_size, Config, Problem, Role};
 use crate::rules::Severity;
 
@@ -24,6 +24,7 @@ struct RawConfig {
     drain: Option<drain::RawDrain>,
     agent: Option<drain::RawAgent>,
     alarms: alarms::RawAlarms,
+    console: Option<console::RawConsole>,
 }
 
 /// Reads TOML text plus `EMBERWATCH__SECTION__KEY` overrides and validates the result.
@@ -85,7 +86,8 @@ pub(super) fn parse(
 /// serde_ignored writes `devices.0.points.1.x`; operators read `devices[0].points[1].x`.
 fn display_path(p: &str) -> String {
     let mut out = String::new();
-    for seg in p.split('.') {
+    // serde_ignored writes an optional section's `Some` as a `?` segment.
+    for seg in p.split('.').filter(|s| *s != "?") {
         if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
             out.push_str(&format!("[{seg}]"));
         } else {
@@ -243,6 +245,13 @@ impl Validator {
             );
         }
         let alarms = self.alarms(raw.alarms);
+        let console = raw.console.map(|c| self.console(c));
+        if role == Role::Console && console.is_none() {
+            self.problem(
+                "console",
+                "missing [console] section (listen, database, users_file, sites)",
+            );
+        }
         Config {
             site,
             mqtt,
@@ -253,6 +262,7 @@ impl Validator {
             drain,
             agent,
             alarms,
+            console,
         }
     }
 }
