@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("emberwatch: {e:#}");
+            eprintln!("emberwatch: {}", emberwatch::report::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }

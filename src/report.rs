@@ -8,6 +8,26 @@ use crate::config::{Config, RuleBody};
 use crate::fieldbus;
 use crate::mqtt::Topics;
 
+/// An error and its causes as one line, each cause said once: `outer: cause: root`.
+///
+/// Our error types embed their cause in their own message (so a log line of `{e}` is complete)
+/// *and* expose it as `source()` (so callers can inspect it); printing the chain naively, as
+/// anyhow's `{:#}` does, then says the root cause once per level. A cause whose text the line
+/// already holds is skipped.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// The `check-config` summary: what the daemon would watch and where it would publish.
 pub fn summary(cfg: &Config) -> String {
     let mut s = String::new();
@@ -211,5 +231,38 @@ timeout = "1s"
             s.contains("device h2-01 (serial-lines, zone room-1): 1 points from its lines, a fault after 3s of silence"),
             "{s}"
         );
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::error_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: open: {source}")]
+    struct Io {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("storage.dir: {0}")]
+        Store(#[from] Io),
+        #[error("while starting")]
+        Starting(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Outer::from(Io {
+            path: "/x".into(),
+            source: io,
+        });
+        assert_eq!(error_line(&e), "storage.dir: /x: open: no such file");
+        // A cause the message does not embed is still said.
+        let e = Outer::Starting(std::io::Error::other("disk on fire"));
+        assert_eq!(error_line(&e), "while starting: disk on fire");
     }
 }

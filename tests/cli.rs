@@ -407,3 +407,35 @@ fn check_config_warns_of_a_timeout_beyond_the_poll_interval() {
         "{o}"
     );
 }
+
+/// Issue 15: an error's cause was printed three times (`storage.dir: X: create directory: Not a
+/// directory (os error 20): X: create directory: Not a directory (os error 20): Not a
+/// directory (os error 20)`). Each cause is said once, on one line, after the program's name.
+#[test]
+fn run_says_each_cause_of_an_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let state = file.join("state").display().to_string();
+    let example = std::fs::read_to_string(example()).unwrap();
+    let text: String = example
+        .lines()
+        .map(|l| {
+            if l.starts_with("dir = ") {
+                format!("dir = '{state}'\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let config = write(dir.path(), "unwritable.toml", &text);
+    let o = emberwatch(&["run", "--config", &config], &[]);
+    assert_eq!(o.code, Some(1), "{o}");
+    assert_eq!(
+        o.stderr,
+        format!(
+            "emberwatch: storage.dir: {state}: create directory: Not a directory (os error 20)\n"
+        ),
+        "{o}"
+    );
+}

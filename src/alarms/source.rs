@@ -56,16 +56,24 @@ pub enum LinkFault {
     CommLoss,
     /// Answering with a Modbus exception.
     Exception,
+    /// Answering with malformed replies or bytes nobody asked for: held until the device has
+    /// answered cleanly [`crate::engine::PROTOCOL_CLEAR_AFTER`] times in a row.
+    Protocol,
 }
 
 impl LinkFault {
-    pub const ALL: [LinkFault; 2] = [LinkFault::CommLoss, LinkFault::Exception];
+    pub const ALL: [LinkFault; 3] = [
+        LinkFault::CommLoss,
+        LinkFault::Exception,
+        LinkFault::Protocol,
+    ];
 
     /// The rule segment of the alarm's key.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkFault::CommLoss => "comm-loss",
             LinkFault::Exception => "exception",
+            LinkFault::Protocol => "protocol",
         }
     }
 

@@ -171,13 +171,12 @@ impl Config {
 
     /// The distinct zones, in the order they first appear.
     pub fn zones(&self) -> Vec<String> {
-        let mut zones: Vec<String> = Vec::new();
-        for d in &self.devices {
-            if !zones.contains(&d.zone) {
-                zones.push(d.zone.clone());
-            }
-        }
-        zones
+        let mut seen = std::collections::HashSet::new();
+        self.devices
+            .iter()
+            .filter(|d| seen.insert(d.zone.as_str()))
+            .map(|d| d.zone.clone())
+            .collect()
     }
 }
 

@@ -177,7 +177,7 @@ impl Validator {
             if per_minute <= 0.0 || !per_minute.is_finite() {
                 self.problem(
                     format!("{at}.rate_of_rise.per_minute"),
-                    "must be a positive number",
+                    format!("{per_minute} must be a positive finite number"),
                 );
             }
             let window = self.duration(
@@ -204,8 +204,15 @@ impl Validator {
                 _ => return None,
             };
             let mut levels = Vec::new();
+            let given = map.len();
             for (name, value) in map {
                 match Severity::parse(&name) {
+                    // TOML spells `nan` and `inf`: no value ever compares past either, so the
+                    // level would never be reached (or always be).
+                    Some(_) if !value.is_finite() => self.problem(
+                        format!("{at}.{key}.{name}"),
+                        format!("{value} is not a finite number: the level could never be judged"),
+                    ),
                     Some(s) => levels.push((s, value)),
                     None => self.problem(
                         format!("{at}.{key}.{name}"),
@@ -214,7 +221,7 @@ impl Validator {
                 }
             }
             levels.sort_by_key(|(s, _)| *s);
-            if levels.is_empty() {
+            if given == 0 {
                 self.problem(
                     format!("{at}.{key}"),
                     "no levels: give warning, critical and/or emergency",
@@ -240,7 +247,10 @@ impl Validator {
             }
             let deadband = r.deadband.unwrap_or(DEFAULT_DEADBAND);
             if deadband < 0.0 || !deadband.is_finite() {
-                self.problem(format!("{at}.deadband"), "must be zero or positive");
+                self.problem(
+                    format!("{at}.deadband"),
+                    format!("{deadband} must be a finite number, zero or positive"),
+                );
             }
             RuleBody::Threshold(Threshold {
                 direction,
@@ -251,6 +261,9 @@ impl Validator {
             })
         };
         let mut targets = Vec::new();
+        // Which (device, point) pairs are already targets: a pattern like `*/t` matches a point
+        // of every device, and looking each up in `targets` made a big site quadratic.
+        let mut targeted = HashSet::new();
         if !matches!(body, RuleBody::Vote(_)) {
             if r.points.is_empty() {
                 self.problem(
@@ -273,7 +286,7 @@ impl Validator {
                         continue;
                     }
                     for (pi, p) in d.points.iter().enumerate() {
-                        if p.id == pt && !targets.contains(&(di, pi)) {
+                        if p.id == pt && targeted.insert((di, pi)) {
                             targets.push((di, pi));
                         }
                     }

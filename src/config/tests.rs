@@ -400,6 +400,58 @@ fn a_timeout_beyond_the_poll_interval_is_a_warning() {
     );
 }
 
+/// Issue 15: `above = { warning = nan }` (and inf, and `below`) passed check-config, and a
+/// threshold that no value ever compares past watches nothing. Every number of a rule is refused
+/// at its key path when it is not finite, and the rate and deadband say what they got.
+#[test]
+fn rule_numbers_that_are_not_finite_are_refused_at_their_key_path() {
+    let overtemp = "above = { warning = 45.0, critical = 55.0, emergency = 65.0 }";
+    let rise = "rate_of_rise = { per_minute = 10.0,";
+    let cases = [
+        (
+            (overtemp, "above = { warning = nan }"),
+            "rules[0].above.warning: NaN is not a finite number: the level could never be judged",
+        ),
+        (
+            (overtemp, "above = { warning = 45.0, critical = inf }"),
+            "rules[0].above.critical: inf is not a finite number: the level could never be judged",
+        ),
+        (
+            (overtemp, "below = { warning = -inf }"),
+            "rules[0].below.warning: -inf is not a finite number: the level could never be judged",
+        ),
+        (
+            (overtemp, "below = { warning = 5.0, critical = nan }"),
+            "rules[0].below.critical: NaN is not a finite number: the level could never be judged",
+        ),
+        (
+            (rise, "rate_of_rise = { per_minute = nan,"),
+            "rules[1].rate_of_rise.per_minute: NaN must be a positive finite number",
+        ),
+        (
+            (rise, "rate_of_rise = { per_minute = inf,"),
+            "rules[1].rate_of_rise.per_minute: inf must be a positive finite number",
+        ),
+        (
+            ("deadband = 1.0", "deadband = nan"),
+            "rules[0].deadband: NaN must be a finite number, zero or positive",
+        ),
+        (
+            ("deadband = 1.0", "deadband = -0.5"),
+            "rules[0].deadband: -0.5 must be a finite number, zero or positive",
+        ),
+        (
+            ("deadband = 1.0", "deadband = inf"),
+            "rules[0].deadband: inf must be a finite number, zero or positive",
+        ),
+    ];
+    for ((from, to), want) in cases {
+        assert!(GOOD.contains(from), "{from}");
+        let text = GOOD.replacen(from, to, 1);
+        assert_eq!(errors(&text), vec![want.to_string()], "{to}");
+    }
+}
+
 const CONSOLE: &str = r#"
 [mqtt]
 url = "mqtt://127.0.0.1:1883"

@@ -22,6 +22,12 @@ use super::{unit_of, unit_suffix, Changes};
 /// an operator is promised).
 pub const COMM_LOSS_AFTER: u32 = 2;
 
+/// Clean answers in a row before a protocol fault clears. A device that answers and then floods
+/// the connection with garbage gets one good reply after each reconnect: clearing on that reply
+/// would flap the fault and the telemetry quality at every other poll, so the fault holds (and
+/// the device's answers are not believed) until the device has behaved for this many polls.
+pub const PROTOCOL_CLEAR_AFTER: u32 = 5;
+
 /// Severity of sensor and link faults: they need a technician, not a drain.
 pub const FAULT_SEVERITY: Severity = Severity::Warning;
 
@@ -34,6 +40,9 @@ pub(super) struct Health {
     /// [device][point] → the sensor fault currently raised, so a healthy reading costs no
     /// alarm-table lookups.
     faulted: Vec<Vec<Option<PointFault>>>,
+    /// Per device, the clean answers still needed before its protocol fault clears (0: none
+    /// raised).
+    protocol_hold: Vec<u32>,
 }
 
 impl Health {
@@ -42,6 +51,7 @@ impl Health {
             misses: vec![0; cfg.devices.len()],
             unchanged: per_point(cfg),
             faulted: per_point(cfg),
+            protocol_hold: vec![0; cfg.devices.len()],
         }
     }
 
@@ -51,30 +61,48 @@ impl Health {
         self.misses[device] = COMM_LOSS_AFTER;
     }
 
+    /// After a restart with the device's protocol fault active: it must earn its clearance again.
+    pub(super) fn seed_protocol(&mut self, device: usize) {
+        self.protocol_hold[device] = PROTOCOL_CLEAR_AFTER;
+    }
+
     /// After a restart with a point's sensor fault active, so the next good reading clears it.
     pub(super) fn seed_fault(&mut self, device: usize, point: usize, fault: PointFault) {
         self.faulted[device][point] = Some(fault);
     }
 
     /// The device answered: its comm-loss clears, and its exception fault follows whether any
-    /// point came back as a Modbus exception.
+    /// point came back as a Modbus exception. Returns whether the answer is to be believed:
+    /// not while a protocol fault holds (see [`PROTOCOL_CLEAR_AFTER`]).
     pub(super) fn answered(
         &mut self,
         d: &Device,
         device: usize,
         points: &[PointReading],
         changes: &mut Changes,
-    ) {
+    ) -> bool {
         self.misses[device] = 0;
         link_fault(d, LinkFault::CommLoss, None, changes);
+        let hold = &mut self.protocol_hold[device];
+        if *hold > 0 {
+            *hold -= 1;
+            if *hold > 0 {
+                return false;
+            }
+            tracing::info!(device = %d.id, "device answers cleanly again: protocol fault cleared");
+            link_fault(d, LinkFault::Protocol, None, changes);
+        }
         let exception = points.iter().find_map(|p| match &p.result {
             Err(e @ PointError::Exception { .. }) => Some(format!("device {}: {e}", d.id)),
             _ => None,
         });
         link_fault(d, LinkFault::Exception, exception, changes);
+        true
     }
 
-    /// The device did not answer: after [`COMM_LOSS_AFTER`] misses in a row, comm-loss.
+    /// The device did not answer: after [`COMM_LOSS_AFTER`] misses in a row, comm-loss. A
+    /// malformed answer is no miss (the device is there): it raises the protocol fault at once,
+    /// which holds until the device has answered cleanly [`PROTOCOL_CLEAR_AFTER`] times.
     pub(super) fn missed(
         &mut self,
         d: &Device,
@@ -82,6 +110,19 @@ impl Health {
         e: &LinkError,
         changes: &mut Changes,
     ) {
+        if matches!(e, LinkError::Protocol { .. }) {
+            if self.protocol_hold[device] == 0 {
+                tracing::warn!(device = %d.id, "protocol fault: {e}");
+            }
+            self.protocol_hold[device] = PROTOCOL_CLEAR_AFTER;
+            link_fault(
+                d,
+                LinkFault::Protocol,
+                Some(format!("malformed replies: {e}")),
+                changes,
+            );
+            return;
+        }
         self.misses[device] = self.misses[device].saturating_add(1);
         if self.misses[device] >= COMM_LOSS_AFTER {
             link_fault(

@@ -34,7 +34,7 @@ use crate::rules::Severity;
 use evaluate::RuleStates;
 use health::Health;
 
-pub use health::{COMM_LOSS_AFTER, FAULT_SEVERITY};
+pub use health::{COMM_LOSS_AFTER, FAULT_SEVERITY, PROTOCOL_CLEAR_AFTER};
 pub use zone::BLIND_ZONE_SEVERITY;
 
 pub struct Engine {
@@ -241,8 +241,15 @@ impl Engine {
         let device = &cfg.devices[r.device];
         let mut changes = Changes::new(&mut self.table, r.at);
         let telemetry = match &r.outcome {
+            Ok(points) if !self.health.answered(device, r.device, points, &mut changes) => {
+                // A device under a protocol fault: its answers are not believed yet.
+                Telemetry {
+                    time: rfc3339(r.at.wall),
+                    points: Default::default(),
+                    quality: Quality::Fault,
+                }
+            }
             Ok(points) => {
-                self.health.answered(device, r.device, points, &mut changes);
                 let mut values = std::collections::BTreeMap::new();
                 let mut all_good = true;
                 for p in points {

@@ -79,6 +79,9 @@ fn seed_one(
             if fault == LinkFault::CommLoss && level.is_some() {
                 health.seed_comm_loss(di);
             }
+            if fault == LinkFault::Protocol && level.is_some() {
+                health.seed_protocol(di);
+            }
             Ok(())
         }
         Source::PointFault {

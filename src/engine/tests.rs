@@ -298,7 +298,7 @@ fn a_fast_climb_raises_rate_of_rise() {
     let mut e = engine_with(&text);
     let t0 = Now::system();
     let mut raised = None;
-    for i in 0..20u64 {
+    for i in 0..=20u64 {
         let out = e.on_reading(&reading(
             t0.after(Duration::from_secs(i)),
             Some(25.0 + 0.5 * i as f64),
@@ -548,4 +548,77 @@ fn a_zone_with_every_detector_silent_is_blind() {
     assert_eq!(out.events[1].severity, Severity::Critical);
     let out = e.on_reading(&reading(t0, Some(25.0)));
     assert_eq!(out.events.len(), 2, "both clear");
+}
+
+fn garbage(at: Now) -> Reading {
+    Reading {
+        device: 0,
+        at,
+        latency: Duration::ZERO,
+        outcome: Err(LinkError::Protocol {
+            device: "rack-01".into(),
+            address: "127.0.0.1:5020".into(),
+            table: "holding",
+            first: 116,
+            count: 1,
+            problem: "reply followed by 4096 unexpected bytes".into(),
+        }),
+    }
+}
+
+fn quality(out: &Output) -> Option<Quality> {
+    out.messages.iter().find_map(|m| match m {
+        Outgoing::Telemetry { body, .. } => Some(body.quality),
+        _ => None,
+    })
+}
+
+/// Issue 15: a device that answers and then floods its connection with garbage got one good
+/// reply after each reconnect, so its telemetry flapped good/fault and nothing was raised. Now
+/// the first malformed reply raises `_link/protocol` (once), every telemetry is `fault` while it
+/// holds, the good-looking answers in between change nothing, and it clears only after
+/// `PROTOCOL_CLEAR_AFTER` clean answers in a row.
+#[test]
+fn a_device_sending_garbage_is_a_held_protocol_fault_without_flapping() {
+    let mut e = engine();
+    let t0 = Now::system();
+    let mut raised = Vec::new();
+    for i in 0..=20u64 {
+        let at = t0.after(Duration::from_millis(100 * i));
+        let r = if i % 2 == 0 {
+            garbage(at)
+        } else {
+            reading(at, Some(25.0))
+        };
+        let out = e.on_reading(&r);
+        assert_eq!(quality(&out), Some(Quality::Fault), "poll {i}");
+        raised.extend(out.events);
+    }
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    let ev = &raised[0];
+    assert_eq!(ev.kind, AlarmKind::Fault);
+    assert_eq!(
+        (ev.device.as_str(), ev.point.as_str(), ev.rule.as_str()),
+        ("rack-01", "_link", "protocol")
+    );
+    assert_eq!(
+        ev.message,
+        "malformed replies: device rack-01 at 127.0.0.1:5020: holding registers 116: \
+         reply followed by 4096 unexpected bytes"
+    );
+    // The device behaves again: fault quality until the hold ends, then good and cleared.
+    let t1 = t0.after(Duration::from_secs(10));
+    for i in 1..PROTOCOL_CLEAR_AFTER {
+        let out = e.on_reading(&reading(
+            t1.after(Duration::from_millis(100 * u64::from(i))),
+            Some(25.0),
+        ));
+        assert_eq!(quality(&out), Some(Quality::Fault));
+        assert!(out.events.is_empty());
+    }
+    let out = e.on_reading(&reading(t1.after(Duration::from_secs(1)), Some(25.0)));
+    assert_eq!(quality(&out), Some(Quality::Good));
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(out.events[0].rule, "protocol");
+    assert_eq!(out.events[0].state, AlarmState::Cleared);
 }

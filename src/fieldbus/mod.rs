@@ -12,6 +12,7 @@ pub mod bus;
 pub mod counters;
 pub mod frame;
 pub mod lines;
+pub mod mbap;
 pub mod modbus;
 
 use std::collections::BTreeMap;
@@ -86,6 +87,18 @@ pub enum LinkError {
         register: u16,
         reason: String,
     },
+    /// A Modbus TCP device answered with something that is not a valid reply to what was asked
+    /// (a wrong header, length, function or register count, or bytes nobody asked for). Over
+    /// TCP this is never line noise: the device (or something posing as it) is misbehaving.
+    #[error("device {device} at {address}: {table} {} {}: {problem}", span_noun(table), span_range(*.first, *.count))]
+    Protocol {
+        device: String,
+        address: String,
+        table: &'static str,
+        first: u16,
+        count: u16,
+        problem: String,
+    },
     /// The serial port (or the device server's TCP connection) is missing, cannot be opened, or
     /// was lost: every device on it gets this until it is back.
     #[error("device {device}: port {port}: {reason}")]
@@ -112,6 +125,22 @@ pub enum LinkError {
         silent: Duration,
         malformed: u64,
     },
+}
+
+/// `registers` or `coils` (discrete inputs are bits too), as a span of the table is named.
+fn span_noun(table: &str) -> &'static str {
+    match table {
+        "coil" | "discrete" => "bits",
+        _ => "registers",
+    }
+}
+
+/// `100-109`, or `100` for one register.
+fn span_range(first: u16, count: u16) -> String {
+    match count {
+        0 | 1 => first.to_string(),
+        n => format!("{first}-{}", u32::from(first) + u32::from(n) - 1),
+    }
 }
 
 fn malformed_note(n: u64) -> String {
