@@ -76,6 +76,18 @@ impl ModbusDevice {
         }
     }
 
+    /// Hands this device's open connection (if any) to the next device behind the same
+    /// gateway address (`gateway.rs`): they share it and take turns.
+    pub(crate) fn release(&mut self) -> Option<Context> {
+        self.ctx.take()
+    }
+
+    /// Takes over the shared connection of the gateway this device sits behind; the next poll
+    /// addresses this device's unit id on it (or connects, if there is none).
+    pub(crate) fn adopt(&mut self, ctx: Option<Context>) {
+        self.ctx = ctx;
+    }
+
     pub async fn close(&mut self) {
         if let Some(mut ctx) = self.ctx.take() {
             use tokio_modbus::client::Client;
