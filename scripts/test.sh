@@ -25,6 +25,7 @@ needs=(
     "systemd-analyze systemd"
     "/usr/sbin/haproxy haproxy"
     "curl curl"
+    "ss iproute2"
     "openssl openssl"
 )
 missing=()

@@ -450,4 +450,21 @@ mod tests {
             ["devices[1].connections: 3 but devices[0] on the same address \"127.0.0.1:5020\" says 2: the devices of one gateway share its connections and must agree"]
         );
     }
+
+    #[test]
+    fn connections_is_for_modbus_tcp_and_between_1_and_64() {
+        let rtu = "[[devices]]\nid = \"b\"\nzone = \"z\"\ntransport = \"modbus-rtu-over-tcp\"\n\
+                   address = \"10.0.0.1:4001\"\nconnections = 2\nprofile = \"rack-bms\"\n";
+        let main = format!(
+            "{HEAD}{RACK}{}{rtu}",
+            device("r1", "rack-bms", "connections = 0\n")
+        );
+        assert_eq!(
+            load(&main, &[]).expect_err("invalid"),
+            [
+                "devices[0].connections: 0 is out of range (1-64)",
+                "devices[1].connections: only modbus-tcp devices share connections (a serial bus or device server is one line)",
+            ]
+        );
+    }
 }
