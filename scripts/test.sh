@@ -2,7 +2,8 @@
 # Runs emberwatch's whole test suite on a fresh Debian/Ubuntu machine: installs the tools the
 # integration tests drive (mosquitto, the broker they start on free ports; socat and mbpoll, for
 # serial and Modbus checks; haproxy and curl, for the drain hooks in deploy/hooks/; systemd-analyze,
-# for the units in deploy/) when any is missing, then `cargo test --locked` (library, binary and
+# for the units in deploy/; prometheus-alertmanager, which the console pages through; chromium and
+# chromium-driver, the real browser the console page is tested in) when any is missing, then `cargo test --locked` (library, binary and
 # integration tests; benches are built by clippy in CI but not run here). Exits with cargo's status.
 #
 # No mosquitto service needs to be running: every test starts its own broker.
@@ -27,6 +28,9 @@ needs=(
     "curl curl"
     "ss iproute2"
     "openssl openssl"
+    "/usr/bin/prometheus-alertmanager prometheus-alertmanager"
+    "/usr/bin/chromium chromium"
+    "/usr/bin/chromedriver chromium-driver"
 )
 missing=()
 for pair in "${needs[@]}"; do

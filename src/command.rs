@@ -44,7 +44,13 @@ pub struct Ack {
     /// the same in every zone; without it an ack covers them all.
     #[serde(default)]
     pub zone: Option<String>,
+    /// Who acknowledged: the operator's name, recorded in the events as `acked_by`.
+    #[serde(default)]
+    pub by: Option<String>,
 }
+
+/// The longest operator name taken in `"by"`, in characters.
+pub const MAX_BY: usize = 64;
 
 /// The shortest shelf: the daemon lifts expired shelves on its one-second tick, so a shorter
 /// one would last until that tick anyway, and `"1ns"` answered ok is a typo (`"1h"`?) the
@@ -62,6 +68,8 @@ pub struct Shelve {
     pub duration: Duration,
     /// Not blank.
     pub reason: String,
+    /// Who shelved: recorded in the events as `shelved_by`.
+    pub by: Option<String>,
 }
 
 /// `cmd/service`: take an alarm out of service (`in_service: false`, with a reason) or back.
@@ -71,6 +79,8 @@ pub struct Service {
     pub zone: Option<String>,
     /// `None`: back in service; `Some(reason)`: out of service, and why (never blank).
     pub out_of_service: Option<String>,
+    /// Who: named in the event's message.
+    pub by: Option<String>,
 }
 
 /// `cmd/drill`: `{"zone": ZONE}`, a drain of the zone marked as a drill. `emberwatch drill`
@@ -137,6 +147,8 @@ struct ShelveBody {
     #[serde(rename = "for")]
     for_: Option<String>,
     reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
 }
 
 /// `cmd/service` as it arrives.
@@ -148,6 +160,8 @@ struct ServiceBody {
     zone: Option<String>,
     in_service: bool,
     reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
 }
 
 impl Command {
@@ -156,9 +170,14 @@ impl Command {
         let refuse = |reason: String| Refused::new(name, reason);
         within_limit(name, payload)?;
         match name {
-            "ack" => Ok(Command::Ack(json(name, payload)?)),
+            "ack" => {
+                let a: Ack = json(name, payload)?;
+                operator(name, a.by.as_deref())?;
+                Ok(Command::Ack(a))
+            }
             "shelve" => {
                 let b: ShelveBody = json(name, payload)?;
+                operator(name, b.by.as_deref())?;
                 let Some(for_) = b.for_ else {
                     return Err(refuse(
                         "cmd/shelve: \"for\" is required (e.g. \"30m\"): a shelf must expire"
@@ -187,10 +206,12 @@ impl Command {
                     zone: b.zone,
                     duration,
                     reason,
+                    by: b.by,
                 }))
             }
             "service" => {
                 let b: ServiceBody = json(name, payload)?;
+                operator(name, b.by.as_deref())?;
                 let out_of_service = if b.in_service {
                     None
                 } else {
@@ -205,6 +226,7 @@ impl Command {
                     alarm: b.alarm,
                     zone: b.zone,
                     out_of_service,
+                    by: b.by,
                 }))
             }
             "drill" => serde_json::from_slice(payload)
@@ -265,6 +287,25 @@ fn within_limit(name: &str, payload: &[u8]) -> Result<(), Refused> {
     Ok(())
 }
 
+/// `"by"`, when given, names a person: not blank, at most [`MAX_BY`] characters, printable (it
+/// is shown on consoles and written into events and logs, so no control characters).
+fn operator(name: &str, by: Option<&str>) -> Result<(), Refused> {
+    let Some(by) = by else { return Ok(()) };
+    let why = if by.trim().is_empty() {
+        "must not be blank".to_string()
+    } else if by.chars().count() > MAX_BY {
+        format!("is over {MAX_BY} characters")
+    } else if by.chars().any(char::is_control) {
+        "must not contain control characters".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(Refused::new(
+        name,
+        format!("cmd/{name}: \"by\" (the operator's name) {why}"),
+    ))
+}
+
 /// "ack, shelve, service, drill and replay".
 fn names() -> String {
     let (last, rest) = NAMES.split_last().unwrap_or((&"", &[]));
@@ -308,25 +349,37 @@ mod tests {
                 Command::Ack(Ack {
                     alarm: "*".into(),
                     zone: None,
+                    by: None,
+                }),
+            ),
+            (
+                "ack",
+                r#"{"alarm":"a/b/c","by":"Kim Ji-woo"}"#,
+                Command::Ack(Ack {
+                    alarm: "a/b/c".into(),
+                    zone: None,
+                    by: Some("Kim Ji-woo".into()),
                 }),
             ),
             (
                 "shelve",
-                r#"{"alarm":"a/b/c","zone":"room-1","for":"30m","reason":"sensor swap"}"#,
+                r#"{"alarm":"a/b/c","zone":"room-1","for":"30m","reason":"sensor swap","by":"ops"}"#,
                 Command::Shelve(Shelve {
                     alarm: "a/b/c".into(),
                     zone: Some("room-1".into()),
                     duration: Duration::from_secs(1800),
                     reason: "sensor swap".into(),
+                    by: Some("ops".into()),
                 }),
             ),
             (
                 "service",
-                r#"{"alarm":"a/b/c","in_service":false,"reason":"recalibration"}"#,
+                r#"{"alarm":"a/b/c","in_service":false,"reason":"recalibration","by":"Søren"}"#,
                 Command::Service(Service {
                     alarm: "a/b/c".into(),
                     zone: None,
                     out_of_service: Some("recalibration".into()),
+                    by: Some("Søren".into()),
                 }),
             ),
             (
@@ -336,6 +389,7 @@ mod tests {
                     alarm: "a/b/c".into(),
                     zone: None,
                     out_of_service: None,
+                    by: None,
                 }),
             ),
             (
@@ -365,7 +419,23 @@ mod tests {
     fn bad_bodies_are_refused_with_the_reason() {
         let cases = [
             ("ack", "not json", "cmd/ack: not valid JSON for this command"),
-            ("ack", r#"{"alarm":"x","by":1}"#, "unknown field `by`"),
+            ("ack", r#"{"alarm":"x","who":"kim"}"#, "unknown field `who`"),
+            ("ack", r#"{"alarm":"x","by":1}"#, "invalid type: integer"),
+            (
+                "ack",
+                r#"{"alarm":"x","by":"  "}"#,
+                "cmd/ack: \"by\" (the operator's name) must not be blank",
+            ),
+            (
+                "shelve",
+                r#"{"alarm":"x","for":"1m","reason":"r","by":"a\nb"}"#,
+                "cmd/shelve: \"by\" (the operator's name) must not contain control characters",
+            ),
+            (
+                "service",
+                r#"{"alarm":"x","in_service":true,"by":"\u001b[2J"}"#,
+                "cmd/service: \"by\" (the operator's name) must not contain control characters",
+            ),
             ("shelve", r#"{"alarm":"x","reason":"r"}"#, "\"for\" is required"),
             (
                 "shelve",
@@ -449,6 +519,20 @@ mod tests {
             Command::parse("ack", at_limit.as_bytes()),
             Ok(Command::Ack(_))
         ));
+    }
+
+    /// 64 characters (not bytes: names are not all ASCII) are taken, 65 refused.
+    #[test]
+    fn an_operator_name_is_at_most_64_characters() {
+        let body = |n: usize| format!(r#"{{"alarm":"x","by":"{}"}}"#, "é".repeat(n));
+        assert!(matches!(
+            Command::parse("ack", body(MAX_BY).as_bytes()),
+            Ok(Command::Ack(Ack { by: Some(b), .. })) if b.chars().count() == MAX_BY
+        ));
+        assert_eq!(
+            refusal("ack", &body(MAX_BY + 1)),
+            "cmd/ack: \"by\" (the operator's name) is over 64 characters"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod alarms;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod decode;
 pub mod demo;

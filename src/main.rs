@@ -62,16 +62,45 @@ enum Command {
         #[arg(long)]
         zone: String,
     },
-    /// Play a thermal-runaway in one process (simulator, embedded broker, daemon) and narrate
-    /// what an operator sees on MQTT.
-    Demo,
+    /// Play a thermal-runaway in one process (simulator, embedded broker, daemon, drain agent,
+    /// site console) and narrate what an operator sees on MQTT; the console's page follows live.
+    Demo {
+        /// After the story, leave everything running (console page included) until Ctrl-C, so
+        /// you can click around.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the site console: listen to every gateway of the watched sites, keep the history in
+    /// SQLite, repair gaps with cmd/replay, and serve the web page and JSON API.
+    ///
+    /// The file needs [console] (listen, database, users_file, sites) and [mqtt] as for a
+    /// gateway. Reading is open on a loopback listener; commands (ack, shelve, service) always
+    /// need a user from users_file (see `emberwatch console-user`).
+    Console {
+        /// Console configuration file.
+        #[arg(long, short, default_value = "/etc/emberwatch/console.toml")]
+        config: PathBuf,
+    },
+    /// Add a console user, or replace their password: reads the password from stdin (one line)
+    /// and writes NAME with its argon2 hash to the users file (created with mode 0600).
+    ///
+    /// Example: `emberwatch console-user --users /etc/emberwatch/console.users kim` and type
+    /// the password, or `printf '%s\n' "$PW" | emberwatch console-user --users FILE kim`.
+    /// The console rereads the file on every login, so no restart is needed.
+    ConsoleUser {
+        /// The users file (`console.users_file` of the console's configuration).
+        #[arg(long)]
+        users: PathBuf,
+        /// The user's name as typed at login: 1-64 characters, no ':' and no control characters.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // The demo narrates the drain itself; its warn-level log lines would only repeat it.
-        Command::Demo => "warn,rumqttd=off,emberwatch::drain=error",
+        Command::Demo { .. } => "warn,rumqttd=off,emberwatch::drain=error",
         _ => "info,rumqttd=warn",
     };
     logging::init(cli.log_format, default_filter);
@@ -98,7 +127,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             emberwatch::daemon::run(cfg, config).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => Ok(match Config::load(&config, Role::Gateway) {
+        Command::CheckConfig { config } => Ok(match Config::load(&config, role_of(&config)) {
+            Ok(cfg) if cfg.console.is_some() => {
+                println!("{}", emberwatch::console::summary(&cfg));
+                ExitCode::SUCCESS
+            }
             Ok(cfg) => {
                 println!("{}", emberwatch::report::summary(&cfg));
                 for w in cfg.warnings() {
@@ -124,13 +157,22 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             emberwatch::sim::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo => {
-            emberwatch::demo::run().await?;
+        Command::Demo { keep } => {
+            emberwatch::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::DrainAgent { config } => {
             let cfg = load_or_report(&config, Role::DrainAgent)?;
             emberwatch::drain::agent::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Console { config } => {
+            let cfg = load_or_report(&config, Role::Console)?;
+            emberwatch::console::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ConsoleUser { users, name } => {
+            emberwatch::console::users::add_from_stdin(&users, &name)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Drill { config, zone } => {
@@ -142,6 +184,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The role `check-config` validates a file for: a console file is recognised by its
+/// `[console]` section (an unreadable file is reported by the loading itself).
+fn role_of(path: &std::path::Path) -> Role {
+    std::fs::read_to_string(path)
+        .map(|t| Role::of_text(&t))
+        .unwrap_or(Role::Gateway)
 }
 
 fn load_or_report(path: &std::path::Path, role: Role) -> anyhow::Result<Config> {

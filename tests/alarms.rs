@@ -260,3 +260,62 @@ async fn flapping_temperature_is_counted_as_chattering_but_no_event_is_dropped()
         assert_ne!(w[0], w[1], "two {} events in a row: {states:?}", w[0]);
     }
 }
+
+/// The console sends `"by"` with an acknowledgement: the gateway puts the name in the event
+/// (`acked_by`) and keeps it in state.json, so the event after a restart still names who it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_name_is_in_the_ack_event_and_survives_a_restart() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+    let config = gateway_config(broker.port(), sim.port(), state.path(), "");
+    let mut daemon = Daemon::start(&config);
+    let status = format!("{P}/gateways/gw-t/status");
+    sub.expect_where(&status, |j| j["state"] == "online", SOON)
+        .await;
+    sim.write(116, 572).await;
+    let raised = sub
+        .expect_where(ALARM, |j| j["state"] == "active", SOON)
+        .await;
+    assert!(raised.get("acked_by").is_none(), "{raised}");
+
+    let body = format!(r#"{{"alarm":"{KEY}","by":"Kim Ji-woo"}}"#);
+    publish(broker.port(), &format!("{CMD}/ack"), body.as_bytes(), false).await;
+    let result = sub
+        .expect_where(RESULT, |j| j["command"] == "ack", SOON)
+        .await;
+    assert_eq!(result["ok"], true, "{result}");
+    let acked = sub.expect_where(ALARM, |j| j["acked"] == true, SOON).await;
+    assert_eq!(acked["acked_by"], "Kim Ji-woo", "{acked}");
+    assert_eq!(
+        acked["message"],
+        format!("{KEY} acknowledged by Kim Ji-woo")
+    );
+
+    daemon.terminate().await;
+    let _daemon = Daemon::start(&config);
+    sub.expect_where(&status, |j| j["state"] == "online", SOON)
+        .await;
+    sim.write(116, 250).await;
+    let cleared = sub
+        .expect_where(ALARM, |j| j["state"] == "cleared", SOON)
+        .await;
+    assert_eq!(
+        (&cleared["acked"], &cleared["acked_by"]),
+        (&Value::Bool(true), &Value::from("Kim Ji-woo")),
+        "{cleared}"
+    );
+
+    // A name that is not a name is refused, and nothing is acknowledged.
+    let bad = format!(r#"{{"alarm":"{KEY}","by":"{}"}}"#, "x".repeat(65));
+    publish(broker.port(), &format!("{CMD}/ack"), bad.as_bytes(), false).await;
+    let refused = sub
+        .expect_where(RESULT, |j| j["command"] == "ack", SOON)
+        .await;
+    assert_eq!(refused["ok"], false);
+    assert_eq!(
+        refused["reason"],
+        "cmd/ack: \"by\" (the operator's name) is over 64 characters"
+    );
+}

@@ -64,6 +64,13 @@ pub struct AlarmEvent {
     pub severity: Severity,
     pub state: AlarmState,
     pub acked: bool,
+    /// Who acknowledged (the `"by"` of `cmd/ack`); omitted when no name was given or the
+    /// alarm is unacknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<String>,
+    /// Who shelved it (the `"by"` of `cmd/shelve`); omitted unless shelved with a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelved_by: Option<String>,
     pub value: Option<f64>,
     pub threshold: Option<f64>,
     pub unit: Option<String>,

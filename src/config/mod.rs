@@ -6,6 +6,7 @@
 //! its key path (`devices[0].points[2].type: ...`).
 
 mod alarms;
+mod console;
 mod devices;
 mod drain;
 mod metrics;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use alarms::AlarmPolicy;
+pub use console::Console;
 pub use devices::{Device, Parity, SerialPort, Transport};
 pub use drain::{Agent, Drain};
 pub use metrics::Metrics;
@@ -102,6 +104,8 @@ pub struct Config {
     /// `[[profiles]]`, from the file and its `include`s, by id: the point lists devices name
     /// with `profile`. Their points are already in each device's `points`.
     pub profiles: Vec<Profile>,
+    /// `[console]`: the site console's own settings (required by `emberwatch console`).
+    pub console: Option<Console>,
 }
 
 /// Which configuration a command needs; a drain agent has no devices.
@@ -109,6 +113,20 @@ pub struct Config {
 pub enum Role {
     Gateway,
     DrainAgent,
+    /// `emberwatch console`: `[console]` and `[mqtt]`; no devices, `[site]` optional.
+    Console,
+}
+
+impl Role {
+    /// The role a file is written for, judged by its sections: `[console]` makes a console
+    /// file, `[agent]` a drain agent's, anything else a gateway's (`check-config` uses this).
+    pub fn of_text(text: &str) -> Role {
+        match text.parse::<toml::Table>() {
+            Ok(t) if t.contains_key("console") => Role::Console,
+            Ok(t) if t.contains_key("agent") && !t.contains_key("devices") => Role::DrainAgent,
+            _ => Role::Gateway,
+        }
+    }
 }
 
 impl Config {

@@ -199,6 +199,20 @@ impl Validator {
     }
 
     pub(super) fn site(&mut self, s: RawSite, role: Role) -> Site {
+        if role == Role::Console {
+            // A console is no gateway of any site: `[site]` only names it, if present.
+            return Site {
+                id: match s.id {
+                    Some(id) => self.id("site.id", Some(id), &['-']),
+                    None => String::new(),
+                },
+                gateway: self.id(
+                    "site.gateway",
+                    Some(s.gateway.unwrap_or_else(|| "console".into())),
+                    &['-'],
+                ),
+            };
+        }
         Site {
             id: self.id("site.id", s.id, &['-']),
             gateway: match role {

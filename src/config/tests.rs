@@ -399,3 +399,61 @@ fn a_timeout_beyond_the_poll_interval_is_a_warning() {
         ]
     );
 }
+
+const CONSOLE: &str = r#"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[console]
+listen = "0.0.0.0:8080"
+database = "/var/lib/emberwatch/console.db"
+sites = ["pangyo-a", "pangyo-b"]
+alertmanager = "http://127.0.0.1:9093"
+"#;
+
+#[test]
+fn a_console_file_needs_console_and_mqtt_only() {
+    assert_eq!(Role::of_text(CONSOLE), Role::Console);
+    assert_eq!(Role::of_text(GOOD), Role::Gateway);
+    let c = parse(CONSOLE, vec![], Role::Console).expect("valid");
+    let console = c.console.expect("[console]");
+    assert_eq!(console.sites, vec!["pangyo-a", "pangyo-b"]);
+    assert_eq!(console.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(
+        console.users_file.to_str(),
+        Some("/etc/emberwatch/console.users")
+    );
+    assert_eq!(c.mqtt.client_id, "emberwatch-console");
+    assert!(c.devices.is_empty());
+}
+
+#[test]
+fn console_mistakes_are_reported_with_their_key_paths() {
+    let bad = r#"
+[console]
+listen = "everywhere"
+sites = ["Pangyo A", "b", "b"]
+alertmanager = "ftp://x"
+history = "1h"
+colour = "red"
+"#;
+    let e = parse(bad, vec![], Role::Console).expect_err("invalid");
+    let text: Vec<String> = e.iter().map(|p| p.to_string()).collect();
+    for want in [
+        "console.colour: unknown key",
+        "console.listen: \"everywhere\" is not an address like 127.0.0.1:8080",
+        "console.sites[0]: \"Pangyo A\" must match [a-z0-9-]+",
+        "console.sites[2]: \"b\" is listed twice",
+        "console.alertmanager: \"ftp://x\" is not an http(s) URL",
+        "console.history: must be at least 1 day",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(want)),
+            "{want}: {text:#?}"
+        );
+    }
+    let e = parse("[mqtt]\n", vec![], Role::Console).expect_err("no [console]");
+    assert!(e.iter().any(|p| p.path == "console"), "{e:?}");
+    let e = parse("[console]\n", vec![], Role::Console).expect_err("no sites");
+    assert!(e.iter().any(|p| p.path == "console.sites"), "{e:?}");
+}

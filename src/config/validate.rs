@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{alarms, devices, drain, metrics, profiles, rules, site, storage};
+use super::{alarms, console, devices, drain, metrics, profiles, rules, site, storage};
 use super::{parse_duration, parse_size, Config, Problem, Role};
 use crate::rules::Severity;
 
@@ -27,6 +27,7 @@ struct RawConfig {
     alarms: alarms::RawAlarms,
     include: Vec<String>,
     profiles: Vec<profiles::RawProfile>,
+    console: Option<console::RawConsole>,
 }
 
 /// Reads TOML text plus `EMBERWATCH__SECTION__KEY` overrides and validates the result;
@@ -100,7 +101,8 @@ pub(super) fn parse_at(
 /// serde_ignored writes `devices.0.points.1.x`; operators read `devices[0].points[1].x`.
 pub(super) fn display_path(p: &str) -> String {
     let mut out = String::new();
-    for seg in p.split('.') {
+    // serde_ignored writes an optional section's `Some` as a `?` segment.
+    for seg in p.split('.').filter(|s| *s != "?") {
         if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
             out.push_str(&format!("[{seg}]"));
         } else {
@@ -266,6 +268,13 @@ impl Validator {
             );
         }
         let alarms = self.alarms(raw.alarms);
+        let console = raw.console.map(|c| self.console(c));
+        if role == Role::Console && console.is_none() {
+            self.problem(
+                "console",
+                "missing [console] section (listen, database, users_file, sites)",
+            );
+        }
         Config {
             site,
             mqtt,
@@ -277,6 +286,7 @@ impl Validator {
             agent,
             alarms,
             profiles: profiles.into_values().collect(),
+            console,
         }
     }
 }

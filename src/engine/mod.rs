@@ -297,7 +297,7 @@ fn command(
     match cmd {
         Command::Ack(c) => {
             let events = table
-                .ack(&c.alarm, c.zone.as_deref(), now)
+                .ack(&c.alarm, c.zone.as_deref(), c.by.as_deref(), now)
                 .map_err(refused)?;
             let n = events.len();
             changes.events = events;
@@ -311,6 +311,7 @@ fn command(
                     c.duration,
                     max_shelve,
                     &c.reason,
+                    c.by.as_deref(),
                     now,
                 )
                 .map_err(refused)?;
@@ -319,7 +320,13 @@ fn command(
         }
         Command::Service(c) => {
             let ev = table
-                .set_service(&c.alarm, c.zone.as_deref(), c.out_of_service, now)
+                .set_service(
+                    &c.alarm,
+                    c.zone.as_deref(),
+                    c.out_of_service,
+                    c.by.as_deref(),
+                    now,
+                )
                 .map_err(refused)?;
             changes.events.push(ev);
             Ok(None)

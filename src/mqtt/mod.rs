@@ -22,7 +22,7 @@ pub mod embedded;
 mod error;
 mod ledger;
 pub mod link;
-mod options;
+pub(crate) mod options;
 pub mod payload;
 mod replays;
 pub mod topics;

@@ -174,6 +174,8 @@ pub(crate) mod tests {
             severity: Severity::Critical,
             state: AlarmState::Active,
             acked: false,
+            acked_by: None,
+            shelved_by: None,
             value: Some(57.2),
             threshold: Some(55.0),
             unit: Some("degC".into()),

@@ -240,7 +240,8 @@ async fn commands_reach_the_daemon_and_answers_are_not_taken_for_commands() {
         cmd,
         Ok(Command::Ack(Ack {
             alarm: "*".into(),
-            zone: None
+            zone: None,
+            by: None,
         }))
     );
     assert!(link.commands.try_recv().is_err(), "nothing else: {cmd:?}");

@@ -33,6 +33,18 @@ impl Topics {
         &self.root
     }
 
+    /// `P/#`: everything of the site (the console's subscription).
+    pub fn everything(&self) -> String {
+        format!("{}/#", self.root)
+    }
+
+    /// `P/console/{console}/replay/{gateway}`: where a console asks this gateway to republish
+    /// the events it missed (`reply_to` of `cmd/replay`); under the site, so the console's
+    /// one subscription (`P/#`) hears it, and outside the gateway's own `cmd/` (refused there).
+    pub fn console_replay(&self, console: &str) -> String {
+        format!("{}/console/{console}/replay", self.gateway)
+    }
+
     /// `P/gateways/{gateway}/status`: retained online status; the last will sets it offline.
     pub fn status(&self) -> String {
         format!("{}/status", self.gateway)

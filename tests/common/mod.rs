@@ -13,6 +13,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod console;
+pub mod http;
 pub mod relay;
 
 use std::collections::VecDeque;

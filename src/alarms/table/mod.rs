@@ -81,6 +81,13 @@ pub struct Alarm {
     pub shelved_until: Option<SystemTime>,
     #[serde(default)]
     pub shelve_reason: Option<String>,
+    /// Who acknowledged the alarm's current state (`"by"` of `cmd/ack`); cleared when the
+    /// alarm needs acknowledging again. Kept in state.json so a restart does not forget it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_by: Option<String>,
+    /// Who shelved it (`"by"` of `cmd/shelve`), while it is shelved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shelved_by: Option<String>,
     #[serde(default)]
     pub out_of_service: Option<String>,
     #[serde(default)]
@@ -123,6 +130,9 @@ impl Alarm {
             // What the rules say is not in the event; the first reading re-evaluates it.
             condition: active,
             acked: ev.acked,
+            // The names travel in the event, so rolling forward keeps them too.
+            acked_by: ev.acked_by.clone(),
+            shelved_by: shelved_until.and(ev.shelved_by.clone()),
             since: time(&ev.since).unwrap_or(SystemTime::UNIX_EPOCH),
             shelve_reason: shelved_until.and(before.and_then(|b| b.shelve_reason.clone())),
             shelved_until,
@@ -344,6 +354,8 @@ impl AlarmTable {
                 since: now.wall,
                 shelved_until: None,
                 shelve_reason: None,
+                acked_by: None,
+                shelved_by: None,
                 out_of_service: None,
                 value: None,
                 threshold: None,
@@ -360,15 +372,18 @@ impl AlarmTable {
                 if !a.active {
                     a.since = now.wall;
                     a.acked = false;
+                    a.acked_by = None;
                     a.transitions.push_back(now.wall);
                 } else if s > a.severity {
                     // A worse condition needs the operator's attention again.
                     a.acked = false;
+                    a.acked_by = None;
                 }
                 if s == Severity::Emergency && a.shelved_until.is_some() {
                     // Never hide an emergency: escalation lifts the shelf.
                     a.shelved_until = None;
                     a.shelve_reason = None;
+                    a.shelved_by = None;
                     note = Some("shelf lifted: the alarm reached emergency".to_string());
                 }
                 a.active = true;
@@ -434,6 +449,8 @@ impl AlarmTable {
                 AlarmState::Cleared
             },
             acked: a.acked,
+            acked_by: a.acked_by.clone(),
+            shelved_by: a.shelved_by.clone(),
             value: a.value,
             threshold: a.threshold,
             unit: a.identity.unit.clone(),
@@ -460,6 +477,7 @@ impl AlarmTable {
         &mut self,
         key: &str,
         zone: Option<&str>,
+        by: Option<&str>,
         now: Now,
     ) -> Result<Vec<AlarmEvent>, CommandError> {
         let slots: Vec<Slot> = if key == "*" {
@@ -482,19 +500,26 @@ impl AlarmTable {
             };
             let k = &slot.1;
             a.acked = true;
+            a.acked_by = by.map(str::to_string);
             if a.active && !a.condition {
                 // A latched alarm whose condition has gone clears on acknowledgement.
                 a.active = false;
                 a.since = now.wall;
                 a.transitions.push_back(now.wall);
             }
-            a.message = format!("{k} acknowledged");
+            a.message = match by {
+                Some(by) => format!("{k} acknowledged by {by}"),
+                None => format!("{k} acknowledged"),
+            };
             events.extend(self.emit(&slot, now));
         }
         Ok(events)
     }
 
     /// Shelves an alarm until `now + for_`; refused for emergencies and beyond `max`.
+    // Each argument is a distinct part of the operator's request (the fields of
+    // `command::Shelve` plus the configured maximum); bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn shelve(
         &mut self,
         key: &str,
@@ -502,6 +527,7 @@ impl AlarmTable {
         for_: Duration,
         max: Duration,
         reason: &str,
+        by: Option<&str>,
         now: Now,
     ) -> Result<AlarmEvent, CommandError> {
         let (slot, a) = self.one_mut(key, zone)?;
@@ -517,8 +543,10 @@ impl AlarmTable {
         }
         a.shelved_until = Some(now.wall + for_);
         a.shelve_reason = Some(reason.to_string());
+        a.shelved_by = by.map(str::to_string);
+        let who = by.map(|b| format!(" by {b}")).unwrap_or_default();
         a.message = format!(
-            "{key} shelved for {}: {reason}",
+            "{key} shelved{who} for {}: {reason}",
             humantime::format_duration(for_)
         );
         self.emit(&slot, now)
@@ -531,12 +559,14 @@ impl AlarmTable {
         key: &str,
         zone: Option<&str>,
         out: Option<String>,
+        by: Option<&str>,
         now: Now,
     ) -> Result<AlarmEvent, CommandError> {
         let (slot, a) = self.one_mut(key, zone)?;
+        let who = by.map(|b| format!(" by {b}")).unwrap_or_default();
         a.message = match &out {
-            Some(r) => format!("{key} out of service: {r}"),
-            None => format!("{key} back in service"),
+            Some(r) => format!("{key} out of service{who}: {r}"),
+            None => format!("{key} back in service{who}"),
         };
         a.out_of_service = out;
         self.emit(&slot, now)
@@ -556,6 +586,7 @@ impl AlarmTable {
             if let Some(a) = self.alarms.get_mut(&slot) {
                 a.shelved_until = None;
                 a.shelve_reason = None;
+                a.shelved_by = None;
                 a.message = format!("{} shelf expired", slot.1);
                 events.extend(self.emit(&slot, now));
             }

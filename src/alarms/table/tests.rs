@@ -81,7 +81,7 @@ fn play(latching: bool, steps: &[Step]) -> Vec<Option<IsaState>> {
             let evs: Vec<AlarmEvent> = match s {
                 Step::Raise(sev) => t.update(&a, cond(Some(*sev)), now).into_iter().collect(),
                 Step::Clear => t.update(&a, cond(None), now).into_iter().collect(),
-                Step::Ack => t.ack(&key, None, now).unwrap_or_default(),
+                Step::Ack => t.ack(&key, None, None, now).unwrap_or_default(),
                 Step::Shelve(secs) => t
                     .shelve(
                         &key,
@@ -89,6 +89,7 @@ fn play(latching: bool, steps: &[Step]) -> Vec<Option<IsaState>> {
                         Duration::from_secs(*secs),
                         max,
                         "maintenance",
+                        None,
                         now,
                     )
                     .into_iter()
@@ -98,10 +99,13 @@ fn play(latching: bool, steps: &[Step]) -> Vec<Option<IsaState>> {
                     t.expire(now)
                 }
                 Step::TakeOutOfService => t
-                    .set_service(&key, None, Some("detector replaced".into()), now)
+                    .set_service(&key, None, Some("detector replaced".into()), None, now)
                     .into_iter()
                     .collect(),
-                Step::InService => t.set_service(&key, None, None, now).into_iter().collect(),
+                Step::InService => t
+                    .set_service(&key, None, None, None, now)
+                    .into_iter()
+                    .collect(),
             };
             evs.last().map(|e| e.detail.isa_state)
         })
@@ -230,20 +234,20 @@ fn shelving_refuses_emergencies_unknown_keys_and_overlong_shelves() {
     let max = Duration::from_secs(3600);
     let hour = Duration::from_secs(3600);
     assert_eq!(
-        t.shelve(&a.key(), None, hour, max, "x", now),
+        t.shelve(&a.key(), None, hour, max, "x", None, now),
         Err(CommandError::Emergency(a.key()))
     );
     assert_eq!(
-        t.shelve("rack-99/x/y", None, hour, max, "x", now),
+        t.shelve("rack-99/x/y", None, hour, max, "x", None, now),
         Err(CommandError::Unknown("rack-99/x/y".into()))
     );
     t.update(&a, cond(Some(Severity::Warning)), now);
     assert!(matches!(
-        t.shelve(&a.key(), None, hour * 2, max, "x", now),
+        t.shelve(&a.key(), None, hour * 2, max, "x", None, now),
         Err(CommandError::TooLong { .. })
     ));
     assert_eq!(
-        t.ack("rack-99/x/y", None, now),
+        t.ack("rack-99/x/y", None, None, now),
         Err(CommandError::Unknown("rack-99/x/y".into()))
     );
 }
@@ -262,10 +266,10 @@ fn ack_star_acknowledges_every_unacknowledged_alarm() {
         cond(Some(Severity::Critical)),
         now,
     );
-    let evs = t.ack("*", None, now).unwrap();
+    let evs = t.ack("*", None, None, now).unwrap();
     assert_eq!(evs.len(), 2);
     assert!(evs.iter().all(|e| e.acked && e.state == AlarmState::Active));
-    assert!(t.ack("*", None, now).unwrap().is_empty());
+    assert!(t.ack("*", None, None, now).unwrap().is_empty());
 }
 
 #[test]
@@ -278,13 +282,13 @@ fn ack_star_in_a_zone_needs_a_zone_that_exists() {
         cond(Some(Severity::Warning)),
         now,
     );
-    let e = t.ack("*", Some("nope"), now).unwrap_err();
+    let e = t.ack("*", Some("nope"), None, now).unwrap_err();
     assert_eq!(e.to_string(), "no zone \"nope\"");
     assert!(
-        t.ack("*", Some("room-2"), now).unwrap().is_empty(),
+        t.ack("*", Some("room-2"), None, now).unwrap().is_empty(),
         "nothing to do"
     );
-    assert_eq!(t.ack("*", Some("room-1"), now).unwrap().len(), 1);
+    assert_eq!(t.ack("*", Some("room-1"), None, now).unwrap().len(), 1);
 }
 
 #[test]
@@ -346,6 +350,7 @@ fn zone_status_excludes_shelved_and_counts_faults() {
         Duration::from_secs(60),
         Duration::from_secs(60),
         "x",
+        None,
         now,
     )
     .unwrap();
@@ -384,7 +389,7 @@ fn zone_evidence_ranks_fire_alarms_only() {
     assert_eq!((z.level, z.evidence), (Level::Emergency, Level::Emergency));
     // A shelved rule alarm counts in neither.
     t.update(&vote, cond(None), now);
-    t.shelve(&hot.key(), None, MINUTE, MINUTE, "x", now)
+    t.shelve(&hot.key(), None, MINUTE, MINUTE, "x", None, now)
         .unwrap();
     let z = t.zone_status("room-1", now);
     assert_eq!((z.level, z.evidence), (Level::Critical, Level::Normal));
@@ -396,7 +401,7 @@ fn restore_keeps_acks_and_shelves() {
     let mut t = AlarmTable::new("s", "gw", 0);
     let a = id("t", AlarmKind::Threshold);
     t.update(&a, cond(Some(Severity::Warning)), now);
-    t.ack(&a.key(), None, now).unwrap();
+    t.ack(&a.key(), None, None, now).unwrap();
     let b = id("u", AlarmKind::Threshold);
     t.update(&b, cond(Some(Severity::Warning)), now);
     t.shelve(
@@ -405,6 +410,7 @@ fn restore_keeps_acks_and_shelves() {
         Duration::from_secs(60),
         Duration::from_secs(60),
         "x",
+        None,
         now,
     )
     .unwrap();
@@ -416,7 +422,10 @@ fn restore_keeps_acks_and_shelves() {
         r.update(&a, cond(Some(Severity::Warning)), now).is_none(),
         "not raised again"
     );
-    assert!(r.ack(&a.key(), None, now).unwrap().is_empty(), "ack kept");
+    assert!(
+        r.ack(&a.key(), None, None, now).unwrap().is_empty(),
+        "ack kept"
+    );
     assert_eq!(r.zone_status("room-1", now).shelved, vec![b.key()]);
 }
 
@@ -446,26 +455,73 @@ fn a_gateway_alarm_is_one_per_zone_and_commands_can_name_the_zone() {
     // A shelf must name one alarm.
     let hour = Duration::from_secs(3600);
     let err = t
-        .shelve(&key, None, hour, hour, "x", now)
+        .shelve(&key, None, hour, hour, "x", None, now)
         .expect_err("ambiguous");
     assert_eq!(
         err.to_string(),
         "alarm \"_zone/_vote/confirmed-fire\" exists in zones room-1, room-2: add \"zone\" to say which"
     );
     let e = t
-        .shelve(&key, Some("room-1"), hour, hour, "x", now)
+        .shelve(&key, Some("room-1"), hour, hour, "x", None, now)
         .unwrap();
     assert_eq!(e.zone, "room-1");
     assert_eq!(
-        t.shelve(&key, Some("room-9"), hour, hour, "x", now)
+        t.shelve(&key, Some("room-9"), hour, hour, "x", None, now)
             .expect_err("not there")
             .to_string(),
         "no alarm \"_zone/_vote/confirmed-fire\" in zone \"room-9\""
     );
     // An ack without a zone acknowledges it wherever it waits.
-    let acked = t.ack(&key, None, now).unwrap();
+    let acked = t.ack(&key, None, None, now).unwrap();
     let zones: Vec<&str> = acked.iter().map(|e| e.zone.as_str()).collect();
     assert_eq!(zones, ["room-1", "room-2"]);
     assert_eq!(t.zone_status("room-1", now).shelved, vec![key.clone()]);
     assert!(t.zone_status("room-2", now).active.is_empty());
+}
+
+/// The operator's name from `"by"` is in the events (`acked_by`, `shelved_by`), survives a
+/// restore from the snapshot, and is forgotten when the alarm needs the operator again.
+#[test]
+fn who_acked_and_shelved_is_in_the_events_and_the_snapshot() {
+    let now = Now::system();
+    let mut t = AlarmTable::new("s", "gw", 0);
+    let a = id("t", AlarmKind::Threshold);
+    let raised = t.update(&a, cond(Some(Severity::Warning)), now).unwrap();
+    assert_eq!(
+        (raised.acked_by.as_deref(), raised.shelved_by.as_deref()),
+        (None, None)
+    );
+    let acked = t.ack(&a.key(), None, Some("Kim"), now).unwrap();
+    assert_eq!(acked[0].acked_by.as_deref(), Some("Kim"));
+    assert_eq!(acked[0].message, "rack-01/t/r acknowledged by Kim");
+    let json = serde_json::to_value(&acked[0]).unwrap();
+    assert_eq!(json["acked_by"], "Kim");
+    assert!(
+        json.get("shelved_by").is_none(),
+        "omitted when none: {json}"
+    );
+    let shelved = t
+        .shelve(&a.key(), None, MINUTE, MINUTE, "swap", Some("Lee"), now)
+        .unwrap();
+    assert_eq!(
+        (shelved.acked_by.as_deref(), shelved.shelved_by.as_deref()),
+        (Some("Kim"), Some("Lee"))
+    );
+
+    let snap: Snapshot =
+        serde_json::from_str(&serde_json::to_string(&t.snapshot()).unwrap()).unwrap();
+    let mut r = AlarmTable::restore("s", "gw", snap);
+    let later = now.after(2 * MINUTE);
+    let expired = r.expire(later);
+    assert_eq!(
+        (
+            expired[0].acked_by.as_deref(),
+            expired[0].shelved_by.as_deref()
+        ),
+        (Some("Kim"), None),
+        "acked_by kept across the restore; shelved_by gone with the shelf"
+    );
+    // Escalation needs a new acknowledgement: the old name no longer applies.
+    let worse = r.update(&a, cond(Some(Severity::Critical)), later).unwrap();
+    assert_eq!((worse.acked, worse.acked_by.as_deref()), (false, None));
 }

@@ -6,7 +6,6 @@
 //! subscriber narrates what an operator would see. The narration is built only from what arrives over MQTT: if the daemon did not
 //! publish it, the demo does not say it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Role};
 use crate::mqtt::embedded;
 use crate::sim::{self, Scenario, SimOptions};
+
+mod console;
+mod story;
+use story::Story;
 
 /// Scenario time runs this many times faster than the clock, so the ~70 s fire fits in a minute.
 pub const DEMO_SPEED: f64 = 2.0;
@@ -166,8 +169,9 @@ timeout = "10s"
     )
 }
 
-/// Runs the demo; returns once the story is told (or fails, saying what was not seen).
-pub async fn run() -> Result<(), DemoError> {
+/// Runs the demo; returns once the story is told (or fails, saying what was not seen). With
+/// `keep`, everything stays up after the story until Ctrl-C (or SIGTERM).
+pub async fn run(keep: bool) -> Result<(), DemoError> {
     let t0 = Instant::now();
     let cancel = CancellationToken::new();
     let setup = |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
@@ -225,6 +229,22 @@ pub async fn run() -> Result<(), DemoError> {
         broker.addr.ip(),
         broker.addr.port()
     );
+    // The console connects before the daemon starts, so its page tells the whole story.
+    let console = match console::start(broker.addr, &cfg.site.id, cancel.child_token()).await {
+        Ok(c) => {
+            println!(
+                "  site console on {} (log in as {} with password {})",
+                c.url,
+                console::USER,
+                c.password
+            );
+            Some(c)
+        }
+        Err(e) => {
+            println!("  site console could not start ({e}); the story goes on without it");
+            None
+        }
+    };
     println!("  everything below is what arrived over MQTT, as an operator would see it.\n");
 
     // The operator's subscriber connects before the daemon, so nothing is missed.
@@ -258,41 +278,48 @@ pub async fn run() -> Result<(), DemoError> {
             ev = events.poll() => ev,
         };
         match ev {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = p
-                    .topic
-                    .strip_prefix(&prefix)
-                    .unwrap_or(&p.topic)
-                    .to_string();
-                if let Ok(json) = serde_json::from_slice::<Value>(&p.payload) {
-                    story.observe(t0.elapsed(), &topic, &json);
-                }
-            }
-            Ok(_) => {}
+            Ok(ev) => narrate(&mut story, t0, &prefix, &ev),
             Err(e) => {
                 break Err(DemoError::Setup(format!("subscriber lost the broker: {e}")));
             }
         }
     };
 
+    if keep && outcome.is_ok() {
+        println!();
+        println!("--keep: everything keeps running (the fire goes on in the simulator); press Ctrl-C to stop.");
+        if let Some(c) = &console {
+            println!(
+                "  open {} and log in as {} with password {}",
+                c.url,
+                console::USER,
+                c.password
+            );
+        }
+        let stop = stop_requested();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                ev = events.poll() => match ev {
+                    Ok(ev) => narrate(&mut story, t0, &prefix, &ev),
+                    // rumqttc reconnects on the next poll; do not spin meanwhile.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                },
+            }
+        }
+        println!("stopping.");
+    }
+
     daemon_cancel.cancel();
     agent_cancel.cancel();
     // Let the daemon and the agent say goodbye (offline status) before the broker goes away.
     let stop = async {
         loop {
-            match tokio::time::timeout(Duration::from_millis(100), events.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    let topic = p
-                        .topic
-                        .strip_prefix(&prefix)
-                        .unwrap_or(&p.topic)
-                        .to_string();
-                    if let Ok(json) = serde_json::from_slice::<Value>(&p.payload) {
-                        story.observe(t0.elapsed(), &topic, &json);
-                    }
-                }
-                Ok(Ok(_)) => {}
-                _ => {}
+            if let Ok(Ok(ev)) =
+                tokio::time::timeout(Duration::from_millis(100), events.poll()).await
+            {
+                narrate(&mut story, t0, &prefix, &ev);
             }
             if daemon.is_finished() && agent.is_finished() {
                 break;
@@ -300,6 +327,9 @@ pub async fn run() -> Result<(), DemoError> {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), stop).await;
+    if let Some(c) = console {
+        c.stop().await;
+    }
     let _ = client.disconnect().await;
     cancel.cancel();
     sim.stopped().await;
@@ -337,198 +367,28 @@ pub async fn run() -> Result<(), DemoError> {
     outcome
 }
 
-/// What the operator has seen so far, and what the narration still waits for.
-#[derive(Default)]
-struct Story {
-    events: usize,
-    gateway_state: Option<String>,
-    zone_levels: BTreeMap<String, String>,
-    first_offgas: Option<Duration>,
-    first_smoke: Option<Duration>,
-    smoke_emergency: bool,
-    heat_emergency: bool,
-    online: bool,
-    drain_requested: Option<Duration>,
-    drain_states: BTreeMap<String, String>,
-    agent_done: bool,
-    /// The last state told per agent, drain and action.
-    acks: BTreeMap<String, String>,
-    clearance: Option<Duration>,
+/// Tells what one MQTT event brought, if it is a publication under the demo's prefix.
+fn narrate(story: &mut Story, t0: Instant, prefix: &str, ev: &Event) {
+    if let Event::Incoming(Packet::Publish(p)) = ev {
+        let topic = p.topic.strip_prefix(prefix).unwrap_or(&p.topic);
+        if let Ok(json) = serde_json::from_slice::<Value>(&p.payload) {
+            story.observe(t0.elapsed(), topic, &json);
+        }
+    }
 }
 
-impl Story {
-    fn complete(&self) -> bool {
-        self.first_offgas.is_some()
-            && self.drain_requested.is_some()
-            && self.agent_done
-            && self.clearance.is_some()
-            && self.smoke_emergency
-            && self.heat_emergency
-    }
-
-    fn missing(&self) -> String {
-        let mut m = Vec::new();
-        if !self.online {
-            m.push("gateway online");
-        }
-        if self.first_offgas.is_none() {
-            m.push("off-gas alarm");
-        }
-        if self.drain_requested.is_none() {
-            m.push("drain request");
-        }
-        if !self.agent_done {
-            m.push("drain agent done");
-        }
-        if self.clearance.is_none() {
-            m.push("power-cut clearance");
-        }
-        if !self.smoke_emergency {
-            m.push("smoke fire stage");
-        }
-        if !self.heat_emergency {
-            m.push("cell temperature emergency");
-        }
-        m.join(", ")
-    }
-
-    fn lead_time(&self) -> Option<Duration> {
-        Some(self.first_smoke?.saturating_sub(self.first_offgas?))
-    }
-
-    fn observe(&mut self, at: Duration, topic: &str, json: &Value) {
-        let ts = format!("[+{:5.1}s]", at.as_secs_f64());
-        let s = |k: &str| {
-            json.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("?")
-                .to_string()
-        };
-        let parts: Vec<&str> = topic.trim_start_matches('/').split('/').collect();
-        match parts.as_slice() {
-            ["gateways", gw, "status"] => {
-                let state = s("state");
-                self.online |= state == "online";
-                // The status is republished as a heartbeat (with the latest seq): narrate
-                // changes only.
-                if self.gateway_state.as_deref() != Some(state.as_str()) {
-                    println!("{ts} gateway {gw} is {state}");
-                    self.gateway_state = Some(state);
-                }
+/// Ctrl-C or SIGTERM: how a `demo --keep` is ended.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            ["alarms", ..] => {
-                self.events += 1;
-                let (point, severity, state) = (s("point"), s("severity"), s("state"));
-                let active = state == "active";
-                if active && point == "offgas" && self.first_offgas.is_none() {
-                    self.first_offgas = Some(at);
-                    println!("{ts} *** off-gas detected: electrolyte vapour is the first sign of thermal runaway");
-                }
-                if active && point == "smoke_stage" && self.first_smoke.is_none() {
-                    self.first_smoke = Some(at);
-                }
-                if active && severity == "emergency" {
-                    match point.as_str() {
-                        "smoke_stage" => self.smoke_emergency = true,
-                        "cell_temp_max" => self.heat_emergency = true,
-                        _ => {}
-                    }
-                }
-                println!(
-                    "{ts} ALARM {:<9} {:<7} {}  (seq {}, {})",
-                    severity.to_uppercase(),
-                    state,
-                    s("message"),
-                    json.get("seq").and_then(Value::as_u64).unwrap_or(0),
-                    s("alarm")
-                );
-            }
-            ["drain", "agents", agent] => {
-                let zones = json
-                    .get("zones")
-                    .and_then(Value::as_array)
-                    .map(|z| {
-                        z.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                println!(
-                    "{ts} drain agent {agent} is {} (zones: {zones})",
-                    s("state")
-                );
-            }
-            ["drain", zone, "request"] => {
-                if json.get("state").and_then(Value::as_str) == Some("cancelled") {
-                    println!(
-                        "{ts} DRAIN of {zone} cancelled ({}): agents restore",
-                        s("drain_id")
-                    );
-                } else if self.drain_requested.is_none() {
-                    self.drain_requested = Some(at);
-                    println!(
-                        "{ts} DRAIN REQUESTED for {zone}: drain {} at severity {}, deadline {}",
-                        s("drain_id"),
-                        s("severity"),
-                        s("deadline")
-                    );
-                } else {
-                    println!(
-                        "{ts} drain {} now at severity {} (same drain: agents do not drain twice)",
-                        s("drain_id"),
-                        s("severity")
-                    );
-                }
-            }
-            ["drain", _zone, "ack", agent] => {
-                let state = s("state");
-                let action = json
-                    .get("action")
-                    .and_then(Value::as_str)
-                    .unwrap_or("drain")
-                    .to_string();
-                if state == "done" && action == "drain" {
-                    self.agent_done = true;
-                }
-                // An agent repeats its answer when it sees the request again (escalation, a
-                // gateway restart); the narration tells each step once.
-                let key = format!("{agent} {} {action}", s("drain_id"));
-                if self.acks.get(&key) != Some(&state) {
-                    println!("{ts} agent {agent}: {action} {state} ({})", s("detail"));
-                    self.acks.insert(key, state);
-                }
-            }
-            ["drain", zone, "status"] => {
-                let state = s("state");
-                if self.drain_states.get(*zone) != Some(&state) {
-                    println!("{ts} drain status of {zone}: {state}");
-                    self.drain_states.insert(zone.to_string(), state);
-                }
-            }
-            ["power", zone, "clearance"]
-                if json.get("clear").and_then(Value::as_bool) == Some(true) =>
-            {
-                if self.clearance.is_none() {
-                    self.clearance = Some(at);
-                }
-                println!("{ts} *** POWER-CUT CLEARANCE for {zone}: {}", s("reason"));
-            }
-            ["zones", zone, "status"] => {
-                let level = s("level");
-                if self.zone_levels.get(*zone) != Some(&level) {
-                    let n = json
-                        .get("active")
-                        .and_then(Value::as_array)
-                        .map_or(0, Vec::len);
-                    println!(
-                        "{ts} ZONE  {zone} is now {} ({n} active alarms)",
-                        level.to_uppercase()
-                    );
-                    self.zone_levels.insert(zone.to_string(), level);
-                }
-            }
-            _ => {}
+            return;
         }
     }
+    let _ = tokio::signal::ctrl_c().await;
 }

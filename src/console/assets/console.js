@@ -1,0 +1,372 @@
+// The console page's behaviour: loads the board from the JSON API (the same one scripts use),
+// keeps it live from /api/stream (server-sent events), and sends operator commands, showing the
+// gateway's answer or the reason it did not come. Every string from the API goes in through
+// textContent, never as HTML: alarm keys and messages come from devices and brokers.
+"use strict";
+
+(function () {
+  const LEVELS = ["normal", "warning", "critical", "emergency"];
+  const LEVEL_TEXT = { normal: "✓ NORMAL", warning: "▲ WARNING", critical: "◆ CRITICAL", emergency: "✖ EMERGENCY" };
+  // ISA-18.2 states in the order an operator must deal with them.
+  const ISA_ORDER = ["active_unacknowledged", "active_acknowledged", "cleared_unacknowledged", "shelved", "out_of_service", "normal"];
+  const ISA_TEXT = {
+    active_unacknowledged: "ACTIVE, UNACKED",
+    active_acknowledged: "active, acked",
+    cleared_unacknowledged: "cleared, unacked",
+    shelved: "shelved",
+    out_of_service: "out of service",
+    normal: "normal",
+  };
+  const SEV_RANK = { emergency: 3, critical: 2, warning: 1 };
+
+  const state = {
+    me: { user: null, can_read: true },
+    zones: new Map(), // site|zone -> zone item
+    alarms: new Map(), // site|alarm -> latest event
+    gateways: new Map(), // site|gateway -> gateway item
+    audit: [],
+  };
+
+  // ---- small DOM helper -------------------------------------------------------------------
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") el.className = v;
+      else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+  const $ = (id) => document.getElementById(id);
+
+  function fmtTime(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    if (isNaN(d)) return String(iso);
+    const now = new Date();
+    const hms = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+    return d.toDateString() === now.toDateString() ? hms : d.toLocaleDateString() + " " + hms;
+  }
+  function fmtNum(v, unit) {
+    if (v === null || v === undefined) return "—";
+    const n = Number(v);
+    const s = Number.isFinite(n) ? (Math.abs(n) >= 100 ? n.toFixed(0) : n.toFixed(1)) : String(v);
+    return unit ? s + " " + unit : s;
+  }
+
+  // ---- notices: command results and errors ------------------------------------------------
+  function notice(kind, text) {
+    const el = h("p", { class: "notice " + kind, "data-kind": kind },
+      h("span", {}, text),
+      h("button", { type: "button", onclick: () => el.remove() }, "Dismiss"));
+    $("notices").prepend(el);
+    while ($("notices").children.length > 5) $("notices").lastChild.remove();
+    if (kind === "ok") setTimeout(() => el.remove(), 10000);
+  }
+
+  // ---- fetching ---------------------------------------------------------------------------
+  async function getJson(path) {
+    const r = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json", "X-Requested-With": "emberwatch-page" } });
+    if (r.status === 401) throw new Error("401");
+    if (!r.ok) throw new Error(path + ": HTTP " + r.status + " " + (await r.text()).slice(0, 200));
+    return r.json();
+  }
+
+  async function loadAll() {
+    try {
+      state.me = await getJson("/api/me");
+    } catch (e) {
+      state.me = { user: null, can_read: false };
+    }
+    renderWho();
+    if (!state.me.can_read) {
+      $("zones").replaceChildren(h("p", { class: "empty" }, "Log in to see the board."));
+      return;
+    }
+    try {
+      const [zones, alarms, gateways, audit] = await Promise.all([
+        getJson("/api/zones"), getJson("/api/alarms?state=all"), getJson("/api/gateways"), getJson("/api/audit"),
+      ]);
+      state.zones = new Map(zones.map((z) => [z.site + "|" + z.zone, z]));
+      state.alarms = new Map(alarms.map((a) => [a.site + "|" + a.alarm, a]));
+      state.gateways = new Map(gateways.map((g) => [g.site + "|" + g.gateway, g]));
+      state.audit = audit.slice(-20).reverse();
+      renderAll();
+    } catch (e) {
+      notice("error", "Could not load the board: " + e.message);
+    }
+  }
+
+  // ---- rendering --------------------------------------------------------------------------
+  function renderWho() {
+    const user = state.me.user;
+    $("login").hidden = !!user;
+    $("logout").hidden = !user;
+    $("user").textContent = user || "";
+  }
+
+  function renderAll() {
+    renderZones();
+    renderAlarms();
+    renderGateways();
+    renderAudit();
+    window.EmberTrend.offerPoints(pointsKnown());
+  }
+
+  function renderZones() {
+    const zones = [...state.zones.values()].sort((a, b) =>
+      LEVELS.indexOf(b.level) - LEVELS.indexOf(a.level) || (a.site + a.zone).localeCompare(b.site + b.zone));
+    if (!zones.length) {
+      $("zones").replaceChildren(h("p", { class: "empty" }, "No zone reported yet."));
+      return;
+    }
+    $("zones").replaceChildren(...zones.map(zoneTile));
+  }
+
+  function zoneTile(z) {
+    const level = LEVELS.includes(z.level) ? z.level : "normal";
+    const active = z.active || [];
+    const facts = h("dl", { class: "facts" },
+      h("dt", {}, "Alarms"), h("dd", {}, active.length + " active, " + (z.unacknowledged || 0) + " unacked"),
+      z.faults ? h("dt", {}, "Faults") : null,
+      z.faults ? h("dd", { class: "clear-no" }, z.faults + " sensor or link fault" + (z.faults > 1 ? "s" : "")) : null,
+      h("dt", {}, "Drain"), h("dd", {}, drainText(z.drain)),
+      h("dt", {}, "Power cut"), h("dd", {}, clearanceNode(z.clearance)));
+    const agents = z.drain && z.drain.agents ? Object.entries(z.drain.agents) : [];
+    return h("article", { class: "tile level-" + level, "data-zone": z.zone, "data-site": z.site, "data-level": level },
+      h("h3", {}, z.zone), h("div", { class: "site" }, z.site),
+      h("div", { class: "level" }, LEVEL_TEXT[level]),
+      active.length ? h("ul", {}, active.slice(0, 6).map((k) => h("li", { class: "key" }, k)),
+        active.length > 6 ? h("li", {}, "… " + (active.length - 6) + " more") : null) : null,
+      facts,
+      agents.length ? h("div", { class: "agents" }, agents.map(([name, p]) =>
+        h("span", { class: "agent p-" + p, title: "agent " + name + ": " + p }, name + ": " + p))) : null);
+  }
+
+  function drainText(d) {
+    if (!d) return "none";
+    const agents = d.agents ? Object.values(d.agents) : [];
+    const done = agents.filter((p) => p === "done").length;
+    let s = String(d.state || "?").replace("_", " ");
+    if (agents.length) s += " (" + done + "/" + agents.length + " agents done)";
+    if (d.drill) s += " — drill";
+    return s;
+  }
+
+  function clearanceNode(c) {
+    if (!c) return h("span", {}, "no clearance");
+    return c.clear
+      ? h("span", { class: "clear-yes" }, "✓ CLEAR to cut " + fmtTime(c.time))
+      : h("span", { class: "clear-no" }, "✖ NOT clear" + (c.reason ? ": " + c.reason : ""));
+  }
+
+  function isaOf(a) {
+    if (a.isa_state) return a.isa_state;
+    if (a.state === "active") return a.acked ? "active_acknowledged" : "active_unacknowledged";
+    return a.acked ? "normal" : "cleared_unacknowledged";
+  }
+
+  function renderAlarms() {
+    const rows = [...state.alarms.values()].filter((a) => isaOf(a) !== "normal");
+    rows.sort((a, b) => ISA_ORDER.indexOf(isaOf(a)) - ISA_ORDER.indexOf(isaOf(b))
+      || (SEV_RANK[b.severity] || 0) - (SEV_RANK[a.severity] || 0)
+      || String(b.since || b.time).localeCompare(String(a.since || a.time)));
+    $("alarm-count").textContent = rows.length ? "(" + rows.length + ")" : "";
+    if (!rows.length) {
+      $("alarm-rows").replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: 7 }, "No alarm.")));
+      return;
+    }
+    $("alarm-rows").replaceChildren(...rows.map(alarmRow));
+  }
+
+  function alarmRow(a) {
+    const isa = isaOf(a);
+    const by = [a.acked_by ? "acked by " + a.acked_by : null, a.shelved_by ? "shelved by " + a.shelved_by : null]
+      .filter(Boolean).join(", ");
+    const actions = h("td", { class: "actions" });
+    if (isa === "active_unacknowledged" || isa === "cleared_unacknowledged") {
+      actions.append(h("button", { type: "button", class: "ack", onclick: (e) => ack(a, e.target) }, "Acknowledge"));
+    }
+    if (isa !== "shelved" && isa !== "out_of_service") {
+      actions.append(h("button", { type: "button", class: "shelve", onclick: () => shelve(a) }, "Shelve"));
+    }
+    if (a.device && a.point && !a.device.startsWith("_")) {
+      actions.append(h("button", { type: "button", class: "trend-btn", onclick: () => window.EmberTrend.show(a.site, a.device, a.point) }, "Trend"));
+    }
+    return h("tr", { class: "isa-" + isa, "data-alarm": a.alarm, "data-site": a.site, "data-isa": isa },
+      h("td", { class: "isa" }, ISA_TEXT[isa] || isa),
+      h("td", { class: "sev sev-" + a.severity }, String(a.severity || "").toUpperCase()),
+      h("td", {}, h("div", { class: "key" }, a.zone + " · " + a.alarm),
+        h("div", { class: "msg" }, a.message || "", by ? " — " + by : "", a.chattering ? " — chattering" : "",
+          a.shelved_until ? " — shelved until " + fmtTime(a.shelved_until) : "")),
+      h("td", { class: "num value" }, fmtNum(a.value, a.unit)),
+      h("td", { class: "num" }, fmtNum(a.threshold, a.unit)),
+      h("td", { class: "num", title: "last event " + fmtTime(a.time) }, fmtTime(a.since || a.time)),
+      actions);
+  }
+
+  function renderGateways() {
+    const gws = [...state.gateways.values()].sort((a, b) => (a.site + a.gateway).localeCompare(b.site + b.gateway));
+    if (!gws.length) {
+      $("gateways").replaceChildren(h("p", { class: "empty" }, "No gateway seen yet."));
+      return;
+    }
+    $("gateways").replaceChildren(...gws.map(gatewayCard));
+  }
+
+  function gatewayCard(g) {
+    let health = g.state || "unknown";
+    if (health === "online" && g.role === "standby") health = "standby";
+    const text = {
+      online: "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
+    }[health] || "? " + health.toUpperCase();
+    const missing = (g.missing || []).map(([a, b]) => (a === b ? String(a) : a + "–" + b));
+    const outbox = g.outbox && g.outbox.undelivered !== undefined ? "outbox " + g.outbox.undelivered + " undelivered" : null;
+    return h("article", { class: "gw gw-" + health, "data-gateway": g.gateway, "data-state": health },
+      h("h3", {}, g.gateway), h("div", { class: "detail" }, g.site + (g.role ? " · " + g.role : "")),
+      h("div", { class: "state" }, text),
+      g.reason ? h("div", { class: "detail" }, g.reason) : null,
+      h("div", {}, "seq " + (g.seq ?? "—") + " · received through " + (g.received_through ?? "—")),
+      missing.length ? h("div", { class: "missing" }, "missing " + missing.join(", ")) : h("div", { class: "detail" }, "no gap"),
+      outbox ? h("div", { class: "detail" }, outbox) : null);
+  }
+
+  function renderAudit() {
+    $("audit").replaceChildren(...state.audit.map((a) =>
+      h("li", { class: a.ok ? "" : "bad" }, fmtTime(a.time) + " " + (a.user || "?") + " " + a.command + " " +
+        (a.alarm || a.zone || "") + " on " + a.gateway + ": " + (a.ok ? "ok" : "refused" + (a.reason ? " (" + a.reason + ")" : "")))));
+  }
+
+  function pointsKnown() {
+    const pts = new Set();
+    for (const a of state.alarms.values()) {
+      if (a.device && a.point && !a.device.startsWith("_")) pts.add(a.site + "|" + a.device + "|" + a.point);
+    }
+    return pts;
+  }
+
+  // ---- commands ---------------------------------------------------------------------------
+  async function command(name, body, what) {
+    let r;
+    try {
+      r = await fetch("/api/" + name, {
+        method: "POST", credentials: "same-origin",
+        // X-Requested-With: the console answers a 401 without a Basic challenge, which would
+        // make the browser hold the request behind its own password dialog.
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-Requested-With": "emberwatch-page" },
+        body: JSON.stringify(body),
+      });
+    } catch (e) {
+      notice("error", what + ": the console did not answer (" + e.message + ")");
+      return;
+    }
+    let text = "";
+    try { text = await r.text(); } catch (e) { /* keep the status alone */ }
+    let json = null;
+    try { json = JSON.parse(text); } catch (e) { /* not JSON */ }
+    // A gateway's cmd/result carries `reason`; the console's own refusals carry `error`.
+    const reason = (json && (json.reason || json.error)) || text.slice(0, 200);
+    if (r.status === 200) {
+      notice("ok", what + ": done by gateway " + body.gateway + (reason ? " (" + reason + ")" : ""));
+    } else if (r.status === 401) {
+      notice("error", what + ": refused, log in first (401)");
+      $("login").hidden = false;
+      $("login-user").focus();
+    } else if (r.status === 422) {
+      notice("error", what + ": gateway " + body.gateway + " refused: " + (reason || "no reason given") + " (422)");
+    } else if (r.status === 504) {
+      notice("error", what + ": no answer from gateway " + body.gateway + " within 5 s; it may be offline (504)");
+    } else {
+      notice("error", what + ": HTTP " + r.status + (reason ? ": " + reason : ""));
+    }
+  }
+
+  async function ack(a, button) {
+    if (button) button.disabled = true;
+    await command("ack", { site: a.site, gateway: a.gateway, alarm: a.alarm, zone: a.zone }, "Acknowledge " + a.alarm);
+    if (button) button.disabled = false;
+  }
+
+  function shelve(a) {
+    const dlg = $("shelve-dialog");
+    $("shelve-alarm").textContent = a.alarm;
+    $("shelve-reason").value = "";
+    dlg.onclose = () => {
+      if (dlg.returnValue !== "ok") return;
+      command("shelve", {
+        site: a.site, gateway: a.gateway, alarm: a.alarm, zone: a.zone,
+        for: $("shelve-for").value, reason: $("shelve-reason").value,
+      }, "Shelve " + a.alarm);
+    };
+    dlg.showModal();
+  }
+
+  // ---- live updates -----------------------------------------------------------------------
+  function onAlarm(ev) {
+    const a = JSON.parse(ev.data);
+    const key = a.site + "|" + a.alarm;
+    const old = state.alarms.get(key);
+    // At-least-once delivery and replays may bring an older event after a newer one.
+    if (old && old.gateway === a.gateway && typeof old.seq === "number" && typeof a.seq === "number" && a.seq < old.seq && ev.type === "event") return;
+    state.alarms.set(key, Object.assign({}, old && ev.type === "alarm" ? old : {}, a));
+    renderAlarms();
+    window.EmberTrend.offerPoints(pointsKnown());
+  }
+
+  function connect() {
+    const es = new EventSource("/api/stream");
+    let wasLost = false;
+    es.onopen = () => {
+      $("live").className = "live live-ok";
+      $("live").textContent = "live";
+      if (wasLost) loadAll(); // what happened while we were away
+      wasLost = false;
+    };
+    es.onerror = () => {
+      $("live").className = "live live-lost";
+      $("live").textContent = "connection lost, retrying";
+      wasLost = true;
+    };
+    es.addEventListener("event", onAlarm);
+    es.addEventListener("alarm", onAlarm);
+    es.addEventListener("zone", (ev) => {
+      const z = JSON.parse(ev.data);
+      state.zones.set(z.site + "|" + z.zone, z);
+      renderZones();
+    });
+    es.addEventListener("gateway", (ev) => {
+      const g = JSON.parse(ev.data);
+      state.gateways.set(g.site + "|" + g.gateway, g);
+      renderGateways();
+    });
+    es.addEventListener("audit", (ev) => {
+      state.audit.unshift(JSON.parse(ev.data));
+      state.audit.length = Math.min(state.audit.length, 20);
+      renderAudit();
+    });
+    // The console dropped updates this page was too slow for: reload what it shows.
+    es.addEventListener("lagged", () => loadAll());
+    es.addEventListener("telemetry", (ev) => window.EmberTrend.telemetry(JSON.parse(ev.data)));
+  }
+
+  function tick() {
+    $("clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    if (new URLSearchParams(location.search).get("login") === "failed") {
+      notice("error", "Login failed: wrong user name or password.");
+      history.replaceState(null, "", "/");
+    }
+    tick();
+    setInterval(tick, 1000);
+    window.EmberTrend.init(notice);
+    // The stream is opened only when reading is allowed; otherwise the login form is the page.
+    loadAll().then(() => { if (state.me.can_read) connect(); });
+  });
+})();

@@ -1,0 +1,267 @@
+//! The console page in a real browser (issue 12, steps 1-3), as the night-shift operator sees it
+//! on the NOC wall: Debian's Chromium, headless, driven over WebDriver (chromedriver) against the
+//! real console, gateway, simulator and mosquitto. The zone tile turns as off-gas rises, the alarm
+//! arrives live (no reload), she logs in and acknowledges, and the page shows the state change.
+//!
+//! Screenshots of the wall board at each level go to `$EMBERWATCH_SCREENSHOTS` (default: the
+//! test's target tmp dir); docs/screenshots/ holds a copy for the README.
+
+mod common;
+mod page_harness;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{gateway_config, Daemon, Mosquitto, Sim};
+use fantoccini::Locator;
+use page_harness::browser::Browser;
+use page_harness::console::{Console, PASSWORD, USER};
+
+/// The off-gas rule of config/emberwatch.toml, and a drain whose one agent never answers, so
+/// the tile shows a drain in progress.
+const RULES: &str = r#"
+[[rules]]
+id = "offgas"
+points = ["*/offgas"]
+above = { warning = 20.0, critical = 100.0 }
+deadband = 5.0
+
+[drain]
+trigger = "critical"
+deadline = "120s"
+agents = ["lb-1"]
+"#;
+
+const LIVE: Duration = Duration::from_secs(15);
+const OFFGAS_ROW: &str = r#"#alarm-rows tr[data-alarm="rack-01/offgas/offgas"]"#;
+
+fn screenshots() -> PathBuf {
+    std::env::var_os("EMBERWATCH_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots"))
+}
+
+/// A JavaScript test of the room-1 tile's level.
+fn tile_is(level: &str) -> String {
+    format!(r#"document.querySelector('.tile[data-zone="room-1"]')?.dataset.level === '{level}'"#)
+}
+
+async fn notice_says(b: &Browser, kind: &str, text: &str) {
+    let text_js = serde_json::to_string(text).expect("json");
+    b.wait_until(
+        &format!("a {kind} notice saying {text:?}"),
+        &format!(
+            "[...document.querySelectorAll('.notice[data-kind={kind}]')].some(n => n.textContent.includes({text_js}))"
+        ),
+        LIVE,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let storage = tempfile::tempdir().expect("tempdir");
+    let gateway = Daemon::start(&gateway_config(
+        broker.port(),
+        sim.port(),
+        storage.path(),
+        RULES,
+    ));
+    let console = Console::start(broker.port(), "").await;
+    let b = Browser::start(1920, 1080).await;
+    b.client
+        .goto(&console.url("/"))
+        .await
+        .expect("open the page");
+    let shots = screenshots();
+
+    // Step 1: the wall board. room-1 is normal, the gateway online, no alarm.
+    b.wait_until("room-1 normal", &tile_is("normal"), LIVE)
+        .await;
+    b.wait_until(
+        "gateway gw-t online",
+        r#"document.querySelector('.gw[data-gateway="gw-t"]')?.dataset.state === 'online'"#,
+        LIVE,
+    )
+    .await;
+    assert!(
+        b.text(".tile").await.contains("✓ NORMAL"),
+        "level in words, not colour alone"
+    );
+    assert_eq!(b.text("#live").await, "live");
+    b.client
+        .execute("window.__sameDocument = true;", vec![])
+        .await
+        .expect("mark the document");
+    b.screenshot(&shots.join("normal.png")).await;
+
+    // Step 2: off-gas rises. Each level arrives on the open page, live.
+    sim.write(121, 50).await;
+    b.wait_until("room-1 warning", &tile_is("warning"), LIVE)
+        .await;
+    b.wait_until(
+        "the off-gas alarm, active and unacknowledged, at the top",
+        &format!(
+            r#"document.querySelector('#alarm-rows tr') === document.querySelector('{OFFGAS_ROW}')
+               && document.querySelector('{OFFGAS_ROW}').dataset.isa === 'active_unacknowledged'"#
+        ),
+        LIVE,
+    )
+    .await;
+    let row = b.text(OFFGAS_ROW).await;
+    for want in [
+        "ACTIVE, UNACKED",
+        "WARNING",
+        "50.0 ppm",
+        "20.0 ppm",
+        "Acknowledge",
+    ] {
+        assert!(row.contains(want), "the alarm row lacks {want:?}: {row}");
+    }
+    assert!(b.text(".tile").await.contains("▲ WARNING"));
+    b.screenshot(&shots.join("warning.png")).await;
+
+    sim.write(121, 150).await;
+    b.wait_until("room-1 critical", &tile_is("critical"), LIVE)
+        .await;
+    b.wait_until(
+        "the drain requested on the tile",
+        r#"document.querySelector('.tile[data-zone="room-1"] .agent')?.textContent === 'lb-1: pending'"#,
+        LIVE,
+    )
+    .await;
+    b.screenshot(&shots.join("critical.png")).await;
+
+    sim.write(116, 700).await; // 70.0 °C: the cell-overtemp emergency
+    b.wait_until("room-1 emergency", &tile_is("emergency"), LIVE)
+        .await;
+    assert!(b.text(".tile").await.contains("✖ EMERGENCY"));
+    b.screenshot(&shots.join("emergency.png")).await;
+    let same = b
+        .client
+        .execute("return window.__sameDocument === true;", vec![])
+        .await
+        .expect("execute");
+    assert_eq!(
+        same,
+        serde_json::json!(true),
+        "the page reloaded instead of updating live"
+    );
+
+    // Step 3: a command without a login is refused, and the page says why.
+    let ack = format!("{OFFGAS_ROW} button.ack");
+    click(&b, &ack).await;
+    notice_says(&b, "error", "log in first (401)").await;
+
+    // A wrong password is told as such.
+    login(&b, USER, "wrong").await;
+    notice_says(&b, "error", "Login failed").await;
+
+    login(&b, USER, PASSWORD).await;
+    b.wait_until(
+        "logged in as mina",
+        "document.getElementById('user').textContent === 'mina'",
+        LIVE,
+    )
+    .await;
+    b.wait_until("the board after login", &tile_is("emergency"), LIVE)
+        .await;
+    click(&b, &ack).await;
+    notice_says(
+        &b,
+        "ok",
+        "Acknowledge rack-01/offgas/offgas: done by gateway gw-t",
+    )
+    .await;
+    b.wait_until(
+        "the alarm acknowledged by mina",
+        &format!(
+            r#"document.querySelector('{OFFGAS_ROW}')?.dataset.isa === 'active_acknowledged'
+               && document.querySelector('{OFFGAS_ROW}').textContent.includes('acked by mina')"#
+        ),
+        LIVE,
+    )
+    .await;
+    b.wait_until(
+        "the acknowledgement in the audit trail",
+        "document.getElementById('audit').textContent.includes('mina ack rack-01/offgas/offgas on gw-t: ok')",
+        LIVE,
+    )
+    .await;
+
+    // The gateway refuses to shelve an emergency alarm: its reason is on the page (422).
+    let heat_row = r#"#alarm-rows tr[data-alarm="rack-01/cell_temp_max/cell-overtemp"]"#;
+    click(&b, &format!("{heat_row} button.shelve")).await;
+    b.client
+        .find(Locator::Id("shelve-reason"))
+        .await
+        .expect("reason field")
+        .send_keys("sensor under test")
+        .await
+        .expect("type reason");
+    click(&b, "#shelve-ok").await;
+    notice_says(&b, "error", "gateway gw-t refused: ").await;
+    notice_says(&b, "error", "(422)").await;
+    let refusal = b.text(".notice[data-kind=error]").await;
+    assert!(
+        refusal.contains("emergency"),
+        "the gateway's reason: {refusal}"
+    );
+
+    // A gateway that takes the command and never answers (stopped, its status still online):
+    // after 5 s the page says so (504).
+    gateway.signal("STOP");
+    click(&b, &format!("{heat_row} button.ack")).await;
+    notice_says(&b, "error", "no answer from gateway gw-t within 5 s").await;
+    gateway.signal("CONT");
+
+    // The trend of the point shows how it got there.
+    click(&b, &format!("{OFFGAS_ROW} button.trend-btn")).await;
+    b.wait_until(
+        "the off-gas trend drawn",
+        "document.querySelector('#trend-chart canvas') && /\\d+ buckets/.test(document.getElementById('trend-note').textContent)",
+        LIVE,
+    )
+    .await;
+    b.close().await;
+}
+
+/// Clicks the element `css` names. The alarm list is redrawn on every update, so a button
+/// found a moment ago may be gone; it is found again (as a person would move the pointer).
+async fn click(b: &Browser, css: &str) {
+    for _ in 0..5 {
+        let e = b
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match e.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(w))
+                if w.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
+    panic!("{css}: stale five times in a row");
+}
+
+async fn login(b: &Browser, user: &str, password: &str) {
+    let field = |id: &'static str| async move {
+        let e = b.client.find(Locator::Id(id)).await.expect(id);
+        e.clear().await.expect("clear");
+        e
+    };
+    field("login-user")
+        .await
+        .send_keys(user)
+        .await
+        .expect("type user");
+    field("login-password")
+        .await
+        .send_keys(password)
+        .await
+        .expect("type password");
+    click(b, "#login-submit").await;
+}

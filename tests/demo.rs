@@ -1,0 +1,194 @@
+//! `emberwatch demo` as a newcomer runs it: the story told and exit 0 in under a minute, with the
+//! site console up during it (its URL and a password printed); `--keep` leaves everything running
+//! after the story, the console answering and taking commands, until Ctrl-C.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The demos of this file run one at a time: each prefers ports 1883 and 8080, and the
+/// assertion that the console is gone after the demo must not see the other demo's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Demo {
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+            .arg("demo")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn emberwatch demo");
+        let out = Arc::new(Mutex::new(String::new()));
+        for r in [
+            Box::new(child.stdout.take().expect("stdout"))
+                as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let out = out.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&l);
+                    o.push('\n');
+                }
+            });
+        }
+        Demo { child, out }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits for a line containing `what`; returns that line.
+    async fn line(&self, what: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(l) = self.text().lines().find(|l| l.contains(what)) {
+                return l.to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line with {what:?} within {within:?}:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// "site console on http://127.0.0.1:8080/ (log in as demo with password XYZ)" → (url, pw).
+    async fn console(&self) -> (String, String) {
+        let line = self.line("site console on ", Duration::from_secs(20)).await;
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("a URL")
+            .trim_end_matches('/')
+            .to_string();
+        let password = line
+            .rsplit("password ")
+            .next()
+            .expect("a password")
+            .trim_end_matches(')')
+            .to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "loopback only: {line}"
+        );
+        (url, password)
+    }
+}
+
+async fn curl(args: &[&str]) -> (String, bool) {
+    let o = Command::new("curl")
+        .args(args)
+        .output()
+        .await
+        .expect("curl (scripts/test.sh installs it)");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.success(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut demo = Demo::start(&[]);
+    let (url, _) = demo.console().await;
+    // The page is served while the story plays.
+    let (page, ok) = curl(&["-sf", &format!("{url}/")]).await;
+    assert!(
+        ok && page.contains("<title>emberwatch console</title>"),
+        "{page}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(60), demo.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("demo still running after 60 s:\n{}", demo.text()))
+        .expect("wait");
+    let text = demo.text();
+    assert!(status.success(), "demo exited {status}:\n{text}");
+    assert!(text.contains("POWER-CUT CLEARANCE"), "{text}");
+    assert!(!text.contains("--keep:"), "{text}");
+    // The console is gone with the demo.
+    assert!(
+        !curl(&["-sf", "--max-time", "2", &format!("{url}/healthz")])
+            .await
+            .1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_leaves_the_console_running_until_ctrl_c() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut demo = Demo::start(&["--keep"]);
+    let (url, password) = demo.console().await;
+    demo.line("--keep: everything keeps running", Duration::from_secs(60))
+        .await;
+
+    // After the story, the console holds it: the zone at emergency, the off-gas alarm active.
+    let (zones, ok) = curl(&["-sf", &format!("{url}/api/zones")]).await;
+    assert!(ok, "{zones}");
+    let zones: Value = serde_json::from_str(&zones).expect("zones JSON");
+    assert_eq!(zones[0]["zone"], "battery-room-1", "{zones}");
+    assert_eq!(zones[0]["level"], "emergency", "{zones}");
+    let (alarms, _) = curl(&["-sf", &format!("{url}/api/alarms?state=active")]).await;
+    let alarms: Value = serde_json::from_str(&alarms).expect("alarms JSON");
+    let offgas = alarms
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["point"] == "offgas"))
+        .unwrap_or_else(|| panic!("no active off-gas alarm in {alarms}"))
+        .clone();
+
+    // The printed password works: the demo user acknowledges it.
+    let body = serde_json::json!({
+        "site": offgas["site"], "gateway": offgas["gateway"], "alarm": offgas["alarm"],
+    })
+    .to_string();
+    let (answer, ok) = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-u",
+        &format!("demo:{password}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &format!("{url}/api/ack"),
+    ])
+    .await;
+    assert!(ok && answer.ends_with("\n200"), "ack as demo: {answer}");
+
+    // Ctrl-C ends it cleanly.
+    let pid = demo.child.id().expect("running");
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), demo.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("demo --keep still running after Ctrl-C:\n{}", demo.text()))
+        .expect("wait");
+    assert!(
+        status.success(),
+        "demo --keep exited {status}:\n{}",
+        demo.text()
+    );
+    assert!(demo.text().contains("stopping."));
+}
