@@ -26,6 +26,7 @@ needs=(
     "systemd-analyze systemd"
     "/usr/sbin/haproxy haproxy"
     "curl curl"
+    "ss iproute2"
     "openssl openssl"
     "/usr/bin/prometheus-alertmanager prometheus-alertmanager"
     "/usr/bin/chromium chromium"

@@ -64,15 +64,21 @@ pub fn summary(cfg: &Config) -> String {
             let reads = crate::decode::plan_reads(&d.points, d.max_gap).len();
             format!("in {reads} reads every {:?}", d.poll_interval)
         };
+        let profile = d
+            .profile
+            .as_ref()
+            .map(|p| format!(", profile {p}"))
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  device {} ({}, zone {}): {} points {how}",
+            "  device {} ({}, zone {}{profile}): {} points {how}",
             d.id,
             d.transport.name(),
             d.zone,
             d.points.len(),
         );
     }
+    profiles_summary(cfg, &mut s);
     let t = Topics::new(cfg);
     let _ = writeln!(s, "  broker: {}", cfg.mqtt.url);
     let _ = writeln!(s, "  topics:");
@@ -119,6 +125,35 @@ pub fn summary(cfg: &Config) -> String {
         );
     }
     s
+}
+
+/// Which devices use which profile, and where each profile was written, so an operator who
+/// edits a profile file sees every device it changes.
+fn profiles_summary(cfg: &Config, s: &mut String) {
+    if cfg.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "  profiles:");
+    for p in &cfg.profiles {
+        let users: Vec<&str> = cfg
+            .devices
+            .iter()
+            .filter(|d| d.profile.as_deref() == Some(p.id.as_str()))
+            .map(|d| d.id.as_str())
+            .collect();
+        let _ = writeln!(
+            s,
+            "    {} ({} points, {}): {}",
+            p.id,
+            p.points.len(),
+            p.file.as_deref().unwrap_or("in the configuration file"),
+            if users.is_empty() {
+                "no device".to_string()
+            } else {
+                users.join(", ")
+            }
+        );
+    }
 }
 
 /// `emberwatch read`: one poll of each device, printed as a table. Returns whether all answered.

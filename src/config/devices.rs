@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::points::RawPoint;
+use super::profiles::{merge, Profile};
 use super::validate::Validator;
 use super::Role;
 use crate::decode::Point;
@@ -72,9 +73,19 @@ pub struct Device {
     /// a request; default [`DEFAULT_MAX_GAP`]. Lower it for devices that refuse reads of
     /// unmapped registers.
     pub max_gap: u16,
-    /// `[[devices.points]]`: the values read from the device.
+    /// `[[devices.points]]`: the values read from the device, its profile's first (with the
+    /// device's own replacing those of the same id), then the device's own.
     pub points: Vec<Point>,
+    /// `profile`: the `[[profiles]]` entry whose points this device has; none by default.
+    pub profile: Option<String>,
+    /// `connections`: how many TCP connections the devices behind one `modbus-tcp` address may
+    /// use together (a Modbus gateway answers one request at a time per connection and accepts
+    /// only a few); default [`DEFAULT_CONNECTIONS`]. Every device of one address says the same.
+    pub connections: u16,
 }
+
+/// Default `connections`: one, so a gateway's devices take turns and never overload it.
+pub const DEFAULT_CONNECTIONS: u16 = 1;
 
 /// How a device is reached (`transport`).
 #[derive(Debug, Clone, PartialEq)]
@@ -157,17 +168,24 @@ pub(super) struct RawDevice {
     timeout: Option<String>,
     max_gap: Option<i64>,
     pattern: Option<String>,
+    profile: Option<String>,
+    connections: Option<i64>,
     points: Vec<RawPoint>,
 }
 
 impl Validator {
     /// Every `[[devices]]` entry, then the checks across them: unique ids, shared serial ports,
     /// and (for a gateway) at least one device.
-    pub(super) fn devices(&mut self, raw: Vec<RawDevice>, role: Role) -> Vec<Device> {
+    pub(super) fn devices(
+        &mut self,
+        raw: Vec<RawDevice>,
+        role: Role,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Vec<Device> {
         let mut devices = Vec::new();
         let mut seen = HashSet::new();
         for (i, d) in raw.into_iter().enumerate() {
-            let dev = self.device(i, d);
+            let dev = self.device(i, d, profiles);
             if !dev.id.is_empty() && !seen.insert(dev.id.clone()) {
                 self.problem(
                     format!("devices[{i}].id"),
@@ -177,6 +195,7 @@ impl Validator {
             devices.push(dev);
         }
         self.shared_ports(&devices);
+        self.shared_addresses(&devices);
         if role == Role::Gateway && devices.is_empty() {
             self.problem("devices", "no [[devices]]: there is nothing to watch");
         }
@@ -237,7 +256,7 @@ impl Validator {
         }
     }
 
-    fn device(&mut self, i: usize, d: RawDevice) -> Device {
+    fn device(&mut self, i: usize, d: RawDevice, profiles: &BTreeMap<String, Profile>) -> Device {
         let at = format!("devices[{i}]");
         let id = self.id(&format!("{at}.id"), d.id.clone(), &['-', '_']);
         let zone = self.id(&format!("{at}.zone"), d.zone.clone(), &['-']);
@@ -316,7 +335,48 @@ impl Validator {
             }
             points.push(point);
         }
-        if points.is_empty() {
+        if let Some(name) = &d.profile {
+            match profiles.get(name) {
+                Some(_) if lines => self.problem(
+                    format!("{at}.profile"),
+                    "a serial-lines sensor lists its own fields: profiles hold Modbus points",
+                ),
+                Some(p) => points = merge(&p.points, points),
+                None => {
+                    let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
+                    self.problem(
+                        format!("{at}.profile"),
+                        format!(
+                            "no profile {name:?}; known: {}",
+                            if known.is_empty() {
+                                "(none)".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        let connections: u16 = self.int(
+            &format!("{at}.connections"),
+            d.connections,
+            DEFAULT_CONNECTIONS,
+            "1-64",
+        );
+        if d.connections.is_some() && !matches!(transport, Transport::ModbusTcp { .. }) {
+            self.problem(
+                format!("{at}.connections"),
+                "only modbus-tcp devices share connections (a serial bus or device server is one line)",
+            );
+        } else if !(1..=64).contains(&connections) {
+            self.problem(
+                format!("{at}.connections"),
+                format!("{connections} is out of range (1-64)"),
+            );
+        }
+        // A device naming a profile that is missing or empty has that problem reported already.
+        if points.is_empty() && d.profile.is_none() {
             self.problem(
                 format!("{at}.points"),
                 format!("device {id:?} has no points"),
@@ -331,6 +391,8 @@ impl Validator {
             timeout,
             max_gap,
             points,
+            profile: d.profile,
+            connections,
         }
     }
 
@@ -401,6 +463,30 @@ impl Validator {
                         serial.port
                     ),
                 ),
+            }
+        }
+    }
+
+    /// Devices behind one `modbus-tcp` address share its connections, so they must agree on
+    /// how many there are; the first device that disagrees is named with the one it contradicts.
+    fn shared_addresses(&mut self, devices: &[Device]) {
+        let mut first: BTreeMap<&str, (usize, u16)> = BTreeMap::new();
+        for (i, d) in devices.iter().enumerate() {
+            let Transport::ModbusTcp { address } = &d.transport else {
+                continue;
+            };
+            match first.get(address.as_str()) {
+                None => {
+                    first.insert(address, (i, d.connections));
+                }
+                Some(&(j, n)) if n != d.connections => self.problem(
+                    format!("devices[{i}].connections"),
+                    format!(
+                        "{} but devices[{j}] on the same address {address:?} says {n}: the devices of one gateway share its connections and must agree",
+                        d.connections
+                    ),
+                ),
+                Some(_) => {}
             }
         }
     }

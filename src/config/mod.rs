@@ -11,6 +11,7 @@ mod devices;
 mod drain;
 mod metrics;
 mod points;
+mod profiles;
 mod rules;
 mod site;
 mod storage;
@@ -27,6 +28,7 @@ pub use console::Console;
 pub use devices::{Device, Parity, SerialPort, Transport};
 pub use drain::{Agent, Drain};
 pub use metrics::Metrics;
+pub use profiles::Profile;
 pub use rules::{Rule, RuleBody};
 pub use site::{BrokerUrl, Mqtt, Site};
 pub use storage::Storage;
@@ -99,6 +101,9 @@ pub struct Config {
     pub agent: Option<Agent>,
     /// `[alarms]`: site-wide alarm management policy.
     pub alarms: AlarmPolicy,
+    /// `[[profiles]]`, from the file and its `include`s, by id: the point lists devices name
+    /// with `profile`. Their points are already in each device's `points`.
+    pub profiles: Vec<Profile>,
     /// `[console]`: the site console's own settings (required by `emberwatch console`).
     pub console: Option<Console>,
 }
@@ -145,7 +150,8 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        validate::parse(&text, env, role).map_err(|problems| ConfigError {
+        let base = path.parent().unwrap_or(Path::new(""));
+        validate::parse_at(&text, env, role, base).map_err(|problems| ConfigError {
             file: path.to_path_buf(),
             problems,
         })

@@ -4,11 +4,12 @@
 //! located [`Problem`] collected with all the others rather than a serde error that stops at the
 //! first one.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{alarms, console, devices, drain, metrics, rules, site, storage};
+use super::{alarms, console, devices, drain, metrics, profiles, rules, site, storage};
 use super::{parse_duration, parse_size, Config, Problem, Role};
 use crate::rules::Severity;
 
@@ -24,14 +25,28 @@ struct RawConfig {
     drain: Option<drain::RawDrain>,
     agent: Option<drain::RawAgent>,
     alarms: alarms::RawAlarms,
+    include: Vec<String>,
+    profiles: Vec<profiles::RawProfile>,
     console: Option<console::RawConsole>,
 }
 
-/// Reads TOML text plus `EMBERWATCH__SECTION__KEY` overrides and validates the result.
+/// Reads TOML text plus `EMBERWATCH__SECTION__KEY` overrides and validates the result;
+/// `include` patterns are relative to the current directory.
 pub(super) fn parse(
     text: &str,
     env: Vec<(String, String)>,
     role: Role,
+) -> Result<Config, Vec<Problem>> {
+    parse_at(text, env, role, Path::new(""))
+}
+
+/// As [`parse`], with `include` patterns relative to `base` (the configuration file's
+/// directory).
+pub(super) fn parse_at(
+    text: &str,
+    env: Vec<(String, String)>,
+    role: Role,
+    base: &Path,
 ) -> Result<Config, Vec<Problem>> {
     // TOML syntax first, on its own, so the operator gets the line and column.
     if let Err(e) = text.parse::<toml::Table>() {
@@ -75,7 +90,7 @@ pub(super) fn parse(
             "unknown key (misspelt? see the example config)",
         );
     }
-    let cfg = v.config(raw, role);
+    let cfg = v.config(raw, role, base);
     if v.problems.is_empty() {
         Ok(cfg)
     } else {
@@ -84,7 +99,7 @@ pub(super) fn parse(
 }
 
 /// serde_ignored writes `devices.0.points.1.x`; operators read `devices[0].points[1].x`.
-fn display_path(p: &str) -> String {
+pub(super) fn display_path(p: &str) -> String {
     let mut out = String::new();
     // serde_ignored writes an optional section's `Some` as a `?` segment.
     for seg in p.split('.').filter(|s| *s != "?") {
@@ -229,11 +244,19 @@ impl Validator {
         }
     }
 
-    fn config(&mut self, raw: RawConfig, role: Role) -> Config {
+    fn config(&mut self, raw: RawConfig, role: Role, base: &Path) -> Config {
         let site = self.site(raw.site, role);
         let mqtt = self.mqtt(raw.mqtt, &site);
         let storage = self.storage(raw.storage);
-        let devices = self.devices(raw.devices, role);
+        let mut sourced: Vec<profiles::Sourced> =
+            raw.profiles.into_iter().map(|p| (p, None)).collect();
+        sourced.extend(profiles::read_includes(
+            &raw.include,
+            base,
+            &mut self.problems,
+        ));
+        let profiles = self.profiles(sourced);
+        let devices = self.devices(raw.devices, role, &profiles);
         let rules = self.rules(raw.rules, &devices);
         let metrics = raw.metrics.map(|m| self.metrics(m));
         let drain = raw.drain.map(|d| self.drain(d));
@@ -262,6 +285,7 @@ impl Validator {
             drain,
             agent,
             alarms,
+            profiles: profiles.into_values().collect(),
             console,
         }
     }

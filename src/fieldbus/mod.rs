@@ -1,7 +1,8 @@
 //! Field buses: where readings come from.
 //!
 //! A Modbus TCP device is polled by its own task on its own `poll_interval`, so a device that
-//! hangs until its timeout never delays another. Devices that share a wire cannot work that way:
+//! hangs until its timeout never delays another; several Modbus TCP devices at one address are
+//! unit ids behind one gateway, and share its connection(s) through one [`gateway`] task each. Devices that share a wire cannot work that way:
 //! all `modbus-rtu` devices on one serial port, and all `modbus-rtu-over-tcp` devices behind one
 //! serial device server, go through one bus owner ([`bus`]) that sends one request at a time. A
 //! `serial-lines` sensor gets a reader task of its own ([`lines`]). Every poll or line yields one
@@ -11,9 +12,11 @@
 pub mod bus;
 pub mod counters;
 pub mod frame;
+pub mod gateway;
 pub mod lines;
 pub mod mbap;
 pub mod modbus;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -116,6 +119,15 @@ pub enum LinkError {
         table: &'static str,
         register: u16,
         problem: String,
+    },
+    /// A device behind a Modbus TCP gateway shared with other devices could not be read; the
+    /// gateway's address is named, because when it is down every device behind it says so.
+    #[error("device {device} (unit {unit} behind gateway {address}): {reason}")]
+    Gateway {
+        device: String,
+        address: String,
+        unit: u8,
+        reason: String,
     },
     /// A serial-lines sensor printed no readable line for too long.
     #[error("device {device} on {port}: no readable line for {silent:?}{}", malformed_note(*.malformed))]
@@ -221,11 +233,23 @@ pub fn spawn_pollers(
 ) -> Counters {
     let counters = Counters::new(cfg.devices.len());
     let mut buses: BTreeMap<bus::Endpoint, Vec<(usize, Device)>> = BTreeMap::new();
+    let mut gateways: BTreeMap<String, Vec<(usize, Device)>> = BTreeMap::new();
+    for (index, device) in cfg.devices.iter().enumerate() {
+        if let Transport::ModbusTcp { address } = &device.transport {
+            gateways
+                .entry(address.clone())
+                .or_default()
+                .push((index, device.clone()));
+        }
+    }
+    // One device alone at its address keeps a poll loop of its own.
+    gateways.retain(|_, devices| devices.len() > 1);
     for (index, device) in cfg.devices.iter().enumerate() {
         let device = device.clone();
         let tx = tx.clone();
         let cancel = cancel.clone();
         match &device.transport {
+            Transport::ModbusTcp { address } if gateways.contains_key(address) => {}
             Transport::ModbusTcp { address } => {
                 let link =
                     modbus::ModbusDevice::new(device.clone(), address.clone(), counters.clone());
@@ -244,6 +268,20 @@ pub fn spawn_pollers(
                     lines::run(index, device, counters, tx, cancel).await;
                 });
             }
+        }
+    }
+    for (address, devices) in gateways {
+        // Every device of one address says the same (the configuration checks it).
+        let connections = devices
+            .first()
+            .map_or(1, |(_, d)| usize::from(d.connections));
+        for group in gateway::split(devices, connections) {
+            let owner = gateway::Gateway::new(address.clone(), group, &counters);
+            let tx = tx.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                owner.run(tx, cancel).await;
+            });
         }
     }
     for (endpoint, devices) in buses {

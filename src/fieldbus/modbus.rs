@@ -91,6 +91,18 @@ impl ModbusDevice {
         }
     }
 
+    /// Hands this device's open connection (if any) to the next device behind the same
+    /// gateway address (`gateway.rs`): they share it and take turns.
+    pub(crate) fn release(&mut self) -> Option<TcpStream> {
+        self.stream.take()
+    }
+
+    /// Takes over the shared connection of the gateway this device sits behind; the next poll
+    /// addresses this device's unit id on it (or connects, if there is none).
+    pub(crate) fn adopt(&mut self, stream: Option<TcpStream>) {
+        self.stream = stream;
+    }
+
     pub async fn close(&mut self) {
         if let Some(mut stream) = self.stream.take() {
             let _ = tokio::time::timeout(Duration::from_millis(200), stream.shutdown()).await;
