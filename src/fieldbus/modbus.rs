@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::{Slave, SlaveContext};
+use tokio_modbus::{Request, Response};
 
 use crate::clock::Now;
 use crate::config::Device;
@@ -30,9 +31,64 @@ pub struct ModbusDevice {
     counters: Counters,
 }
 
-enum SpanData {
+/// What a device answered to one read of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SpanData {
     Words(Vec<u16>),
     Bits(Vec<bool>),
+    /// A Modbus exception code: the device refused the read.
+    Exception(u8),
+}
+
+/// Reads one span of the plan over `ctx`; `Err` is a link fault, in words for an operator.
+///
+/// Not tokio-modbus's `Reader` methods: they check the answer's function code but not its size,
+/// only `debug_assert` it, so a device answering with another number of registers than asked
+/// panicked the poll task of a debug build (found by the `modbus_tcp` fuzz target) and was
+/// taken silently by a release build. An answer of the wrong size is refused here, naming both
+/// counts. Coils and discrete inputs come in whole bytes, so up to 7 bits of padding are fine.
+pub(crate) async fn read_span(ctx: &mut Context, span: &ReadSpan) -> Result<SpanData, String> {
+    let request = match span.table {
+        Table::Holding => Request::ReadHoldingRegisters(span.start, span.count),
+        Table::Input => Request::ReadInputRegisters(span.start, span.count),
+        Table::Coil => Request::ReadCoils(span.start, span.count),
+        Table::Discrete => Request::ReadDiscreteInputs(span.start, span.count),
+    };
+    let response = match ctx.call(request).await.map_err(|e| e.to_string())? {
+        Ok(r) => r,
+        Err(code) => return Ok(SpanData::Exception(u8::from(code))),
+    };
+    let asked = usize::from(span.count);
+    let wrong = |what: &str, got: usize| {
+        format!(
+            "answered {got} {what} to a read of {asked} from {} {}",
+            span.table.as_str(),
+            span.start
+        )
+    };
+    match response {
+        Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) => {
+            if w.len() == asked {
+                Ok(SpanData::Words(w))
+            } else {
+                Err(wrong("registers", w.len()))
+            }
+        }
+        Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b) => {
+            if b.len() >= asked && b.len() < asked + 8 {
+                b.truncate(asked);
+                Ok(SpanData::Bits(b))
+            } else {
+                Err(wrong("bits", b.len()))
+            }
+        }
+        // tokio-modbus refuses an answer with another function code before this.
+        _ => Err(format!(
+            "answered another function than a read of {} {}",
+            span.table.as_str(),
+            span.start
+        )),
+    }
 }
 
 impl ModbusDevice {
@@ -112,27 +168,7 @@ impl ModbusDevice {
         let mut out = Vec::with_capacity(self.device.points.len());
         for span in &self.plan {
             LinkCounters::add(&counters.requests, 1);
-            let req = async {
-                match span.table {
-                    Table::Holding => ctx
-                        .read_holding_registers(span.start, span.count)
-                        .await
-                        .map(|r| r.map(SpanData::Words)),
-                    Table::Input => ctx
-                        .read_input_registers(span.start, span.count)
-                        .await
-                        .map(|r| r.map(SpanData::Words)),
-                    Table::Coil => ctx
-                        .read_coils(span.start, span.count)
-                        .await
-                        .map(|r| r.map(SpanData::Bits)),
-                    Table::Discrete => ctx
-                        .read_discrete_inputs(span.start, span.count)
-                        .await
-                        .map(|r| r.map(SpanData::Bits)),
-                }
-            };
-            let answer = tokio::time::timeout(timeout, req)
+            let answer = tokio::time::timeout(timeout, read_span(&mut ctx, span))
                 .await
                 .map_err(|_| LinkError::Timeout {
                     device: id.clone(),
@@ -140,21 +176,91 @@ impl ModbusDevice {
                     register: span.start,
                     timeout,
                 })?
-                .map_err(|e| LinkError::Transport {
+                .map_err(|reason| LinkError::Transport {
                     device: id.clone(),
                     table: span.table.as_str(),
                     register: span.start,
-                    reason: e.to_string(),
+                    reason,
                 })?;
             let answer = match &answer {
-                Ok(SpanData::Words(w)) => SpanAnswer::Words(w),
-                Ok(SpanData::Bits(b)) => SpanAnswer::Bits(b),
-                Err(code) => SpanAnswer::Exception(u8::from(*code)),
+                SpanData::Words(w) => SpanAnswer::Words(w),
+                SpanData::Bits(b) => SpanAnswer::Bits(b),
+                SpanData::Exception(code) => SpanAnswer::Exception(*code),
             };
             span_points(&self.device, span, answer, &mut out);
         }
         out.sort_by_key(|p| p.point);
         self.ctx = Some(ctx);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A device on the other end of an in-memory socket that answers the first request with
+    /// `pdu` (its transaction id and unit copied from the request).
+    async fn answer(span: ReadSpan, pdu: &[u8]) -> Result<SpanData, String> {
+        let (client, mut device) = tokio::io::duplex(4096);
+        let pdu = pdu.to_vec();
+        let device = tokio::spawn(async move {
+            let mut req = [0u8; 12];
+            device.read_exact(&mut req).await.unwrap();
+            let len = u16::try_from(pdu.len() + 1).unwrap().to_be_bytes();
+            let mut adu = vec![req[0], req[1], 0, 0, len[0], len[1], req[6]];
+            adu.extend_from_slice(&pdu);
+            device.write_all(&adu).await.unwrap();
+            device
+        });
+        let mut ctx = tokio_modbus::client::tcp::attach_slave(client, Slave(1));
+        let got = read_span(&mut ctx, &span).await;
+        drop(device.await);
+        got
+    }
+
+    fn span(table: Table, count: u16) -> ReadSpan {
+        ReadSpan {
+            table,
+            start: 116,
+            count,
+            points: vec![0],
+        }
+    }
+
+    /// Found by the `modbus_tcp` fuzz target: tokio-modbus only debug-asserted the count, so
+    /// this panicked the poll task of a debug build and was accepted by a release build.
+    #[tokio::test]
+    async fn more_or_fewer_registers_than_asked_is_a_link_fault_naming_both_counts() {
+        let three = [3, 6, 0, 1, 0, 2, 0, 3];
+        assert_eq!(
+            answer(span(Table::Holding, 2), &three).await,
+            Err("answered 3 registers to a read of 2 from holding 116".into())
+        );
+        assert_eq!(
+            answer(span(Table::Holding, 4), &three).await,
+            Err("answered 3 registers to a read of 4 from holding 116".into())
+        );
+        assert_eq!(
+            answer(span(Table::Holding, 3), &three).await,
+            Ok(SpanData::Words(vec![1, 2, 3]))
+        );
+    }
+
+    #[tokio::test]
+    async fn bits_may_carry_the_padding_of_their_last_byte_but_no_more() {
+        assert_eq!(
+            answer(span(Table::Coil, 3), &[1, 1, 0b101]).await,
+            Ok(SpanData::Bits(vec![true, false, true]))
+        );
+        assert_eq!(
+            answer(span(Table::Coil, 9), &[1, 1, 0xff]).await,
+            Err("answered 8 bits to a read of 9 from coil 116".into())
+        );
+        assert_eq!(
+            answer(span(Table::Holding, 1), &[0x83, 0x02]).await,
+            Ok(SpanData::Exception(2))
+        );
     }
 }
