@@ -2,7 +2,8 @@
 //!
 //! Shutdown order matters for an alarm system: pollers stop first, the engine finishes what it
 //! was given and hands its last events to MQTT, and only then does the MQTT link publish
-//! "offline" and close. Every task is tracked; nothing is left running.
+//! "offline" (or "fault" after a failed write, or nothing on a reload) and close. Every task is
+//! tracked; nothing is left running.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::alarms::{StateStore, StoreError};
+use crate::alarms::{Snapshot, StateStore, StoreError};
 use crate::clock::Now;
 use crate::command::Command;
 use crate::config::Config;
@@ -20,7 +21,7 @@ use crate::engine::Engine;
 use crate::fieldbus;
 use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
-use crate::mqtt::{self, DurableOutbox};
+use crate::mqtt::{self, DurableOutbox, Farewell};
 use crate::outbox::OutboxError;
 use crate::supervision::{Supervision, LINK_STALL};
 
@@ -44,8 +45,9 @@ pub enum DaemonError {
 /// Runs until SIGTERM or SIGINT. SIGHUP reloads `path`: the new file is validated first; a bad
 /// one is refused with its errors logged and the running configuration carries on. A good one
 /// restarts the pipeline on it (alarm state, acknowledgements, shelves and `seq` carry over
-/// through `storage.dir`, so nothing is raised twice; the MQTT link reconnects, so the status
-/// topic shows a brief offline/online).
+/// through `storage.dir`, so nothing is raised twice; alarms whose device, point or rule the
+/// new file no longer has are cleared with an event saying so). The MQTT link reconnects
+/// without saying `offline` in between: the retained status goes from online to online.
 pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
@@ -58,7 +60,8 @@ pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonErro
             tracing::warn!(problem = %w, "configuration warning");
         }
         let cancel = CancellationToken::new();
-        let generation = serve(cfg.clone(), cancel.clone());
+        let reload = CancellationToken::new();
+        let generation = serve_generation(cfg.clone(), cancel.clone(), reload.clone());
         tokio::pin!(generation);
         let next = loop {
             tokio::select! {
@@ -87,29 +90,61 @@ pub async fn run(cfg: Config, path: std::path::PathBuf) -> Result<(), DaemonErro
                 },
             }
         };
+        reload.cancel();
         cancel.cancel();
         generation.await?;
         cfg = next;
     }
 }
 
-/// Runs until `cancel`: one generation of [`run`], and the demo's whole gateway.
+/// Runs until `cancel`: the demo's whole gateway.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    serve_generation(cfg, cancel, CancellationToken::new()).await
+}
+
+/// Opens the alarm state and the outbox, and makes them agree. The outbox is the truth: an
+/// event is fsynced there before `state.json` is saved, and from there it is delivered, so
+/// when the save failed (a full disk, a crash between the two writes) subscribers may have
+/// seen events the state does not have. The state is rolled forward over them and saved, and
+/// the zone statuses published at start then say what the events said.
+fn open_storage(cfg: &Config) -> Result<(StateStore, Snapshot, Arc<DurableOutbox>), DaemonError> {
     let (mut store, mut snapshot) = StateStore::open(&cfg.storage.dir)?;
-    // Durable messages are on disk before they count as raised; what earlier runs left
-    // unconfirmed is delivered first, to each broker from its own cursor.
-    let durable = DurableOutbox::open(&cfg)?;
-    // Events reach the outbox before the alarm state is saved (an event must never exist only
-    // in the state file), so a crash between the two leaves the outbox ahead: numbering goes
-    // on from whichever is further, and no seq is ever used twice.
+    let durable = DurableOutbox::open(cfg)?;
+    // Damage that removed events the state says were raised is a loss, not a torn write.
+    durable.assess(snapshot.last_seq);
+    let latching = |rule: &str| cfg.rules.iter().any(|r| r.id == rule && r.latch);
+    if let Some((from, to)) = durable.roll_forward(&mut snapshot, latching)? {
+        tracing::warn!(
+            "state.json was behind the outbox (a failed save or a crash between the two \
+             writes): rolled forward over events seq {from}..={to} already raised; the outbox \
+             is the truth"
+        );
+        // If this fails too the disk is still full: stop before anything is raised on a
+        // state that would go back again.
+        store.save(&snapshot)?;
+    }
+    // Events the journal no longer holds cannot be rolled forward (aged out, or lost: the
+    // outbox's own check says which); numbering never goes back all the same.
     if let Some(seq) = durable.latest_seq().filter(|&s| s > snapshot.last_seq) {
         tracing::warn!(
-            "alarm state ends at seq {} but the outbox holds seq {seq} (a crash between the two \
-             writes); numbering goes on from {seq}",
+            "alarm state ends at seq {} but the outbox has held seq {seq}; numbering goes on \
+             from {seq}",
             snapshot.last_seq
         );
         snapshot.last_seq = seq;
     }
+    Ok((store, snapshot, durable))
+}
+
+/// One generation of [`run`]: until `cancel`. `reload` is cancelled first when the stop is
+/// for a reload (the link then leaves the status topic as it is: the next generation says
+/// `online` again at once).
+async fn serve_generation(
+    cfg: Config,
+    cancel: CancellationToken,
+    reload: CancellationToken,
+) -> Result<(), DaemonError> {
+    let (mut store, snapshot, durable) = open_storage(&cfg)?;
     let last_seq = snapshot.last_seq;
     // The heartbeat reports it even when the journal that held it has aged out.
     durable.note_seq(last_seq);
@@ -162,52 +197,55 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
     tracker.close();
 
     let mut engine = Engine::restore(cfg.clone(), snapshot);
-    let statuses = engine.zone_statuses(Now::system());
-    for msg in &statuses {
-        drain.observe(msg).await;
-    }
-    // Best effort here: a failure is noticed in the loop below.
-    let _ = publisher.send_all(statuses).await;
+    // Alarms whose source left the configuration end with an event saying so, then every
+    // zone says where it stands.
+    let mut first = engine.retire_orphans(Now::system());
+    first.messages.extend(engine.zone_statuses(Now::system()));
     let mut supervision = Supervision::new(&cfg);
 
     let mut result = Ok(());
-    let mut outbox_failure = None;
+    // A write that failed (outbox or state): why, and the error to exit with.
+    let mut fatal: Option<(String, DaemonError)> = None;
     // Shelves expire on time even when no reading changes anything.
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = Some(first);
     // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
     loop {
-        let out = tokio::select! {
-            r = rx.recv() => match r {
-                Some(reading) => {
-                    supervision.saw(&reading);
-                    metrics.observe(&cfg.devices[reading.device].id, &reading);
-                    engine.on_reading(&reading)
+        let out = match pending.take() {
+            Some(out) => out,
+            None => tokio::select! {
+                r = rx.recv() => match r {
+                    Some(reading) => {
+                        supervision.saw(&reading);
+                        metrics.observe(&cfg.devices[reading.device].id, &reading);
+                        engine.on_reading(&reading)
+                    }
+                    None => break,
+                },
+                Some(cmd) = commands.recv() => match cmd {
+                    Ok(Command::Drill(drill)) => {
+                        drain.drill(drill).await;
+                        continue;
+                    }
+                    // The alarm table's commands, and every refusal (answered on `cmd/result`).
+                    cmd => engine.on_command(cmd, Now::system()),
+                },
+                Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
+                _ = ticker.tick() => {
+                    supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));
+                    // Nobody scrapes without `[metrics]`: skip the refresh (it walks every zone,
+                    // device and drain each second).
+                    if metrics_task.is_some() {
+                        update_gauges(&metrics, &cfg, &engine, &publisher, &drain, &counters);
+                    }
+                    engine.tick(Now::system())
                 }
-                None => break,
+                reason = publisher.outbox_failed() => {
+                    fatal = Some((reason.clone(), DaemonError::OutboxFailed(reason)));
+                    break;
+                }
             },
-            Some(cmd) = commands.recv() => match cmd {
-                Ok(Command::Drill(drill)) => {
-                    drain.drill(drill).await;
-                    continue;
-                }
-                // The alarm table's commands, and every refusal (answered on `cmd/result`).
-                cmd => engine.on_command(cmd, Now::system()),
-            },
-            Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
-            _ = ticker.tick() => {
-                supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));
-                // Nobody scrapes without `[metrics]`: skip the refresh (it walks every zone,
-                // device and drain each second).
-                if metrics_task.is_some() {
-                    update_gauges(&metrics, &cfg, &engine, &publisher, &drain, &counters);
-                }
-                engine.tick(Now::system())
-            }
-            reason = publisher.outbox_failed() => {
-                outbox_failure = Some(reason);
-                break;
-            }
         };
         metrics.alarm_events.inc_by(out.events.len() as u64);
         metrics
@@ -224,17 +262,8 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
         // fails they were not raised, so the state is not saved either: after the restart the
         // engine sees the condition again and raises it then.
         if let Err(reason) = publisher.send_all(out.messages).await {
-            outbox_failure = Some(reason);
+            fatal = Some((reason.clone(), DaemonError::OutboxFailed(reason)));
             break;
-        }
-        if !out.events.is_empty() {
-            // Saved before the next reading: seq never goes back, and a restart neither
-            // raises these alarms again nor forgets an acknowledgement or a shelf.
-            if let Err(e) = store.save(&engine.snapshot()) {
-                tracing::error!(error = %e, "cannot persist alarm state; stopping so systemd restarts on a clean state");
-                result = Err(DaemonError::Store(e));
-                cancel.cancel();
-            }
         }
         for e in &out.events {
             tracing::info!(
@@ -247,17 +276,30 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonE
                 e.message
             );
         }
+        if !out.events.is_empty() {
+            // Saved before the next reading: seq never goes back, and a restart neither
+            // raises these alarms again nor forgets an acknowledgement or a shelf. If the
+            // save fails, the events are raised all the same (they are in the outbox, and
+            // on their way): the restart rolls the state forward over them.
+            if let Err(e) = store.save(&engine.snapshot()) {
+                fatal = Some((format!("alarm state: {e}"), DaemonError::Store(e)));
+                break;
+            }
+        }
         for msg in &zones {
             drain.observe(msg).await;
         }
     }
-    if let Some(reason) = outbox_failure {
+    if let Some((reason, error)) = fatal {
         // Not retried: a failed fsync may report success the second time for data that never
-        // reached the disk. Say so on every broker, then stop and let systemd restart us.
-        tracing::error!("outbox: {reason}; publishing a fault and stopping");
-        publisher.report_fault(&reason).await;
-        result = Err(DaemonError::OutboxFailed(reason));
+        // reached the disk. Say so on every broker (the fault status replaces the offline one
+        // and the last will), then stop and let systemd restart us.
+        tracing::error!("{reason}; publishing a fault status and stopping so the supervisor restarts on a clean file");
+        publisher.report_fault(&reason);
+        result = Err(error);
         cancel.cancel();
+    } else if reload.is_cancelled() {
+        publisher.farewell(Farewell::Silent);
     }
     // Pollers still sending after a failure find the channel closed and end.
     drop(rx);
@@ -311,6 +353,9 @@ fn update_gauges(
         .set(i64::try_from(engine.alarms().last_seq()).unwrap_or(i64::MAX));
     if let Some(outbox) = publisher.outbox() {
         metrics.set_outbox(&outbox.pressure(), std::time::SystemTime::now());
+        metrics
+            .outbox_lost_events
+            .set(i64::try_from(outbox.lost_events()).unwrap_or(i64::MAX));
     }
     metrics.set_drain(&cfg.zones(), &drain.snapshot());
     for (i, d) in cfg.devices.iter().enumerate() {

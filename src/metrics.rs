@@ -84,6 +84,7 @@ pub struct Metrics {
     pub outbox_oldest_seconds: Gauge<f64, AtomicU64>,
     pub outbox_over_bound: Gauge,
     pub outbox_dropped: Counter,
+    pub outbox_lost_events: Gauge,
     pub broker_loop_connected: Family<BrokerLabel, Gauge>,
     pub drain_state: Family<DrainStateLabel, Gauge>,
     pub power_clearance: Family<ZoneLabel, Gauge>,
@@ -203,6 +204,12 @@ impl Metrics {
             "Non-alarm outbox messages dropped to stay within storage.outbox_max",
             outbox_dropped.clone(),
         );
+        let outbox_lost_events = Gauge::default();
+        r.register(
+            "outbox_lost_events",
+            "Alarm events state.json records as raised that the outbox had lost to damage at start (see the status's lost ranges)",
+            outbox_lost_events.clone(),
+        );
         let broker_loop_connected = Family::<BrokerLabel, Gauge>::default();
         r.register(
             "broker_link_connected",
@@ -247,6 +254,7 @@ impl Metrics {
             outbox_oldest_seconds,
             outbox_over_bound,
             outbox_dropped,
+            outbox_lost_events,
             broker_loop_connected,
             drain_state,
             power_clearance,

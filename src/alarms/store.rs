@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::table::{Alarm, MAX_SEQ};
+use crate::alarms::AlarmEvent;
 use crate::storage::JsonStore;
 pub use crate::storage::StoreError;
 
@@ -21,6 +22,41 @@ pub struct Snapshot {
     pub last_seq: u64,
     /// Alarms that are active (or otherwise not normal), by key.
     pub alarms: Vec<Alarm>,
+}
+
+impl Snapshot {
+    /// Brings the snapshot up to the events the outbox holds past it, oldest first: the
+    /// outbox is the truth. An event is fsynced there before `state.json` is saved, and once
+    /// there it is delivered (subscribers may have seen it), so when the save failed (a full
+    /// disk, a crash between the two writes) the state is what is behind. `latching` says
+    /// whether a rule latches (the event does not carry it). Returns how many events were
+    /// applied; events at or below `last_seq` are already in the snapshot and skipped.
+    pub fn roll_forward(
+        &mut self,
+        events: &[AlarmEvent],
+        latching: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut applied = 0;
+        for ev in events {
+            if ev.seq <= self.last_seq {
+                continue;
+            }
+            let at = self
+                .alarms
+                .iter()
+                .position(|a| a.identity.zone == ev.zone && a.identity.key() == ev.alarm);
+            let before = at.map(|i| self.alarms.remove(i));
+            let latch = before
+                .as_ref()
+                .map_or_else(|| latching(&ev.rule), |b| b.identity.latching);
+            if let Some(a) = Alarm::from_event(ev, latch, before.as_ref()) {
+                self.alarms.push(a);
+            }
+            self.last_seq = ev.seq;
+            applied += 1;
+        }
+        applied
+    }
 }
 
 /// `storage.dir/state.json`.
@@ -53,7 +89,56 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarms::AlarmState;
     use std::fs;
+
+    /// The report's case: state.json saved at seq 59 (active) while the outbox went on to
+    /// seq 60 (cleared) before the save failed. Rolled forward, the state says what
+    /// subscribers saw: cleared (unacknowledged: nobody acked it), numbered through 60.
+    #[test]
+    fn the_state_rolls_forward_over_what_the_outbox_raised() {
+        let active: AlarmEvent = serde_json::from_str(
+            r#"{"event_id":"gw-59","seq":59,"site":"s","gateway":"gw","alarm":"rack-01/t/hot",
+            "rule":"hot","zone":"room-1","device":"rack-01","point":"t","kind":"threshold",
+            "severity":"critical","state":"active","acked":false,"value":57.0,"threshold":55.0,
+            "unit":"degC","message":"t 57.0 degC above critical 55.0",
+            "time":"2026-11-24T13:40:02.123Z","since":"2026-11-24T13:40:02.123Z",
+            "isa_state":"active_unacknowledged","shelved_until":null,"out_of_service":false,
+            "chattering":false,"transitions_last_minute":1}"#,
+        )
+        .unwrap();
+        let mut snap = Snapshot::default();
+        assert_eq!(
+            snap.roll_forward(std::slice::from_ref(&active), |_| false),
+            1
+        );
+        assert_eq!(snap.last_seq, 59);
+        assert!(snap.alarms[0].active);
+        let mut cleared = active.clone();
+        cleared.seq = 60;
+        cleared.state = AlarmState::Cleared;
+        cleared.since = "2026-11-24T13:41:00.000Z".into();
+        // Already applied events are skipped; the new one is applied once.
+        assert_eq!(
+            snap.roll_forward(&[active.clone(), cleared.clone()], |_| false),
+            1
+        );
+        assert_eq!(snap.last_seq, 60);
+        assert_eq!(snap.alarms.len(), 1);
+        let a = &snap.alarms[0];
+        assert!(!a.active && !a.acked && !a.condition);
+        assert_eq!(
+            a.since,
+            humantime::parse_rfc3339("2026-11-24T13:41:00Z").unwrap()
+        );
+        // Acknowledged and cleared: normal, nothing left to remember.
+        let mut acked = cleared;
+        acked.seq = 61;
+        acked.acked = true;
+        assert_eq!(snap.roll_forward(&[acked], |_| false), 1);
+        assert!(snap.alarms.is_empty());
+        assert_eq!(snap.last_seq, 61);
+    }
 
     #[test]
     fn state_persists_and_corruption_is_refused() {

@@ -42,6 +42,9 @@ pub struct Engine {
     table: AlarmTable,
     health: Health,
     rules: RuleStates,
+    /// Alarms restored from before a restart or reload whose source left the configuration,
+    /// with the reason: retired by [`Engine::retire_orphans`].
+    orphans: Vec<(Identity, String)>,
 }
 
 /// What the engine was built from; it never changes, so the parts borrow it next to the
@@ -122,14 +125,31 @@ impl Engine {
             rules: RuleStates::default(),
             setup: Setup::new(cfg),
             table,
+            orphans: Vec::new(),
         };
-        restore::seed(
+        engine.orphans = restore::seed(
             &engine.setup,
-            &mut engine.table,
+            &engine.table,
             &mut engine.health,
             &mut engine.rules,
         );
         engine
+    }
+
+    /// Clears, with an event each, the restored alarms whose device, point, rule or drain
+    /// agent is no longer configured (a reload or a restart on an edited file), and the
+    /// zone statuses they leave. The daemon publishes this first thing: subscribers saw them
+    /// raised, so they must see them end, and why (`"rack-07 removed from the configuration"`).
+    pub fn retire_orphans(&mut self, now: Now) -> Output {
+        let orphans = std::mem::take(&mut self.orphans);
+        let mut changes = Changes::new(&mut self.table, now);
+        for (id, why) in orphans {
+            let message = format!("cleared: {why}; no longer watched");
+            if let Some(ev) = changes.table.retire(&id, message, now) {
+                changes.events.push(ev);
+            }
+        }
+        finish(&self.setup.cfg, changes, Vec::new())
     }
 
     /// The alarm table, for metrics and status.

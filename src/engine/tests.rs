@@ -2,7 +2,7 @@
 //! publishes and restores.
 
 use super::*;
-use crate::alarms::{AlarmKind, AlarmState, Level};
+use crate::alarms::{AlarmKind, AlarmState, IsaState, Level};
 use crate::config::Role;
 use crate::decode::{Decoded, Raw};
 use crate::fieldbus::{LinkError, PointReading};
@@ -336,7 +336,8 @@ fn a_restart_does_not_raise_active_alarms_again() {
 }
 
 /// Restore reads every persisted alarm back to its source: a vote survives a restart while its
-/// rule is configured, and is dropped once it is not.
+/// rule is configured; once it is not, it is retired with a `cleared` event saying why, its
+/// zone's status follows, and it leaves the table.
 #[test]
 fn a_restart_keeps_the_alarms_the_configuration_still_has() {
     let mut e = engine_with(VOTE_CFG);
@@ -354,8 +355,75 @@ fn a_restart_keeps_the_alarms_the_configuration_still_has() {
         .split("[[rules]]\nid = \"confirmed-fire\"")
         .next()
         .unwrap_or_default();
-    let fewer = Engine::restore(config(without_vote), e.snapshot());
+    let mut fewer = Engine::restore(config(without_vote), e.snapshot());
+    let last = e.alarms().last_seq();
+    let out = fewer.retire_orphans(Now::system());
     assert_eq!(keys(&fewer), all[1..]);
+    assert_eq!(out.events.len(), 1, "{:?}", out.events);
+    let ev = &out.events[0];
+    assert_eq!(
+        (ev.alarm.as_str(), ev.state, ev.seq, ev.detail.isa_state),
+        (all[0], AlarmState::Cleared, last + 1, IsaState::Normal)
+    );
+    assert_eq!(
+        ev.message,
+        "cleared: vote rule confirmed-fire removed from the configuration; no longer watched"
+    );
+    let zone = out.messages.iter().find_map(|m| match m {
+        Outgoing::Zone(z) => Some(z),
+        _ => None,
+    });
+    assert!(
+        zone.is_some_and(|z| !z.active.iter().any(|k| k == all[0])),
+        "{zone:?}"
+    );
+    // Once only.
+    assert!(fewer.retire_orphans(Now::system()).events.is_empty());
+}
+
+/// Each way an alarm's source can leave the file gives its own reason in the retiring event.
+#[test]
+fn a_retired_alarm_says_what_left_the_configuration() {
+    let mut e = engine();
+    e.on_reading(&reading(Now::system(), Some(57.2)));
+    let cases = [
+        (
+            CFG.replace("id = \"t\"", "id = \"u\"")
+                .replace("*/t", "*/u"),
+            "cleared: point rack-01/t removed from the configuration; no longer watched",
+        ),
+        (
+            CFG.replace("id = \"hot\"", "id = \"warm\""),
+            "cleared: rule hot removed from the configuration; no longer watched",
+        ),
+        (
+            format!("{CFG}  [[devices.points]]\n  id = \"u\"\n  address = 117\n")
+                .replace("points = [\"*/t\"]", "points = [\"*/u\"]"),
+            "cleared: rule hot no longer watches rack-01/t in the configuration; no longer watched",
+        ),
+    ];
+    for (points_and_rules, want) in cases {
+        let mut after = Engine::restore(config(&points_and_rules), e.snapshot());
+        let events = after.retire_orphans(Now::system()).events;
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>(),
+            [want],
+            "{points_and_rules}"
+        );
+    }
+    // The device itself renamed.
+    let renamed = format!("{RACK_01}{CFG}").replace("rack-01", "rack-07");
+    let cfg = Arc::new(Config::from_toml(&renamed, Role::Gateway).expect("valid"));
+    let events = Engine::restore(cfg, e.snapshot())
+        .retire_orphans(Now::system())
+        .events;
+    assert_eq!(
+        events[0].message,
+        "cleared: rack-01 removed from the configuration; no longer watched"
+    );
 }
 
 fn cmd(e: &mut Engine, name: &str, body: &str) -> (Vec<AlarmEvent>, CommandResult) {

@@ -28,12 +28,16 @@ use tokio::sync::{oneshot, watch};
 
 use super::payload::{Class, GatewayStatus, OutboxHealth, Publication};
 use super::replays::Want;
+use crate::alarms::{AlarmEvent, Snapshot};
 use crate::config::Config;
 use crate::message::Outgoing;
 use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
 
 /// How often acknowledged positions are written to the cursor files.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Events read back at a time when rolling `state.json` forward at start.
+const ROLL_BATCH: usize = 256;
 
 /// How often the journal is checked for records past `storage.journal_max_age`.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
@@ -158,6 +162,57 @@ impl DurableOutbox {
     /// The latest alarm event `seq` the outbox has held.
     pub fn latest_seq(&self) -> Option<u64> {
         lock(&self.outbox).latest_seq()
+    }
+
+    /// Rolls `snapshot` (the alarm table from `state.json`) forward over the alarm events
+    /// the outbox holds past its `last_seq`, a batch at a time: the outbox is the truth (see
+    /// [`Snapshot::roll_forward`]). Returns the `seq` range applied, if any. An event whose
+    /// payload does not parse (cannot happen for our own records) is logged and skipped.
+    pub fn roll_forward(
+        &self,
+        snapshot: &mut Snapshot,
+        latching: impl Fn(&str) -> bool,
+    ) -> Result<Option<(u64, u64)>, OutboxError> {
+        let from = snapshot.last_seq.saturating_add(1);
+        let mut applied = None;
+        let mut pos = 0;
+        loop {
+            let batch = lock(&self.outbox).replay_batch(pos, from, u64::MAX, ROLL_BATCH)?;
+            if batch.events.is_empty() {
+                return Ok(applied);
+            }
+            pos = batch.next_pos;
+            let mut events = Vec::with_capacity(batch.events.len());
+            for r in &batch.events {
+                match serde_json::from_slice::<AlarmEvent>(&r.payload) {
+                    Ok(ev) => events.push(ev),
+                    Err(e) => tracing::error!(
+                        "outbox: journaled event seq {} does not parse ({e}); not rolled forward",
+                        r.seq
+                    ),
+                }
+            }
+            if snapshot.roll_forward(&events, &latching) > 0 {
+                let first = applied.map_or(events[0].seq, |(f, _)| f);
+                applied = Some((first, snapshot.last_seq));
+            }
+        }
+    }
+
+    /// See [`Outbox::assess`]: events `state.json` says were raised (through
+    /// `raised_through`) that the outbox lost, as `seq` ranges; logged, and reported in the
+    /// status and the metrics from then on.
+    pub fn assess(&self, raised_through: u64) -> Vec<(u64, u64)> {
+        lock(&self.outbox).assess(raised_through)
+    }
+
+    /// The number of events [`DurableOutbox::assess`] found lost.
+    pub fn lost_events(&self) -> u64 {
+        lock(&self.outbox)
+            .lost()
+            .iter()
+            .map(|&(from, to)| to - from + 1)
+            .sum()
     }
 
     /// See [`Outbox::note_seq`].
@@ -385,9 +440,9 @@ impl Feed {
 
     /// The retained status with the latest `seq` and the outbox's state.
     pub fn status(&self, version: &str, started_at: &str) -> GatewayStatus {
-        let (seq, p) = {
+        let (seq, p, lost) = {
             let o = lock(&self.durable.outbox);
-            (o.latest_seq(), o.pressure())
+            (o.latest_seq(), o.pressure(), o.lost().to_vec())
         };
         GatewayStatus::Online {
             version: version.to_string(),
@@ -402,6 +457,7 @@ impl Feed {
                 dropped: p.dropped,
                 undelivered: p.undelivered as u64,
             }),
+            lost: lost.iter().map(|&(from, to)| [from, to]).collect(),
         }
     }
 

@@ -46,8 +46,8 @@ pub fn client_options(
 }
 pub use error::MqttError;
 pub use link::{
-    connect, connect_durable, connect_with, Inbound, Link, LinkOptions, LinkTasks, Presence,
-    Publisher, PULSE,
+    connect, connect_durable, connect_with, Farewell, Inbound, Link, LinkOptions, LinkTasks,
+    Presence, Publisher, PULSE,
 };
 pub use payload::GatewayStatus;
 pub use topics::Topics;

@@ -27,6 +27,11 @@ pub enum GatewayStatus {
         /// How full the durable outbox is (durable links only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         outbox: Option<OutboxHealth>,
+        /// Alarm events found lost at start, as `[from, to]` seq ranges (inclusive): raised
+        /// (`state.json` says so) but gone from the damaged outbox. Absent when nothing was
+        /// lost; judged again at every start.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lost: Vec<[u64; 2]>,
     },
     /// The gateway hit a fault it cannot continue with (a failed outbox write or fsync) and is
     /// exiting so that its supervisor restarts it; `reason` says what failed, and where.
@@ -80,17 +85,10 @@ pub(crate) struct Publication {
 }
 
 impl Publication {
-    /// The gateway status on `P/gateways/{gateway}/status`, QoS 1 retained, as SPEC asks: a
-    /// gateway's presence, whose online form carries `seq` and the outbox's health when it has
-    /// one, and whose fault form (like offline) must arrive.
-    pub fn status(topics: &Topics, status: &GatewayStatus) -> Publication {
-        let online = matches!(status, GatewayStatus::Online { .. });
-        Publication::presence(&topics.status(), &status.to_json(), online)
-    }
-
-    /// A connection's presence (`online` or the final `offline`), QoS 1 retained. The online
-    /// form is republished on every connect, so it is never resent; the offline form must
-    /// arrive (it is what a clean stop leaves behind), so it is durable.
+    /// A connection's presence (`online`, or the final `offline` or `fault`), QoS 1 retained,
+    /// on `P/gateways/{gateway}/status` for the gateway. The online form is republished on
+    /// every connect, so it is never resent; the last word must arrive (it is what a stop
+    /// leaves behind), so it is durable.
     pub fn presence(topic: &str, payload: &[u8], online: bool) -> Publication {
         Publication {
             topic: topic.to_string(),
@@ -214,6 +212,7 @@ pub(crate) mod tests {
             started_at: "2026-11-24T13:40:00.000Z".into(),
             seq: None,
             outbox: None,
+            lost: Vec::new(),
         };
         assert_eq!(
             String::from_utf8(online.to_json()).unwrap(),
@@ -222,6 +221,18 @@ pub(crate) mod tests {
         assert_eq!(GatewayStatus::Offline.to_json(), br#"{"state":"offline"}"#);
         let back: GatewayStatus = serde_json::from_slice(&online.to_json()).unwrap();
         assert_eq!(back, online);
+        // Events found lost at start: `[from, to]` ranges, only when there are some.
+        let lossy = GatewayStatus::Online {
+            version: "0.1.0".into(),
+            started_at: "2026-11-24T13:40:00.000Z".into(),
+            seq: Some(6),
+            outbox: None,
+            lost: vec![[3, 6]],
+        };
+        assert_eq!(
+            String::from_utf8(lossy.to_json()).unwrap(),
+            r#"{"state":"online","version":"0.1.0","started_at":"2026-11-24T13:40:00.000Z","seq":6,"lost":[[3,6]]}"#
+        );
     }
 
     #[test]
@@ -333,17 +344,5 @@ pub(crate) mod tests {
         );
         let on = Publication::presence(&t.status(), b"{}", true);
         assert_eq!((on.retain, on.class), (true, Class::Presence));
-        let on = Publication::status(
-            &t,
-            &GatewayStatus::Online {
-                version: "1".into(),
-                started_at: "t".into(),
-                seq: None,
-                outbox: None,
-            },
-        );
-        assert_eq!(on.class, Class::Presence);
-        let fault = Publication::status(&t, &GatewayStatus::Fault { reason: "x".into() });
-        assert_eq!(fault.class, Class::Durable);
     }
 }

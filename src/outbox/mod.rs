@@ -26,6 +26,7 @@ mod error;
 mod files;
 mod frame;
 mod journal;
+mod loss;
 mod recovery;
 mod segment;
 mod store;

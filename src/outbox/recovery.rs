@@ -25,6 +25,8 @@ struct Recovered {
     last_pos: Option<u64>,
     latest_seq: Option<u64>,
     total_bytes: u64,
+    /// Where damaged bytes were skipped, for [`Outbox::assess`]'s verdict.
+    damaged: Vec<String>,
 }
 
 impl Outbox {
@@ -99,6 +101,8 @@ impl Outbox {
             dropped: 0,
             retry_bound_at: 0,
             evicted_below: evict_below,
+            damaged: rec.damaged,
+            lost: Vec::new(),
         };
         outbox.commit()?;
         if outbox.total_bytes > outbox.opts.max_bytes {
@@ -175,18 +179,23 @@ impl Recovered {
         let scan = frame::scan_from(&bytes, evict_below);
         for d in &scan.damage {
             let tail = d.offset + d.len == bytes.len() as u64;
+            // Whether this is a torn write or lost events is judged against the alarm state
+            // ([`Outbox::assess`]): the bytes alone cannot say.
             tracing::warn!(
                 "outbox: {} offset {}: {} damaged bytes skipped ({}){}",
                 path.display(),
                 d.offset,
                 d.len,
                 d.reason,
-                if tail {
-                    "; a write torn by a crash or power loss, never acknowledged"
-                } else {
-                    ""
-                }
+                if tail { ", at the end of the file" } else { "" }
             );
+            self.damaged.push(format!(
+                "{} offset {} ({} bytes{})",
+                path.display(),
+                d.offset,
+                d.len,
+                if tail { ", tail" } else { "" }
+            ));
         }
         if scan.valid_end < bytes.len() as u64 {
             files::truncate(&path, scan.valid_end)?;

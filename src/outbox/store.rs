@@ -144,6 +144,11 @@ pub struct Outbox {
     pub(super) retry_bound_at: u64,
     /// Payloads below this position are evicted (see [`Outbox::evict_confirmed`]).
     pub(super) evicted_below: u64,
+    /// Where recovery skipped damaged bytes ([`Outbox::assess`]).
+    pub(super) damaged: Vec<String>,
+    /// Event `seq` ranges found lost at start ([`Outbox::assess`]), reported until exit
+    /// (and found again at the next start while the journal reaches back to them).
+    pub(super) lost: Vec<(u64, u64)>,
 }
 
 impl Outbox {

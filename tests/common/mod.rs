@@ -410,10 +410,24 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment (e.g. systemd's `NOTIFY_SOCKET`).
     pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_under(config_toml, env, &[])
+    }
+
+    /// As [`Daemon::start_with_env`], run by `wrapper` (e.g. `nsenter -t PID -U -m`, to run it
+    /// in another mount namespace); `exec`-style wrappers keep the daemon's pid, so signals
+    /// and the exit status are the daemon's.
+    pub fn start_under(config_toml: &str, env: &[(&str, &str)], wrapper: &[String]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("emberwatch.toml");
         std::fs::write(&config, config_toml).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emberwatch"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_emberwatch"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_emberwatch")),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

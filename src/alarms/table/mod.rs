@@ -95,6 +95,46 @@ pub struct Alarm {
 }
 
 impl Alarm {
+    /// The alarm as `ev` left it, for rolling the persisted table forward over events the
+    /// outbox holds past `state.json` (see [`Snapshot::roll_forward`]). `None` if the event
+    /// leaves nothing to remember (normal). Times are our own RFC 3339; one that cannot be
+    /// read (a hand-edited journal) errs on the visible side: no shelf, `since` the epoch.
+    pub fn from_event(ev: &AlarmEvent, latching: bool, before: Option<&Alarm>) -> Option<Alarm> {
+        let time = |s: &str| humantime::parse_rfc3339(s).ok();
+        let active = ev.state == AlarmState::Active;
+        let out_of_service = ev.detail.out_of_service.then(|| {
+            before
+                .and_then(|b| b.out_of_service.clone())
+                .unwrap_or_else(|| "restored from the outbox journal".to_string())
+        });
+        let shelved_until = ev.detail.shelved_until.as_deref().and_then(time);
+        let a = Alarm {
+            identity: Identity {
+                zone: ev.zone.clone(),
+                device: ev.device.clone(),
+                point: ev.point.clone(),
+                rule: ev.rule.clone(),
+                kind: ev.kind,
+                unit: ev.unit.clone(),
+                latching,
+            },
+            severity: ev.severity,
+            active,
+            // What the rules say is not in the event; the first reading re-evaluates it.
+            condition: active,
+            acked: ev.acked,
+            since: time(&ev.since).unwrap_or(SystemTime::UNIX_EPOCH),
+            shelve_reason: shelved_until.and(before.and_then(|b| b.shelve_reason.clone())),
+            shelved_until,
+            out_of_service,
+            value: ev.value,
+            threshold: ev.threshold,
+            message: ev.message.clone(),
+            transitions: VecDeque::new(),
+        };
+        (!a.forgettable()).then_some(a)
+    }
+
     fn isa_state(&self) -> IsaState {
         match (
             self.out_of_service.is_some(),
@@ -215,9 +255,26 @@ impl AlarmTable {
         self.alarms.values()
     }
 
-    /// Forgets an alarm (its rule or device left the configuration).
-    pub fn remove(&mut self, id: &Identity) -> Option<Alarm> {
-        self.alarms.remove(&id.slot())
+    /// Forgets an alarm whose rule, point, device or drain agent left the configuration, and
+    /// says so: the event clears it (`why` is its message) and it leaves the table, so the zone
+    /// status no longer lists it. Without the event, subscribers would hold it active forever.
+    pub fn retire(&mut self, id: &Identity, why: String, now: Now) -> Option<AlarmEvent> {
+        let slot = id.slot();
+        let a = self.alarms.get_mut(&slot)?;
+        a.active = false;
+        a.condition = false;
+        // Nobody can acknowledge, shelve or restore an alarm that no longer exists: it ends
+        // normal, and the message says why.
+        a.acked = true;
+        a.shelved_until = None;
+        a.shelve_reason = None;
+        a.out_of_service = None;
+        a.value = None;
+        a.since = now.wall;
+        a.message = why;
+        let ev = self.emit(&slot, now);
+        self.alarms.remove(&slot);
+        ev
     }
 
     /// The alarms an operator's command names: `key` in `zone`, or in whichever zone holds it.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::{describe, Backoff};
 use super::busy::BusyAnswers;
 use super::inbound::{Answer, Router};
-use super::publisher::BrokerHealth;
+use super::publisher::{BrokerHealth, Farewell};
 use super::stop::Stop;
 use super::{Presence, BUSY_SLOTS, TELEMETRY_SLOTS, WINDOW};
 use crate::command::Refused;
@@ -319,9 +319,22 @@ impl BrokerLoop {
         }
     }
 
+    /// The last word on the presence topic: `offline`, the fault status, or nothing on a
+    /// reload (see [`Farewell`]).
     fn queue_offline(&mut self) {
-        let offline = Publication::presence(&self.presence.topic, &self.presence.offline, false);
-        let entry = self.ledger.stamp(offline);
+        let payload = match self.health.farewell() {
+            Farewell::Offline => self.presence.offline.clone(),
+            Farewell::Status(p) => p,
+            Farewell::Silent => {
+                // No publish whose PUBACK would wake the loop to disconnect: do it now, or the
+                // grace would run out and the last will say offline after all.
+                self.pump();
+                self.maybe_disconnect();
+                return;
+            }
+        };
+        let last = Publication::presence(&self.presence.topic, &payload, false);
+        let entry = self.ledger.stamp(last);
         self.ledger.push_backlog(entry);
         self.pump();
     }

@@ -27,8 +27,10 @@
 //! - turns publishes on `cmd/+` into [`Command`]s, and those on the extra filters into
 //!   [`Inbound`] messages (every broker's loop feeds the same two channels); a command the
 //!   daemon has no room for is answered busy on `cmd/result` by the loop itself;
-//! - on cancellation, sends what is queued, then the retained offline status, waits (up to
-//!   [`STOP_GRACE`]) for the broker's acks, and disconnects cleanly. If the grace runs out it
+//! - on cancellation, sends what is queued, then the retained offline status (or what
+//!   [`Publisher::farewell`] set instead: the `fault` status after a failed write, nothing
+//!   on a reload), waits (up to [`STOP_GRACE`]) for the broker's acks, and disconnects
+//!   cleanly, so the broker discards the last will. If the grace runs out it
 //!   closes the socket without DISCONNECT, so the broker's last will still marks the gateway
 //!   offline.
 //!
@@ -58,8 +60,8 @@ use self::backoff::Backoff;
 use self::broker::BrokerLoop;
 pub use self::inbound::Inbound;
 use self::inbound::Router;
-pub use self::publisher::Publisher;
 use self::publisher::{BrokerHealth, Route};
+pub use self::publisher::{Farewell, Publisher};
 use self::stop::Stop;
 use super::delivery::DurableOutbox;
 use super::echo::Echoes;
@@ -134,6 +136,7 @@ impl LinkOptions {
             started_at: crate::clock::rfc3339(SystemTime::now()),
             seq: None,
             outbox: None,
+            lost: Vec::new(),
         };
         LinkOptions {
             client_id: cfg.mqtt.client_id.clone(),

@@ -3,7 +3,7 @@
 //! the per-broker [`BrokerHealth`] the loops keep up to date for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -43,6 +43,23 @@ pub(super) struct BrokerHealth {
     /// When the loop last came round to its select. A loop that is stuck (a handler that
     /// never returns) stops marking it, connected or not.
     pub(super) pulse: Pulse,
+    /// What the loop leaves on the status topic when it stops (see [`Farewell`]).
+    farewell: Mutex<Farewell>,
+}
+
+/// What a stopping link leaves behind on its presence topic before its clean DISCONNECT
+/// (which makes the broker discard the last will, so this is what stays retained).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Farewell {
+    /// `offline`: a clean stop.
+    #[default]
+    Offline,
+    /// This payload instead (the gateway's `fault` status): a fault must not be overwritten
+    /// by the `offline` a stop otherwise publishes, nor by the last will.
+    Status(Vec<u8>),
+    /// Nothing: a reload, whose next generation connects at once and says `online`; a
+    /// subscriber must not see the gateway go offline for a configuration change.
+    Silent,
 }
 
 impl BrokerHealth {
@@ -52,7 +69,15 @@ impl BrokerHealth {
             connected: AtomicBool::new(false),
             telemetry_dropped: AtomicU64::new(0),
             pulse: Pulse::new(),
+            farewell: Mutex::new(Farewell::Offline),
         }
+    }
+
+    pub(super) fn farewell(&self) -> Farewell {
+        self.farewell
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -115,14 +140,25 @@ impl Publisher {
         }
     }
 
-    /// Publishes the retained fault status on every broker, straight from memory (the outbox
-    /// is what failed), ahead of the offline status the stop then sends.
-    pub async fn report_fault(&self, reason: &str) {
+    /// Makes the retained fault status, straight from memory (the outbox or the state file is
+    /// what failed), the last word of every broker loop when it stops: it replaces the offline
+    /// status, and the clean DISCONNECT after it makes the broker discard the last will, so a
+    /// subscriber (and a late one, retained) sees why the gateway went away.
+    pub fn report_fault(&self, reason: &str) {
         let status = GatewayStatus::Fault {
             reason: reason.to_string(),
         };
-        self.send_queued(Publication::status(&self.topics, &status))
-            .await;
+        self.farewell(Farewell::Status(status.to_json()));
+    }
+
+    /// What every broker loop leaves on the status topic when it stops (see [`Farewell`]).
+    pub fn farewell(&self, farewell: Farewell) {
+        for r in self.routes.iter() {
+            *r.health
+                .farewell
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = farewell.clone();
+        }
     }
 
     /// Resolves with the reason when the outbox can no longer write: the daemon must stop.
