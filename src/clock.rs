@@ -89,6 +89,26 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// RFC 3339 with milliseconds and a `Z`, as every payload carries it.
+///
+/// humantime writes neither a year past 9999 (its `Display` fails, so `to_string` panicked: a
+/// `deadline_ms` from a damaged `drain.json`, found by the `drain_json` fuzz target) nor a time
+/// before 1970 (it panics): such times are written as the nearest one it can write.
 pub fn rfc3339(t: SystemTime) -> String {
+    const LATEST: Duration = Duration::from_millis(253_402_300_799_999);
+    let t = t.clamp(std::time::UNIX_EPOCH, std::time::UNIX_EPOCH + LATEST);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::*;
+
+    /// Found by the `drain_json` fuzz target (corpus: drain_json/crash-deadline-past-year-9999).
+    #[test]
+    fn times_humantime_cannot_write_are_written_as_the_nearest_it_can() {
+        let far = std::time::UNIX_EPOCH + Duration::from_millis(1_288_888_885_935_933_423);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+        let before = std::time::UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+    }
 }

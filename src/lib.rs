@@ -18,6 +18,8 @@ pub mod demo;
 pub mod drain;
 pub mod engine;
 pub mod fieldbus;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod message;
 pub mod metrics;

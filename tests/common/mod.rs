@@ -16,6 +16,7 @@
 pub mod console;
 pub mod http;
 pub mod relay;
+pub mod slow;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -466,6 +467,11 @@ impl Daemon {
 
     pub fn config_path(&self) -> &Path {
         &self.config
+    }
+
+    /// The process id while it runs (for `/proc/PID/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     /// Sends a signal by name (`HUP`, `TERM`, ...) with kill(1).
