@@ -271,6 +271,23 @@ async fn sse_latency(bin: &Path, mqtt: u16, base: &Path) {
     );
 }
 
+/// `GET path` as JSON (HTTP/1.0: the body runs to the end of the connection).
+async fn get_json(http: u16, path: &str) -> Value {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", http)).await else {
+        return Value::Null;
+    };
+    let _ = s
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await;
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply).await;
+    let text = String::from_utf8_lossy(&reply);
+    text.split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null)
+}
+
 /// utime+stime in clock ticks, VmRSS and VmHWM in kB.
 fn proc_stat(pid: u32) -> (u64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -304,7 +321,7 @@ async fn fifty_gateways(bin: &Path, mqtt: u16, base: &Path) {
     const DEVICES: u64 = 4;
     const SECS: u64 = 30;
     let dir = tempfile::tempdir_in(base).expect("tempdir");
-    let (console, _http) = console(bin, dir.path(), mqtt).await;
+    let (console, http) = console(bin, dir.path(), mqtt).await;
     let pid = console.0.id();
     let (_, rss_idle, _) = proc_stat(pid);
     // Five connections of ten gateways each (a gateway has its own in production; the
@@ -352,6 +369,18 @@ async fn fifty_gateways(bin: &Path, mqtt: u16, base: &Path) {
     let wall = started.elapsed().as_secs_f64();
     let (t1, rss, hwm) = proc_stat(pid);
     let cpu = (t1 - t0) as f64 / clock_ticks();
+    // The figures mean something only if the console took the traffic in.
+    let complete = get_json(http, "/api/gateways")
+        .await
+        .as_array()
+        .map_or(0, |a| {
+            a.iter()
+                .filter(|g| g.get("received_through").and_then(Value::as_u64) == Some(SECS))
+                .count()
+        });
+    println!(
+        "50 gateways: the console received all {SECS} events of {complete} of {GATEWAYS} gateways"
+    );
     println!(
         "50 gateways (each 1 status + 1 event + {DEVICES} telemetry per second, {SECS} s): \
          peak RSS (VmHWM) {:.1} MiB, RSS at end {:.1} MiB (idle before {:.1} MiB), \
