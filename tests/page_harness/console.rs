@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
 use crate::common::free_port;
@@ -139,24 +138,9 @@ impl Drop for Console {
     }
 }
 
-/// `emberwatch console-user --users FILE NAME`, the password on stdin.
+/// Adds a user with the shared harness's `console-user` helper; a failure stops the test.
 pub async fn add_user(users: &Path, name: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
-        .args(["console-user", "--users"])
-        .arg(users)
-        .arg(name)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn emberwatch console-user");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!("{password}\n").as_bytes())
-        .await
-        .expect("password");
-    drop(stdin);
-    let out = child.wait_with_output().await.expect("console-user");
+    let out = crate::common::console::add_user(users, name, password).await;
     assert!(
         out.status.success(),
         "console-user failed: {}",
