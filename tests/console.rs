@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::console::{Console, PASSWORD, USER};
+use common::console::{Console, Rig, PASSWORD, USER};
 use common::http::{basic, request, Sse};
 use common::*;
 use serde_json::Value;
@@ -16,45 +16,16 @@ use serde_json::Value;
 const KEY: &str = "rack-01/cell_temp_max/cell-overtemp";
 const SOON: Duration = Duration::from_secs(10);
 
-struct Rig {
-    broker: Mosquitto,
-    sim: Sim,
-    gateway: Daemon,
-    _state: tempfile::TempDir,
-    dir: tempfile::TempDir,
-    console: Console,
-    sub: Subscriber,
+/// The site of every test here, with the console already seeing the gateway online.
+async fn rig() -> Rig {
+    let rig = Rig::start(SOON).await;
+    rig.console
+        .until("/api/gateways", |v| v[0]["state"] == "online", SOON)
+        .await;
+    rig
 }
 
 impl Rig {
-    async fn start() -> Rig {
-        let broker = Mosquitto::start().await;
-        let sim = Sim::start("normal", 1).await;
-        let state = tempfile::tempdir().expect("tempdir");
-        let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
-        let gateway = Daemon::start(&gateway_config(broker.port(), sim.port(), state.path(), ""));
-        sub.expect_where(
-            &format!("{P}/gateways/gw-t/status"),
-            |j| j["state"] == "online",
-            SOON,
-        )
-        .await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let console = Console::start(broker.port(), dir.path(), &["test-site"]).await;
-        console
-            .until("/api/gateways", |v| v[0]["state"] == "online", SOON)
-            .await;
-        Rig {
-            broker,
-            sim,
-            gateway,
-            _state: state,
-            dir,
-            console,
-            sub,
-        }
-    }
-
     /// Raises the cell-overtemp alarm and waits for the console to hold it.
     async fn hot(&mut self) -> Value {
         self.sim.write(116, 572).await;
@@ -79,7 +50,7 @@ fn ack_body(alarm: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_appears_live_and_the_operator_acknowledges_it_by_name() {
-    let mut rig = Rig::start().await;
+    let mut rig = rig().await;
     let mut stream = Sse::open(rig.console.port, "/api/stream", &[]).await;
 
     let alarm = rig.hot().await;
@@ -247,7 +218,7 @@ async fn an_alarm_appears_live_and_the_operator_acknowledges_it_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_is_filtered_and_exported_as_csv_and_the_page_can_log_in() {
-    let mut rig = Rig::start().await;
+    let mut rig = rig().await;
     rig.hot().await;
     rig.sim.write(116, 250).await;
     let events = rig
@@ -405,7 +376,7 @@ async fn history_is_filtered_and_exported_as_csv_and_the_page_can_log_in() {
 /// One that says online but never answers: 504 after 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_gateway_gets_nothing_and_a_silent_one_times_out() {
-    let mut rig = Rig::start().await;
+    let mut rig = rig().await;
     let mut cmds = Subscriber::connect(rig.broker.port(), &format!("{P}/gateways/+/cmd/+")).await;
     rig.gateway.terminate().await;
     rig.console

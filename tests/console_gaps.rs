@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::console::Console;
+use common::console::{Console, Rig};
 use common::*;
 use serde_json::{json, Value};
 
@@ -31,45 +31,7 @@ async fn seqs(console: &Console) -> Vec<u64> {
         .collect()
 }
 
-struct Rig {
-    broker: Mosquitto,
-    sim: Sim,
-    gateway: Daemon,
-    gateway_config: String,
-    state: tempfile::TempDir,
-    dir: tempfile::TempDir,
-    console: Console,
-    sub: Subscriber,
-}
-
 impl Rig {
-    async fn start() -> Rig {
-        let broker = Mosquitto::start().await;
-        let sim = Sim::start("normal", 1).await;
-        let state = tempfile::tempdir().expect("tempdir");
-        let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
-        let gateway_config = gateway_config(broker.port(), sim.port(), state.path(), "");
-        let gateway = Daemon::start(&gateway_config);
-        sub.expect_where(
-            &format!("{P}/gateways/gw-t/status"),
-            |j| j["state"] == "online",
-            SOON,
-        )
-        .await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let console = Console::start(broker.port(), dir.path(), &["test-site"]).await;
-        Rig {
-            broker,
-            sim,
-            gateway,
-            gateway_config,
-            state,
-            dir,
-            console,
-            sub,
-        }
-    }
-
     /// Writes the cell temperature and waits for the event that follows.
     async fn temperature(&mut self, raw: u16, state: &str, severity: &str) -> Value {
         self.sim.write(116, raw).await;
@@ -110,7 +72,7 @@ impl Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_killed_with_sigkill_repairs_what_it_missed_and_shows_no_gap() {
-    let mut rig = Rig::start().await;
+    let mut rig = Rig::start(SOON).await;
     let first = rig.temperature(572, "active", "critical").await;
     let s1 = first["seq"].as_u64().expect("seq");
     rig.console
@@ -168,7 +130,7 @@ async fn a_console_killed_with_sigkill_repairs_what_it_missed_and_shows_no_gap()
 /// missing, for good, while everything after them is held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_the_gateway_no_longer_holds_is_listed_as_missing() {
-    let mut rig = Rig::start().await;
+    let mut rig = Rig::start(SOON).await;
     let first = rig.temperature(572, "active", "critical").await;
     let s1 = first["seq"].as_u64().expect("seq");
     rig.console

@@ -189,3 +189,50 @@ impl Drop for Console {
         report_if_panicking("emberwatch console output", &self.out);
     }
 }
+
+/// A whole site for console tests: mosquitto, the simulator, a gateway watching it (online
+/// before `start` returns) and a console watching `test-site`, each on free ports, plus a
+/// subscriber to everything the site publishes.
+pub struct Rig {
+    pub broker: super::Mosquitto,
+    pub sim: super::Sim,
+    pub gateway: super::Daemon,
+    /// The gateway's configuration, to start it again after a test stopped it.
+    pub gateway_config: String,
+    /// The gateway's storage directory.
+    pub state: tempfile::TempDir,
+    /// The console's directory (configuration, users, database).
+    pub dir: tempfile::TempDir,
+    pub console: Console,
+    pub sub: super::Subscriber,
+}
+
+impl Rig {
+    /// Starts the site; `within` bounds the wait for the gateway's online status.
+    pub async fn start(within: Duration) -> Rig {
+        let broker = super::Mosquitto::start().await;
+        let sim = super::Sim::start("normal", 1).await;
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut sub = super::Subscriber::connect(broker.port(), "emberwatch/#").await;
+        let gateway_config = super::gateway_config(broker.port(), sim.port(), state.path(), "");
+        let gateway = super::Daemon::start(&gateway_config);
+        sub.expect_where(
+            &format!("{}/gateways/gw-t/status", super::P),
+            |j| j["state"] == "online",
+            within,
+        )
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let console = Console::start(broker.port(), dir.path(), &["test-site"]).await;
+        Rig {
+            broker,
+            sim,
+            gateway,
+            gateway_config,
+            state,
+            dir,
+            console,
+            sub,
+        }
+    }
+}
