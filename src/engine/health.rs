@@ -43,6 +43,10 @@ pub(super) struct Health {
     /// Per device, the clean answers still needed before its protocol fault clears (0: none
     /// raised).
     protocol_hold: Vec<u32>,
+    /// Per device, the link faults whose condition may be present (one bit per
+    /// [`LinkFault`]). Clearing one whose bit is off changes nothing, so a healthy poll builds
+    /// no alarm identity to look up. All set at start: a restored table may hold any of them.
+    link_maybe: Vec<u8>,
 }
 
 impl Health {
@@ -52,6 +56,7 @@ impl Health {
             unchanged: per_point(cfg),
             faulted: per_point(cfg),
             protocol_hold: vec![0; cfg.devices.len()],
+            link_maybe: vec![u8::MAX; cfg.devices.len()],
         }
     }
 
@@ -82,7 +87,7 @@ impl Health {
         changes: &mut Changes,
     ) -> bool {
         self.misses[device] = 0;
-        link_fault(d, LinkFault::CommLoss, None, changes);
+        self.link_fault(d, device, LinkFault::CommLoss, None, changes);
         let hold = &mut self.protocol_hold[device];
         if *hold > 0 {
             *hold -= 1;
@@ -90,13 +95,13 @@ impl Health {
                 return false;
             }
             tracing::info!(device = %d.id, "device answers cleanly again: protocol fault cleared");
-            link_fault(d, LinkFault::Protocol, None, changes);
+            self.link_fault(d, device, LinkFault::Protocol, None, changes);
         }
         let exception = points.iter().find_map(|p| match &p.result {
             Err(e @ PointError::Exception { .. }) => Some(format!("device {}: {e}", d.id)),
             _ => None,
         });
-        link_fault(d, LinkFault::Exception, exception, changes);
+        self.link_fault(d, device, LinkFault::Exception, exception, changes);
         true
     }
 
@@ -115,8 +120,9 @@ impl Health {
                 tracing::warn!(device = %d.id, "protocol fault: {e}");
             }
             self.protocol_hold[device] = PROTOCOL_CLEAR_AFTER;
-            link_fault(
+            self.link_fault(
                 d,
+                device,
                 LinkFault::Protocol,
                 Some(format!("malformed replies: {e}")),
                 changes,
@@ -125,8 +131,9 @@ impl Health {
         }
         self.misses[device] = self.misses[device].saturating_add(1);
         if self.misses[device] >= COMM_LOSS_AFTER {
-            link_fault(
+            self.link_fault(
                 d,
+                device,
                 LinkFault::CommLoss,
                 Some(format!("not answering: {e}")),
                 changes,
@@ -185,7 +192,6 @@ impl Health {
         value: f64,
         now: Instant,
     ) -> Option<(PointFault, String)> {
-        let unit = unit_suffix(point);
         // Stuck: the raw value, not the scaled one, so rounding cannot hide a change.
         let slot = &mut self.unchanged[device][pi];
         let since = match slot {
@@ -205,8 +211,9 @@ impl Health {
             return Some((
                 PointFault::OutOfRange,
                 format!(
-                    "{} {value:?}{unit} outside valid range [{lo:?}, {hi:?}]: sensor fault",
-                    point.id
+                    "{} {value:?}{} outside valid range [{lo:?}, {hi:?}]: sensor fault",
+                    point.id,
+                    unit_suffix(point)
                 ),
             ));
         }
@@ -216,8 +223,9 @@ impl Health {
                 return Some((
                     PointFault::Stuck,
                     format!(
-                        "{} unchanged at {value:?}{unit} for {}: sensor stuck",
+                        "{} unchanged at {value:?}{} for {}: sensor stuck",
                         point.id,
+                        unit_suffix(point),
                         humantime::format_duration(Duration::from_secs(frozen.as_secs()))
                     ),
                 ));
@@ -269,14 +277,32 @@ fn per_point<T: Clone>(cfg: &Config) -> Vec<Vec<Option<T>>> {
         .collect()
 }
 
-/// A device-level fault, raised with `message` or cleared.
-fn link_fault(d: &Device, which: LinkFault, message: Option<String>, changes: &mut Changes) {
-    let id = Source::Link {
-        device: &d.id,
-        fault: which,
+impl Health {
+    /// A device-level fault, raised with `message` or cleared.
+    fn link_fault(
+        &mut self,
+        d: &Device,
+        device: usize,
+        which: LinkFault,
+        message: Option<String>,
+        changes: &mut Changes,
+    ) {
+        let bit = 1u8 << (which as u8);
+        let maybe = &mut self.link_maybe[device];
+        if message.is_some() {
+            *maybe |= bit;
+        } else if *maybe & bit == 0 {
+            return;
+        } else {
+            *maybe &= !bit;
+        }
+        let id = Source::Link {
+            device: &d.id,
+            fault: which,
+        }
+        .identity(&d.zone);
+        fault(&id, message, None, changes);
     }
-    .identity(&d.zone);
-    fault(&id, message, None, changes);
 }
 
 /// Raises (`Some(message)`) or clears (`None`) a fault; clearing a fault that is not there
