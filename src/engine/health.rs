@@ -35,7 +35,9 @@ pub const FAULT_SEVERITY: Severity = Severity::Warning;
 pub(super) struct Health {
     /// Consecutive failed polls per device.
     misses: Vec<u32>,
-    /// [device][point] → the last raw value and since when it has not changed.
+    /// [device][point] → the last raw value and since when it has not changed; empty for a
+    /// device none of whose points has `stuck_after` (nothing to remember, 1 KB a device
+    /// saved).
     unchanged: Vec<Vec<Option<(Raw, Instant)>>>,
     /// [device][point] → the sensor fault currently raised, so a healthy reading costs no
     /// alarm-table lookups.
@@ -53,7 +55,17 @@ impl Health {
     pub(super) fn new(cfg: &Config) -> Health {
         Health {
             misses: vec![0; cfg.devices.len()],
-            unchanged: per_point(cfg),
+            unchanged: cfg
+                .devices
+                .iter()
+                .map(|d| {
+                    if d.points.iter().any(|p| p.stuck_after.is_some()) {
+                        vec![None; d.points.len()]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
             faulted: per_point(cfg),
             protocol_hold: vec![0; cfg.devices.len()],
             link_maybe: vec![u8::MAX; cfg.devices.len()],
@@ -193,13 +205,13 @@ impl Health {
         now: Instant,
     ) -> Option<(PointFault, String)> {
         // Stuck: the raw value, not the scaled one, so rounding cannot hide a change.
-        let slot = &mut self.unchanged[device][pi];
-        let since = match slot {
-            Some((last, since)) if *last == raw => *since,
-            _ => {
+        let since = match self.unchanged[device].get_mut(pi) {
+            Some(Some((last, since))) if *last == raw => *since,
+            Some(slot) => {
                 *slot = Some((raw, now));
                 now
             }
+            None => now, // no point of the device can be stuck
         };
         if point.trouble.contains(&raw.as_f64()) {
             return Some((
