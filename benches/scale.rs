@@ -276,8 +276,8 @@ fn config(layout: Layout, ports: &[u16], broker: u16, storage: &std::path::Path)
 /// Telemetry messages received, by device.
 type Counts = Arc<Mutex<HashMap<String, u64>>>;
 
-/// Subscribes to every device's telemetry and counts it until the process ends.
-async fn count_telemetry(port: u16) -> Counts {
+/// Subscribes to every device's telemetry and counts it until the returned task is aborted.
+async fn count_telemetry(port: u16) -> (Counts, tokio::task::JoinHandle<()>) {
     let mut opts = MqttOptions::new(
         format!("bench-scale-{}", std::process::id()),
         "127.0.0.1",
@@ -296,7 +296,7 @@ async fn count_telemetry(port: u16) -> Counts {
     }
     let counts: Counts = Arc::default();
     let c = Arc::clone(&counts);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _client = client; // dropping it would end the event loop
         loop {
             match ev.poll().await {
@@ -314,7 +314,7 @@ async fn count_telemetry(port: u16) -> Counts {
             }
         }
     });
-    counts
+    (counts, task)
 }
 
 /// utime+stime in clock ticks, VmRSS and VmHWM in kB, and threads.
@@ -386,7 +386,7 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
         config(layout, &ports, broker.port, &dir.path().join("state")),
     )
     .expect("write config");
-    let counts = count_telemetry(broker.port).await;
+    let (counts, subscriber) = count_telemetry(broker.port).await;
     let gateway = Gateway(
         Command::new(bin)
             .args(["run", "--config"])
@@ -415,6 +415,7 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
     let (t1, _, hwm, threads) = proc_stat(pid);
     let elapsed = start.elapsed().as_secs_f64();
     let after: HashMap<String, u64> = counts.lock().map(|m| m.clone()).unwrap_or_default();
+    subscriber.abort();
     drop(gateway);
     drop(sims);
     drop(broker);
