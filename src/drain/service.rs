@@ -50,6 +50,8 @@ pub struct DrainHandle {
     publisher: Publisher,
     /// The coordinator's state as last saved, for metrics.
     view: watch::Receiver<Persisted>,
+    /// False while this gateway is the standby of a pair: nothing is published.
+    active: watch::Sender<bool>,
 }
 
 impl DrainHandle {
@@ -63,6 +65,12 @@ impl DrainHandle {
                 );
             }
         }
+    }
+
+    /// A gateway of a redundant pair became active (true) or standby (false). A standby's
+    /// coordinator publishes nothing; the daemon gives it no zone statuses.
+    pub fn set_active(&self, active: bool) {
+        self.active.send_replace(active);
     }
 
     /// Every zone's current or last drain, as last saved to `drain.json` (empty without
@@ -114,6 +122,7 @@ impl DrainService {
                 drills: None,
                 publisher,
                 view: watch::channel(Persisted::default()).1,
+                active: watch::Sender::new(true),
             };
             return Ok((handle, DrainService { task: None }));
         };
@@ -129,7 +138,9 @@ impl DrainService {
         let (zone_tx, zones) = mpsc::channel(QUEUE);
         let (drill_tx, drills) = mpsc::channel(QUEUE);
         let (view_tx, view) = watch::channel(coordinator.persisted().clone());
+        let active = watch::Sender::new(true);
         let drain_task = DrainTask {
+            active: active.subscribe(),
             view: view_tx,
             coordinator,
             store,
@@ -145,6 +156,7 @@ impl DrainService {
             drills: Some(drill_tx),
             publisher,
             view,
+            active,
         };
         Ok((handle, DrainService { task: Some(task) }))
     }
@@ -172,6 +184,7 @@ struct DrainTask {
     incoming: mpsc::Receiver<Inbound>,
     faults: Option<mpsc::Sender<AgentFault>>,
     view: watch::Sender<Persisted>,
+    active: watch::Receiver<bool>,
 }
 
 impl DrainTask {
@@ -244,6 +257,10 @@ impl DrainTask {
                     tracing::warn!("drain: agent fault not handed to the alarm table (queue full)");
                 }
             }
+        }
+        if !*self.active.borrow() {
+            // The standby of a pair: the active gateway publishes the drains.
+            return;
         }
         for m in fx.messages {
             self.publisher.send(m).await;

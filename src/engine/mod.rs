@@ -361,7 +361,7 @@ fn command(
             Ok(None)
         }
         // Routed elsewhere by the daemon; answered rather than dropped if one strays here.
-        Command::Drill(_) | Command::Replay(_) => Err(Refused::new(
+        Command::Drill(_) | Command::Replay(_) | Command::Switchover(_) => Err(Refused::new(
             name,
             format!("cmd/{name} is not answered by the alarm table"),
         )),

@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{rfc3339, Now};
 use crate::config::Redundancy;
 
+pub mod service;
+pub mod switchover;
 #[cfg(test)]
 mod tests;
 mod view;
