@@ -55,6 +55,8 @@ fn pair_config(name: &str, priority: i64, mqtt_port: u16, sim_port: u16, dir: &P
 }
 
 struct Pair {
+    /// Appended to both gateways' configurations (a `[drain]` section).
+    extra: String,
     sub: Subscriber,
     sim: Sim,
     broker: Mosquitto,
@@ -68,10 +70,15 @@ struct Pair {
 
 impl Pair {
     async fn start(relay_for_b1: Option<&Relay>, broker: Mosquitto) -> Pair {
+        Pair::start_with(relay_for_b1, broker, "").await
+    }
+
+    async fn start_with(relay_for_b1: Option<&Relay>, broker: Mosquitto, extra: &str) -> Pair {
         let sim = Sim::start("normal", 1).await;
         let sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
         let b1_port = relay_for_b1.map_or(broker.port(), Relay::port);
         let mut p = Pair {
+            extra: extra.to_string(),
             sub,
             sim,
             b1: None,
@@ -87,10 +94,11 @@ impl Pair {
     }
 
     fn config(&self, gw: &str) -> String {
-        match gw {
+        let c = match gw {
             "gw-b1" => pair_config(gw, 1, self.b1_port, self.sim.port(), self.dir1.path()),
             _ => pair_config(gw, 2, self.broker.port(), self.sim.port(), self.dir2.path()),
-        }
+        };
+        c + &self.extra
     }
 
     /// The next status of `gw` that says `role` once decided (not the standby of a start).
@@ -352,4 +360,98 @@ async fn a_healed_split_brain_leaves_one_active_by_priority() {
         .next_matching(|t, j| flap(t, j, "gw-b1", "gw-b2"), Duration::from_secs(3),)
         .await
         .is_none());
+}
+
+/// `emberwatch drain-agent` `id` for room-1, whose drain hook appends the drain_id to `log`.
+fn agent(port: u16, dir: &Path, id: &str, log: &Path) -> tokio::process::Child {
+    let hook = dir.join(format!("{id}-drain.sh"));
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$EMBERWATCH_DRAIN_ID\" >> '{}'\n",
+            log.display()
+        ),
+    )
+    .expect("write hook");
+    let _ = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status();
+    let config = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nid = \"test-site\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+             topic_prefix = \"emberwatch\"\nkeep_alive = \"2s\"\n[storage]\ndir = '{dir}'\n\
+             [agent]\nid = \"{id}\"\nzones = [\"room-1\"]\ndrain = ['{hook}']\n\
+             restore = [\"/bin/true\"]\ntimeout = \"20s\"\n",
+            dir = dir.display(),
+            hook = hook.display()
+        ),
+    )
+    .expect("write agent config");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+        .args(["drain-agent", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn emberwatch drain-agent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_in_progress_is_carried_on_with_the_same_drain_id() {
+    const REQUEST: &str = "emberwatch/test-site/drain/room-1/request";
+    const DRAIN_STATUS: &str = "emberwatch/test-site/drain/room-1/status";
+    let broker = Mosquitto::start().await;
+    let port = broker.port();
+    let agents = tempfile::tempdir().expect("tempdir");
+    let hooks = agents.path().join("hooks.log");
+    // lb-2 never comes: the drain stays open (until its 60 s deadline) across the takeover.
+    let _lb1 = agent(port, agents.path(), "lb-1", &hooks);
+    let mut p = Pair::start_with(
+        None,
+        broker,
+        "\n[drain]\ntrigger = \"critical\"\ndeadline = \"60s\"\nagents = [\"lb-1\", \"lb-2\"]\n",
+    )
+    .await;
+    p.role("gw-b1", "active", SOON).await;
+    p.role("gw-b2", "standby", SOON).await;
+    p.sim.write(116, 600).await;
+    let request = p
+        .sub
+        .expect_where(REQUEST, |j| j["drain_id"].is_string(), SOON)
+        .await;
+    let id = request["drain_id"].as_str().unwrap_or_default().to_string();
+    p.sub
+        .expect_where(
+            DRAIN_STATUS,
+            |j| j["drain_id"] == id.as_str() && j["agents"]["lb-1"] == "done",
+            SOON,
+        )
+        .await;
+    p.sub.forget();
+
+    p.b1.as_mut().expect("gw-b1").kill().await;
+    p.role("gw-b2", "active", SOON).await;
+    // gw-b2 says the same drain again (agents answer with what they did), never a new one.
+    let again = p.sub.expect(REQUEST, SOON).await;
+    assert_eq!(again["drain_id"], id.as_str(), "{again}");
+    let status = p.sub.expect(DRAIN_STATUS, SOON).await;
+    assert_eq!(status["drain_id"], id.as_str());
+    assert_eq!(status["agents"]["lb-1"], "done", "{status}");
+    assert!(p
+        .sub
+        .next_matching(
+            |t, j| t == REQUEST && j["drain_id"] != id.as_str(),
+            Duration::from_secs(3),
+        )
+        .await
+        .is_none());
+    // lb-1's hook ran once, for that drain_id.
+    let ran = std::fs::read_to_string(&hooks).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), [id.as_str()], "{ran}");
 }
