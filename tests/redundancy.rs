@@ -455,3 +455,27 @@ async fn a_drain_in_progress_is_carried_on_with_the_same_drain_id() {
     let ran = std::fs::read_to_string(&hooks).unwrap_or_default();
     assert_eq!(ran.lines().collect::<Vec<_>>(), [id.as_str()], "{ran}");
 }
+
+#[test]
+fn check_config_accepts_the_example_pair_and_shows_it() {
+    for (file, peer, priority) in [("pair-b1.toml", "gw-b2", 1), ("pair-b2.toml", "gw-b1", 2)] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(file);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run emberwatch check-config");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("pair: peer {peer}, priority {priority}")),
+            "{file}: {text}"
+        );
+    }
+}
