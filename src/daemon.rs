@@ -327,15 +327,12 @@ async fn serve_generation(
                     if let Some(token) = serial.take() {
                         token.cancel();
                     }
-                    // What it published up to here is what a restart must know.
-                    if let Err(e) = store.save(&engine.snapshot()) {
-                        fatal = Some((format!("alarm state: {e}"), DaemonError::Store(e)));
-                        break;
-                    }
                 }
             }
         }
-        if let Some(seq) = roles.standby_seq() {
+        // What this turn produced while still active goes out with the step-down.
+        let stepped_down = change.as_ref().is_some_and(|c| c.role == Role::Standby);
+        if let Some(seq) = roles.standby_seq().filter(|_| !stepped_down) {
             // Standby: the warm table's events were seen by nobody; only command answers go out.
             engine.rewind_seq(seq);
             out.events.clear();
@@ -374,7 +371,9 @@ async fn serve_generation(
                 e.message
             );
         }
-        if !out.events.is_empty() || change.as_ref().is_some_and(|c| c.role == Role::Active) {
+        // A change of role saves too: at a takeover the state reconciled with the pair's, at a
+        // step-down what this gateway published up to here (what a restart must know).
+        if !out.events.is_empty() || change.is_some() {
             // Saved before the next reading: seq never goes back, and a restart neither
             // raises these alarms again nor forgets an acknowledgement or a shelf. If the
             // save fails, the events are raised all the same (they are in the outbox, and
