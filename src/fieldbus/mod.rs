@@ -394,3 +394,25 @@ async fn poll_loop(
     }
     link.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A standby of a pair polls what takes several masters and leaves one-master wires to the
+    /// active gateway.
+    #[test]
+    fn which_masters_a_standby_and_an_active_gateway_open() {
+        let tcp = Transport::ModbusTcp {
+            address: "127.0.0.1:502".into(),
+        };
+        let over_tcp = Transport::ModbusRtuOverTcp {
+            address: "127.0.0.1:4001".into(),
+        };
+        assert!(Masters::Shared.takes(&tcp));
+        assert!(!Masters::Shared.takes(&over_tcp));
+        assert!(Masters::Single.takes(&over_tcp));
+        assert!(!Masters::Single.takes(&tcp));
+        assert!(Masters::All.takes(&tcp) && Masters::All.takes(&over_tcp));
+    }
+}
