@@ -413,6 +413,14 @@ async fn main() {
             .map(|s| s.json)
             .collect();
         stream.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+        // `DUMP=FILE`: every event of the stretch, one JSON a line, to look into a doubled one.
+        if let Some(file) = std::env::var_os("DUMP") {
+            let lines: Vec<String> = stream.iter().map(Value::to_string).collect();
+            let _ = std::fs::write(
+                format!("{}.{kind}", PathBuf::from(file).display()),
+                lines.join("\n"),
+            );
+        }
         // Subscribers drop duplicates of an at-least-once delivery by `event_id` (SPEC).
         let received = stream.len();
         let mut ids = std::collections::HashSet::new();

@@ -303,8 +303,8 @@ async fn serve_generation(
             }
             match c.role {
                 Role::Active => {
-                    // Serial buses are this gateway's now; the alarm table says, once, what
-                    // differs from what the pair had published, then every zone's status.
+                    // Serial buses are this gateway's now; alarms are published once every
+                    // device has been read again (`Roles::takeover_due`, below).
                     if let Some(tx) = serial_tx.upgrade() {
                         let token = cancel.child_token();
                         fieldbus::spawn_masters(
@@ -317,10 +317,6 @@ async fn serve_generation(
                         );
                         serial = Some(token);
                     }
-                    drain.set_active(true);
-                    let reconciled = engine.reconcile(&roles.published(), now);
-                    out.events.extend(reconciled.events);
-                    out.messages.extend(reconciled.messages);
                 }
                 Role::Standby => {
                     drain.set_active(false);
@@ -338,8 +334,19 @@ async fn serve_generation(
             out.events.clear();
             out.messages
                 .retain(|m| matches!(m, Outgoing::CommandResult(_)));
-        } else if !out.events.is_empty() || change.is_some() {
-            // Active in a pair: the picture the standby follows.
+        }
+        // A takeover, once every device has been read again: the alarm table says, once, what
+        // differs from what the pair had published, then every zone's status; the drain task
+        // carries on the pair's drains before it sees them.
+        let took_over = roles.takeover_due(Now::system());
+        if took_over {
+            drain.set_active(true);
+            let reconciled = engine.reconcile(&roles.published(), Now::system());
+            out.events.extend(reconciled.events);
+            out.messages.extend(reconciled.messages);
+        }
+        if !out.events.is_empty() || change.is_some() || took_over {
+            // Active in a pair: the picture the standby follows (nothing while standby).
             out.messages.extend(roles.picture(&engine, Now::system()));
         }
         metrics.alarm_events.inc_by(out.events.len() as u64);
@@ -372,8 +379,9 @@ async fn serve_generation(
             );
         }
         // A change of role saves too: at a takeover the state reconciled with the pair's, at a
-        // step-down what this gateway published up to here (what a restart must know).
-        if !out.events.is_empty() || change.is_some() {
+        // step-down what this gateway published up to here (what a restart must know); never
+        // a standby's (or a settling takeover's) unpublished states.
+        if !out.events.is_empty() || stepped_down || took_over {
             // Saved before the next reading: seq never goes back, and a restart neither
             // raises these alarms again nor forgets an acknowledgement or a shelf. If the
             // save fails, the events are raised all the same (they are in the outbox, and

@@ -7,6 +7,8 @@
 //! readable. The broker's messages for the pair come on their own channel ([`split`]), so the
 //! drain task's inbound queue is not shared with them.
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc;
 
 use super::{Change, Pair, Published, Role, RoleStatus};
@@ -19,6 +21,9 @@ use crate::mqtt::{topics, Inbound, LinkOptions, Topics};
 
 /// Room for the pair's inbound messages (peer status, pictures, the peer's events).
 const QUEUE: usize = 1024;
+
+/// The longest a takeover waits for a fresh reading of every device (see [`Roles::became`]).
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 
 /// The subscriptions a gateway of a pair adds to its link: the peer's status, both
 /// gateways' retained `pair` pictures, every alarm event (the peer's are followed) and the
@@ -79,9 +84,14 @@ pub struct Roles {
     published: Published,
     topics: Topics,
     me: String,
-    /// The last `seq` this gateway published, while it is standby: the warm table's events
-    /// are not published, so their numbers are given back.
+    /// The last `seq` this gateway published, while it is standby (or still settling into
+    /// a takeover): the warm table's events are not published, so their numbers are given
+    /// back.
     standby_seq: Option<u64>,
+    /// Active, but not publishing alarms yet until then (see [`Roles::became`]).
+    settling: Option<Instant>,
+    /// One poll of every device: how long a takeover waits for fresh readings.
+    settle: Duration,
 }
 
 impl Roles {
@@ -97,6 +107,14 @@ impl Roles {
             published: Published::own(engine.alarms().shared(now), false),
             topics: Topics::new(cfg),
             me: cfg.site.gateway.clone(),
+            settling: None,
+            settle: cfg
+                .devices
+                .iter()
+                .map(|d| d.poll_interval + d.timeout)
+                .max()
+                .unwrap_or_default()
+                .min(SETTLE_MAX),
         }
     }
 
@@ -170,6 +188,13 @@ impl Roles {
     /// The refusal of an alarm-table or drill command while standby.
     pub fn refusal(&self) -> Option<String> {
         let pair = self.pair.as_ref()?;
+        if self.settling.is_some() {
+            return Some(format!(
+                "{} is taking over from {} (fresh readings first); send it again in a moment",
+                self.me,
+                pair.peer_id()
+            ));
+        }
         (pair.role() == Role::Standby).then(|| {
             format!(
                 "{} is standby; send commands to the active gateway {}",
@@ -180,12 +205,18 @@ impl Roles {
     }
 
     /// The daemon acted on `change`: note what the role means for following the pair.
+    ///
+    /// Becoming active, the gateway says so at once but publishes alarms only after one more
+    /// poll of every device ([`Roles::takeover_due`]): the two gateways poll at different
+    /// moments, so the standby's table may be a poll behind what the pair published, and
+    /// comparing them at once would publish a state the device has already left.
     pub fn became(&mut self, change: &Change, engine: &Engine, now: Now) {
         match change.role {
-            Role::Active => self.standby_seq = None,
+            Role::Active => self.settling = Some(now.mono + self.settle),
             // Stepping down: what this gateway published up to now is the pair's latest
             // picture, until the peer publishes a newer one. (From the start, standby keeps
             // what it has followed since connecting.)
+            Role::Standby if self.settling.take().is_some() => {}
             Role::Standby if self.standby_seq.is_none() => {
                 self.published = Published::own(engine.alarms().shared(now), true);
                 self.standby_seq = Some(engine.alarms().last_seq());
@@ -194,9 +225,22 @@ impl Roles {
         }
     }
 
+    /// True once, when a takeover has waited its fresh readings: the alarm table is then
+    /// reconciled with what the pair published, and this gateway publishes from then on.
+    pub fn takeover_due(&mut self, now: Now) -> bool {
+        match self.settling {
+            Some(t) if now.mono >= t && self.role() == Role::Active => {
+                self.settling = None;
+                self.standby_seq = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The retained `P/gateways/{gw}/pair` picture, for an active gateway of a pair.
     pub fn picture(&self, engine: &Engine, now: Now) -> Option<Outgoing> {
-        if self.pair.is_none() || self.role() != Role::Active {
+        if self.pair.is_none() || self.role() != Role::Active || self.standby_seq.is_some() {
             return None;
         }
         let payload = serde_json::to_vec(&engine.alarms().shared(now)).ok()?;
