@@ -291,3 +291,36 @@ async fn pysunspec2_reads_the_simulators_models_and_values() {
     );
     assert_eq!(j["module_cell_temp_max"], Value::from(vec![25.0; 16]));
 }
+
+#[test]
+fn check_config_names_a_sentinel_that_cannot_be_and_a_required_without_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("emberwatch.toml");
+    let point = |id: &str, rest: &str| format!("  [[devices.points]]\n  id = \"{id}\"\n{rest}");
+    let body = [
+        "[site]\nid = \"s\"\ngateway = \"g\"\n[[devices]]\nid = \"d\"\nzone = \"z\"\naddress = \"127.0.0.1:502\"\n".to_string(),
+        point("a", "  address = 1\n  sentinel = 65536\n"),
+        point("b", "  address = 2\n  required = true\n"),
+        point("c", "  table = \"coil\"\n  address = 3\n  sentinel = 1\n"),
+        // Both spellings of an int16's "not implemented" are fine.
+        point("e", "  address = 4\n  type = \"i16\"\n  sentinel = -32768\n  required = true\n"),
+        point("f", "  address = 5\n  type = \"i16\"\n  sentinel = 0x8000\n"),
+        point("g", "  address = 6\n  type = \"u32\"\n  sentinel = 0xFFFFFFFF\n"),
+    ]
+    .concat();
+    std::fs::write(&cfg, body).expect("write");
+    let cfg = cfg.to_str().expect("utf-8");
+    let o = emberwatch(&["check-config", "--config", cfg]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr),
+        format!(
+            "{cfg}: 3 errors\n  \
+             devices[0].points[0].sentinel: 65536 does not fit the 16 bits of a u16\n  \
+             devices[0].points[1].required: only a point with a `sentinel` can be required \
+             (without one, every reading is a value)\n  \
+             devices[0].points[2].sentinel: only a point read from registers (holding or \
+             input) has a sentinel\n"
+        )
+    );
+}
