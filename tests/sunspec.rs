@@ -324,3 +324,96 @@ fn check_config_names_a_sentinel_that_cannot_be_and_a_required_without_one() {
         )
     );
 }
+
+/// The SunSpec map plays the scenario: during thermal-runaway the 804 string's hottest module
+/// and its over-temperature event bit reach the gateway through the shipped profile, and a rule
+/// on `string_mod_temp_max` raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sunspec_values_follow_the_thermal_runaway() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start_with("thermal-runaway", 10, &["--sunspec"]).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+    let config = format!(
+        "include = ['{}']\n[site]\nid = \"test-site\"\ngateway = \"gw-t\"\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n[storage]\ndir = '{}'\n\
+         [[devices]]\nid = \"string-01\"\nzone = \"room-1\"\naddress = \"{}\"\nunit = 1\n\
+         poll_interval = \"100ms\"\ntimeout = \"300ms\"\nprofile = \"sunspec-804\"\n\
+         [[rules]]\nid = \"module-overtemp\"\npoints = [\"*/string_mod_temp_max\"]\n\
+         above = {{ warning = 45.0 }}\n",
+        shipped("sunspec-804.toml").display(),
+        broker.port(),
+        state.path().display(),
+        sim.addr(),
+    );
+    let _daemon = Daemon::start(&config);
+    let key = format!("{P}/alarms/room-1/string-01/string_mod_temp_max/module-overtemp");
+    // At speed 10 the hottest module (95 % of the cell's rise, from t+20 s) passes 45 °C at
+    // about 4.2 s of wall time.
+    let a = sub
+        .expect_where(&key, |j| j["state"] == "active", Duration::from_secs(30))
+        .await;
+    assert_eq!(a["severity"], "warning", "{a}");
+    assert!(a["value"].as_f64().is_some_and(|v| v >= 45.0), "{a}");
+    // The BMS's own over-temperature warning (Evt1 bit 2) is set by then too.
+    let topic = format!("{P}/telemetry/string-01");
+    let t = sub
+        .expect_where(
+            &topic,
+            |j| {
+                j["points"]["string_events_1"]
+                    .as_f64()
+                    .is_some_and(|e| e >= 4.0)
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(t["quality"], "good", "{t}");
+}
+
+/// emberwatch's embedded SunSpec tables (`src/sunspec/models.rs`) against the model definitions
+/// pysunspec2 ships: every point and scale factor at the same offset, of the same type, scaled by
+/// the same factor, equally mandatory.
+#[test]
+fn the_embedded_model_tables_match_pysunspec2s_definitions() {
+    use emberwatch::sunspec::models::BATTERY;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sunspec_client.py");
+    let o = match Command::new("python3")
+        .arg(&script)
+        .arg("models")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            println!("SKIPPED: SunSpec model tables: cannot run python3: {e}");
+            return;
+        }
+    };
+    let out = text(&o.stdout);
+    if o.status.code() == Some(3) {
+        println!("{}", out.trim());
+        return;
+    }
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    let defs: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    for m in BATTERY {
+        let d = &defs[m.id.to_string()];
+        assert_eq!(d["fixed_len"], m.fixed_len, "model {}", m.id);
+        for p in m.points {
+            let want = &d["points"][p.name];
+            assert_eq!(
+                want,
+                &serde_json::json!([p.offset, p.ty.as_str(), p.sf, p.mandatory]),
+                "model {} point {}",
+                m.id,
+                p.name
+            );
+        }
+        for sf in m.sfs {
+            let want = &d["points"][sf.name];
+            assert_eq!(want[0], sf.offset, "model {} {}", m.id, sf.name);
+            assert_eq!(want[1], "sunssf", "model {} {}", m.id, sf.name);
+        }
+    }
+}

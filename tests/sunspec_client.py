@@ -4,10 +4,17 @@ tests/sunspec.rs can check the simulator's map against an implementation that is
 
 Usage: sunspec_client.py HOST PORT [UNIT]
 Prints one JSON object on stdout: the models found (id, start register, length) and a few point
-values with scale factors applied (None where the point is "not implemented"). Exits 3 with a
-line "SKIPPED: ..." when pysunspec2 is not installed, 1 on any other failure.
+values with scale factors applied (None where the point is "not implemented").
+
+Usage: sunspec_client.py models
+Prints the points of models 802 to 805 as pysunspec2 ships their definitions:
+{"802": {"SoC": [offset from the ID register, type, scale factor name, mandatory], ...}, ...},
+for the test that checks emberwatch's embedded tables (src/sunspec/models.rs) against them.
+
+Exits 3 with a line "SKIPPED: ..." when pysunspec2 is not installed, 1 on any other failure.
 """
 import json
+import os
 import sys
 
 try:
@@ -17,7 +24,25 @@ except ImportError as e:  # the test prints the SKIPPED line and passes
     sys.exit(3)
 
 
+def model_definitions():
+    import sunspec2
+
+    root = os.path.join(os.path.dirname(sunspec2.__file__), "models", "json")
+    out = {}
+    for model in (802, 803, 804, 805):
+        with open(os.path.join(root, f"model_{model}.json")) as f:
+            group = json.load(f)["group"]
+        offset, points = 0, {}
+        for p in group["points"]:
+            points[p["name"]] = [offset, p["type"], p.get("sf"), p.get("mandatory") == "M"]
+            offset += p.get("size", 1)
+        out[str(model)] = {"fixed_len": offset - 2, "points": points}
+    print(json.dumps(out))
+
+
 def main():
+    if sys.argv[1:] == ["models"]:
+        return model_definitions()
     host, port = sys.argv[1], int(sys.argv[2])
     unit = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     d = client.SunSpecModbusClientDeviceTCP(slave_id=unit, ipaddr=host, ipport=port, timeout=5)

@@ -201,6 +201,12 @@ pub fn encode(state: &RackState, unit: u8) -> Vec<u16> {
     );
     for (i, t) in state.module_temp_c.iter().enumerate().take(MODULE_COUNT) {
         let at = s + 48 + MODULE_LEN * i as u16;
+        // The hottest cell of the rack sits in the hottest module.
+        let cell_max = if i == hot_i {
+            t.max(state.cell_temp_max_c)
+        } else {
+            *t
+        };
         m.set(
             at,
             &[
@@ -212,7 +218,7 @@ pub fn encode(state: &RackState, unit: u8) -> Vec<u16> {
                 sf(cell_avg - 0.02, CELL_V_SF),
                 NI_U16,
                 sf(cell_avg, CELL_V_SF),
-                i16_sf(*t, TMP_SF), // ModCellTmpMax
+                i16_sf(cell_max, TMP_SF), // ModCellTmpMax
                 NI_U16,
                 i16_sf(*t - 1.0, TMP_SF), // ModCellTmpMin
                 NI_U16,
