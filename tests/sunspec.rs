@@ -417,3 +417,56 @@ fn the_embedded_model_tables_match_pysunspec2s_definitions() {
         }
     }
 }
+
+/// A chain the device breaks (written into the simulator's map) and a device that never
+/// answers: exit 1, and the message says where it went wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_on_a_broken_chain_or_a_silent_device_says_where() {
+    let sim = sunspec_sim().await;
+    let addr = sim.addr().to_string();
+    // The end marker at 40438 becomes model 7 of length 0: the next header, 40440, is past
+    // the simulator's map, which answers an exception there.
+    sim.write(40438, 7).await;
+    let o = emberwatch(&["discover", "--address", &addr]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    assert_eq!(
+        text(&o.stderr).trim_end(),
+        format!(
+            "emberwatch: {addr} unit 1: reading the model header at register 40440 (after 4 \
+             models, no end marker 0xFFFF yet): Modbus exception 2 (illegal data address)"
+        )
+    );
+    // Model 7's length now runs past register 65535.
+    sim.write(40439, 0xFFF0).await;
+    let o = emberwatch(&["discover", "--address", &addr]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr).trim_end(),
+        format!(
+            "emberwatch: {addr} unit 1: model 7 at register 40438 has length 65520: it runs \
+             past register 65535, the end of the Modbus map (a broken chain)"
+        )
+    );
+
+    // A device that accepts the connection and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let o = emberwatch(&["discover", "--address", &silent_addr, "--timeout", "300ms"]);
+    hold.abort();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        text(&o.stderr).trim_end(),
+        format!(
+            "emberwatch: {silent_addr} unit 1: reading holding registers 40000-40001: no \
+             answer within 300ms"
+        )
+    );
+}
