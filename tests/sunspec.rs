@@ -149,6 +149,16 @@ async fn discover_prints_the_models_and_a_profile_that_check_config_accepts_and_
     ] {
         assert_eq!(row(&out, "bat-01", point), want, "{point}");
     }
+    // A mandatory point the device stops implementing: read fails on it, saying why.
+    sim.write(40156, 0x8000).await;
+    let o = emberwatch(&["read", "--config", cfg]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(
+        row(&out, "bat-01", "string_mod_temp_min").join(" "),
+        "- degC register 40156: reads 0x8000, the device's \"no value\" (not implemented), and \
+         the point is required"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
