@@ -30,6 +30,7 @@ pub mod report;
 pub mod rules;
 pub mod sim;
 pub mod storage;
+pub mod sunspec;
 mod supervision;
 
 /// The version reported on the gateway status topic.

@@ -45,6 +45,19 @@ enum Command {
     },
     /// Serve a simulated battery rack and UPS over Modbus TCP (register map in the README).
     Sim(emberwatch::sim::SimArgs),
+    /// Find a SunSpec device's models and print a [[profiles]] block for its battery models.
+    ///
+    /// Looks for the "SunS" marker at holding registers 40000, 50000 and 0, walks the model
+    /// chain, prints the models found (id, name, start register, length), then, last on
+    /// standard output and ready to paste into a configuration (or a file given to `include`),
+    /// a [[profiles]] block for the battery models 802 (battery), 803 (lithium-ion bank), 804
+    /// (lithium-ion string) and 805 (lithium-ion module): state of charge and health, voltages,
+    /// current, temperatures and event bitfields, each with its register, type, SunSpec's
+    /// scale factor applied, and its "not implemented" sentinel. Exits 1 with the reason when
+    /// the device has no marker, its chain is broken, or it does not answer.
+    ///
+    /// Example: `emberwatch discover --address 192.0.2.10:502 --unit 3 > profiles/rack.toml`
+    Discover(emberwatch::sunspec::DiscoverArgs),
     /// Run a drain agent: on a drain request for its zones, run its drain hook and acknowledge;
     /// on cancellation, run its restore hook.
     DrainAgent {
@@ -165,6 +178,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => {
             emberwatch::sim::run_cli(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Discover(args) => {
+            emberwatch::sunspec::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { keep } => {

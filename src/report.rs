@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::config::{Config, RuleBody};
-use crate::fieldbus;
+use crate::decode::DecodeError;
+use crate::fieldbus::{self, PointError};
 use crate::mqtt::Topics;
 
 /// An error and its causes as one line, each cause said once: `outer: cause: root`.
@@ -216,9 +217,29 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> bool {
                                 },
                             )
                         }
+                        // The device's "no value" sentinel: shown, and an error only for a
+                        // required point.
+                        Err(PointError::Decode {
+                            source: DecodeError::NoValue { sentinel },
+                            ..
+                        }) if !point.required => (
+                            "null".to_string(),
+                            format!("no value (sentinel {sentinel:#X}: not implemented)"),
+                        ),
                         Err(e) => {
                             all_ok = false;
-                            ("-".to_string(), e.to_string())
+                            let required = if matches!(
+                                e,
+                                PointError::Decode {
+                                    source: DecodeError::NoValue { .. },
+                                    ..
+                                }
+                            ) {
+                                ", and the point is required"
+                            } else {
+                                ""
+                            };
+                            ("-".to_string(), format!("{e}{required}"))
                         }
                     };
                     println!(

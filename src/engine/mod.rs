@@ -275,13 +275,19 @@ impl Engine {
                 let mut values = std::collections::BTreeMap::new();
                 let mut all_good = true;
                 for p in points {
+                    // "No value" from the device (a sentinel): null in telemetry, nothing for
+                    // the rules, no fault.
+                    if self.health.no_value(device, r.device, p, &mut changes) {
+                        values.insert(device.points[p.point].id.clone(), None);
+                        continue;
+                    }
                     // A faulted sensor is not evaluated: its value neither raises nor clears
                     // anything.
                     match self.health.check(device, r.device, p, &mut changes) {
                         Some(v) => {
                             self.rules
                                 .evaluate(&self.setup, r.device, p.point, v, &mut changes);
-                            values.insert(device.points[p.point].id.clone(), v);
+                            values.insert(device.points[p.point].id.clone(), Some(v));
                         }
                         None => all_good = false,
                     }
@@ -399,5 +405,7 @@ fn unit_suffix(point: &Point) -> String {
     }
 }
 
+#[cfg(test)]
+mod sentinel_tests;
 #[cfg(test)]
 mod tests;

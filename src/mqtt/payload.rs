@@ -323,7 +323,7 @@ pub(crate) mod tests {
     fn telemetry_is_qos0_and_volatile() {
         let body = Telemetry {
             time: "2026-11-24T13:40:02.123Z".into(),
-            points: BTreeMap::from([("cell_temp_max".to_string(), 25.0)]),
+            points: BTreeMap::from([("cell_temp_max".to_string(), Some(25.0))]),
             quality: Quality::Good,
         };
         let p = Publication::encode(
