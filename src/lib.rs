@@ -25,6 +25,7 @@ pub mod message;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod pair;
 pub mod report;
 pub mod rules;
 pub mod sim;

@@ -65,6 +65,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the gateway of a redundant pair to hand over to its standby peer (maintenance):
+    /// exits 0 once it stepped down, non-zero with its reason if it refused.
+    Switchover {
+        /// The gateway's configuration file (the one `emberwatch run` uses).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Who asks, named in both gateways' role_reason (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Rehearse a drain of ZONE end to end through the running gateway, every message marked
     /// "drill": true; prints the timeline, exits 0 if every expected agent confirmed.
     Drill {
@@ -191,6 +201,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::ConsoleUser { users, name } => {
             emberwatch::console::users::add_from_stdin(&users, &name)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Switchover { config, by } => {
+            let cfg = load_or_report(&config, Role::Gateway)?;
+            let by = by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
+            match emberwatch::pair::switchover::run(&cfg, by).await {
+                Ok(reason) => {
+                    println!("{}: {reason}", cfg.site.gateway);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Drill { config, zone } => {
             let cfg = load_or_report(&config, Role::Gateway)?;

@@ -96,6 +96,25 @@ pub fn summary(cfg: &Config) -> String {
         let _ = writeln!(s, "    {}", t.telemetry(&d.id));
     }
     let _ = write!(s, "    {}  (commands in)", t.cmd_filter());
+    // A redundant pair (issue 13).
+    if let Some(r) = &cfg.redundancy {
+        let serial = cfg
+            .devices
+            .iter()
+            .filter(|d| !matches!(d.transport, crate::config::Transport::ModbusTcp { .. }))
+            .count();
+        let _ = write!(
+            s,
+            "\n  pair: peer {}, priority {} (lower is active when both are up); {serial} serial \
+             device(s) polled only while active",
+            r.peer, r.priority
+        );
+        let _ = write!(
+            s,
+            "\n    {}  (retained, what the standby follows)",
+            t.pair_of(&cfg.site.gateway)
+        );
+    }
     // Drain coordination (issue 5).
     if let Some(d) = &cfg.drain {
         let _ = write!(
