@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("outbox", outbox),
     ("state_json", state_json),
     ("drain_json", drain_json),
+    ("sunspec_chain", sunspec_chain),
 ];
 
 /// The configuration every target decodes against: one device of each transport, points of
@@ -91,23 +92,53 @@ fn encode_all(msgs: &[Outgoing]) {
 
 /// Hands one poll's decoded points to a fresh engine, then lets a minute pass.
 fn evaluate(device: usize, points: Vec<PointReading>) {
-    let mut engine = Engine::new(cfg().clone(), 0);
-    let now = Now::system();
-    let reading = Reading {
-        device,
-        at: now,
-        latency: Duration::from_millis(3),
-        outcome: Ok(points),
-    };
-    let out = engine.on_reading(&reading);
-    encode_all(&out.messages);
-    let again = Reading {
-        at: now.after(Duration::from_secs(2)),
-        ..reading
-    };
-    encode_all(&engine.on_reading(&again).messages);
-    encode_all(&engine.tick(now.after(Duration::from_secs(60))).messages);
-    encode_all(&engine.zone_statuses(now));
+    let mut run = Run::new();
+    run.poll(device, points);
+    run.finish();
+}
+
+/// One engine for one input, fed poll after poll two seconds apart as the gateway's would be,
+/// then left a minute for its timers: a stream of many readings (serial lines) costs one
+/// engine, not one per reading, so a campaign spends its time on the input, not on set-up.
+struct Run {
+    engine: Engine,
+    now: Now,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            engine: Engine::new(cfg().clone(), 0),
+            now: Now::system(),
+        }
+    }
+
+    /// One reading of `device`, then the same again (a repeat must change nothing new).
+    fn poll(&mut self, device: usize, points: Vec<PointReading>) {
+        let reading = Reading {
+            device,
+            at: self.now,
+            latency: Duration::from_millis(3),
+            outcome: Ok(points),
+        };
+        encode_all(&self.engine.on_reading(&reading).messages);
+        self.now = self.now.after(Duration::from_secs(2));
+        let again = Reading {
+            at: self.now,
+            ..reading
+        };
+        encode_all(&self.engine.on_reading(&again).messages);
+    }
+
+    fn finish(mut self) {
+        encode_all(
+            &self
+                .engine
+                .tick(self.now.after(Duration::from_secs(60)))
+                .messages,
+        );
+        encode_all(&self.engine.zone_statuses(self.now));
+    }
 }
 
 /// A little-endian u16 off the front of `data`, for the harness's own framing.
@@ -219,29 +250,37 @@ pub fn rtu_reply(data: &[u8]) {
 }
 
 /// Serial-lines sensors: the byte stream split into lines, each parsed by both formats
-/// (`KEY=VALUE` and a device `pattern`) and evaluated.
+/// (`KEY=VALUE` and a device `pattern`) and evaluated by one engine, line after line.
 ///
 /// Input: `[chunk size]` then the bytes the port delivers.
 pub fn serial_lines(data: &[u8]) {
     let mut rest = data;
     let chunk = usize::from(take(&mut rest, 1).first().copied().unwrap_or(0)).max(1);
-    let devices: Vec<(usize, &Device, Format)> = cfg()
-        .devices
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| matches!(d.transport, Transport::SerialLines { .. }))
-        .filter_map(|(i, d)| Format::of(d).ok().map(|f| (i, d, f)))
-        .collect();
+    thread_local! {
+        // Built once: a `pattern` format compiles a regular expression, which would otherwise
+        // be most of the cost of an input.
+        static DEVICES: Vec<(usize, &'static Device, Format)> = cfg()
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d.transport, Transport::SerialLines { .. }))
+            .filter_map(|(i, d)| Format::of(d).ok().map(|f| (i, d, f)))
+            .collect();
+    }
     let mut splitter = Splitter::default();
-    for piece in rest.chunks(chunk) {
-        for line in splitter.push(piece).into_iter().flatten() {
-            for (index, dev, format) in &devices {
-                if let Ok(fields) = format.fields(&line) {
-                    evaluate(*index, lines::points(dev, &fields));
+    let mut run = Run::new();
+    DEVICES.with(|devices| {
+        for piece in rest.chunks(chunk) {
+            for line in splitter.push(piece).into_iter().flatten() {
+                for (index, dev, format) in devices {
+                    if let Ok(fields) = format.fields(&line) {
+                        run.poll(*index, lines::points(dev, &fields));
+                    }
                 }
             }
         }
-    }
+    });
+    run.finish();
 }
 
 /// Operator commands: `cmd/{name}` bodies parsed and applied to a fresh engine.
@@ -357,6 +396,53 @@ pub fn config(data: &[u8]) {
     let now = Now::system();
     encode_all(&engine.tick(now).messages);
     encode_all(&engine.zone_statuses(now));
+}
+
+/// A SunSpec device's holding registers from 40000 (the input as big-endian words, a read
+/// past them an exception) through `discover`'s chain walk and profile writer; whatever the
+/// map, the profile written must be one `check-config` accepts.
+pub fn sunspec_chain(data: &[u8]) {
+    use crate::sunspec::chain::{is_marker, Walk};
+    use crate::sunspec::profile::{self, Found};
+    const BASE: u16 = 40000;
+    let words: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .collect();
+    let read = |at: u16, n: u16| {
+        let from = usize::from(at.checked_sub(BASE)?);
+        words.get(from..from + usize::from(n)).map(<[u16]>::to_vec)
+    };
+    // A map without the marker is walked all the same, to reach the chain code.
+    let _ = is_marker(&words);
+    let mut walk = Walk::after_marker(BASE);
+    while let Ok(Some(at)) = walk.next_header() {
+        let Some(h) = read(at, 2) else { break };
+        if walk.header(h[0], h[1]).is_err() {
+            break;
+        }
+    }
+    let found: Vec<Found> = walk
+        .models()
+        .iter()
+        .filter_map(|m| {
+            let n = profile::body_len(m)?;
+            Some(Found {
+                model: m.clone(),
+                words: read(m.start, n)?,
+            })
+        })
+        .collect();
+    let Some(block) = profile::block("fuzz", "the fuzzer", &found) else {
+        return;
+    };
+    let text = format!(
+        "[site]\nid = \"s\"\ngateway = \"g\"\n[[devices]]\nid = \"bat\"\nzone = \"z\"\n\
+         address = \"127.0.0.1:502\"\nprofile = \"fuzz\"\n{block}"
+    );
+    if let Err(e) = Config::from_toml(&text, Role::Gateway) {
+        panic!("discover wrote a profile check-config refuses: {e:?}\n{block}");
+    }
 }
 
 /// A scratch directory of this thread, emptied before each use.

@@ -49,8 +49,9 @@ pub struct Telemetry {
     /// The device's points, whose ids name the values.
     pub names: Arc<[Point]>,
     /// (index in `names`, engineering value), sorted by point id; points that could not be
-    /// read are absent.
-    pub points: Vec<(usize, f64)>,
+    /// read are absent; a point whose device answered its `sentinel` ("no value", not a fault)
+    /// is `None`, published as `null`.
+    pub points: Vec<(usize, Option<f64>)>,
     pub quality: Quality,
 }
 
@@ -59,7 +60,7 @@ impl Telemetry {
     pub fn new(
         time: String,
         names: Arc<[Point]>,
-        mut points: Vec<(usize, f64)>,
+        mut points: Vec<(usize, Option<f64>)>,
         quality: Quality,
     ) -> Telemetry {
         points.sort_unstable_by(|a, b| id_of(&names, a.0).cmp(id_of(&names, b.0)));
@@ -72,7 +73,7 @@ impl Telemetry {
     }
 
     /// (point id, value), as published.
-    pub fn values(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
+    pub fn values(&self) -> impl Iterator<Item = (&str, Option<f64>)> + '_ {
         self.points.iter().map(|&(i, v)| (id_of(&self.names, i), v))
     }
 
@@ -114,7 +115,8 @@ impl Serialize for Telemetry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
-    /// Every point was read and is within its sensor's valid range.
+    /// Every point was read and is within its sensor's valid range (a `null` point, which the
+    /// device says it has no value for, is no fault).
     Good,
     /// Reserved by the SPEC for values that are old; this gateway sends fresh values or none.
     Stale,

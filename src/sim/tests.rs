@@ -345,6 +345,7 @@ fn a_unit_range_is_every_unit_of_the_bus() -> anyhow::Result<()> {
 async fn a_missing_serial_port_is_named() {
     let bus = SimBus {
         also_units: vec![],
+        sunspec: false,
         rtu: Some(RtuPort {
             path: "/nonexistent/tty-emberwatch".into(),
             baud: 19200,
