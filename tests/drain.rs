@@ -184,6 +184,10 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
         req.get("drill").is_none(),
         "a real drain is not marked drill"
     );
+    assert_eq!(
+        req["gateway"], "gw-t",
+        "the request says which gateway asks (two of a pair may)"
+    );
     rig.expect(STATUS, |v| {
         v["drain_id"] == id.as_str()
             && v["state"] == "requested"
@@ -266,10 +270,12 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
 
     // Back to normal: cancelled, clearance withdrawn, agents restore.
     rig.set_cell_temp(25.0).await;
-    rig.expect(REQUEST, |v| {
-        v["drain_id"] == id.as_str() && v["state"] == "cancelled"
-    })
-    .await;
+    let cancelled = rig
+        .expect(REQUEST, |v| {
+            v["drain_id"] == id.as_str() && v["state"] == "cancelled"
+        })
+        .await;
+    assert_eq!(cancelled["gateway"], "gw-t");
     rig.expect(CLEARANCE, |v| {
         v["clear"] == false && v["drain_id"] == id.as_str()
     })

@@ -62,21 +62,6 @@ impl Topics {
         format!("{}/status", self.gateway)
     }
 
-    /// `P/gateways/+/status`: every gateway's retained status (drain agents watch which
-    /// gateway of a pair is active).
-    pub fn gateway_statuses_filter(&self) -> String {
-        format!("{}/gateways/+/status", self.root)
-    }
-
-    /// The gateway id of a `P/gateways/{gateway}/status` topic; `None` for any other topic.
-    pub fn status_gateway<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        let gw = topic
-            .strip_prefix(self.root.as_str())?
-            .strip_prefix("/gateways/")?
-            .strip_suffix("/status")?;
-        (!gw.is_empty() && !gw.contains('/')).then_some(gw)
-    }
-
     /// `P/alarms/{zone}/{device}/{point}/{rule}`: one alarm's events.
     pub fn alarm(&self, zone: &str, device: &str, point: &str, rule: &str) -> String {
         format!("{}/alarms/{zone}/{device}/{point}/{rule}", self.root)
@@ -185,6 +170,21 @@ impl Topics {
     /// `P/power/{zone}/clearance`: retained, advisory: power may be cut.
     pub fn power_clearance(&self, zone: &str) -> String {
         format!("{}/power/{zone}/clearance", self.root)
+    }
+
+    /// `P/gateways/+/status`: every gateway's retained status (drain agents watch which
+    /// gateway of a pair is active).
+    pub fn gateway_statuses_filter(&self) -> String {
+        format!("{}/gateways/+/status", self.root)
+    }
+
+    /// The gateway id of a `P/gateways/{gateway}/status` topic; `None` for any other topic.
+    pub fn status_gateway<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let gw = topic
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("/gateways/")?
+            .strip_suffix("/status")?;
+        (!gw.is_empty() && !gw.contains('/')).then_some(gw)
     }
 }
 
