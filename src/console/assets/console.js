@@ -243,14 +243,15 @@
     let health = g.state || "unknown";
     if (health === "online" && g.role === "standby") health = "standby";
     const text = {
-      online: g.role === "active" ? "★ ACTIVE" : "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
+      // A gateway alone is active too (its status says so); only a pair's active one is marked.
+      online: g.role === "active" && g.peer ? "★ ACTIVE" : "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
     }[health] || "? " + health.toUpperCase();
     const missing = (g.missing || []).map(([a, b]) => (a === b ? String(a) : a + "–" + b));
     const outbox = g.outbox && g.outbox.undelivered !== undefined ? "outbox " + g.outbox.undelivered + " undelivered" : null;
-    const role = g.role && g.state === "online"
+    const role = g.role && g.peer && g.state === "online"
       ? g.role + (g.role_since ? " since " + fmtTime(g.role_since) : "") + (g.role_reason ? ": " + g.role_reason : "")
       : null;
-    return h("article", { class: "gw gw-" + health + (g.role === "active" && health === "online" ? " gw-active" : ""), "data-gateway": g.gateway, "data-state": health, "data-role": g.role || "" },
+    return h("article", { class: "gw gw-" + health + (g.role === "active" && g.peer && health === "online" ? " gw-active" : ""), "data-gateway": g.gateway, "data-state": health, "data-role": g.role || "" },
       h("h3", {}, g.gateway), h("div", { class: "detail" }, g.site + (g.peer ? " · pair with " + g.peer : "")),
       h("div", { class: "state" }, text),
       role ? h("div", { class: "detail role" }, role) : null,
