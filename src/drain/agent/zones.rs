@@ -23,6 +23,10 @@ use std::collections::BTreeMap;
 
 use super::{AgentState, Stage};
 
+/// Gateways remembered at most: statuses come from the broker, so a flood of made-up gateway
+/// ids must not grow the agent without bound (a site has a handful).
+pub const MAX_GATEWAYS: usize = 256;
+
 /// What the agent knows of each gateway from `P/gateways/{gw}/status`.
 #[derive(Debug, Default, Clone)]
 pub struct Gateways(BTreeMap<String, Standing>);
@@ -54,6 +58,11 @@ impl Gateways {
             (Some(_), _) => Standing::Gone,
             (None, _) => return Err(format!("status of gateway {gateway}: no \"state\"")),
         };
+        if self.0.len() >= MAX_GATEWAYS && !self.0.contains_key(gateway) {
+            return Err(format!(
+                "status of gateway {gateway}: already {MAX_GATEWAYS} gateways known; not remembered"
+            ));
+        }
         Ok(self.0.insert(gateway.to_string(), standing) != Some(standing))
     }
 
@@ -232,6 +241,27 @@ mod tests {
         assert_eq!(
             gws.update("gw-b1", br#"{"role":"active"}"#).unwrap_err(),
             "status of gateway gw-b1: no \"state\""
+        );
+    }
+
+    #[test]
+    fn made_up_gateways_do_not_grow_the_agent_without_bound() {
+        let mut gws = Gateways::default();
+        for i in 0..MAX_GATEWAYS {
+            gws.update(&format!("gw-{i}"), br#"{"state":"offline"}"#)
+                .unwrap();
+        }
+        assert_eq!(
+            gws.update("gw-x", br#"{"state":"offline"}"#).unwrap_err(),
+            "status of gateway gw-x: already 256 gateways known; not remembered"
+        );
+        assert!(
+            gws.may_ask(Some("gw-x")),
+            "not remembered: counts as asking"
+        );
+        assert!(
+            status(&mut gws, "gw-0", r#"{"state":"online"}"#),
+            "a known one still updates"
         );
     }
 
