@@ -5,6 +5,9 @@
 //! publish. The real `emberwatch run` twice, the real drain agent, the real console on A, two
 //! real mosquittos and the simulator.
 //!
+//! The two are a redundant pair (`[redundancy]`): apart, each is active; together again, gw-b2
+//! steps down by priority.
+//!
 //! What must hold: both gateways request a drain of the room, each under its own `drain_id`,
 //! and the agent drains the room once; once the bridge is back the console holds both
 //! gateways' events, tracks their gaps apart, and shows one alarm per key; back to normal, the
@@ -29,8 +32,16 @@ const SOON: Duration = Duration::from_secs(20);
 
 /// The harness's gateway as `name`, on broker `mqtt_port`, draining room-1 through lb-1.
 fn gateway(name: &str, mqtt_port: u16, sim_port: u16, dir: &Path) -> String {
-    let drain = "\n[drain]\ntrigger = \"critical\"\ndeadline = \"60s\"\nagents = [\"lb-1\"]\n";
-    gateway_config(mqtt_port, sim_port, dir, drain)
+    let (peer, priority) = if name == "gw-b1" {
+        ("gw-b2", 1)
+    } else {
+        ("gw-b1", 2)
+    };
+    let extra = format!(
+        "\n[drain]\ntrigger = \"critical\"\ndeadline = \"60s\"\nagents = [\"lb-1\"]\n\
+         \n[redundancy]\npeer = \"{peer}\"\npriority = {priority}\n"
+    );
+    gateway_config(mqtt_port, sim_port, dir, &extra)
         .replace("gateway = \"gw-t\"", &format!("gateway = \"{name}\""))
 }
 
@@ -82,7 +93,8 @@ async fn a_split_brain_drains_the_room_once_and_the_console_merges_both_gateways
     let console = Console::start(broker_a.port(), console_dir.path(), &["test-site"]).await;
     let online = |gw: &str| {
         let topic = format!("{P}/gateways/{gw}/status");
-        move |t: &str, j: &Value| t == topic && j["state"] == "online"
+        // Neither sees the other: both are active.
+        move |t: &str, j: &Value| t == topic && j["state"] == "online" && j["role"] == "active"
     };
     sub_a
         .next_matching(online("gw-b1"), SOON)
@@ -153,6 +165,15 @@ async fn a_split_brain_drains_the_room_once_and_the_console_merges_both_gateways
     // The bridge is back: the console on A hears gw-b2 too and fills its gap from gw-b2's
     // journal; the two gateways' seqs are tracked apart, one alarm per key is shown.
     bridge.restore();
+    // The two see each other again: one steps down, by priority.
+    let down = sub_a
+        .expect_where(
+            &format!("{P}/gateways/gw-b2/status"),
+            |j| j["role"] == "standby",
+            SOON,
+        )
+        .await;
+    assert_eq!(down["role_reason"], "both active: gw-b1 wins by priority 1");
     let gws = console
         .until(
             "/api/gateways",
