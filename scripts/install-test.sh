@@ -207,6 +207,29 @@ user=$(inside stat -c %U "/proc/$(show MainPID)")
 ok "the daemon runs as user emberwatch"
 step "install and start done"
 
+# The console: installed but inactive until configured; configured as the README says (the
+# example file, one user, the users file given to the service user), it serves /healthz and
+# lists the running gateway.
+[ "$(inside systemctl is-active emberwatch-console)" = inactive ] \
+    || fail "the console started before the operator configured it"
+inside cp /usr/share/doc/emberwatch/examples/console.toml /etc/emberwatch/console.toml
+echo 'night-shift-pw' | inside /usr/bin/emberwatch console-user --users /etc/emberwatch/console.users kim \
+    >/dev/null 2>&1 || fail "console-user could not add a user"
+inside chown emberwatch:emberwatch /etc/emberwatch/console.users
+inside systemctl enable --now emberwatch-console || fail "systemctl enable --now emberwatch-console failed"
+http_get() {
+    inside bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n" "$1" >&3; cat <&3' _ "$1" 2>/dev/null
+}
+console_up() { http_get /healthz | head -n 1 | grep -q ' 200'; }
+until_ok 30 console_up || fail "the console's /healthz is not 200: $(http_get /healthz | head -n 1)"
+lists_gateway() { http_get /api/gateways | grep -q '"gw-b1"'; }
+until_ok 20 lists_gateway || fail "the console does not list gw-b1: $(http_get /api/gateways | tail -n 1)"
+cuser=$(inside stat -c %U "/proc/$(inside systemctl show -p MainPID --value emberwatch-console)")
+[ "$cuser" = emberwatch ] || fail "the console runs as $cuser, not emberwatch"
+ok "the console, configured from the example, runs as emberwatch, answers /healthz 200 and lists gw-b1"
+step "console done"
+
 # The watchdog: pings arrive while the daemon works...
 wd=$(show WatchdogTimestampMonotonic)
 [ "$wd" != 0 ] || fail "no watchdog ping received"
@@ -244,6 +267,7 @@ inside systemctl start emberwatch || fail "restart before purge failed"
 inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y emberwatch >"$dir/apt.log" 2>&1 \
     || { cat "$dir/apt.log" >&2; fail "apt-get purge failed"; }
 [ "$(show ActiveState)" = inactive ] || fail "the service is $(show ActiveState) after purge"
+[ "$(inside systemctl is-active emberwatch-console)" != active ] || fail "the console still runs after purge"
 offline || fail "status after purge is not offline: $(status)"
 inside test ! -e /var/lib/emberwatch || fail "/var/lib/emberwatch is left after purge"
 ok "purged while running: stopped, offline, state removed"

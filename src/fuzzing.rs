@@ -91,23 +91,53 @@ fn encode_all(msgs: &[Outgoing]) {
 
 /// Hands one poll's decoded points to a fresh engine, then lets a minute pass.
 fn evaluate(device: usize, points: Vec<PointReading>) {
-    let mut engine = Engine::new(cfg().clone(), 0);
-    let now = Now::system();
-    let reading = Reading {
-        device,
-        at: now,
-        latency: Duration::from_millis(3),
-        outcome: Ok(points),
-    };
-    let out = engine.on_reading(&reading);
-    encode_all(&out.messages);
-    let again = Reading {
-        at: now.after(Duration::from_secs(2)),
-        ..reading
-    };
-    encode_all(&engine.on_reading(&again).messages);
-    encode_all(&engine.tick(now.after(Duration::from_secs(60))).messages);
-    encode_all(&engine.zone_statuses(now));
+    let mut run = Run::new();
+    run.poll(device, points);
+    run.finish();
+}
+
+/// One engine for one input, fed poll after poll two seconds apart as the gateway's would be,
+/// then left a minute for its timers: a stream of many readings (serial lines) costs one
+/// engine, not one per reading, so a campaign spends its time on the input, not on set-up.
+struct Run {
+    engine: Engine,
+    now: Now,
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            engine: Engine::new(cfg().clone(), 0),
+            now: Now::system(),
+        }
+    }
+
+    /// One reading of `device`, then the same again (a repeat must change nothing new).
+    fn poll(&mut self, device: usize, points: Vec<PointReading>) {
+        let reading = Reading {
+            device,
+            at: self.now,
+            latency: Duration::from_millis(3),
+            outcome: Ok(points),
+        };
+        encode_all(&self.engine.on_reading(&reading).messages);
+        self.now = self.now.after(Duration::from_secs(2));
+        let again = Reading {
+            at: self.now,
+            ..reading
+        };
+        encode_all(&self.engine.on_reading(&again).messages);
+    }
+
+    fn finish(mut self) {
+        encode_all(
+            &self
+                .engine
+                .tick(self.now.after(Duration::from_secs(60)))
+                .messages,
+        );
+        encode_all(&self.engine.zone_statuses(self.now));
+    }
 }
 
 /// A little-endian u16 off the front of `data`, for the harness's own framing.
@@ -219,29 +249,37 @@ pub fn rtu_reply(data: &[u8]) {
 }
 
 /// Serial-lines sensors: the byte stream split into lines, each parsed by both formats
-/// (`KEY=VALUE` and a device `pattern`) and evaluated.
+/// (`KEY=VALUE` and a device `pattern`) and evaluated by one engine, line after line.
 ///
 /// Input: `[chunk size]` then the bytes the port delivers.
 pub fn serial_lines(data: &[u8]) {
     let mut rest = data;
     let chunk = usize::from(take(&mut rest, 1).first().copied().unwrap_or(0)).max(1);
-    let devices: Vec<(usize, &Device, Format)> = cfg()
-        .devices
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| matches!(d.transport, Transport::SerialLines { .. }))
-        .filter_map(|(i, d)| Format::of(d).ok().map(|f| (i, d, f)))
-        .collect();
+    thread_local! {
+        // Built once: a `pattern` format compiles a regular expression, which would otherwise
+        // be most of the cost of an input.
+        static DEVICES: Vec<(usize, &'static Device, Format)> = cfg()
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d.transport, Transport::SerialLines { .. }))
+            .filter_map(|(i, d)| Format::of(d).ok().map(|f| (i, d, f)))
+            .collect();
+    }
     let mut splitter = Splitter::default();
-    for piece in rest.chunks(chunk) {
-        for line in splitter.push(piece).into_iter().flatten() {
-            for (index, dev, format) in &devices {
-                if let Ok(fields) = format.fields(&line) {
-                    evaluate(*index, lines::points(dev, &fields));
+    let mut run = Run::new();
+    DEVICES.with(|devices| {
+        for piece in rest.chunks(chunk) {
+            for line in splitter.push(piece).into_iter().flatten() {
+                for (index, dev, format) in devices {
+                    if let Ok(fields) = format.fields(&line) {
+                        run.poll(*index, lines::points(dev, &fields));
+                    }
                 }
             }
         }
-    }
+    });
+    run.finish();
 }
 
 /// Operator commands: `cmd/{name}` bodies parsed and applied to a fresh engine.

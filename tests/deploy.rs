@@ -64,6 +64,30 @@ fn drain_agent_unit_is_hardened() {
     assert!(score <= 1.3, "exposure {score} > 1.3");
 }
 
+#[test]
+fn console_unit_is_hardened_and_waits_for_its_configuration() {
+    if !has_systemd_analyze() {
+        panic!("systemd-analyze is missing: scripts/test.sh installs systemd");
+    }
+    let unit = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/emberwatch-console.service"
+    );
+    let score = exposure(unit);
+    assert!(score <= 1.3, "exposure {score} > 1.3");
+    let text = std::fs::read_to_string(unit).expect("unit file");
+    for line in [
+        "ConditionPathExists=/etc/emberwatch/console.toml",
+        "ExecStart=/usr/bin/emberwatch console --config /etc/emberwatch/console.toml",
+        "EMBERWATCH__CONSOLE__DATABASE=/var/lib/emberwatch/console.db",
+        "StateDirectory=emberwatch",
+        "PrivateDevices=yes",
+        "UMask=0077",
+    ] {
+        assert!(text.contains(line), "{unit} lacks {line}");
+    }
+}
+
 mod common;
 
 /// systemd's side of `Type=notify` and `WatchdogSec=`: a datagram socket the daemon writes to.

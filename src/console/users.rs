@@ -128,7 +128,9 @@ fn hash_password(password: &str) -> Result<String, UsersError> {
 }
 
 /// Adds `name` with `password`, or replaces their password; the file is rewritten atomically
-/// with mode 0600 (it holds hashes: no one else needs to read it).
+/// with mode 0600 (it holds hashes: no one else needs to read it), keeping the owner of the file
+/// it replaces, so a file an operator gave to the console's service user (`chown emberwatch`)
+/// stays readable by the console after root adds a user.
 pub fn set(path: &Path, name: &str, password: &str) -> Result<(), UsersError> {
     check_name(name)?;
     if password.is_empty() {
@@ -156,9 +158,28 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), UsersError> {
         .open(&tmp)
         .map_err(|e| file_error(&tmp, format!("cannot write: {e}")))?;
     // `mode` applies only when the file is created; a stale temporary keeps its own.
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|_| f.write_all(bytes))
+        .map_err(|e| file_error(&tmp, format!("cannot write: {e}")))?;
+    if let Ok(old) = std::fs::metadata(path) {
+        let owner = (old.uid(), old.gid());
+        let mine = f.metadata().map(|m| (m.uid(), m.gid())).ok();
+        if mine != Some(owner) {
+            // Only root may give a file away; anyone else writes their own file, as before.
+            std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(|e| {
+                file_error(
+                    &tmp,
+                    format!(
+                        "cannot give it the owner of {} (uid {}, gid {}): {e}",
+                        path.display(),
+                        owner.0,
+                        owner.1
+                    ),
+                )
+            })?;
+        }
+    }
+    f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(|e| file_error(&tmp, format!("cannot write: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| file_error(path, format!("cannot replace: {e}")))
@@ -217,6 +238,27 @@ mod tests {
         let u = Users::load(&path).unwrap();
         assert_eq!(u.len(), 2, "replaced, not added");
         assert!(u.verify("kim", "new") && !u.verify("kim", "s3cret"));
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_owner_the_operator_gave_the_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.users");
+        set(&path, "kim", "s3cret").unwrap();
+        // Giving a file away needs root; as anyone else the owner cannot differ to begin with.
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_err() {
+            eprintln!("SKIPPED: not root, cannot chown the users file to test keeping its owner");
+            return;
+        }
+        set(&path, "lee", "other").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (65534, 65534),
+            "the owner survives a rewrite"
+        );
+        assert_eq!(Users::load(&path).unwrap().len(), 2);
     }
 
     #[test]
