@@ -53,7 +53,7 @@ fn gateway_toml(mqtt: u16, sim: SocketAddr, storage: &Path) -> String {
     for d in 0..DEVICES {
         s.push_str(&format!(
             "[[devices]]\nid = \"rack-{d:02}\"\nzone = \"room-{}\"\naddress = \"{sim}\"\n\
-             poll_interval = \"500ms\"\ntimeout = \"2s\"\n",
+             poll_interval = \"1s\"\ntimeout = \"1s\"\n",
             d % 4
         ));
         for m in 1..=16u16 {
@@ -101,8 +101,9 @@ async fn watch_gateway(mqtt: u16) -> (watch::Receiver<u64>, watch::Receiver<Opti
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    // Republished every heartbeat: only a new seq is a change.
                     if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
-                        let _ = seq_tx.send(seq);
+                        seq_tx.send_if_modified(|v| std::mem::replace(v, seq) != seq);
                     }
                 }
                 Ok(_) => {}
