@@ -65,6 +65,7 @@ async fn bench() {
         },
         SimBus {
             also_units: vec![],
+            sunspec: false,
             rtu: Some(RtuPort {
                 path: d.join("slave"),
                 baud: 19200,

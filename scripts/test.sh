@@ -3,7 +3,8 @@
 # integration tests drive (mosquitto, the broker they start on free ports; socat and mbpoll, for
 # serial and Modbus checks; haproxy and curl, for the drain hooks in deploy/hooks/; systemd-analyze,
 # for the units in deploy/; prometheus-alertmanager, which the console pages through; chromium and
-# chromium-driver, the real browser the console page is tested in) when any is missing, then `cargo test --locked` (library, binary and
+# chromium-driver, the real browser the console page is tested in) and pysunspec2 (PyPI, for the
+# SunSpec cross-check) when any is missing, then `cargo test --locked` (library, binary and
 # integration tests; benches are built by clippy in CI but not run here). Exits with cargo's status.
 #
 # No mosquitto service needs to be running: every test starts its own broker.
@@ -52,6 +53,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+
+# pysunspec2, the SunSpec Alliance's own client, cross-checks `emberwatch sim --sunspec` in
+# tests/sunspec.rs (through tests/sunspec_client.py). Pinned; a Debian python3 that refuses pip
+# outside a virtual environment (PEP 668) gets --break-system-packages for this one package.
+PYSUNSPEC2="pysunspec2==1.3.7"
+if have python3 && ! python3 -c 'import sunspec2' >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1 && have apt-get; then
+        sudo=""
+        if [ "$(id -u)" -ne 0 ]; then
+            sudo="sudo"
+        fi
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-pip
+    fi
+    echo "scripts/test.sh: installing $PYSUNSPEC2" >&2
+    python3 -m pip install --quiet "$PYSUNSPEC2" 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages "$PYSUNSPEC2" ||
+        echo "scripts/test.sh: could not install $PYSUNSPEC2: tests/sunspec.rs will say SKIPPED" >&2
 fi
 
 # A system broker (started by the package) is harmless to the tests, which use free ports, but it

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::message::CommandResult;
 
 /// Every command name this gateway takes, for the answer to one it does not.
-pub const NAMES: [&str; 5] = ["ack", "shelve", "service", "drill", "replay"];
+pub const NAMES: [&str; 6] = ["ack", "shelve", "service", "drill", "replay", "switchover"];
 
 /// The largest command body taken, in bytes. A real command is a few hundred bytes; anything
 /// near this is a mistake or an attack, refused before it is parsed so that a flood of large
@@ -33,6 +33,17 @@ pub enum Command {
     Service(Service),
     Drill(Drill),
     Replay(Replay),
+    Switchover(Switchover),
+}
+
+/// `cmd/switchover`: `{}` or `{"by": NAME}`: the active gateway of a redundant pair hands over
+/// to its standby peer (maintenance). `emberwatch switchover` sends it, hence `Serialize`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Switchover {
+    /// Who asked: named in both gateways' `role_reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// `cmd/ack`: `{"alarm": KEY}` or `{"alarm": "*"}`, optionally `"zone"`.
@@ -233,6 +244,11 @@ impl Command {
                 .map(Command::Drill)
                 .map_err(|e| refuse(format!("cmd/drill wants {{\"zone\": ZONE}}: {e}"))),
             "replay" => Replay::parse(payload).map(Command::Replay),
+            "switchover" => {
+                let s: Switchover = json(name, payload)?;
+                operator(name, s.by.as_deref())?;
+                Ok(Command::Switchover(s))
+            }
             other => Err(refuse(format!(
                 "unknown command {other:?} (this gateway takes {})",
                 names()
@@ -248,6 +264,7 @@ impl Command {
             Command::Service(_) => "service",
             Command::Drill(_) => "drill",
             Command::Replay(_) => "replay",
+            Command::Switchover(_) => "switchover",
         }
     }
 }
@@ -306,7 +323,7 @@ fn operator(name: &str, by: Option<&str>) -> Result<(), Refused> {
     ))
 }
 
-/// "ack, shelve, service, drill and replay".
+/// "ack, shelve, service, drill, replay and switchover".
 fn names() -> String {
     let (last, rest) = NAMES.split_last().unwrap_or((&"", &[]));
     format!("{} and {last}", rest.join(", "))
@@ -407,6 +424,18 @@ mod tests {
                     reply_to: "ops/replay".into(),
                 }),
             ),
+            (
+                "switchover",
+                "{}",
+                Command::Switchover(Switchover::default()),
+            ),
+            (
+                "switchover",
+                r#"{"by":"alice"}"#,
+                Command::Switchover(Switchover {
+                    by: Some("alice".into()),
+                }),
+            ),
         ];
         for (name, body, want) in cases {
             let got = Command::parse(name, body.as_bytes());
@@ -475,6 +504,8 @@ mod tests {
                 "unknown field `to_seq`",
             ),
             ("replay", r#"{"from_seq":1}"#, "expected {\"from_seq\": N"),
+            ("switchover", r#"{"now":true}"#, "unknown field `now`"),
+            ("switchover", r#"{"by":""}"#, "\"by\" (the operator's name) must not be blank"),
             (
                 "replay",
                 r#"{"from_seq":1,"reply_to":"a/#"}"#,
@@ -488,7 +519,7 @@ mod tests {
             (
                 "reboot",
                 "{}",
-                "unknown command \"reboot\" (this gateway takes ack, shelve, service, drill and replay)",
+                "unknown command \"reboot\" (this gateway takes ack, shelve, service, drill, replay and switchover)",
             ),
         ];
         for (name, body, want) in cases {

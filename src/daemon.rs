@@ -17,12 +17,14 @@ use crate::clock::Now;
 use crate::command::Command;
 use crate::config::Config;
 use crate::drain::{DrainHandle, DrainService};
-use crate::engine::Engine;
+use crate::engine::{Engine, Output};
 use crate::fieldbus;
+use crate::message::CommandResult;
 use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
 use crate::mqtt::{self, DurableOutbox, Farewell};
 use crate::outbox::OutboxError;
+use crate::pair::{self, service::Roles, Change, Role};
 use crate::supervision::{Supervision, LINK_STALL};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,18 +151,22 @@ async fn serve_generation(
     // The heartbeat reports it even when the journal that held it has aged out.
     durable.note_seq(last_seq);
     let cfg = Arc::new(cfg);
+    let mut engine = Engine::restore(cfg.clone(), snapshot);
+    // Alone: active. Of a pair: standby until the peer's status (or its absence) decides;
+    // the very first status the link publishes says so.
+    let mut roles = Roles::new(&cfg, &engine, Now::system());
+    durable.set_role(roles.status());
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
-    let link = mqtt::connect_durable(
-        &cfg,
-        crate::drain::service::link_options(&cfg),
-        mqtt_cancel.clone(),
-        durable,
-    )
-    .await?;
+    let mut opts = crate::drain::service::link_options(&cfg);
+    pair::service::subscribe(&cfg, &mut opts);
+    let link = mqtt::connect_durable(&cfg, opts, mqtt_cancel.clone(), durable).await?;
     // Drain coordination (issue 5): sees every zone status, takes cmd/drill and the
     // acks/presence arriving on the link (`incoming`); stopped after the engine, before MQTT.
     let (publisher, mut commands, incoming, link) = link.into_parts();
+    // A gateway of a redundant pair: the peer's status and what the pair published come to
+    // this loop, the drain's acks and presence to the drain task.
+    let (incoming, mut pair_in) = pair::service::split(&cfg, incoming);
     // Missing drain agents become alarms in the engine's table (`_drain/{agent}/agent-offline`).
     let (fault_tx, mut agent_faults) = mpsc::channel(64);
     let (drain, drain_service) =
@@ -193,14 +199,26 @@ async fn serve_generation(
 
     let tracker = TaskTracker::new();
     let (tx, mut rx) = mpsc::channel(1024);
-    let counters = fieldbus::spawn_pollers(&cfg, tx, &cancel, &tracker);
+    // Alone, every device is polled from the start. Of a pair, Modbus TCP devices are polled
+    // whatever the role (warm standby); serial buses (one master) only while active.
+    let counters = fieldbus::Counters::new(cfg.devices.len());
+    let masters = if cfg.redundancy.is_some() {
+        fieldbus::Masters::Shared
+    } else {
+        fieldbus::Masters::All
+    };
+    fieldbus::spawn_masters(&cfg, tx.clone(), &cancel, &tracker, &counters, masters);
+    // Weak: the loop below ends when the pollers drop their senders.
+    let serial_tx = tx.downgrade();
+    drop(tx);
+    let mut serial: Option<CancellationToken> = None;
     tracker.close();
 
-    let mut engine = Engine::restore(cfg.clone(), snapshot);
     // Alarms whose source left the configuration end with an event saying so, then every
     // zone says where it stands.
     let mut first = engine.retire_orphans(Now::system());
     first.messages.extend(engine.zone_statuses(Now::system()));
+    drain.set_active(roles.role() == Role::Active);
     let mut supervision = Supervision::new(&cfg);
 
     let mut result = Ok(());
@@ -212,7 +230,9 @@ async fn serve_generation(
     let mut pending = Some(first);
     // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
     loop {
-        let out = match pending.take() {
+        // A change of role decided by this turn's input (pair only).
+        let mut change: Option<Change> = None;
+        let mut out = match pending.take() {
             Some(out) => out,
             None => tokio::select! {
                 r = rx.recv() => match r {
@@ -224,6 +244,28 @@ async fn serve_generation(
                     None => break,
                 },
                 Some(cmd) = commands.recv() => match cmd {
+                    Ok(Command::Switchover(s)) => {
+                        let result = match roles.switchover(s.by.as_deref(), Now::system()) {
+                            Ok(c) => {
+                                let reason = format!("{} hands over to its peer: {}", cfg.site.gateway, c.reason);
+                                change = Some(c);
+                                CommandResult { command: "switchover".into(), ok: true, reason: Some(reason) }
+                            }
+                            Err(reason) => {
+                                tracing::warn!(command = "switchover", %reason, "command refused");
+                                CommandResult { command: "switchover".into(), ok: false, reason: Some(reason) }
+                            }
+                        };
+                        Output { events: Vec::new(), messages: vec![Outgoing::CommandResult(result)] }
+                    }
+                    // A standby publishes nothing of the alarm table or the drain: refused,
+                    // naming the active gateway.
+                    Ok(cmd) if roles.refusal().is_some() => {
+                        let reason = roles.refusal().unwrap_or_default();
+                        tracing::warn!(command = %cmd.name(), %reason, "command refused");
+                        let result = CommandResult { command: cmd.name().into(), ok: false, reason: Some(reason) };
+                        Output { events: Vec::new(), messages: vec![Outgoing::CommandResult(result)] }
+                    }
                     Ok(Command::Drill(drill)) => {
                         drain.drill(drill).await;
                         continue;
@@ -231,9 +273,14 @@ async fn serve_generation(
                     // The alarm table's commands, and every refusal (answered on `cmd/result`).
                     cmd => engine.on_command(cmd, Now::system()),
                 },
+                Some(m) = pair_in.recv() => {
+                    change = roles.on_inbound(&m, &mut engine, Now::system());
+                    Output::default()
+                }
                 Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
                 _ = ticker.tick() => {
                     supervision.tick(&cfg, &publisher.stalled_links(LINK_STALL));
+                    change = roles.tick(publisher.is_connected(), Now::system());
                     // Nobody scrapes without `[metrics]`: skip the refresh (it walks every zone,
                     // device and drain each second).
                     if metrics_task.is_some() {
@@ -247,6 +294,61 @@ async fn serve_generation(
                 }
             },
         };
+        if let Some(c) = &change {
+            let now = Now::system();
+            tracing::info!(role = c.role.as_str(), reason = %c.reason, "pair: role changed");
+            roles.became(c, &engine, now);
+            if let Some(o) = publisher.outbox() {
+                o.set_role(roles.status());
+            }
+            match c.role {
+                Role::Active => {
+                    // Serial buses are this gateway's now; alarms are published once every
+                    // device has been read again (`Roles::takeover_due`, below).
+                    if let Some(tx) = serial_tx.upgrade() {
+                        let token = cancel.child_token();
+                        fieldbus::spawn_masters(
+                            &cfg,
+                            tx,
+                            &token,
+                            &tracker,
+                            &counters,
+                            fieldbus::Masters::Single,
+                        );
+                        serial = Some(token);
+                    }
+                }
+                Role::Standby => {
+                    drain.set_active(false);
+                    if let Some(token) = serial.take() {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+        // What this turn produced while still active goes out with the step-down.
+        let stepped_down = change.as_ref().is_some_and(|c| c.role == Role::Standby);
+        if let Some(seq) = roles.standby_seq().filter(|_| !stepped_down) {
+            // Standby: the warm table's events were seen by nobody; only command answers go out.
+            engine.rewind_seq(seq);
+            out.events.clear();
+            out.messages
+                .retain(|m| matches!(m, Outgoing::CommandResult(_)));
+        }
+        // A takeover, once every device has been read again: the alarm table says, once, what
+        // differs from what the pair had published, then every zone's status; the drain task
+        // carries on the pair's drains before it sees them.
+        let took_over = roles.takeover_due(Now::system());
+        if took_over {
+            drain.set_active(true);
+            let reconciled = engine.reconcile(&roles.published(), Now::system());
+            out.events.extend(reconciled.events);
+            out.messages.extend(reconciled.messages);
+        }
+        if !out.events.is_empty() || change.is_some() || took_over {
+            // Active in a pair: the picture the standby follows (nothing while standby).
+            out.messages.extend(roles.picture(&engine, Now::system()));
+        }
         metrics.alarm_events.inc_by(out.events.len() as u64);
         metrics
             .chattering_events
@@ -276,7 +378,10 @@ async fn serve_generation(
                 e.message
             );
         }
-        if !out.events.is_empty() {
+        // A change of role saves too: at a takeover the state reconciled with the pair's, at a
+        // step-down what this gateway published up to here (what a restart must know); never
+        // a standby's (or a settling takeover's) unpublished states.
+        if !out.events.is_empty() || stepped_down || took_over {
             // Saved before the next reading: seq never goes back, and a restart neither
             // raises these alarms again nor forgets an acknowledgement or a shelf. If the
             // save fails, the events are raised all the same (they are in the outbox, and

@@ -82,6 +82,13 @@ pub struct Point {
     /// `field`: serial-lines only: the key (or the pattern's named group) this point's value
     /// comes from. Defaults to the point id.
     pub field: Option<String>,
+    /// `sentinel`: the raw register content (bit pattern of the point's width, as on the wire)
+    /// with which the device says "no value here" (SunSpec's "not implemented": 0x8000 for an
+    /// int16, 0xFFFF for a uint16, ...). Such a reading is no value, never a number and not a
+    /// fault, unless the point is `required`.
+    pub sentinel: Option<u64>,
+    /// `required`: a point whose sentinel is a fault (the device must give this value).
+    pub required: bool,
 }
 
 /// The four Modbus data tables.
@@ -275,6 +282,22 @@ pub enum DecodeError {
     Short { need: usize, got: usize },
     #[error("value is not a number (NaN or infinite)")]
     NotFinite,
+    /// The point's `sentinel`: the device has no value to give (not a reading, and a fault
+    /// only for a `required` point).
+    #[error("reads {sentinel:#X}, the device's \"no value\" (not implemented)")]
+    NoValue { sentinel: u64 },
+}
+
+/// The raw content of a point as one unsigned bit pattern of its width, words joined in its
+/// word order (high word first after reordering): what a `sentinel` is compared with.
+pub fn raw_bits(value_type: ValueType, order: WordOrder, words: &[u16]) -> Option<u64> {
+    let need = usize::from(value_type.width());
+    let words = words.get(..need)?;
+    let fold = |acc: u64, &x: &u16| (acc << 16) | u64::from(x);
+    Some(match order {
+        WordOrder::Big => words.iter().fold(0, fold),
+        WordOrder::Little => words.iter().rev().fold(0, fold),
+    })
 }
 
 /// Decodes one point from the registers that start at its address.
@@ -347,11 +370,14 @@ pub struct Decoded {
 /// Register-table response → the point's value.
 pub fn decode_point(point: &Point, span_start: u16, words: &[u16]) -> Result<Decoded, DecodeError> {
     let off = usize::from(point.address - span_start);
-    let raw = decode_words(
-        point.value_type,
-        point.word_order,
-        words.get(off..).unwrap_or(&[]),
-    )?;
+    let words = words.get(off..).unwrap_or(&[]);
+    // Before decoding: a float sentinel (SunSpec's NaN) must read as "no value", not NaN.
+    if let Some(sentinel) = point.sentinel {
+        if raw_bits(point.value_type, point.word_order, words) == Some(sentinel) {
+            return Err(DecodeError::NoValue { sentinel });
+        }
+    }
+    let raw = decode_words(point.value_type, point.word_order, words)?;
     Ok(Decoded {
         raw,
         value: engineering(point, raw)?,
@@ -391,7 +417,49 @@ mod tests {
             stuck_after: None,
             trouble: Vec::new(),
             field: None,
+            sentinel: None,
+            required: false,
         }
+    }
+
+    #[test]
+    fn a_sentinel_is_no_value_in_either_word_order_and_other_values_decode() {
+        let mut p = point(Table::Holding, 10, ValueType::I16);
+        p.sentinel = Some(0x8000);
+        assert_eq!(
+            decode_point(&p, 10, &[0x8000]),
+            Err(DecodeError::NoValue { sentinel: 0x8000 })
+        );
+        assert_eq!(
+            decode_point(&p, 10, &[0x8001]).map(|d| d.value),
+            Ok(-32767.0)
+        );
+        let mut p = point(Table::Holding, 10, ValueType::U32);
+        p.sentinel = Some(0x8000_0000);
+        p.word_order = WordOrder::Little;
+        assert_eq!(
+            decode_point(&p, 9, &[0, 0x0000, 0x8000]),
+            Err(DecodeError::NoValue {
+                sentinel: 0x8000_0000
+            })
+        );
+        assert_eq!(
+            decode_point(&p, 9, &[0, 0x8000, 0x0000]).map(|d| d.value),
+            Ok(32768.0)
+        );
+        // SunSpec's float32 "not implemented" is a NaN: no value, not a NaN fault.
+        let mut p = point(Table::Holding, 0, ValueType::F32);
+        p.sentinel = Some(0x7FC0_0000);
+        assert_eq!(
+            decode_point(&p, 0, &[0x7FC0, 0]),
+            Err(DecodeError::NoValue {
+                sentinel: 0x7FC0_0000
+            })
+        );
+        assert_eq!(
+            decode_point(&p, 0, &[0x7FC0, 1]),
+            Err(DecodeError::NotFinite)
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("outbox", outbox),
     ("state_json", state_json),
     ("drain_json", drain_json),
+    ("sunspec_chain", sunspec_chain),
 ];
 
 /// The configuration every target decodes against: one device of each transport, points of
@@ -395,6 +396,53 @@ pub fn config(data: &[u8]) {
     let now = Now::system();
     encode_all(&engine.tick(now).messages);
     encode_all(&engine.zone_statuses(now));
+}
+
+/// A SunSpec device's holding registers from 40000 (the input as big-endian words, a read
+/// past them an exception) through `discover`'s chain walk and profile writer; whatever the
+/// map, the profile written must be one `check-config` accepts.
+pub fn sunspec_chain(data: &[u8]) {
+    use crate::sunspec::chain::{is_marker, Walk};
+    use crate::sunspec::profile::{self, Found};
+    const BASE: u16 = 40000;
+    let words: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .collect();
+    let read = |at: u16, n: u16| {
+        let from = usize::from(at.checked_sub(BASE)?);
+        words.get(from..from + usize::from(n)).map(<[u16]>::to_vec)
+    };
+    // A map without the marker is walked all the same, to reach the chain code.
+    let _ = is_marker(&words);
+    let mut walk = Walk::after_marker(BASE);
+    while let Ok(Some(at)) = walk.next_header() {
+        let Some(h) = read(at, 2) else { break };
+        if walk.header(h[0], h[1]).is_err() {
+            break;
+        }
+    }
+    let found: Vec<Found> = walk
+        .models()
+        .iter()
+        .filter_map(|m| {
+            let n = profile::body_len(m)?;
+            Some(Found {
+                model: m.clone(),
+                words: read(m.start, n)?,
+            })
+        })
+        .collect();
+    let Some(block) = profile::block("fuzz", "the fuzzer", &found) else {
+        return;
+    };
+    let text = format!(
+        "[site]\nid = \"s\"\ngateway = \"g\"\n[[devices]]\nid = \"bat\"\nzone = \"z\"\n\
+         address = \"127.0.0.1:502\"\nprofile = \"fuzz\"\n{block}"
+    );
+    if let Err(e) = Config::from_toml(&text, Role::Gateway) {
+        panic!("discover wrote a profile check-config refuses: {e:?}\n{block}");
+    }
 }
 
 /// A scratch directory of this thread, emptied before each use.

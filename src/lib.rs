@@ -25,10 +25,12 @@ pub mod message;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod pair;
 pub mod report;
 pub mod rules;
 pub mod sim;
 pub mod storage;
+pub mod sunspec;
 mod supervision;
 
 /// The version reported on the gateway status topic.

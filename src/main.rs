@@ -45,12 +45,35 @@ enum Command {
     },
     /// Serve a simulated battery rack and UPS over Modbus TCP (register map in the README).
     Sim(emberwatch::sim::SimArgs),
+    /// Find a SunSpec device's models and print a [[profiles]] block for its battery models.
+    ///
+    /// Looks for the "SunS" marker at holding registers 40000, 50000 and 0, walks the model
+    /// chain, prints the models found (id, name, start register, length), then, last on
+    /// standard output and ready to paste into a configuration (or a file given to `include`),
+    /// a [[profiles]] block for the battery models 802 (battery), 803 (lithium-ion bank), 804
+    /// (lithium-ion string) and 805 (lithium-ion module): state of charge and health, voltages,
+    /// current, temperatures and event bitfields, each with its register, type, SunSpec's
+    /// scale factor applied, and its "not implemented" sentinel. Exits 1 with the reason when
+    /// the device has no marker, its chain is broken, or it does not answer.
+    ///
+    /// Example: `emberwatch discover --address 192.0.2.10:502 --unit 3 > profiles/rack.toml`
+    Discover(emberwatch::sunspec::DiscoverArgs),
     /// Run a drain agent: on a drain request for its zones, run its drain hook and acknowledge;
     /// on cancellation, run its restore hook.
     DrainAgent {
         /// Agent configuration file ([site], [mqtt], [storage], [agent]).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Ask the gateway of a redundant pair to hand over to its standby peer (maintenance):
+    /// exits 0 once it stepped down, non-zero with its reason if it refused.
+    Switchover {
+        /// The gateway's configuration file (the one `emberwatch run` uses).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Who asks, named in both gateways' role_reason (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Rehearse a drain of ZONE end to end through the running gateway, every message marked
     /// "drill": true; prints the timeline, exits 0 if every expected agent confirmed.
@@ -157,6 +180,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             emberwatch::sim::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Discover(args) => {
+            emberwatch::sunspec::run_cli(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { keep } => {
             emberwatch::demo::run(keep).await?;
             Ok(ExitCode::SUCCESS)
@@ -174,6 +201,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::ConsoleUser { users, name } => {
             emberwatch::console::users::add_from_stdin(&users, &name)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Switchover { config, by } => {
+            let cfg = load_or_report(&config, Role::Gateway)?;
+            let by = by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
+            match emberwatch::pair::switchover::run(&cfg, by).await {
+                Ok(reason) => {
+                    println!("{}: {reason}", cfg.site.gateway);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Drill { config, zone } => {
             let cfg = load_or_report(&config, Role::Gateway)?;

@@ -40,8 +40,9 @@ pub enum Outgoing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Telemetry {
     pub time: String,
-    /// Engineering values by point id; points that could not be read are absent.
-    pub points: BTreeMap<String, f64>,
+    /// Engineering values by point id; points that could not be read are absent; a point whose
+    /// device answered its `sentinel` ("no value", not a fault) is `null`.
+    pub points: BTreeMap<String, Option<f64>>,
     pub quality: Quality,
 }
 
@@ -49,7 +50,8 @@ pub struct Telemetry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
-    /// Every point was read and is within its sensor's valid range.
+    /// Every point was read and is within its sensor's valid range (a `null` point, which the
+    /// device says it has no value for, is no fault).
     Good,
     /// Reserved by the SPEC for values that are old; this gateway sends fresh values or none.
     Stale,

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::config::{Config, RuleBody};
-use crate::fieldbus;
+use crate::decode::DecodeError;
+use crate::fieldbus::{self, PointError};
 use crate::mqtt::Topics;
 
 /// An error and its causes as one line, each cause said once: `outer: cause: root`.
@@ -95,6 +96,25 @@ pub fn summary(cfg: &Config) -> String {
         let _ = writeln!(s, "    {}", t.telemetry(&d.id));
     }
     let _ = write!(s, "    {}  (commands in)", t.cmd_filter());
+    // A redundant pair (issue 13).
+    if let Some(r) = &cfg.redundancy {
+        let serial = cfg
+            .devices
+            .iter()
+            .filter(|d| !matches!(d.transport, crate::config::Transport::ModbusTcp { .. }))
+            .count();
+        let _ = write!(
+            s,
+            "\n  pair: peer {}, priority {} (lower is active when both are up); {serial} serial \
+             device(s) polled only while active",
+            r.peer, r.priority
+        );
+        let _ = write!(
+            s,
+            "\n    {}  (retained, what the standby follows)",
+            t.pair_of(&cfg.site.gateway)
+        );
+    }
     // Drain coordination (issue 5).
     if let Some(d) = &cfg.drain {
         let _ = write!(
@@ -197,9 +217,29 @@ pub async fn read_once(cfg: &Config, only: Option<&str>) -> bool {
                                 },
                             )
                         }
+                        // The device's "no value" sentinel: shown, and an error only for a
+                        // required point.
+                        Err(PointError::Decode {
+                            source: DecodeError::NoValue { sentinel },
+                            ..
+                        }) if !point.required => (
+                            "null".to_string(),
+                            format!("no value (sentinel {sentinel:#X}: not implemented)"),
+                        ),
                         Err(e) => {
                             all_ok = false;
-                            ("-".to_string(), e.to_string())
+                            let required = if matches!(
+                                e,
+                                PointError::Decode {
+                                    source: DecodeError::NoValue { .. },
+                                    ..
+                                }
+                            ) {
+                                ", and the point is required"
+                            } else {
+                                ""
+                            };
+                            ("-".to_string(), format!("{e}{required}"))
                         }
                     };
                     println!(

@@ -269,7 +269,7 @@ fn run_refuses_a_bad_config_without_panicking() {
 fn every_command_has_help() {
     let o = emberwatch(&["--help"], &[]);
     assert_eq!(o.code, Some(0), "{o}");
-    let commands = ["run", "check-config", "read", "sim", "demo"];
+    let commands = ["run", "check-config", "read", "sim", "demo", "discover"];
     for c in commands {
         assert!(
             o.stdout.contains(c),
@@ -304,6 +304,7 @@ fn sim_help_lists_its_options() {
         "--rtu",
         "--baud",
         "--parity",
+        "--sunspec",
     ] {
         assert!(
             o.stdout.contains(flag),

@@ -232,6 +232,7 @@ fn every_target_has_a_smoke_and_a_corpus() {
         "outbox",
         "state_json",
         "drain_json",
+        "sunspec_chain",
     ];
     let names: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
@@ -283,4 +284,9 @@ fn state_json() {
 #[test]
 fn drain_json() {
     smoke("drain_json");
+}
+
+#[test]
+fn sunspec_chain() {
+    smoke("sunspec_chain");
 }

@@ -10,7 +10,7 @@ mod table;
 
 pub use source::{LinkFault, PointFault, RuleKind, Source};
 pub use store::{Snapshot, StateStore, StoreError};
-pub use table::{Alarm, AlarmTable, CommandError, Condition, Identity};
+pub use table::{Alarm, AlarmTable, CommandError, Condition, Identity, Shared, SharedAlarm};
 
 use serde::{Deserialize, Serialize};
 

@@ -12,6 +12,7 @@ mod drain;
 mod metrics;
 mod points;
 mod profiles;
+mod redundancy;
 mod rules;
 mod site;
 mod storage;
@@ -29,6 +30,7 @@ pub use devices::{Device, Parity, SerialPort, Transport};
 pub use drain::{Agent, Drain};
 pub use metrics::Metrics;
 pub use profiles::Profile;
+pub use redundancy::Redundancy;
 pub use rules::{Rule, RuleBody};
 pub use site::{BrokerUrl, Mqtt, Site};
 pub use storage::Storage;
@@ -106,6 +108,8 @@ pub struct Config {
     pub profiles: Vec<Profile>,
     /// `[console]`: the site console's own settings (required by `emberwatch console`).
     pub console: Option<Console>,
+    /// `[redundancy]`: the other gateway of a hot-standby pair, if this gateway is one of two.
+    pub redundancy: Option<Redundancy>,
 }
 
 /// Which configuration a command needs; a drain agent has no devices.

@@ -39,6 +39,8 @@ pub(super) struct RawPoint {
     stuck_after: Option<String>,
     trouble: Vec<f64>,
     field: Option<String>,
+    sentinel: Option<i64>,
+    required: Option<bool>,
 }
 
 impl Validator {
@@ -143,6 +145,14 @@ impl Validator {
                 None
             }
         };
+        let sentinel = self.sentinel(at, p.sentinel, table, value_type, lines);
+        let required = p.required.unwrap_or(false);
+        if required && sentinel.is_none() {
+            self.problem(
+                format!("{at}.required"),
+                "only a point with a `sentinel` can be required (without one, every reading is a value)",
+            );
+        }
         let stuck_after = p
             .stuck_after
             .map(|s| self.duration(&format!("{at}.stuck_after"), Some(s), Duration::ZERO));
@@ -160,6 +170,52 @@ impl Validator {
             stuck_after,
             trouble: p.trouble,
             field: p.field,
+            sentinel,
+            required,
         }
+    }
+
+    /// `sentinel`: written as the register content (`0x8000`) or, for a signed type, as the
+    /// value it decodes to (`-32768`); kept as the bit pattern of the point's width.
+    fn sentinel(
+        &mut self,
+        at: &str,
+        sentinel: Option<i64>,
+        table: Table,
+        value_type: ValueType,
+        lines: bool,
+    ) -> Option<u64> {
+        let s = sentinel?;
+        if lines || table.is_bits() {
+            self.problem(
+                format!("{at}.sentinel"),
+                "only a point read from registers (holding or input) has a sentinel",
+            );
+            return None;
+        }
+        let bits = 16 * u32::from(value_type.width());
+        let fits = if bits >= 64 {
+            true
+        } else if s >= 0 {
+            s < 1i64 << bits
+        } else {
+            s >= -(1i64 << (bits - 1))
+        };
+        if !fits {
+            self.problem(
+                format!("{at}.sentinel"),
+                format!(
+                    "{s} does not fit the {bits} bits of a {}",
+                    value_type.as_str()
+                ),
+            );
+            return None;
+        }
+        let mask = if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        Some((s as u64) & mask)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{alarms, console, devices, drain, metrics, profiles, rules, site, storage};
+use super::{alarms, console, devices, drain, metrics, profiles, redundancy, rules, site, storage};
 use super::{parse_duration, parse_size, Config, Problem, Role};
 use crate::rules::Severity;
 
@@ -28,6 +28,7 @@ struct RawConfig {
     include: Vec<String>,
     profiles: Vec<profiles::RawProfile>,
     console: Option<console::RawConsole>,
+    redundancy: Option<redundancy::RawRedundancy>,
 }
 
 /// Reads TOML text plus `EMBERWATCH__SECTION__KEY` overrides and validates the result;
@@ -275,6 +276,7 @@ impl Validator {
                 "missing [console] section (listen, database, users_file, sites)",
             );
         }
+        let redundancy = raw.redundancy.map(|r| self.redundancy(r, &site));
         Config {
             site,
             mqtt,
@@ -287,6 +289,7 @@ impl Validator {
             alarms,
             profiles: profiles.into_values().collect(),
             console,
+            redundancy,
         }
     }
 }

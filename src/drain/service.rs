@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::coordinator::{AgentFault, Coordinator, Effects, Persisted};
+use super::coordinator::{AgentFault, Coordinator, Effects, Followed, Persisted};
 use crate::alarms::ZoneStatus;
 use crate::clock::Now;
 use crate::command::Drill;
@@ -37,6 +37,10 @@ pub fn link_options(cfg: &Config) -> LinkOptions {
     if cfg.drain.is_some() {
         let t = Topics::new(cfg);
         opts.subscriptions = vec![t.drain_acks_filter(), t.drain_agents_filter()];
+        if cfg.redundancy.is_some() {
+            // A standby follows the pair's drains, to carry them on if it takes over.
+            opts.subscriptions.extend(Followed::filters(t.root()));
+        }
     }
     opts
 }
@@ -50,6 +54,8 @@ pub struct DrainHandle {
     publisher: Publisher,
     /// The coordinator's state as last saved, for metrics.
     view: watch::Receiver<Persisted>,
+    /// False while this gateway is the standby of a pair: nothing is published.
+    active: watch::Sender<bool>,
 }
 
 impl DrainHandle {
@@ -63,6 +69,12 @@ impl DrainHandle {
                 );
             }
         }
+    }
+
+    /// A gateway of a redundant pair became active (true) or standby (false). A standby's
+    /// coordinator publishes nothing; the daemon gives it no zone statuses.
+    pub fn set_active(&self, active: bool) {
+        self.active.send_replace(active);
     }
 
     /// Every zone's current or last drain, as last saved to `drain.json` (empty without
@@ -114,6 +126,7 @@ impl DrainService {
                 drills: None,
                 publisher,
                 view: watch::channel(Persisted::default()).1,
+                active: watch::Sender::new(true),
             };
             return Ok((handle, DrainService { task: None }));
         };
@@ -129,7 +142,12 @@ impl DrainService {
         let (zone_tx, zones) = mpsc::channel(QUEUE);
         let (drill_tx, drills) = mpsc::channel(QUEUE);
         let (view_tx, view) = watch::channel(coordinator.persisted().clone());
+        // A gateway of a pair starts standby: nothing resumed is published until it is active.
+        let active = watch::Sender::new(cfg.redundancy.is_none());
         let drain_task = DrainTask {
+            active: active.subscribe(),
+            followed: Followed::default(),
+            root: Topics::new(cfg).root().to_string(),
             view: view_tx,
             coordinator,
             store,
@@ -145,6 +163,7 @@ impl DrainService {
             drills: Some(drill_tx),
             publisher,
             view,
+            active,
         };
         Ok((handle, DrainService { task: Some(task) }))
     }
@@ -172,6 +191,11 @@ struct DrainTask {
     incoming: mpsc::Receiver<Inbound>,
     faults: Option<mpsc::Sender<AgentFault>>,
     view: watch::Sender<Persisted>,
+    active: watch::Receiver<bool>,
+    /// While standby: the pair's drains as published, adopted at the takeover.
+    followed: Followed,
+    /// `P`, to recognise the drain messages followed.
+    root: String,
 }
 
 impl DrainTask {
@@ -185,13 +209,32 @@ impl DrainTask {
         let mut incoming_open = true;
         loop {
             let fx = tokio::select! {
+                Ok(()) = self.active.changed() => {
+                    let active = *self.active.borrow_and_update();
+                    self.became(active)
+                }
                 z = self.zones.recv() => match z {
-                    Some(z) => self.coordinator.on_zone(&z, Now::system()),
+                    Some(z) => {
+                        // Taken over just now: carry on the pair's drains before this zone
+                        // status could start a new one.
+                        let mut fx = self.role_changed();
+                        let zone = self.coordinator.on_zone(&z, Now::system());
+                        fx.messages.extend(zone.messages);
+                        fx.faults.extend(zone.faults);
+                        fx
+                    }
                     // The daemon is done: its last zone status has been seen.
                     None => break,
                 },
                 Some(cmd) = self.drills.recv() => self.drill(cmd),
                 m = self.incoming.recv(), if incoming_open => match m {
+                    Some(m) if Followed::wants(&self.root, &m.topic) => {
+                        // Active, these are this gateway's own drains coming back.
+                        if !*self.active.borrow() {
+                            self.followed.on_message(&self.root, &m.topic, &m.payload);
+                        }
+                        Effects::default()
+                    }
                     Some(m) => self.coordinator.on_inbound(&m.topic, &m.payload, Now::system()),
                     None => {
                         incoming_open = false;
@@ -203,6 +246,23 @@ impl DrainTask {
             self.apply(fx).await;
         }
         tracing::debug!("drain: coordinator stopped");
+    }
+
+    /// On becoming active (a takeover), the pair's drains become this coordinator's.
+    fn role_changed(&mut self) -> Effects {
+        if !self.active.has_changed().unwrap_or(false) {
+            return Effects::default();
+        }
+        let active = *self.active.borrow_and_update();
+        self.became(active)
+    }
+
+    fn became(&mut self, active: bool) -> Effects {
+        if active {
+            self.coordinator.adopt(&self.followed, Now::system())
+        } else {
+            Effects::default()
+        }
     }
 
     fn drill(&mut self, cmd: Drill) -> Effects {
@@ -244,6 +304,10 @@ impl DrainTask {
                     tracing::warn!("drain: agent fault not handed to the alarm table (queue full)");
                 }
             }
+        }
+        if !*self.active.borrow() {
+            // The standby of a pair: the active gateway publishes the drains.
+            return;
         }
         for m in fx.messages {
             self.publisher.send(m).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::alarms::{Condition, Identity, LinkFault, PointFault, Source};
 use crate::config::{Config, Device, Point};
-use crate::decode::Raw;
+use crate::decode::{DecodeError, Raw};
 use crate::fieldbus::{LinkError, PointError, PointReading};
 use crate::rules::Severity;
 
@@ -134,6 +134,31 @@ impl Health {
         }
     }
 
+    /// Whether the point answered its `sentinel` ("no value", SunSpec's "not implemented") and
+    /// is not `required`: then it is neither a reading nor a fault, and a fault it had clears.
+    /// A required point's sentinel is left to [`Health::check`], which faults it.
+    pub(super) fn no_value(
+        &mut self,
+        d: &Device,
+        device: usize,
+        p: &PointReading,
+        changes: &mut Changes,
+    ) -> bool {
+        let sentinel = matches!(
+            p.result,
+            Err(PointError::Decode {
+                source: DecodeError::NoValue { .. },
+                ..
+            })
+        );
+        if !sentinel || d.points[p.point].required {
+            return false;
+        }
+        self.unchanged[device][p.point] = None;
+        self.point_fault(d, device, p.point, None, None, changes);
+        true
+    }
+
     /// Checks one point of an answer, raising or clearing its sensor fault; returns its value
     /// only if the rules may evaluate it.
     pub(super) fn check(
@@ -155,6 +180,12 @@ impl Health {
             unreadable => {
                 let why = match unreadable {
                     Ok(decoded) => format!("value {} is not a number", decoded.value),
+                    Err(
+                        e @ PointError::Decode {
+                            source: DecodeError::NoValue { .. },
+                            ..
+                        },
+                    ) => format!("{e}, and the point is required"),
                     Err(e) => e.to_string(),
                 };
                 let msg = format!("device {} point {}: {why}", d.id, point.id);

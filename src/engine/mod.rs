@@ -23,7 +23,7 @@ mod zone;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::alarms::{AlarmEvent, AlarmTable, Condition, Identity, Snapshot, Source};
+use crate::alarms::{AlarmEvent, AlarmTable, Condition, Identity, SharedAlarm, Snapshot, Source};
 use crate::clock::{rfc3339, Now};
 use crate::command::{Command, Refused};
 use crate::config::{Config, Point};
@@ -157,6 +157,28 @@ impl Engine {
         &self.table
     }
 
+    /// A standby's warm table gives back the numbers of events nobody saw (see
+    /// [`AlarmTable::rewind_seq`]).
+    pub fn rewind_seq(&mut self, to: u64) {
+        self.table.rewind_seq(to);
+    }
+
+    /// The operators' settings the pair published, taken silently (a standby).
+    pub fn adopt(&mut self, published: &[SharedAlarm]) {
+        self.table.adopt(published);
+    }
+
+    /// At a takeover: an event for each alarm that differs from what the pair published,
+    /// then every zone's status as this gateway sees it.
+    pub fn reconcile(&mut self, published: &[SharedAlarm], now: Now) -> Output {
+        let mut changes = Changes::new(&mut self.table, now);
+        changes.events = changes.table.reconcile(published, now);
+        let mut out = finish(&self.setup.cfg, changes, Vec::new());
+        out.messages.retain(|m| !matches!(m, Outgoing::Zone(_)));
+        out.messages.extend(self.zone_statuses(now));
+        out
+    }
+
     /// What to persist after an input that produced events.
     pub fn snapshot(&self) -> Snapshot {
         self.table.snapshot()
@@ -253,13 +275,19 @@ impl Engine {
                 let mut values = std::collections::BTreeMap::new();
                 let mut all_good = true;
                 for p in points {
+                    // "No value" from the device (a sentinel): null in telemetry, nothing for
+                    // the rules, no fault.
+                    if self.health.no_value(device, r.device, p, &mut changes) {
+                        values.insert(device.points[p.point].id.clone(), None);
+                        continue;
+                    }
                     // A faulted sensor is not evaluated: its value neither raises nor clears
                     // anything.
                     match self.health.check(device, r.device, p, &mut changes) {
                         Some(v) => {
                             self.rules
                                 .evaluate(&self.setup, r.device, p.point, v, &mut changes);
-                            values.insert(device.points[p.point].id.clone(), v);
+                            values.insert(device.points[p.point].id.clone(), Some(v));
                         }
                         None => all_good = false,
                     }
@@ -339,7 +367,7 @@ fn command(
             Ok(None)
         }
         // Routed elsewhere by the daemon; answered rather than dropped if one strays here.
-        Command::Drill(_) | Command::Replay(_) => Err(Refused::new(
+        Command::Drill(_) | Command::Replay(_) | Command::Switchover(_) => Err(Refused::new(
             name,
             format!("cmd/{name} is not answered by the alarm table"),
         )),
@@ -377,5 +405,7 @@ fn unit_suffix(point: &Point) -> String {
     }
 }
 
+#[cfg(test)]
+mod sentinel_tests;
 #[cfg(test)]
 mod tests;

@@ -232,9 +232,49 @@ pub fn spawn_pollers(
     tracker: &TaskTracker,
 ) -> Counters {
     let counters = Counters::new(cfg.devices.len());
+    spawn_masters(cfg, tx, cancel, tracker, &counters, Masters::All);
+    counters
+}
+
+/// Which devices to poll: a gateway of a redundant pair polls the Modbus TCP devices (they
+/// take several masters) whatever its role, and opens the serial buses and RTU-over-TCP
+/// servers (one master on the wire) only while it is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Masters {
+    All,
+    /// Modbus TCP only.
+    Shared,
+    /// Serial buses, RTU over TCP and serial-lines sensors only.
+    Single,
+}
+
+impl Masters {
+    fn takes(self, t: &Transport) -> bool {
+        let shared = matches!(t, Transport::ModbusTcp { .. });
+        match self {
+            Masters::All => true,
+            Masters::Shared => shared,
+            Masters::Single => !shared,
+        }
+    }
+}
+
+/// As [`spawn_pollers`], for the devices `which` names, counting into `counters` (made once
+/// for every device).
+pub fn spawn_masters(
+    cfg: &Config,
+    tx: mpsc::Sender<Reading>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+    counters: &Counters,
+    which: Masters,
+) {
     let mut buses: BTreeMap<bus::Endpoint, Vec<(usize, Device)>> = BTreeMap::new();
     let mut gateways: BTreeMap<String, Vec<(usize, Device)>> = BTreeMap::new();
     for (index, device) in cfg.devices.iter().enumerate() {
+        if !which.takes(&device.transport) {
+            continue;
+        }
         if let Transport::ModbusTcp { address } = &device.transport {
             gateways
                 .entry(address.clone())
@@ -245,6 +285,9 @@ pub fn spawn_pollers(
     // One device alone at its address keeps a poll loop of its own.
     gateways.retain(|_, devices| devices.len() > 1);
     for (index, device) in cfg.devices.iter().enumerate() {
+        if !which.takes(&device.transport) {
+            continue;
+        }
         let device = device.clone();
         let tx = tx.clone();
         let cancel = cancel.clone();
@@ -276,7 +319,7 @@ pub fn spawn_pollers(
             .first()
             .map_or(1, |(_, d)| usize::from(d.connections));
         for group in gateway::split(devices, connections) {
-            let owner = gateway::Gateway::new(address.clone(), group, &counters);
+            let owner = gateway::Gateway::new(address.clone(), group, counters);
             let tx = tx.clone();
             let cancel = cancel.clone();
             tracker.spawn(async move {
@@ -292,7 +335,6 @@ pub fn spawn_pollers(
             owner.run(devices, tx, cancel).await;
         });
     }
-    counters
 }
 
 /// One poll of one device, outside the daemon (`emberwatch read`): the reading, and how many
@@ -351,4 +393,26 @@ async fn poll_loop(
         }
     }
     link.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A standby of a pair polls what takes several masters and leaves one-master wires to the
+    /// active gateway.
+    #[test]
+    fn which_masters_a_standby_and_an_active_gateway_open() {
+        let tcp = Transport::ModbusTcp {
+            address: "127.0.0.1:502".into(),
+        };
+        let over_tcp = Transport::ModbusRtuOverTcp {
+            address: "127.0.0.1:4001".into(),
+        };
+        assert!(Masters::Shared.takes(&tcp));
+        assert!(!Masters::Shared.takes(&over_tcp));
+        assert!(Masters::Single.takes(&over_tcp));
+        assert!(!Masters::Single.takes(&tcp));
+        assert!(Masters::All.takes(&tcp) && Masters::All.takes(&over_tcp));
+    }
 }

@@ -32,6 +32,7 @@ use crate::alarms::{AlarmEvent, Snapshot};
 use crate::config::Config;
 use crate::message::Outgoing;
 use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
+use crate::pair::RoleStatus;
 
 /// How often acknowledged positions are written to the cursor files.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -59,6 +60,9 @@ pub struct DurableOutbox {
     /// Set once, to the first write or fsync failure.
     failure: watch::Receiver<Option<String>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// This gateway's role in its pair, for the status; a change makes every link republish
+    /// the status at once.
+    role: watch::Sender<RoleStatus>,
 }
 
 impl std::fmt::Debug for DurableOutbox {
@@ -117,6 +121,7 @@ impl DurableOutbox {
             appended,
             failure,
             writer: Mutex::new(Some(writer)),
+            role: watch::Sender::new(RoleStatus::alone()),
         }))
     }
 
@@ -220,6 +225,11 @@ impl DurableOutbox {
         lock(&self.outbox).note_seq(seq);
     }
 
+    /// The role fields of the status from now on; every link republishes it at once.
+    pub fn set_role(&self, role: RoleStatus) {
+        self.role.send_replace(role);
+    }
+
     /// A link's view of the outbox, from `broker`'s cursor.
     pub(crate) fn feed(self: &Arc<Self>, broker: &str) -> Feed {
         let next = lock(&self.outbox).cursor(broker).unwrap_or_else(|e| {
@@ -231,6 +241,7 @@ impl DurableOutbox {
             broker: broker.to_string(),
             next,
             appended: self.appended.clone(),
+            role: self.role.subscribe(),
             positions: HashMap::new(),
         }
     }
@@ -371,11 +382,18 @@ pub(crate) struct Feed {
     /// The next position to hand to the broker.
     next: u64,
     appended: watch::Receiver<u64>,
+    role: watch::Receiver<RoleStatus>,
     /// The link's ledger number of each handed record → its outbox position.
     positions: HashMap<u64, u64>,
 }
 
 impl Feed {
+    /// The gateway's role, as the status says it: the link republishes the status when it
+    /// changes.
+    pub fn role_watch(&self) -> watch::Receiver<RoleStatus> {
+        self.role.clone()
+    }
+
     /// Resolves when something new was appended.
     pub async fn appended(feed: &mut Option<Feed>) {
         let alive = match feed {
@@ -458,6 +476,7 @@ impl Feed {
                 undelivered: p.undelivered as u64,
             }),
             lost: lost.iter().map(|&(from, to)| [from, to]).collect(),
+            role: Some(Box::new(self.role.borrow().clone())),
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Topics;
 use crate::message::Outgoing;
+use crate::pair::RoleStatus;
 
 /// Retained on `P/gateways/{gateway}/status`. Serialises as `{"state":"online","version":..,
 /// "started_at":..}` or `{"state":"offline"}`, the form the last will carries.
@@ -32,6 +33,11 @@ pub enum GatewayStatus {
         /// lost; judged again at every start.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         lost: Vec<[u64; 2]>,
+        /// `"role"` (always: a gateway alone is active), and for a redundant pair `"peer"`,
+        /// `"priority"`, `"role_since"`, `"role_reason"` and, while handing over,
+        /// `"handover_to"` (SPEC "Redundant gateways").
+        #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+        role: Option<Box<RoleStatus>>,
     },
     /// The gateway hit a fault it cannot continue with (a failed outbox write or fsync) and is
     /// exiting so that its supervisor restarts it; `reason` says what failed, and where.
@@ -215,6 +221,7 @@ pub(crate) mod tests {
             seq: None,
             outbox: None,
             lost: Vec::new(),
+            role: None,
         };
         assert_eq!(
             String::from_utf8(online.to_json()).unwrap(),
@@ -230,10 +237,47 @@ pub(crate) mod tests {
             seq: Some(6),
             outbox: None,
             lost: vec![[3, 6]],
+            role: None,
         };
         assert_eq!(
             String::from_utf8(lossy.to_json()).unwrap(),
             r#"{"state":"online","version":"0.1.0","started_at":"2026-11-24T13:40:00.000Z","seq":6,"lost":[[3,6]]}"#
+        );
+    }
+
+    #[test]
+    fn a_pair_status_says_role_peer_and_why() {
+        let mut role = RoleStatus::alone();
+        role.role = crate::pair::Role::Standby;
+        role.peer = Some("gw-b2".into());
+        role.priority = Some(2);
+        role.role_since = Some("2026-11-24T13:40:00.000Z".into());
+        role.role_reason = Some("peer gw-b2 is active".into());
+        let status = GatewayStatus::Online {
+            version: "0.1.0".into(),
+            started_at: "2026-11-24T13:40:00.000Z".into(),
+            seq: Some(0),
+            outbox: None,
+            lost: Vec::new(),
+            role: Some(Box::new(role)),
+        };
+        assert_eq!(
+            String::from_utf8(status.to_json()).unwrap(),
+            r#"{"state":"online","version":"0.1.0","started_at":"2026-11-24T13:40:00.000Z","seq":0,"role":"standby","peer":"gw-b2","priority":2,"role_since":"2026-11-24T13:40:00.000Z","role_reason":"peer gw-b2 is active"}"#
+        );
+        let back: GatewayStatus = serde_json::from_slice(&status.to_json()).unwrap();
+        assert_eq!(back, status);
+        let alone = GatewayStatus::Online {
+            version: "0.1.0".into(),
+            started_at: "t".into(),
+            seq: None,
+            outbox: None,
+            lost: Vec::new(),
+            role: Some(Box::new(RoleStatus::alone())),
+        };
+        assert_eq!(
+            String::from_utf8(alone.to_json()).unwrap(),
+            r#"{"state":"online","version":"0.1.0","started_at":"t","role":"active"}"#
         );
     }
 
@@ -279,7 +323,7 @@ pub(crate) mod tests {
     fn telemetry_is_qos0_and_volatile() {
         let body = Telemetry {
             time: "2026-11-24T13:40:02.123Z".into(),
-            points: BTreeMap::from([("cell_temp_max".to_string(), 25.0)]),
+            points: BTreeMap::from([("cell_temp_max".to_string(), Some(25.0))]),
             quality: Quality::Good,
         };
         let p = Publication::encode(

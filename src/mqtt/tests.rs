@@ -300,7 +300,7 @@ async fn telemetry_is_dropped_and_counted_while_disconnected() {
     assert!(!link.publisher.is_connected());
     let body = Telemetry {
         time: "2026-11-24T13:40:02.123Z".into(),
-        points: [("cell_temp_max".to_string(), 25.0)].into(),
+        points: [("cell_temp_max".to_string(), Some(25.0))].into(),
         quality: Quality::Good,
     };
     for _ in 0..3 {

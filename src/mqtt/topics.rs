@@ -50,6 +50,37 @@ impl Topics {
         format!("{}/status", self.gateway)
     }
 
+    /// `P/gateways/{other}/status`: another gateway's status (the peer of a redundant pair).
+    pub fn status_of(&self, other: &str) -> String {
+        format!("{}/gateways/{other}/status", self.root)
+    }
+
+    /// `P/gateways/{gateway}/pair`: retained, what a gateway of a redundant pair has
+    /// published (its alarms with the operators' settings), for the other to follow.
+    pub fn pair_of(&self, gateway: &str) -> String {
+        format!("{}/gateways/{gateway}/pair", self.root)
+    }
+
+    /// `P/gateways/{gateway}/cmd/{name}` of another gateway (`emberwatch switchover` sends
+    /// to the configuration's own gateway; a standby names the active one).
+    pub fn cmd_of(&self, gateway: &str, name: &str) -> String {
+        format!("{}/gateways/{gateway}/cmd/{name}", self.root)
+    }
+
+    /// `P/alarms/#`: every alarm event of the site (a standby follows its peer's).
+    pub fn alarms_filter(&self) -> String {
+        format!("{}/alarms/#", self.root)
+    }
+
+    /// `P/drain/+/request` and `P/drain/+/status`: the retained drain messages a standby
+    /// follows, so it carries on the same drain when it takes over.
+    pub fn drain_state_filters(&self) -> [String; 2] {
+        [
+            format!("{}/drain/+/request", self.root),
+            format!("{}/drain/+/status", self.root),
+        ]
+    }
+
     /// `P/alarms/{zone}/{device}/{point}/{rule}`: one alarm's events.
     pub fn alarm(&self, zone: &str, device: &str, point: &str, rule: &str) -> String {
         format!("{}/alarms/{zone}/{device}/{point}/{rule}", self.root)

@@ -8,6 +8,7 @@ use tokio_modbus::ExceptionCode;
 
 use super::map::{Registers, BANK_LEN};
 use super::scenario::Scenario;
+use super::sunspec;
 
 /// The most registers one FC03/FC04 read may ask for (Modbus application protocol, 6.3).
 pub const MAX_READ: u16 = 125;
@@ -21,6 +22,9 @@ pub struct Bank {
     /// A written register keeps its written value from then on: an operator or test that pins a
     /// register expects it to stay pinned while the scenario plays on around it.
     overrides: [Option<u16>; BANK_LEN as usize],
+    /// With `--sunspec`: the unit id (model 1's device address) and the overrides of the
+    /// SunSpec map at [`sunspec::BASE`].
+    sunspec: Option<(u8, Vec<Option<u16>>)>,
 }
 
 impl Bank {
@@ -28,7 +32,24 @@ impl Bank {
         Bank {
             scenario,
             overrides: [None; BANK_LEN as usize],
+            sunspec: None,
         }
+    }
+
+    /// As [`Bank::new`], also serving the SunSpec battery map for unit `unit`.
+    pub fn with_sunspec(scenario: Scenario, unit: u8) -> Self {
+        Bank {
+            sunspec: Some((unit, vec![None; usize::from(sunspec::LEN)])),
+            ..Bank::new(scenario)
+        }
+    }
+
+    /// The SunSpec map's registers `addr..addr + count`, if it is served and holds them all.
+    fn sunspec_range(&self, addr: u16, count: u16) -> Option<std::ops::Range<usize>> {
+        self.sunspec.as_ref()?;
+        let from = addr.checked_sub(sunspec::BASE)?;
+        let to = from.checked_add(count)?;
+        (to <= sunspec::LEN).then(|| usize::from(from)..usize::from(to))
     }
 
     /// One register at scenario time `t`, or `None` outside the bank; for the in-process API,
@@ -45,6 +66,14 @@ impl Bank {
         if !(1..=MAX_READ).contains(&count) {
             return Err(ExceptionCode::IllegalDataValue);
         }
+        if let (Some(range), Some((unit, overrides))) =
+            (self.sunspec_range(addr, count), &self.sunspec)
+        {
+            let map = sunspec::encode(&self.scenario.state(t), *unit);
+            return Ok(range
+                .map(|i| overrides[i].unwrap_or_else(|| map.get(i).copied().unwrap_or(0)))
+                .collect());
+        }
         let range = in_bank(addr, count)?;
         let scenario = Registers::encode(&self.scenario.state(t));
         Ok(range
@@ -57,6 +86,14 @@ impl Bank {
         let count = u16::try_from(values.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
         if !(1..=MAX_WRITE).contains(&count) {
             return Err(ExceptionCode::IllegalDataValue);
+        }
+        if let Some(range) = self.sunspec_range(addr, count) {
+            if let Some((_, overrides)) = self.sunspec.as_mut() {
+                for (i, value) in range.zip(values) {
+                    overrides[i] = Some(*value);
+                }
+            }
+            return Ok(());
         }
         for (a, value) in in_bank(addr, count)?.zip(values) {
             self.overrides[usize::from(a)] = Some(*value);
@@ -123,6 +160,25 @@ mod tests {
         }
         // Registers nobody wrote still follow the scenario.
         assert_eq!(bank.get(600.0, SMOKE_STAGE), Some(4));
+    }
+
+    #[test]
+    fn the_sunspec_map_is_served_and_writable_only_with_sunspec() {
+        use crate::sim::sunspec::{BASE, LEN, STRING};
+        let plain = Bank::new(Scenario::Stuck);
+        assert_eq!(plain.read(0.0, BASE, 2), Err(IllegalDataAddress));
+        let mut bank = Bank::with_sunspec(Scenario::Stuck, 1);
+        assert_eq!(bank.read(0.0, BASE, 2), Ok(vec![0x5375, 0x6E53]));
+        assert_eq!(bank.read(0.0, BASE + LEN - 2, 2), Ok(vec![0xFFFF, 0]));
+        assert_eq!(bank.read(0.0, BASE + LEN - 1, 2), Err(IllegalDataAddress));
+        assert_eq!(
+            bank.read(0.0, CELL_TEMP_MAX, 1),
+            Ok(vec![250]),
+            "the old map stays"
+        );
+        // A write pins a SunSpec register as it does any other.
+        assert_eq!(bank.write(STRING + 22, &[0x8000]), Ok(()));
+        assert_eq!(bank.get(30.0, STRING + 22), Some(0x8000));
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! function of scenario time ([`scenario`]); the register bank with client overrides lives in
 //! `bank`, and only `server` touches the network. `emberwatch sim` is [`run_cli`]; the demo,
 //! tests and benchmarks use [`start`] directly. `rtu` serves the same racks as Modbus RTU on a
-//! serial port (`--rtu`), several of them on one bus with `--also-unit`.
+//! serial port (`--rtu`), several of them on one bus with `--also-unit`. `sunspec` lays the rack
+//! out a second time as a SunSpec battery at 40000 (`--sunspec`).
 
 mod bank;
 pub mod map;
 mod rtu;
 pub mod scenario;
 mod server;
+pub mod sunspec;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +58,10 @@ pub struct SimArgs {
     /// Serial parity for --rtu.
     #[arg(long, value_enum, default_value_t = Parity::Even, requires = "rtu")]
     pub parity: Parity,
+    /// Also serve the rack as a SunSpec battery at holding register 40000 (models 1 common,
+    /// 802 battery, 804 lithium-ion string, then the end marker), for `emberwatch discover`.
+    #[arg(long)]
+    pub sunspec: bool,
 }
 
 /// Serial parity, for `--rtu`.
@@ -71,6 +77,7 @@ impl SimArgs {
     pub fn bus(&self) -> SimBus {
         SimBus {
             also_units: self.also_unit.clone(),
+            sunspec: self.sunspec,
             rtu: self.rtu.as_ref().map(|path| RtuPort {
                 path: path.clone(),
                 baud: self.baud,
@@ -103,6 +110,9 @@ pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
         if !bus.also_units.is_empty() {
             let more: Vec<String> = bus.also_units.iter().map(|u| u.to_string()).collect();
             line.push_str(&format!(", also units {}", more.join(",")));
+        }
+        if bus.sunspec {
+            line.push_str(", SunSpec at 40000");
         }
         if let Some(rtu) = &bus.rtu {
             line.push_str(&format!(

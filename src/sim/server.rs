@@ -98,6 +98,8 @@ pub struct SimBus {
     pub also_units: Vec<u8>,
     /// Serve RTU on this serial port too.
     pub rtu: Option<super::rtu::RtuPort>,
+    /// Serve the SunSpec battery map at 40000 too (`--sunspec`).
+    pub sunspec: bool,
 }
 
 /// A simulator that is serving. Dropping it stops the server too, so a failing test cannot
@@ -164,7 +166,11 @@ pub async fn start_with(
                 scenario: opts.scenario,
                 speed: opts.speed,
                 started,
-                bank: Mutex::new(Bank::new(opts.scenario)),
+                bank: Mutex::new(if bus.sunspec {
+                    Bank::with_sunspec(opts.scenario, unit)
+                } else {
+                    Bank::new(opts.scenario)
+                }),
                 silent: AtomicBool::new(false),
             }),
         ));

@@ -329,6 +329,7 @@ fn rtu_options_reach_the_bus() -> anyhow::Result<()> {
 async fn a_missing_serial_port_is_named() {
     let bus = SimBus {
         also_units: vec![],
+        sunspec: false,
         rtu: Some(RtuPort {
             path: "/nonexistent/tty-emberwatch".into(),
             baud: 19200,

@@ -18,7 +18,10 @@ use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, EventDetail, IsaState, Sn
 use crate::clock::{rfc3339, Now};
 use crate::rules::Severity;
 
+mod pair;
 mod zone;
+
+pub use pair::{Shared, SharedAlarm};
 
 #[cfg(test)]
 mod tests;

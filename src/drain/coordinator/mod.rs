@@ -46,10 +46,12 @@ use crate::message::Outgoing;
 use crate::mqtt::Topics;
 use crate::rules::Severity;
 
+mod adopt;
 mod outgoing;
 mod persisted;
 mod roster;
 
+pub use adopt::Followed;
 pub use persisted::{ClearanceRecord, DrainRecord, Persisted};
 pub use roster::{AgentFault, PRESENCE_GRACE};
 

@@ -29,6 +29,17 @@ use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
 use crate::mqtt::replays::Replays;
 
+/// Resolves when the gateway's role changed; never without a role to watch.
+async fn role_changed(role: &mut Option<tokio::sync::watch::Receiver<crate::pair::RoleStatus>>) {
+    let alive = match role {
+        Some(r) => r.changed().await.is_ok(),
+        None => false,
+    };
+    if !alive {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Why the inner select loop handed control back.
 enum Step {
     Polled(Result<Event, ConnectionError>),
@@ -50,6 +61,8 @@ pub(super) struct BrokerLoop {
     pub(super) ledger: Ledger,
     /// This broker's view of the outbox (durable links only).
     pub(super) feed: Option<Feed>,
+    /// The gateway's role in its pair (durable links only): a change republishes the status.
+    pub(super) role: Option<tokio::sync::watch::Receiver<crate::pair::RoleStatus>>,
     /// When to republish the retained status with the latest `seq` (durable links only).
     pub(super) heartbeat: Option<tokio::time::Interval>,
     /// When to show the loop is alive (`BrokerHealth::pulse`).
@@ -85,6 +98,7 @@ impl BrokerLoop {
                         m = self.rx.recv(), if self.can_take() => self.take(m),
                         () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
                         () = tick(&mut self.heartbeat), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
+                        () = role_changed(&mut self.role), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
                         _ = self.pulse.tick() => self.health.pulse.mark(),
                         () = grace_over(self.stop.deadline()) => break Step::Deadline,
                     }

@@ -137,6 +137,7 @@ impl LinkOptions {
             seq: None,
             outbox: None,
             lost: Vec::new(),
+            role: None,
         };
         LinkOptions {
             client_id: cfg.mqtt.client_id.clone(),
@@ -343,6 +344,7 @@ async fn start(
             rx,
             health: health.clone(),
             ledger: Ledger::new(WINDOW),
+            role: feed.as_ref().map(|f| f.role_watch()),
             feed,
             heartbeat,
             pulse,

@@ -1,0 +1,458 @@
+//! Which gateway of a redundant pair is active: a pure state machine (SPEC "Redundant
+//! gateways").
+//!
+//! Two gateways watch the same room; exactly one should publish. Each sees the other only
+//! through the broker: the peer's retained status (`role`, `priority`, and `handover_to` when
+//! it hands over), and its last will (`offline`) when it dies. From that, from the passing of
+//! time and from `cmd/switchover`, this machine decides this gateway's role. It does no I/O
+//! and reads no clock (every input carries its [`Now`]), so every story (a start, a death, a
+//! return, a switchover, a healed split brain) is a table of steps in `tests.rs`; the daemon
+//! feeds it and acts on each [`Change`] (publishing or going quiet, opening serial buses,
+//! reconciling the alarm table).
+//!
+//! The rules, in the order they matter:
+//! - a starting gateway is standby (it publishes nothing) and waits [`START_WAIT`] once
+//!   connected for the peer's retained status: a peer that says it is active keeps it
+//!   standby whatever the priorities, so a gateway coming back never snatches the role;
+//! - a peer that is offline (last will, clean stop, fault) is replaced at once;
+//! - a peer that hands over (`cmd/switchover`: its status says standby with `handover_to`
+//!   naming us) is replaced at once;
+//! - both active (a healed split brain, or two starts that missed each other): the one that
+//!   loses by priority steps down, saying why; equal priorities fall to the lower id;
+//! - both standby for [`GRACE`] (a hand-over nobody took, or two starts that each saw the
+//!   other standby): the winner by priority takes over, and a gateway that handed over takes
+//!   the role back after [`GRACE`] whatever its priority, so the room is never unwatched.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{rfc3339, Now};
+use crate::config::Redundancy;
+
+pub mod service;
+pub mod switchover;
+#[cfg(test)]
+mod tests;
+mod view;
+
+pub use view::Published;
+
+/// Once connected, how long a starting gateway waits for the peer's retained status before
+/// deciding alone. Retained messages arrive right after the subscription, so this is generous.
+pub const START_WAIT: Duration = Duration::from_millis(1500);
+
+/// How long both may be standby before one takes over (see the module comment).
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// This gateway's role, as its status says (`"role"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// What the status says about the pair (the `role...` fields of `P/gateways/{gw}/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleStatus {
+    pub role: Role,
+    /// The other gateway of the pair; absent for a gateway alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// This gateway's `[redundancy] priority`, so the peer can judge a tie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    /// When the role last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_since: Option<String>,
+    /// Why, in an operator's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_reason: Option<String>,
+    /// Set by a gateway that stepped down for a switchover: the peer it hands over to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_to: Option<String>,
+}
+
+impl RoleStatus {
+    /// A gateway without `[redundancy]`: always active.
+    pub fn alone() -> RoleStatus {
+        RoleStatus {
+            role: Role::Active,
+            peer: None,
+            priority: None,
+            role_since: None,
+            role_reason: None,
+            handover_to: None,
+        }
+    }
+}
+
+/// The peer as its retained status last described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Nothing seen yet (no retained status, or not subscribed yet).
+    Unknown,
+    /// Its last will, a clean stop, or a fault status: `why` is in an operator's words.
+    Gone { why: String },
+    Online {
+        role: Role,
+        priority: Option<i64>,
+        handover_to: Option<String>,
+        reason: Option<String>,
+        /// When this view of it began (monotonic): the grace of two standbys counts from here.
+        since: Instant,
+    },
+}
+
+/// The peer's status as it arrives: only the fields the decision needs, the rest ignored.
+#[derive(Debug, Deserialize)]
+struct PeerStatusBody {
+    state: String,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    handover_to: Option<String>,
+    #[serde(default)]
+    role_reason: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A change of this gateway's role, for the daemon to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub role: Role,
+    pub reason: String,
+}
+
+/// Where this gateway is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the peer's status; `connected`: since when the broker link is up.
+    Starting {
+        connected: Option<Instant>,
+    },
+    Settled(Role),
+}
+
+/// The pair as this gateway sees it.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    me: String,
+    peer_id: String,
+    priority: i64,
+    phase: Phase,
+    /// When the current role began: wall for the status, monotonic for the grace.
+    since_wall: SystemTime,
+    since_mono: Instant,
+    reason: String,
+    handover_to: Option<String>,
+    peer: Peer,
+    /// A tie of priorities is warned about once.
+    warned_tie: bool,
+}
+
+impl Pair {
+    pub fn new(me: &str, r: &Redundancy, now: Now) -> Pair {
+        Pair {
+            me: me.to_string(),
+            peer_id: r.peer.clone(),
+            priority: r.priority,
+            phase: Phase::Starting { connected: None },
+            since_wall: now.wall,
+            since_mono: now.mono,
+            reason: format!("starting: waiting for peer {}'s status", r.peer),
+            handover_to: None,
+            peer: Peer::Unknown,
+            warned_tie: false,
+        }
+    }
+
+    /// Active (publishes) or standby (also while starting).
+    pub fn role(&self) -> Role {
+        match self.phase {
+            Phase::Settled(r) => r,
+            Phase::Starting { .. } => Role::Standby,
+        }
+    }
+
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The role fields of this gateway's status.
+    pub fn status(&self) -> RoleStatus {
+        RoleStatus {
+            role: self.role(),
+            peer: Some(self.peer_id.clone()),
+            priority: Some(self.priority),
+            role_since: Some(rfc3339(self.since_wall)),
+            role_reason: Some(self.reason.clone()),
+            handover_to: self.handover_to.clone(),
+        }
+    }
+
+    /// The peer's retained status (`P/gateways/{peer}/status`) arrived. An empty payload (a
+    /// cleared retained message) forgets it; one that cannot be read is ignored and logged.
+    pub fn on_peer_status(&mut self, payload: &[u8], now: Now) -> Option<Change> {
+        let peer = if payload.is_empty() {
+            Peer::Unknown
+        } else {
+            match serde_json::from_slice::<PeerStatusBody>(payload) {
+                Ok(b) => self.peer_from(b, now),
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer_id, "pair: ignoring the peer's status, not readable: {e}");
+                    return None;
+                }
+            }
+        };
+        self.peer = peer;
+        self.decide(now)
+    }
+
+    fn peer_from(&mut self, b: PeerStatusBody, now: Now) -> Peer {
+        let p = &self.peer_id;
+        match b.state.as_str() {
+            "online" => {
+                let role = b.role.unwrap_or(Role::Active);
+                // A new role (or a new hand-over) starts a new grace; a heartbeat does not.
+                let since = match &self.peer {
+                    Peer::Online {
+                        role: r,
+                        handover_to: h,
+                        since,
+                        ..
+                    } if *r == role && *h == b.handover_to => *since,
+                    _ => now.mono,
+                };
+                if b.priority == Some(self.priority) && !self.warned_tie {
+                    self.warned_tie = true;
+                    tracing::warn!(
+                        "pair: this gateway and peer {p} both have priority {}; the lower \
+                         gateway id ({}) wins when both are up. Give them different \
+                         [redundancy] priority values",
+                        self.priority,
+                        self.me.as_str().min(p.as_str())
+                    );
+                }
+                Peer::Online {
+                    role,
+                    priority: b.priority,
+                    handover_to: b.handover_to,
+                    reason: b.role_reason,
+                    since,
+                }
+            }
+            "fault" => Peer::Gone {
+                why: format!(
+                    "peer {p} stopped on a fault ({})",
+                    b.reason.unwrap_or_default()
+                ),
+            },
+            _ => Peer::Gone {
+                why: format!("peer {p} offline (last will)"),
+            },
+        }
+    }
+
+    /// The broker link's state, about once a second; `connected` starts the start wait.
+    pub fn tick(&mut self, connected: bool, now: Now) -> Option<Change> {
+        if let Phase::Starting { connected: None } = self.phase {
+            if connected {
+                self.phase = Phase::Starting {
+                    connected: Some(now.mono),
+                };
+            }
+        }
+        self.decide(now)
+    }
+
+    /// `cmd/switchover`: an active gateway hands over to a standby peer, saying so in its
+    /// status (`handover_to`) before the peer acts. Refused (with the reason) otherwise.
+    pub fn switchover(&mut self, by: Option<&str>, now: Now) -> Result<Change, String> {
+        let p = self.peer_id.clone();
+        if self.role() != Role::Active {
+            return Err(format!(
+                "{} is standby; send the switchover to the active gateway {p}",
+                self.me
+            ));
+        }
+        match &self.peer {
+            Peer::Online {
+                role: Role::Standby,
+                ..
+            } => {
+                let reason = match by {
+                    Some(by) => format!("switchover requested by {by}"),
+                    None => "switchover requested".to_string(),
+                };
+                self.handover_to = Some(p);
+                Ok(self.set(Role::Standby, reason, now))
+            }
+            Peer::Online {
+                role: Role::Active, ..
+            } => Err(format!(
+                "peer {p} is active too; the pair is settling who steps down"
+            )),
+            Peer::Gone { why } => Err(format!(
+                "{why}: nobody to hand over to, {} stays active",
+                self.me
+            )),
+            Peer::Unknown => Err(format!(
+                "peer {p} has not been seen: nobody to hand over to, {} stays active",
+                self.me
+            )),
+        }
+    }
+
+    /// Whether this gateway wins a tie of roles: the lower priority, then the lower id. A
+    /// peer whose status gives no priority is judged by id alone.
+    fn wins(&self, peer_priority: Option<i64>) -> bool {
+        let theirs = peer_priority.unwrap_or(self.priority);
+        (self.priority, self.me.as_str()) < (theirs, self.peer_id.as_str())
+    }
+
+    fn set(&mut self, role: Role, reason: String, now: Now) -> Change {
+        if role == Role::Active {
+            self.handover_to = None;
+        }
+        self.phase = Phase::Settled(role);
+        self.since_wall = now.wall;
+        self.since_mono = now.mono;
+        self.reason = reason.clone();
+        Change { role, reason }
+    }
+
+    /// The rules of the module comment, applied to what is known now.
+    fn decide(&mut self, now: Now) -> Option<Change> {
+        let p = self.peer_id.clone();
+        let peer = self.peer.clone();
+        match (self.phase, peer) {
+            (
+                Phase::Settled(Role::Active),
+                Peer::Online {
+                    role: Role::Active,
+                    priority,
+                    ..
+                },
+            ) => {
+                if self.wins(priority) {
+                    return None;
+                }
+                let winner = priority.unwrap_or(self.priority);
+                Some(self.set(
+                    Role::Standby,
+                    format!("both active: {p} wins by priority {winner}"),
+                    now,
+                ))
+            }
+            (Phase::Settled(Role::Active), _) => None,
+            (_, Peer::Gone { why }) => Some(self.set(Role::Active, why, now)),
+            (
+                phase,
+                Peer::Online {
+                    role: Role::Active, ..
+                },
+            ) => match phase {
+                Phase::Settled(Role::Standby) => {
+                    // The peer took over what we handed it: the hand-over is done.
+                    self.handover_to = None;
+                    None
+                }
+                _ => Some(self.set(Role::Standby, format!("peer {p} is active"), now)),
+            },
+            (
+                phase,
+                Peer::Online {
+                    role: Role::Standby,
+                    handover_to: Some(to),
+                    reason,
+                    ..
+                },
+            ) if to == self.me => {
+                let _ = phase;
+                let why = reason.unwrap_or_else(|| "switchover".into());
+                Some(self.set(Role::Active, format!("peer {p} handed over ({why})"), now))
+            }
+            (Phase::Starting { connected }, peer) => {
+                let waited = connected.is_some_and(|c| now.mono.duration_since(c) >= START_WAIT);
+                if !waited {
+                    return None;
+                }
+                match peer {
+                    Peer::Online { priority, .. } => {
+                        if self.wins(priority) {
+                            let mine = self.priority;
+                            Some(self.set(
+                                Role::Active,
+                                format!("peer {p} is standby: priority {mine} wins"),
+                                now,
+                            ))
+                        } else {
+                            let theirs = priority.unwrap_or(self.priority);
+                            Some(self.set(
+                                Role::Standby,
+                                format!("peer {p} is standby and wins by priority {theirs}"),
+                                now,
+                            ))
+                        }
+                    }
+                    _ => Some(self.set(
+                        Role::Active,
+                        format!("peer {p} not seen within {START_WAIT:?} of connecting"),
+                        now,
+                    )),
+                }
+            }
+            (
+                Phase::Settled(Role::Standby),
+                Peer::Online {
+                    role: Role::Standby,
+                    priority,
+                    since,
+                    ..
+                },
+            ) => {
+                let both_for = now
+                    .mono
+                    .saturating_duration_since(since.max(self.since_mono));
+                if both_for < GRACE {
+                    return None;
+                }
+                if self.handover_to.is_some() {
+                    return Some(self.set(
+                        Role::Active,
+                        format!("peer {p} did not take over within {GRACE:?}"),
+                        now,
+                    ));
+                }
+                if self.wins(priority) {
+                    let mine = self.priority;
+                    return Some(self.set(
+                        Role::Active,
+                        format!("both standby: priority {mine} wins"),
+                        now,
+                    ));
+                }
+                None
+            }
+            (Phase::Settled(Role::Standby), Peer::Unknown) => None,
+        }
+    }
+}

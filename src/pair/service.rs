@@ -1,0 +1,253 @@
+//! The pair in the running daemon: feeds [`Pair`] what arrives from the broker, follows what
+//! the pair has published while standby, and tells the daemon when the role changes.
+//!
+//! The daemon owns one [`Roles`] beside its engine (a gateway alone has one too: always
+//! active, so the daemon has a single path). Apart from the pure machine because this part
+//! reads broker messages and touches the engine; apart from `daemon.rs` to keep the loop
+//! readable. The broker's messages for the pair come on their own channel ([`split`]), so the
+//! drain task's inbound queue is not shared with them.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Change, Pair, Published, Role, RoleStatus};
+use crate::alarms::{AlarmEvent, SharedAlarm};
+use crate::clock::Now;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::message::Outgoing;
+use crate::mqtt::{topics, Inbound, LinkOptions, Topics};
+
+/// Room for the pair's inbound messages (peer status, pictures, the peer's events).
+const QUEUE: usize = 1024;
+
+/// The longest a takeover waits for a fresh reading of every device (see [`Roles::became`]).
+const SETTLE_MAX: Duration = Duration::from_secs(2);
+
+/// The subscriptions a gateway of a pair adds to its link: the peer's status, both
+/// gateways' retained `pair` pictures, every alarm event (the peer's are followed) and the
+/// retained drain messages.
+pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
+    let Some(r) = &cfg.redundancy else {
+        return;
+    };
+    let t = Topics::new(cfg);
+    opts.subscriptions.extend([
+        t.status_of(&r.peer),
+        t.pair_of(&r.peer),
+        t.pair_of(&cfg.site.gateway),
+        t.alarms_filter(),
+    ]);
+}
+
+/// Splits the link's inbound messages: the pair's to the daemon (second), the rest (drain
+/// acks and presence) to the drain task (first). Without `[redundancy]` nothing is split.
+pub fn split(
+    cfg: &Config,
+    mut incoming: mpsc::Receiver<Inbound>,
+) -> (mpsc::Receiver<Inbound>, mpsc::Receiver<Inbound>) {
+    let (pair_tx, pair_rx) = mpsc::channel(QUEUE);
+    let Some(r) = &cfg.redundancy else {
+        return (incoming, pair_rx);
+    };
+    let t = Topics::new(cfg);
+    let mine = [
+        t.status_of(&r.peer),
+        t.pair_of(&r.peer),
+        t.pair_of(&cfg.site.gateway),
+    ];
+    let alarms = t.alarms_filter();
+    let (drain_tx, drain_rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        while let Some(m) = incoming.recv().await {
+            let to_pair = mine.contains(&m.topic) || topics::matches(&m.topic, &alarms);
+            let sent = if to_pair {
+                pair_tx.send(m).await.is_ok()
+            } else {
+                // No drain task (no `[drain]`): its messages have nowhere to go.
+                let _ = drain_tx.send(m).await;
+                true
+            };
+            if !sent {
+                break;
+            }
+        }
+    });
+    (drain_rx, pair_rx)
+}
+
+/// This gateway's role and what it knows of the pair.
+pub struct Roles {
+    pair: Option<Pair>,
+    /// What the pair has published (standby): the baseline of a takeover.
+    published: Published,
+    topics: Topics,
+    me: String,
+    /// The last `seq` this gateway published, while it is standby (or still settling into
+    /// a takeover): the warm table's events are not published, so their numbers are given
+    /// back.
+    standby_seq: Option<u64>,
+    /// Active, but not publishing alarms yet until then (see [`Roles::became`]).
+    settling: Option<Instant>,
+    /// One poll of every device: how long a takeover waits for fresh readings.
+    settle: Duration,
+}
+
+impl Roles {
+    /// `engine` has just been restored from `state.json`: what this gateway published last.
+    pub fn new(cfg: &Config, engine: &Engine, now: Now) -> Roles {
+        let pair = cfg
+            .redundancy
+            .as_ref()
+            .map(|r| Pair::new(&cfg.site.gateway, r, now));
+        Roles {
+            standby_seq: pair.as_ref().map(|_| engine.alarms().last_seq()),
+            pair,
+            published: Published::own(engine.alarms().shared(now), false),
+            topics: Topics::new(cfg),
+            me: cfg.site.gateway.clone(),
+            settling: None,
+            settle: cfg
+                .devices
+                .iter()
+                .map(|d| d.poll_interval + d.timeout)
+                .max()
+                .unwrap_or_default()
+                .min(SETTLE_MAX),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.pair.as_ref().map_or(Role::Active, Pair::role)
+    }
+
+    /// The role fields of the status.
+    pub fn status(&self) -> RoleStatus {
+        self.pair
+            .as_ref()
+            .map_or_else(RoleStatus::alone, Pair::status)
+    }
+
+    /// While standby: the `seq` to rewind the engine to after each input.
+    pub fn standby_seq(&self) -> Option<u64> {
+        self.standby_seq
+    }
+
+    /// What the pair has published, for the takeover's reconciliation.
+    pub fn published(&self) -> Vec<SharedAlarm> {
+        self.published.alarms()
+    }
+
+    /// A message on the pair's subscriptions. The peer's status may change the role; while
+    /// standby, the pair's pictures and the peer's events update what the pair has published,
+    /// and their acks, shelves and out-of-service settings go into `engine` silently.
+    pub fn on_inbound(&mut self, m: &Inbound, engine: &mut Engine, now: Now) -> Option<Change> {
+        let pair = self.pair.as_mut()?;
+        let peer = pair.peer_id().to_string();
+        if m.topic == self.topics.status_of(&peer) {
+            return pair.on_peer_status(&m.payload, now);
+        }
+        if pair.role() == Role::Active {
+            // Active, this gateway's own table is what the pair publishes.
+            return None;
+        }
+        if m.topic == self.topics.pair_of(&peer) || m.topic == self.topics.pair_of(&self.me) {
+            match self.published.on_shared(&m.payload) {
+                Ok(true) => engine.adopt(&self.published.alarms()),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(topic = %m.topic, "pair: ignoring an unreadable picture: {e}")
+                }
+            }
+        } else if let Ok(ev) = serde_json::from_slice::<AlarmEvent>(&m.payload) {
+            if ev.gateway == peer {
+                self.published.on_event(&ev);
+                engine.adopt(&self.published.alarms());
+            }
+        }
+        None
+    }
+
+    /// About once a second, with whether the broker link is up.
+    pub fn tick(&mut self, connected: bool, now: Now) -> Option<Change> {
+        self.pair.as_mut()?.tick(connected, now)
+    }
+
+    /// `cmd/switchover`.
+    pub fn switchover(&mut self, by: Option<&str>, now: Now) -> Result<Change, String> {
+        match self.pair.as_mut() {
+            Some(p) => p.switchover(by, now),
+            None => Err(format!(
+                "{} has no [redundancy] peer: there is nobody to switch over to",
+                self.me
+            )),
+        }
+    }
+
+    /// The refusal of an alarm-table or drill command while standby.
+    pub fn refusal(&self) -> Option<String> {
+        let pair = self.pair.as_ref()?;
+        if self.settling.is_some() {
+            return Some(format!(
+                "{} is taking over from {} (fresh readings first); send it again in a moment",
+                self.me,
+                pair.peer_id()
+            ));
+        }
+        (pair.role() == Role::Standby).then(|| {
+            format!(
+                "{} is standby; send commands to the active gateway {}",
+                self.me,
+                pair.peer_id()
+            )
+        })
+    }
+
+    /// The daemon acted on `change`: note what the role means for following the pair.
+    ///
+    /// Becoming active, the gateway says so at once but publishes alarms only after one more
+    /// poll of every device ([`Roles::takeover_due`]): the two gateways poll at different
+    /// moments, so the standby's table may be a poll behind what the pair published, and
+    /// comparing them at once would publish a state the device has already left.
+    pub fn became(&mut self, change: &Change, engine: &Engine, now: Now) {
+        match change.role {
+            Role::Active => self.settling = Some(now.mono + self.settle),
+            // Stepping down: what this gateway published up to now is the pair's latest
+            // picture, until the peer publishes a newer one. (From the start, standby keeps
+            // what it has followed since connecting.)
+            Role::Standby if self.settling.take().is_some() => {}
+            Role::Standby if self.standby_seq.is_none() => {
+                self.published = Published::own(engine.alarms().shared(now), true);
+                self.standby_seq = Some(engine.alarms().last_seq());
+            }
+            Role::Standby => {}
+        }
+    }
+
+    /// True once, when a takeover has waited its fresh readings: the alarm table is then
+    /// reconciled with what the pair published, and this gateway publishes from then on.
+    pub fn takeover_due(&mut self, now: Now) -> bool {
+        match self.settling {
+            Some(t) if now.mono >= t && self.role() == Role::Active => {
+                self.settling = None;
+                self.standby_seq = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The retained `P/gateways/{gw}/pair` picture, for an active gateway of a pair.
+    pub fn picture(&self, engine: &Engine, now: Now) -> Option<Outgoing> {
+        if self.pair.is_none() || self.role() != Role::Active || self.standby_seq.is_some() {
+            return None;
+        }
+        let payload = serde_json::to_vec(&engine.alarms().shared(now)).ok()?;
+        Some(Outgoing::Message {
+            topic: self.topics.pair_of(&self.me),
+            payload,
+            retain: true,
+        })
+    }
+}

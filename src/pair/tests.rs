@@ -1,0 +1,258 @@
+//! The pair's stories as tables of steps: what each gateway sees, and the role it ends in.
+
+use std::time::Duration;
+
+use super::*;
+
+fn pair(me: &str, peer: &str, priority: i64, now: Now) -> Pair {
+    Pair::new(
+        me,
+        &Redundancy {
+            peer: peer.into(),
+            priority,
+        },
+        now,
+    )
+}
+
+fn online(role: &str, priority: i64) -> Vec<u8> {
+    format!(r#"{{"state":"online","version":"0.1","started_at":"x","role":"{role}","priority":{priority}}}"#)
+        .into_bytes()
+}
+
+const OFFLINE: &[u8] = br#"{"state":"offline"}"#;
+
+fn at(t0: Now, ms: u64) -> Now {
+    t0.after(Duration::from_millis(ms))
+}
+
+#[test]
+fn starting_waits_for_the_peer_and_then_decides_alone() {
+    let t0 = Now::system();
+    let mut p = pair("gw-b1", "gw-b2", 1, t0);
+    assert_eq!(p.role(), Role::Standby);
+    // Not connected yet: no decision however long it takes.
+    assert_eq!(p.tick(false, at(t0, 10_000)), None);
+    assert_eq!(p.tick(true, at(t0, 10_000)), None);
+    assert_eq!(p.tick(true, at(t0, 11_000)), None);
+    let c = p.tick(true, at(t0, 11_600)).unwrap();
+    assert_eq!(c.role, Role::Active);
+    assert_eq!(c.reason, "peer gw-b2 not seen within 1.5s of connecting");
+    assert_eq!(p.status().role, Role::Active);
+}
+
+#[test]
+fn an_active_peer_keeps_a_returning_gateway_standby_whatever_the_priorities() {
+    let t0 = Now::system();
+    let mut p = pair("gw-b1", "gw-b2", 1, t0);
+    p.tick(true, t0);
+    let c = p.on_peer_status(&online("active", 2), at(t0, 50)).unwrap();
+    assert_eq!(
+        c,
+        Change {
+            role: Role::Standby,
+            reason: "peer gw-b2 is active".into()
+        }
+    );
+    // And it stays so: no flapping on heartbeats or ticks.
+    for s in 1..20 {
+        assert_eq!(p.tick(true, at(t0, s * 1000)), None);
+        assert_eq!(
+            p.on_peer_status(&online("active", 2), at(t0, s * 1000)),
+            None
+        );
+    }
+    assert_eq!(p.role(), Role::Standby);
+}
+
+#[test]
+fn two_starting_gateways_settle_by_priority() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b1.tick(true, t0);
+    b2.tick(true, t0);
+    // Each sees the other's starting status (standby).
+    assert_eq!(b1.on_peer_status(&online("standby", 2), at(t0, 100)), None);
+    assert_eq!(b2.on_peer_status(&online("standby", 1), at(t0, 100)), None);
+    let c1 = b1.tick(true, at(t0, 1600)).unwrap();
+    let c2 = b2.tick(true, at(t0, 1600)).unwrap();
+    assert_eq!(c1.role, Role::Active);
+    assert_eq!(c1.reason, "peer gw-b2 is standby: priority 1 wins");
+    assert_eq!(c2.role, Role::Standby);
+    assert_eq!(c2.reason, "peer gw-b1 is standby and wins by priority 1");
+    // gw-b2 then sees gw-b1 active: nothing changes, however long.
+    assert_eq!(b2.on_peer_status(&online("active", 1), at(t0, 1700)), None);
+    assert_eq!(b2.tick(true, at(t0, 60_000)), None);
+    assert_eq!(b2.role(), Role::Standby);
+}
+
+#[test]
+fn the_standby_takes_over_when_the_peer_dies() {
+    let t0 = Now::system();
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b2.tick(true, t0);
+    b2.on_peer_status(&online("active", 1), at(t0, 10));
+    let c = b2.on_peer_status(OFFLINE, at(t0, 5000)).unwrap();
+    assert_eq!(c.role, Role::Active);
+    assert_eq!(c.reason, "peer gw-b1 offline (last will)");
+    let fault = br#"{"state":"fault","reason":"outbox: disk full"}"#;
+    let mut b3 = pair("gw-b2", "gw-b1", 2, t0);
+    b3.tick(true, t0);
+    b3.on_peer_status(&online("active", 1), at(t0, 10));
+    assert_eq!(
+        b3.on_peer_status(fault, at(t0, 20)).unwrap().reason,
+        "peer gw-b1 stopped on a fault (outbox: disk full)"
+    );
+}
+
+#[test]
+fn switchover_hands_over_and_nobody_takes_it_back() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b1.tick(true, t0);
+    b2.tick(true, t0);
+    b1.tick(true, at(t0, 2000));
+    b2.on_peer_status(&b1_status(&b1), at(t0, 2010));
+    b1.on_peer_status(&status_json(&b2), at(t0, 2020));
+    assert_eq!((b1.role(), b2.role()), (Role::Active, Role::Standby));
+
+    // The standby refuses and names the active gateway.
+    assert_eq!(
+        b2.switchover(Some("alice"), at(t0, 3000)).unwrap_err(),
+        "gw-b2 is standby; send the switchover to the active gateway gw-b1"
+    );
+    let c = b1.switchover(Some("alice"), at(t0, 3000)).unwrap();
+    assert_eq!(c.role, Role::Standby);
+    assert_eq!(c.reason, "switchover requested by alice");
+    assert_eq!(b1.status().handover_to.as_deref(), Some("gw-b2"));
+    // gw-b2 sees the hand-over and takes over at once.
+    let c = b2.on_peer_status(&b1_status(&b1), at(t0, 3010)).unwrap();
+    assert_eq!(c.role, Role::Active);
+    assert_eq!(
+        c.reason,
+        "peer gw-b1 handed over (switchover requested by alice)"
+    );
+    // gw-b1, before and after it sees gw-b2 active, stays standby (no flapping back).
+    assert_eq!(b1.tick(true, at(t0, 3020)), None);
+    assert_eq!(b1.on_peer_status(&status_json(&b2), at(t0, 3030)), None);
+    assert_eq!(b1.status().handover_to, None);
+    assert_eq!(b1.tick(true, at(t0, 60_000)), None);
+    assert_eq!(b2.on_peer_status(&b1_status(&b1), at(t0, 60_010)), None);
+    assert_eq!((b1.role(), b2.role()), (Role::Standby, Role::Active));
+}
+
+#[test]
+fn a_handover_nobody_takes_is_taken_back() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    b1.on_peer_status(&online("standby", 2), at(t0, 10));
+    b1.tick(true, at(t0, 2000));
+    assert_eq!(b1.role(), Role::Active);
+    b1.switchover(None, at(t0, 3000)).unwrap();
+    assert_eq!(b1.tick(true, at(t0, 5000)), None);
+    let c = b1.tick(true, at(t0, 6100)).unwrap();
+    assert_eq!(c.role, Role::Active);
+    assert_eq!(c.reason, "peer gw-b2 did not take over within 3s");
+}
+
+#[test]
+fn switchover_is_refused_without_a_standby_peer() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    b1.tick(true, at(t0, 2000));
+    assert_eq!(
+        b1.switchover(None, at(t0, 2100)).unwrap_err(),
+        "peer gw-b2 has not been seen: nobody to hand over to, gw-b1 stays active"
+    );
+    b1.on_peer_status(OFFLINE, at(t0, 2200));
+    assert_eq!(
+        b1.switchover(None, at(t0, 2300)).unwrap_err(),
+        "peer gw-b2 offline (last will): nobody to hand over to, gw-b1 stays active"
+    );
+    assert_eq!(b1.role(), Role::Active);
+}
+
+#[test]
+fn both_active_the_loser_by_priority_steps_down() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    for p in [&mut b1, &mut b2] {
+        p.tick(true, t0);
+        p.tick(true, at(t0, 2000));
+        assert_eq!(p.role(), Role::Active);
+    }
+    assert_eq!(b1.on_peer_status(&online("active", 2), at(t0, 3000)), None);
+    let c = b2
+        .on_peer_status(&online("active", 1), at(t0, 3000))
+        .unwrap();
+    assert_eq!(
+        c,
+        Change {
+            role: Role::Standby,
+            reason: "both active: gw-b1 wins by priority 1".into()
+        }
+    );
+}
+
+#[test]
+fn equal_priorities_fall_to_the_lower_id() {
+    let t0 = Now::system();
+    let mut a = pair("gw-a", "gw-b", 5, t0);
+    let mut b = pair("gw-b", "gw-a", 5, t0);
+    for p in [&mut a, &mut b] {
+        p.tick(true, t0);
+        p.tick(true, at(t0, 2000));
+    }
+    assert_eq!(a.on_peer_status(&online("active", 5), at(t0, 3000)), None);
+    assert_eq!(
+        b.on_peer_status(&online("active", 5), at(t0, 3000))
+            .unwrap()
+            .role,
+        Role::Standby
+    );
+}
+
+#[test]
+fn both_standby_the_winner_takes_over_after_the_grace() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    // gw-b1 came back and saw gw-b2 active; then gw-b2 says standby without handing over
+    // (an operator's mistake, a bug): gw-b1 waits the grace, then takes over.
+    b1.on_peer_status(&online("active", 2), at(t0, 10));
+    assert_eq!(b1.on_peer_status(&online("standby", 2), at(t0, 1000)), None);
+    assert_eq!(b1.tick(true, at(t0, 3000)), None);
+    let c = b1.tick(true, at(t0, 4100)).unwrap();
+    assert_eq!(c.reason, "both standby: priority 1 wins");
+    // The loser would not.
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b2.tick(true, t0);
+    b2.on_peer_status(&online("active", 1), at(t0, 10));
+    b2.on_peer_status(&online("standby", 1), at(t0, 1000));
+    assert_eq!(b2.tick(true, at(t0, 60_000)), None);
+}
+
+#[test]
+fn unreadable_peer_status_is_ignored() {
+    let t0 = Now::system();
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b2.tick(true, t0);
+    b2.on_peer_status(&online("active", 1), at(t0, 10));
+    assert_eq!(b2.on_peer_status(b"not json", at(t0, 20)), None);
+    assert!(matches!(b2.peer(), Peer::Online { .. }));
+}
+
+fn status_json(p: &Pair) -> Vec<u8> {
+    let mut v = serde_json::to_value(p.status()).unwrap();
+    v["state"] = "online".into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn b1_status(p: &Pair) -> Vec<u8> {
+    status_json(p)
+}

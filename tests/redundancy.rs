@@ -1,0 +1,481 @@
+//! Redundant gateways (issue 13, SPEC "Redundant gateways") as an operator lives them: two
+//! gateways for one room, gw-b1 (priority 1) and gw-b2 (priority 2), the real binary twice
+//! against a real mosquitto and `emberwatch sim`. One is active and publishes; the other
+//! watches warm and takes over when the first dies, without raising again what was raised.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::relay::Relay;
+use common::*;
+use serde_json::Value;
+
+const ALARM: &str = "emberwatch/test-site/alarms/room-1/rack-01/cell_temp_max/cell-overtemp";
+const KEY: &str = "rack-01/cell_temp_max/cell-overtemp";
+const ZONE: &str = "emberwatch/test-site/zones/room-1/status";
+const SOON: Duration = Duration::from_secs(10);
+/// keep_alive 2 s: the SPEC's bound for a takeover is 1.5 × 2 s + 2 s.
+const TAKEOVER: Duration = Duration::from_secs(5);
+
+fn status(gw: &str) -> String {
+    format!("{P}/gateways/{gw}/status")
+}
+
+fn cmd(gw: &str, name: &str) -> String {
+    format!("{P}/gateways/{gw}/cmd/{name}")
+}
+
+/// A status that changes the role after the start (a start's own standby excluded).
+fn flap(topic: &str, j: &Value, active: &str, standby: &str) -> bool {
+    let starting = j["role_reason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("starting"));
+    !starting
+        && ((topic == status(active) && j["role"] != "active")
+            || (topic == status(standby) && j["role"] == "active"))
+}
+
+fn result(gw: &str) -> String {
+    cmd(gw, "result")
+}
+
+/// The harness's gateway, as `name` of the pair, with keep_alive 2 s, on `mqtt_port`.
+fn pair_config(name: &str, priority: i64, mqtt_port: u16, sim_port: u16, dir: &Path) -> String {
+    let peer = if name == "gw-b1" { "gw-b2" } else { "gw-b1" };
+    gateway_config(
+        mqtt_port,
+        sim_port,
+        dir,
+        &format!("\n[redundancy]\npeer = \"{peer}\"\npriority = {priority}\n"),
+    )
+    .replace("gateway = \"gw-t\"", &format!("gateway = \"{name}\""))
+    .replace("keep_alive = \"5s\"", "keep_alive = \"2s\"")
+}
+
+struct Pair {
+    /// Appended to both gateways' configurations (a `[drain]` section).
+    extra: String,
+    sub: Subscriber,
+    sim: Sim,
+    broker: Mosquitto,
+    b1: Option<Daemon>,
+    b2: Option<Daemon>,
+    dir1: tempfile::TempDir,
+    dir2: tempfile::TempDir,
+    /// gw-b1's broker port (a relay's, for the split brain).
+    b1_port: u16,
+}
+
+impl Pair {
+    async fn start(relay_for_b1: Option<&Relay>, broker: Mosquitto) -> Pair {
+        Pair::start_with(relay_for_b1, broker, "").await
+    }
+
+    async fn start_with(relay_for_b1: Option<&Relay>, broker: Mosquitto, extra: &str) -> Pair {
+        let sim = Sim::start("normal", 1).await;
+        let sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+        let b1_port = relay_for_b1.map_or(broker.port(), Relay::port);
+        let mut p = Pair {
+            extra: extra.to_string(),
+            sub,
+            sim,
+            b1: None,
+            b2: None,
+            dir1: tempfile::tempdir().expect("tempdir"),
+            dir2: tempfile::tempdir().expect("tempdir"),
+            b1_port,
+            broker,
+        };
+        p.b1 = Some(Daemon::start(&p.config("gw-b1")));
+        p.b2 = Some(Daemon::start(&p.config("gw-b2")));
+        p
+    }
+
+    fn config(&self, gw: &str) -> String {
+        let c = match gw {
+            "gw-b1" => pair_config(gw, 1, self.b1_port, self.sim.port(), self.dir1.path()),
+            _ => pair_config(gw, 2, self.broker.port(), self.sim.port(), self.dir2.path()),
+        };
+        c + &self.extra
+    }
+
+    /// The next status of `gw` that says `role` once decided (not the standby of a start).
+    async fn role(&mut self, gw: &str, role: &str, within: Duration) -> Value {
+        self.sub
+            .expect_where(
+                &status(gw),
+                |j| {
+                    j["role"] == role
+                        && !j["role_reason"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with("starting"))
+                },
+                within,
+            )
+            .await
+    }
+
+    async fn command(&mut self, gw: &str, name: &str, body: &str) -> Value {
+        publish(self.broker.port(), &cmd(gw, name), body.as_bytes(), false).await;
+        self.sub
+            .expect_where(&result(gw), |j| j["command"] == name, SOON)
+            .await
+    }
+
+    /// Alarm events of `gw` for the cell-overtemp alarm within `within`.
+    async fn events_of(&mut self, gw: &str, within: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        let end = Instant::now() + within;
+        while let Some(m) = self
+            .sub
+            .next_matching(
+                |t, j| t == ALARM && j["gateway"] == gw,
+                end.saturating_duration_since(Instant::now()),
+            )
+            .await
+        {
+            got.push(m.json());
+        }
+        got
+    }
+
+    /// Runs `emberwatch switchover` on `gw`'s configuration.
+    fn switchover(&self, gw: &str, by: &str) -> std::process::Output {
+        let file = if gw == "gw-b1" {
+            self.dir1.path().join("switchover.toml")
+        } else {
+            self.dir2.path().join("switchover.toml")
+        };
+        std::fs::write(&file, self.config(gw)).expect("write config");
+        std::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+            .args(["switchover", "--config"])
+            .arg(&file)
+            .args(["--by", by])
+            .output()
+            .expect("run emberwatch switchover")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pair_settles_by_priority_and_only_the_active_one_publishes() {
+    let broker = Mosquitto::start().await;
+    let mut p = Pair::start(None, broker).await;
+    let s1 = p.role("gw-b1", "active", SOON).await;
+    let s2 = p.role("gw-b2", "standby", SOON).await;
+    assert_eq!(s1["state"], "online");
+    assert_eq!(s1["peer"], "gw-b2");
+    assert_eq!(s1["priority"], 1);
+    assert!(s1["role_since"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(s2["peer"], "gw-b1");
+    let why2 = s2["role_reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        why2 == "peer gw-b1 is active" || why2 == "peer gw-b1 is standby and wins by priority 1",
+        "{s2}"
+    );
+
+    // A critical temperature: one event, from gw-b1; gw-b2 (warm, evaluating too) is silent.
+    p.sim.write(116, 600).await;
+    let raised = p
+        .sub
+        .expect_where(ALARM, |j| j["state"] == "active", SOON)
+        .await;
+    assert_eq!(raised["gateway"], "gw-b1");
+    assert_eq!(raised["severity"], "critical");
+    assert!(p
+        .events_of("gw-b2", Duration::from_secs(3))
+        .await
+        .is_empty());
+
+    // The standby refuses the alarm table's commands, naming the active gateway.
+    let refused = p
+        .command("gw-b2", "ack", &format!(r#"{{"alarm":"{KEY}"}}"#))
+        .await;
+    assert_eq!(refused["ok"], false);
+    assert_eq!(
+        refused["reason"],
+        "gw-b2 is standby; send commands to the active gateway gw-b1"
+    );
+    // Neither flapped.
+    assert!(p
+        .sub
+        .next_matching(|t, j| flap(t, j, "gw-b1", "gw-b2"), Duration::from_secs(2),)
+        .await
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_a_dead_gateway_and_a_switchover_hands_back() {
+    let broker = Mosquitto::start().await;
+    let mut p = Pair::start(None, broker).await;
+    p.role("gw-b1", "active", SOON).await;
+    p.role("gw-b2", "standby", SOON).await;
+    p.sim.write(116, 600).await;
+    let raised = p
+        .sub
+        .expect_where(ALARM, |j| j["state"] == "active", SOON)
+        .await;
+    assert_eq!(raised["gateway"], "gw-b1");
+    let acked = p
+        .command(
+            "gw-b1",
+            "ack",
+            &format!(r#"{{"alarm":"{KEY}","by":"alice"}}"#),
+        )
+        .await;
+    assert_eq!(acked["ok"], true, "{acked}");
+    p.sub
+        .expect_where(ALARM, |j| j["acked"] == true, SOON)
+        .await;
+    // Let the standby see the ack in the pair's picture.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.sub.forget();
+
+    // gw-b1 dies without a word: the broker's last will, then gw-b2 is active.
+    let killed = Instant::now();
+    p.b1.as_mut().expect("gw-b1").kill().await;
+    p.sub
+        .expect_where(&status("gw-b1"), |j| j["state"] == "offline", SOON)
+        .await;
+    let s2 = p.role("gw-b2", "active", SOON).await;
+    let took = killed.elapsed();
+    assert_eq!(s2["role_reason"], "peer gw-b1 offline (last will)");
+    eprintln!("takeover {took:?} after SIGKILL (SPEC bound {TAKEOVER:?}; measured in benches/redundancy.rs)");
+    // It says where the zone stands, and raises nothing again: the alarm stays acked.
+    let zone = p.sub.expect(ZONE, SOON).await;
+    assert_eq!(zone["level"], "critical");
+    assert_eq!(zone["active"][0], KEY);
+    assert!(
+        p.events_of("gw-b2", Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "gw-b2 re-raised what gw-b1 had raised; seen:\n{}",
+        p.sub.seen_list()
+    );
+    // A change after the takeover: gw-b2's own gateway and seq.
+    p.sim.write(116, 700).await;
+    let worse = p
+        .sub
+        .expect_where(ALARM, |j| j["severity"] == "emergency", SOON)
+        .await;
+    assert_eq!(worse["gateway"], "gw-b2");
+    assert_eq!(worse["seq"], 1, "gw-b2's first event: {worse}");
+    assert_eq!(worse["event_id"], "gw-b2-1");
+    assert_eq!(worse["acked"], false);
+
+    // gw-b1 comes back: standby, and the pair does not flap.
+    p.b1 = Some(Daemon::start(&p.config("gw-b1")));
+    let back = p
+        .sub
+        .expect_where(
+            &status("gw-b1"),
+            |j| j["state"] == "online" && j["role_reason"] == "peer gw-b2 is active",
+            SOON,
+        )
+        .await;
+    assert_eq!(back["role"], "standby");
+    assert!(p
+        .sub
+        .next_matching(|t, j| flap(t, j, "gw-b2", "gw-b1"), Duration::from_secs(4),)
+        .await
+        .is_none());
+    assert!(p
+        .events_of("gw-b1", Duration::from_millis(10))
+        .await
+        .is_empty());
+
+    // A switchover asked of the standby is refused, naming the active one.
+    let out = p.switchover("gw-b1", "alice");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "gateway gw-b1 refused the switchover: gw-b1 is standby; send the switchover to the active gateway gw-b2"
+    );
+    // Asked of the active one, it hands over: gw-b2 says why, gw-b1 takes over.
+    p.sub.forget();
+    let out = p.switchover("gw-b2", "alice");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s2 = p.role("gw-b2", "standby", SOON).await;
+    assert_eq!(s2["role_reason"], "switchover requested by alice");
+    let s1 = p.role("gw-b1", "active", SOON).await;
+    assert_eq!(
+        s1["role_reason"],
+        "peer gw-b2 handed over (switchover requested by alice)"
+    );
+    // Nothing raised twice by the new active; the next change is gw-b1's.
+    assert!(p
+        .events_of("gw-b1", Duration::from_secs(2))
+        .await
+        .is_empty());
+    p.sim.write(116, 250).await;
+    let cleared = p
+        .sub
+        .expect_where(ALARM, |j| j["state"] == "cleared", SOON)
+        .await;
+    assert_eq!(cleared["gateway"], "gw-b1");
+    assert!(p
+        .events_of("gw-b2", Duration::from_secs(1))
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_split_brain_leaves_one_active_by_priority() {
+    let broker = Mosquitto::start().await;
+    let relay = Relay::start(broker.port()).await;
+    let mut p = Pair::start(Some(&relay), broker).await;
+    p.role("gw-b1", "active", SOON).await;
+    p.role("gw-b2", "standby", SOON).await;
+
+    // gw-b1 loses the broker (its link is cut) but lives: gw-b2 takes over.
+    p.sub.forget();
+    relay.cut();
+    let s2 = p.role("gw-b2", "active", SOON).await;
+    assert_eq!(s2["role_reason"], "peer gw-b1 offline (last will)");
+    // While apart, both publish: gw-b2 on the broker, gw-b1 into its outbox.
+    p.sim.write(116, 600).await;
+    let raised = p
+        .sub
+        .expect_where(ALARM, |j| j["state"] == "active", SOON)
+        .await;
+    assert_eq!(raised["gateway"], "gw-b2");
+
+    // Healed: gw-b1 is back, still active; gw-b2 loses by priority and steps down.
+    p.sub.forget();
+    relay.restore();
+    let s2 = p.role("gw-b2", "standby", Duration::from_secs(20)).await;
+    assert_eq!(s2["role_reason"], "both active: gw-b1 wins by priority 1");
+    let s1 = p
+        .sub
+        .expect_where(&status("gw-b1"), |j| j["state"] == "online", SOON)
+        .await;
+    assert_eq!(s1["role"], "active");
+    assert!(p
+        .sub
+        .next_matching(|t, j| flap(t, j, "gw-b1", "gw-b2"), Duration::from_secs(3),)
+        .await
+        .is_none());
+}
+
+/// `emberwatch drain-agent` `id` for room-1, whose drain hook appends the drain_id to `log`.
+fn agent(port: u16, dir: &Path, id: &str, log: &Path) -> tokio::process::Child {
+    let hook = dir.join(format!("{id}-drain.sh"));
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$EMBERWATCH_DRAIN_ID\" >> '{}'\n",
+            log.display()
+        ),
+    )
+    .expect("write hook");
+    let _ = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status();
+    let config = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nid = \"test-site\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+             topic_prefix = \"emberwatch\"\nkeep_alive = \"2s\"\n[storage]\ndir = '{dir}'\n\
+             [agent]\nid = \"{id}\"\nzones = [\"room-1\"]\ndrain = ['{hook}']\n\
+             restore = [\"/bin/true\"]\ntimeout = \"20s\"\n",
+            dir = dir.display(),
+            hook = hook.display()
+        ),
+    )
+    .expect("write agent config");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+        .args(["drain-agent", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn emberwatch drain-agent")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_in_progress_is_carried_on_with_the_same_drain_id() {
+    const REQUEST: &str = "emberwatch/test-site/drain/room-1/request";
+    const DRAIN_STATUS: &str = "emberwatch/test-site/drain/room-1/status";
+    let broker = Mosquitto::start().await;
+    let port = broker.port();
+    let agents = tempfile::tempdir().expect("tempdir");
+    let hooks = agents.path().join("hooks.log");
+    // lb-2 never comes: the drain stays open (until its 60 s deadline) across the takeover.
+    let _lb1 = agent(port, agents.path(), "lb-1", &hooks);
+    let mut p = Pair::start_with(
+        None,
+        broker,
+        "\n[drain]\ntrigger = \"critical\"\ndeadline = \"60s\"\nagents = [\"lb-1\", \"lb-2\"]\n",
+    )
+    .await;
+    p.role("gw-b1", "active", SOON).await;
+    p.role("gw-b2", "standby", SOON).await;
+    p.sim.write(116, 600).await;
+    let request = p
+        .sub
+        .expect_where(REQUEST, |j| j["drain_id"].is_string(), SOON)
+        .await;
+    let id = request["drain_id"].as_str().unwrap_or_default().to_string();
+    p.sub
+        .expect_where(
+            DRAIN_STATUS,
+            |j| j["drain_id"] == id.as_str() && j["agents"]["lb-1"] == "done",
+            SOON,
+        )
+        .await;
+    p.sub.forget();
+
+    p.b1.as_mut().expect("gw-b1").kill().await;
+    p.role("gw-b2", "active", SOON).await;
+    // gw-b2 says the same drain again (agents answer with what they did), never a new one.
+    let again = p.sub.expect(REQUEST, SOON).await;
+    assert_eq!(again["drain_id"], id.as_str(), "{again}");
+    let status = p.sub.expect(DRAIN_STATUS, SOON).await;
+    assert_eq!(status["drain_id"], id.as_str());
+    assert_eq!(status["agents"]["lb-1"], "done", "{status}");
+    assert!(p
+        .sub
+        .next_matching(
+            |t, j| t == REQUEST && j["drain_id"] != id.as_str(),
+            Duration::from_secs(3),
+        )
+        .await
+        .is_none());
+    // lb-1's hook ran once, for that drain_id.
+    let ran = std::fs::read_to_string(&hooks).unwrap_or_default();
+    assert_eq!(ran.lines().collect::<Vec<_>>(), [id.as_str()], "{ran}");
+}
+
+#[test]
+fn check_config_accepts_the_example_pair_and_shows_it() {
+    for (file, peer, priority) in [("pair-b1.toml", "gw-b2", 1), ("pair-b2.toml", "gw-b1", 2)] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(file);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberwatch"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run emberwatch check-config");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("pair: peer {peer}, priority {priority}")),
+            "{file}: {text}"
+        );
+    }
+}
