@@ -325,6 +325,85 @@ async fn a_live_update_changes_its_row_in_place() {
     b.close().await;
 }
 
+/// A redundant pair on the wall board (issue 13): the two gateways side by side under one
+/// heading naming the active one, since when and why; when the active one dies, the page turns
+/// live to the other, with the reason it took over, and the dead one stays in its pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_sees_which_gateway_of_the_pair_is_active_since_when_and_why() {
+    let broker = Mosquitto::start().await;
+    let console = Console::start(broker.port(), "").await;
+    let status = |gw: &str, role: &str, since: &str, reason: &str| {
+        let peer = if gw == "gw-b1" { "gw-b2" } else { "gw-b1" };
+        serde_json::json!({"state": "online", "role": role, "peer": peer,
+            "role_since": since, "role_reason": reason})
+        .to_string()
+    };
+    let topic = |gw: &str| format!("{}/gateways/{gw}/status", common::P);
+    let b1 = status(
+        "gw-b1",
+        "active",
+        "2026-11-29T15:00:00Z",
+        "priority 1 of the pair",
+    );
+    let b2 = status(
+        "gw-b2",
+        "standby",
+        "2026-11-29T15:00:01Z",
+        "peer gw-b1 is active",
+    );
+    common::publish(broker.port(), &topic("gw-b1"), b1.as_bytes(), true).await;
+    common::publish(broker.port(), &topic("gw-b2"), b2.as_bytes(), true).await;
+    let b = Browser::start(1920, 1080).await;
+    b.client
+        .goto(&console.url("/"))
+        .await
+        .expect("open the page");
+    const PAIR: &str = r#"document.querySelector('.pair[data-pair="gw-b1 gw-b2"]')"#;
+    b.wait_until(
+        "the pair with gw-b1 active and gw-b2 standby",
+        &format!(
+            r#"{PAIR}?.dataset.active === 'gw-b1' && {PAIR}.querySelector('.gw[data-gateway="gw-b2"]')?.dataset.state === 'standby'"#
+        ),
+        LIVE,
+    )
+    .await;
+    assert!(
+        b.text(".pair .pair-head")
+            .await
+            .starts_with("Pair gw-b1 ⇄ gw-b2 · active: gw-b1 since "),
+        "{}",
+        b.text(".pair .pair-head").await
+    );
+
+    // gw-b1 dies (its last will), gw-b2 takes over: the page follows without a reload.
+    common::publish(
+        broker.port(),
+        &topic("gw-b1"),
+        br#"{"state":"offline"}"#,
+        true,
+    )
+    .await;
+    let took = status(
+        "gw-b2",
+        "active",
+        "2026-11-29T15:03:04Z",
+        "peer gw-b1 offline (last will)",
+    );
+    common::publish(broker.port(), &topic("gw-b2"), took.as_bytes(), true).await;
+    b.wait_until(
+        "gw-b2 active, gw-b1 offline in the same pair",
+        &format!(
+            r#"{PAIR}?.dataset.active === 'gw-b2' && {PAIR}.querySelector('.gw[data-gateway="gw-b1"]')?.dataset.state === 'offline'"#
+        ),
+        LIVE,
+    )
+    .await;
+    let head = b.text(".pair .pair-head").await;
+    assert!(head.ends_with("(peer gw-b1 offline (last will))"), "{head}");
+    b.screenshot(&screenshots().join("pair-takeover.png")).await;
+    b.close().await;
+}
+
 /// Clicks the element `css` names. A row gets new buttons when its alarm changes, so a button
 /// found a moment ago may be gone; it is found again (as a person would move the pointer).
 async fn click(b: &Browser, css: &str) {

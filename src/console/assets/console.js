@@ -349,20 +349,45 @@
       $("gateways").replaceChildren(h("p", { class: "empty" }, "No gateway seen yet."));
       return;
     }
-    $("gateways").replaceChildren(...gws.map(gatewayCard));
+    // The two gateways of a redundant pair side by side, under one heading saying which is
+    // active, since when and why.
+    const groups = new Map();
+    for (const g of gws) {
+      const k = g.site + "|" + (g.peer ? [g.gateway, g.peer].sort().join("|") : g.gateway);
+      if (!groups.has(k)) groups.set(k, []);
+      groups.get(k).push(g);
+    }
+    $("gateways").replaceChildren(...[...groups.values()].map((members) => {
+      const one = members[0];
+      if (!one.peer) return gatewayCard(one);
+      const names = [one.gateway, one.peer].sort();
+      const active = members.find((g) => g.state === "online" && g.role === "active");
+      const head = active
+        ? "active: " + active.gateway + (active.role_since ? " since " + fmtTime(active.role_since) : "") +
+          (active.role_reason ? " (" + active.role_reason + ")" : "")
+        : "no active gateway";
+      return h("div", { class: "pair" + (active ? "" : " pair-none"), "data-pair": names.join(" "), "data-active": active ? active.gateway : "" },
+        h("div", { class: "pair-head" }, "Pair " + names.join(" ⇄ ") + " · " + head),
+        h("div", { class: "pair-cards" }, ...members.map(gatewayCard)));
+    }));
   }
 
   function gatewayCard(g) {
     let health = g.state || "unknown";
     if (health === "online" && g.role === "standby") health = "standby";
     const text = {
-      online: "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
+      // A gateway alone is active too (its status says so); only a pair's active one is marked.
+      online: g.role === "active" && g.peer ? "★ ACTIVE" : "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
     }[health] || "? " + health.toUpperCase();
     const missing = (g.missing || []).map(([a, b]) => (a === b ? String(a) : a + "–" + b));
     const outbox = g.outbox && g.outbox.undelivered !== undefined ? "outbox " + g.outbox.undelivered + " undelivered" : null;
-    return h("article", { class: "gw gw-" + health, "data-gateway": g.gateway, "data-state": health },
-      h("h3", {}, g.gateway), h("div", { class: "detail" }, g.site + (g.role ? " · " + g.role : "")),
+    const role = g.role && g.peer && g.state === "online"
+      ? g.role + (g.role_since ? " since " + fmtTime(g.role_since) : "") + (g.role_reason ? ": " + g.role_reason : "")
+      : null;
+    return h("article", { class: "gw gw-" + health + (g.role === "active" && g.peer && health === "online" ? " gw-active" : ""), "data-gateway": g.gateway, "data-state": health, "data-role": g.role || "" },
+      h("h3", {}, g.gateway), h("div", { class: "detail" }, g.site + (g.peer ? " · pair with " + g.peer : "")),
       h("div", { class: "state" }, text),
+      role ? h("div", { class: "detail role" }, role) : null,
       g.reason ? h("div", { class: "detail" }, g.reason) : null,
       h("div", {}, "seq " + (g.seq ?? "—") + " · received through " + (g.received_through ?? "—")),
       missing.length ? h("div", { class: "missing" }, "missing " + missing.join(", ")) : h("div", { class: "detail" }, "no gap"),
@@ -372,7 +397,9 @@
   function renderAudit() {
     $("audit").replaceChildren(...state.audit.map((a) =>
       h("li", { class: a.ok ? "" : "bad" }, fmtTime(a.time) + " " + (a.user || "?") + " " + a.command + " " +
-        (a.alarm || a.zone || "") + " on " + a.gateway + ": " + (a.ok ? "ok" : "refused" + (a.reason ? " (" + a.reason + ")" : "")))));
+        (a.alarm || a.zone || "") + " on " + a.gateway +
+        (a.answered_by && a.answered_by !== a.gateway ? " (answered by " + a.answered_by + ", the active one)" : "") +
+        ": " + (a.ok ? "ok" : "refused" + (a.reason ? " (" + a.reason + ")" : "")))));
   }
 
   function pointsKnown() {
@@ -404,14 +431,16 @@
     try { json = JSON.parse(text); } catch (e) { /* not JSON */ }
     // A gateway's cmd/result carries `reason`; the console's own refusals carry `error`.
     const reason = (json && (json.reason || json.error)) || text.slice(0, 200);
+    // A command to the standby (or dead) gateway of a pair goes to the active one.
+    const by = (json && json.answered_by) || body.gateway;
     if (r.status === 200) {
-      notice("ok", what + ": done by gateway " + body.gateway + (reason ? " (" + reason + ")" : ""));
+      notice("ok", what + ": done by gateway " + by + (reason ? " (" + reason + ")" : ""));
     } else if (r.status === 401) {
       notice("error", what + ": refused, log in first (401)");
       $("login").hidden = false;
       $("login-user").focus();
     } else if (r.status === 422) {
-      notice("error", what + ": gateway " + body.gateway + " refused: " + (reason || "no reason given") + " (422)");
+      notice("error", what + ": gateway " + by + " refused: " + (reason || "no reason given") + " (422)");
     } else if (r.status === 504) {
       notice("error", what + ": no answer from gateway " + body.gateway + " within 5 s; it may be offline (504)");
     } else {
@@ -445,9 +474,11 @@
     const a = JSON.parse(ev.data);
     const key = a.site + "|" + a.alarm;
     const old = state.alarms.get(key);
-    // At-least-once delivery and replays may bring an older event after a newer one.
-    if (old && old.gateway === a.gateway && typeof old.seq === "number" && typeof a.seq === "number" && a.seq < old.seq && ev.type === "event") return;
-    state.alarms.set(key, Object.assign({}, old && ev.type === "alarm" ? old : {}, a));
+    // At-least-once delivery and replays may bring an older event after a newer one. The
+    // console sends `alarm` only for the event an alarm shows after merging the two gateways
+    // of a pair (by time between them), so an `alarm` is the whole new state.
+    if (old && old.gateway === a.gateway && typeof old.seq === "number" && typeof a.seq === "number" && a.seq < old.seq) return;
+    state.alarms.set(key, a);
     redraw("alarms", t0);
   }
 
@@ -465,7 +496,6 @@
       $("live").textContent = "connection lost, retrying";
       wasLost = true;
     };
-    es.addEventListener("event", onAlarm);
     es.addEventListener("alarm", onAlarm);
     es.addEventListener("zone", (ev) => {
       const z = JSON.parse(ev.data);
