@@ -15,31 +15,12 @@ mod common;
 use common::{machine, percentile};
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use emberwatch::console::store::{open_writer, EventQuery, Reader, Write, Writer};
-use serde_json::json;
+use common::console_db::{events, fill, ZONES};
+use emberwatch::console::store::{EventQuery, Reader};
 
 const EVENTS: u64 = 100_000;
-const ZONES: u64 = 200;
-
-fn event(seq: u64) -> serde_json::Value {
-    let zone = seq % ZONES;
-    let rack = seq % 1000;
-    json!({
-        "event_id": format!("gw-b1-{seq}"), "seq": seq, "site": "pangyo-a", "gateway": "gw-b1",
-        "alarm": format!("rack-{rack:03}/cell_temp_max/cell-overtemp"), "rule": "cell-overtemp",
-        "zone": format!("room-{zone}"), "device": format!("rack-{rack:03}"), "point": "cell_temp_max",
-        "kind": "threshold", "severity": "critical",
-        "state": if seq % 3 == 0 { "cleared" } else { "active" }, "acked": false,
-        "value": 57.2, "threshold": 55.0, "unit": "degC",
-        "message": "cell_temp_max 57.2 degC above critical 55.0",
-        "time": "2026-11-24T13:40:02.123Z", "since": "2026-11-24T13:40:01.900Z",
-        "isa_state": if seq % 3 == 0 { "cleared_unacknowledged" } else { "active_unacknowledged" },
-        "shelved_until": null, "out_of_service": false, "chattering": false,
-        "transitions_last_minute": 1
-    })
-}
 
 fn summary(name: &str, mut ms: Vec<f64>) {
     ms.sort_by(|a, b| a.total_cmp(b));
@@ -61,26 +42,12 @@ fn main() {
     let db = dir.path().join("console.db");
     println!("machine: {}", machine());
 
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let conn = open_writer(&db).expect("open");
-    let (writer, thread) = Writer::spawn(conn, Duration::from_secs(10 * 365 * 24 * 3600));
-    let events: Vec<_> = (1..=EVENTS).map(event).collect();
+    let events = events(
+        EVENTS,
+        |seq| if seq % 3 == 0 { "cleared" } else { "active" },
+    );
     let started = Instant::now();
-    rt.block_on(async {
-        for e in events {
-            writer
-                .tx
-                .send(Write::Event {
-                    event: e,
-                    received_ms: 1_795_000_000_000,
-                })
-                .await
-                .expect("writer running");
-        }
-    });
-    assert!(writer.health.ok(), "{:?}", writer.health.why());
-    drop(writer);
-    thread.join().expect("writer thread");
+    fill(&db, events);
     let took = started.elapsed().as_secs_f64();
     println!(
         "ingest: {EVENTS} events in {took:.2} s: {:.0} events/s (one writer, batched, WAL)",

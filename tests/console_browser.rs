@@ -12,7 +12,7 @@ mod page_harness;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{gateway_config, Daemon, Mosquitto, Sim};
+use common::{gateway_config, publish, Daemon, Mosquitto, Sim, P};
 use fantoccini::Locator;
 use page_harness::browser::Browser;
 use page_harness::console::{Console, PASSWORD, USER};
@@ -228,7 +228,183 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
     b.close().await;
 }
 
-/// Clicks the element `css` names. The alarm list is redrawn on every update, so a button
+/// An update on the stream changes the one alarm row it is about, in place: the row is the
+/// same element with its new state, and the other rows and the zone tile are not rebuilt (a
+/// property the test sets on each element survives). With 1,000 alarms on the wall, redrawing
+/// the whole list on every update is what made the page slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_update_changes_its_row_in_place() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let storage = tempfile::tempdir().expect("tempdir");
+    let _gateway = Daemon::start(&gateway_config(
+        broker.port(),
+        sim.port(),
+        storage.path(),
+        RULES,
+    ));
+    let console = Console::start(broker.port(), "").await;
+    let b = Browser::start(1920, 1080).await;
+    b.client
+        .goto(&console.url("/"))
+        .await
+        .expect("open the page");
+    b.wait_until(
+        "the page ready",
+        "document.body.dataset.ready === '1'",
+        LIVE,
+    )
+    .await;
+    sim.write(121, 50).await; // off-gas warning
+    sim.write(116, 600).await; // 60.0 °C: cell-overtemp critical
+    let heat_row = r#"#alarm-rows tr[data-alarm="rack-01/cell_temp_max/cell-overtemp"]"#;
+    b.wait_until(
+        "both alarms listed, unacknowledged",
+        &format!(
+            r#"document.querySelector('{OFFGAS_ROW}')?.dataset.isa === 'active_unacknowledged'
+               && document.querySelector('{heat_row}')?.dataset.isa === 'active_unacknowledged'
+               && document.querySelectorAll('#alarm-rows tr').length === 2"#
+        ),
+        LIVE,
+    )
+    .await;
+    b.wait_until("room-1 critical", &tile_is("critical"), LIVE)
+        .await;
+    // Let the drain's and the zone's own updates settle, then mark every element.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.client
+        .execute(
+            &format!(
+                r#"document.querySelector('{OFFGAS_ROW}').__mark = 'offgas';
+                   document.querySelector('{heat_row}').__mark = 'heat';
+                   document.querySelector('.tile[data-zone="room-1"]').__mark = 'tile';"#
+            ),
+            vec![],
+        )
+        .await
+        .expect("mark the rows");
+
+    // Someone (another console, a script) acknowledges the cell-overtemp alarm: its row
+    // changes state and moves below the unacknowledged off-gas one.
+    publish(
+        broker.port(),
+        &format!("{P}/gateways/gw-t/cmd/ack"),
+        br#"{"alarm":"rack-01/cell_temp_max/cell-overtemp","by":"script"}"#,
+        false,
+    )
+    .await;
+    b.wait_until(
+        "the cell-overtemp row acknowledged, below the off-gas one",
+        &format!(
+            r#"document.querySelector('{heat_row}')?.dataset.isa === 'active_acknowledged'
+               && document.querySelector('{heat_row} td.isa').textContent === 'active, acked'
+               && document.querySelector('#alarm-rows tr') === document.querySelector('{OFFGAS_ROW}')"#
+        ),
+        LIVE,
+    )
+    .await;
+    let marks = b
+        .client
+        .execute(
+            &format!(
+                r#"return [document.querySelector('{OFFGAS_ROW}').__mark,
+                           document.querySelector('{heat_row}').__mark,
+                           document.querySelector('.tile[data-zone="room-1"]').__mark];"#
+            ),
+            vec![],
+        )
+        .await
+        .expect("read the marks");
+    assert_eq!(
+        marks,
+        serde_json::json!(["offgas", "heat", "tile"]),
+        "[off-gas row, cell-overtemp row, room-1 tile]: an element without its mark was rebuilt"
+    );
+    let row = b.text(heat_row).await;
+    assert!(row.contains("acked by script"), "{row}");
+    b.close().await;
+}
+
+/// A redundant pair on the wall board (issue 13): the two gateways side by side under one
+/// heading naming the active one, since when and why; when the active one dies, the page turns
+/// live to the other, with the reason it took over, and the dead one stays in its pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_sees_which_gateway_of_the_pair_is_active_since_when_and_why() {
+    let broker = Mosquitto::start().await;
+    let console = Console::start(broker.port(), "").await;
+    let status = |gw: &str, role: &str, since: &str, reason: &str| {
+        let peer = if gw == "gw-b1" { "gw-b2" } else { "gw-b1" };
+        serde_json::json!({"state": "online", "role": role, "peer": peer,
+            "role_since": since, "role_reason": reason})
+        .to_string()
+    };
+    let topic = |gw: &str| format!("{}/gateways/{gw}/status", common::P);
+    let b1 = status(
+        "gw-b1",
+        "active",
+        "2026-11-29T15:00:00Z",
+        "priority 1 of the pair",
+    );
+    let b2 = status(
+        "gw-b2",
+        "standby",
+        "2026-11-29T15:00:01Z",
+        "peer gw-b1 is active",
+    );
+    common::publish(broker.port(), &topic("gw-b1"), b1.as_bytes(), true).await;
+    common::publish(broker.port(), &topic("gw-b2"), b2.as_bytes(), true).await;
+    let b = Browser::start(1920, 1080).await;
+    b.client
+        .goto(&console.url("/"))
+        .await
+        .expect("open the page");
+    const PAIR: &str = r#"document.querySelector('.pair[data-pair="gw-b1 gw-b2"]')"#;
+    b.wait_until(
+        "the pair with gw-b1 active and gw-b2 standby",
+        &format!(
+            r#"{PAIR}?.dataset.active === 'gw-b1' && {PAIR}.querySelector('.gw[data-gateway="gw-b2"]')?.dataset.state === 'standby'"#
+        ),
+        LIVE,
+    )
+    .await;
+    assert!(
+        b.text(".pair .pair-head")
+            .await
+            .starts_with("Pair gw-b1 ⇄ gw-b2 · active: gw-b1 since "),
+        "{}",
+        b.text(".pair .pair-head").await
+    );
+
+    // gw-b1 dies (its last will), gw-b2 takes over: the page follows without a reload.
+    common::publish(
+        broker.port(),
+        &topic("gw-b1"),
+        br#"{"state":"offline"}"#,
+        true,
+    )
+    .await;
+    let took = status(
+        "gw-b2",
+        "active",
+        "2026-11-29T15:03:04Z",
+        "peer gw-b1 offline (last will)",
+    );
+    common::publish(broker.port(), &topic("gw-b2"), took.as_bytes(), true).await;
+    b.wait_until(
+        "gw-b2 active, gw-b1 offline in the same pair",
+        &format!(
+            r#"{PAIR}?.dataset.active === 'gw-b2' && {PAIR}.querySelector('.gw[data-gateway="gw-b1"]')?.dataset.state === 'offline'"#
+        ),
+        LIVE,
+    )
+    .await;
+    let head = b.text(".pair .pair-head").await;
+    assert!(head.ends_with("(peer gw-b1 offline (last will))"), "{head}");
+    b.screenshot(&screenshots().join("pair-takeover.png")).await;
+    b.close().await;
+}
+
+/// Clicks the element `css` names. A row gets new buttons when its alarm changes, so a button
 /// found a moment ago may be gone; it is found again (as a person would move the pointer).
 async fn click(b: &Browser, css: &str) {
     for _ in 0..5 {

@@ -8,13 +8,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::agent::{hook, runs, wait_runs, Agent};
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
 const REQUEST: &str = "emberwatch/test-site/drain/room-1/request";
@@ -36,154 +35,6 @@ const OFFGAS: u16 = 121;
 
 /// For things that take a poll or two; waited this long only when something is wrong.
 const SOON: Duration = Duration::from_secs(15);
-
-/// Text a child process wrote, shown when a test fails.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<String>>);
-
-impl Log {
-    fn collect<R: AsyncRead + Unpin + Send + 'static>(&self, r: R) {
-        let buf = self.0.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut b = buf.lock().unwrap();
-                b.push_str(&line);
-                b.push('\n');
-            }
-        });
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// `emberwatch drain-agent` on a configuration the test wrote.
-struct Agent {
-    id: String,
-    config: PathBuf,
-    child: Option<Child>,
-    log: Log,
-}
-
-impl Agent {
-    /// `drain`/`restore` are TOML arrays (argv). The agent keeps its state in `state`.
-    fn start(port: u16, state: &Path, id: &str, drain: &str, restore: &str) -> Agent {
-        let config = state.join(format!("{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"[site]
-id = "test-site"
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-topic_prefix = "emberwatch"
-keep_alive = "5s"
-[storage]
-dir = '{dir}'
-[agent]
-id = "{id}"
-zones = ["room-1"]
-drain = {drain}
-restore = {restore}
-timeout = "20s"
-"#,
-                dir = state.display()
-            ),
-        )
-        .expect("write agent config");
-        let mut a = Agent {
-            id: id.to_string(),
-            config,
-            child: None,
-            log: Log::default(),
-        };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emberwatch"));
-        cmd.arg("drain-agent")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("EMBERWATCH") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn emberwatch drain-agent");
-        self.log.collect(child.stderr.take().expect("stderr"));
-        self.log.collect(child.stdout.take().expect("stdout"));
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: the agent dies mid-whatever; the broker publishes its last will.
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.start_kill();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- agent {} -----\n{}----- end of agent {} -----",
-                self.id,
-                self.log.text(),
-                self.id
-            );
-        }
-    }
-}
-
-/// A `sh -c` hook that appends a line to `file` (so the test can count runs and see the
-/// environment), then runs `then`.
-fn hook(file: &Path, then: &str) -> String {
-    format!(
-        r#"["sh", "-c", "echo \"$EMBERWATCH_ACTION $EMBERWATCH_DRAIN_ID $EMBERWATCH_ZONE $EMBERWATCH_SEVERITY drill=${{EMBERWATCH_DRILL:-0}}\" >> '{}'; {then}"]"#,
-        file.display()
-    )
-}
-
-/// The lines of a hook's log file (empty if it was never written).
-fn runs(file: &Path) -> Vec<String> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// Waits until `file` has `n` lines.
-async fn wait_runs(file: &Path, n: usize, within: Duration) -> Vec<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = runs(file);
-        if r.len() >= n {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} has {} lines, expected {n}: {r:?}",
-            file.display(),
-            r.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A broker, a simulated rack, a gateway with `[drain]`, and a subscriber to everything.
 struct Rig {
@@ -333,6 +184,10 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
         req.get("drill").is_none(),
         "a real drain is not marked drill"
     );
+    assert_eq!(
+        req["gateway"], "gw-t",
+        "the request says which gateway asks (two of a pair may)"
+    );
     rig.expect(STATUS, |v| {
         v["drain_id"] == id.as_str()
             && v["state"] == "requested"
@@ -415,10 +270,12 @@ async fn slow_failing_and_missing_agents_end_in_a_timed_out_clearance_then_resto
 
     // Back to normal: cancelled, clearance withdrawn, agents restore.
     rig.set_cell_temp(25.0).await;
-    rig.expect(REQUEST, |v| {
-        v["drain_id"] == id.as_str() && v["state"] == "cancelled"
-    })
-    .await;
+    let cancelled = rig
+        .expect(REQUEST, |v| {
+            v["drain_id"] == id.as_str() && v["state"] == "cancelled"
+        })
+        .await;
+    assert_eq!(cancelled["gateway"], "gw-t");
     rig.expect(CLEARANCE, |v| {
         v["clear"] == false && v["drain_id"] == id.as_str()
     })

@@ -23,3 +23,6 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+pub mod console_db;
+pub mod live;

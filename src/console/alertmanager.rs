@@ -328,11 +328,12 @@ pub async fn post(target: &Target, alerts: &[PostableAlert]) -> Result<(), Alert
     Err(AlertmanagerError::Status { addr, status, body })
 }
 
-/// The latest state of an alarm, when an update is one (a gateway's event, or the console's
-/// `alarm` after an ack or shelve).
+/// The latest state of an alarm, when an update is one: `alarm`, the event the console shows
+/// for the alarm key after merging the gateways of a pair (`merge.rs`). A plain `event` may be
+/// the other gateway's older word on it, so it is not one.
 fn alarm_view(u: &Update) -> Option<AlarmView> {
     match u {
-        Update::Event(v) | Update::Alarm(v) => serde_json::from_value(v.clone()).ok(),
+        Update::Alarm(v) => serde_json::from_value(v.clone()).ok(),
         _ => None,
     }
 }

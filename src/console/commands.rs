@@ -3,6 +3,12 @@
 //! `cmd/{name}` with `"by": USER`, and answered by the gateway's next `cmd/result` for that
 //! command within [`WAIT`]. Results carry no request id, so commands to one gateway go one at a
 //! time. Every attempt, refused or not, is written to the audit trail.
+//!
+//! A command addressed to a gateway of a redundant pair that is standby or not online goes to
+//! the pair's active gateway instead (`Live::command_target`, from the retained statuses): the
+//! operator clicked an alarm the standby or the dead one reported last, and the pair shares
+//! its acks, shelves and service settings. The audit trail and the answer say which gateway
+//! was asked (`gateway`), which it was sent to (`sent_to`) and which answered (`answered_by`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -78,12 +84,16 @@ pub async fn send(app: &Arc<App>, user: &str, name: &str, body: &[u8]) -> (Statu
             (s, a, Some(req))
         }
     };
+    let sent_to = answer.get("sent_to").cloned().unwrap_or(Value::Null);
+    let answered_by = answer.get("answered_by").cloned().unwrap_or(Value::Null);
     let item = json!({
         "time": rfc3339(SystemTime::now()),
         "user": user,
         "command": name,
         "site": req.as_ref().map(|r| r.site.clone()),
         "gateway": req.as_ref().map(|r| r.gateway.clone()),
+        "sent_to": sent_to,
+        "answered_by": answered_by,
         "alarm": req.as_ref().map(|r| r.alarm.clone()),
         "zone": req.as_ref().and_then(|r| r.zone.clone()),
         "ok": status == StatusCode::OK,
@@ -145,7 +155,16 @@ async fn dispatch(app: &Arc<App>, user: &str, name: &str, req: &Request) -> (Sta
             "POST /api/service needs \"in_service\": true or false".into(),
         );
     }
-    let key = (req.site.clone(), req.gateway.clone());
+    let target = app.live().command_target(&req.site, &req.gateway);
+    if target != req.gateway {
+        tracing::info!(
+            "console: {name} for {} on {}: {} is not the active gateway of its pair; sending to {target}",
+            req.alarm,
+            req.site,
+            req.gateway
+        );
+    }
+    let key = (req.site.clone(), target.clone());
     let state = {
         let live = app.live();
         live.gateways.get(&key).map(|g| {
@@ -173,7 +192,7 @@ async fn dispatch(app: &Arc<App>, user: &str, name: &str, req: &Request) -> (Sta
                 format!(
                     "gateway {} of site {} is {other} (its retained status says so): nothing was \
                      sent; try again when it is back online",
-                    req.gateway, req.site
+                    target, req.site
                 ),
             )
         }
@@ -200,7 +219,7 @@ async fn dispatch(app: &Arc<App>, user: &str, name: &str, req: &Request) -> (Sta
                 tx,
             },
         );
-    let topic = app.topics(&req.site, &req.gateway).cmd(name);
+    let topic = app.topics(&req.site, &target).cmd(name);
     let body = payload(name, req, user).to_string();
     if let Err(e) = app.mqtt.publish(topic, QoS::AtLeastOnce, false, body).await {
         app.pending
@@ -217,14 +236,17 @@ async fn dispatch(app: &Arc<App>, user: &str, name: &str, req: &Request) -> (Sta
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&key);
-    match answer {
-        Ok(Ok(result)) => {
+    let (status, mut body) = match answer {
+        Ok(Ok(mut result)) => {
             let ok = result.get("ok").and_then(Value::as_bool).unwrap_or(false);
             let status = if ok {
                 StatusCode::OK
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY
             };
+            if let Some(o) = result.as_object_mut() {
+                o.insert("answered_by".into(), Value::from(target.clone()));
+            }
             (status, result)
         }
         _ => error(
@@ -232,9 +254,13 @@ async fn dispatch(app: &Arc<App>, user: &str, name: &str, req: &Request) -> (Sta
             format!(
                 "no answer from gateway {} within {} s: it may still apply the command; check \
                  the alarm before sending it again",
-                req.gateway,
+                target,
                 WAIT.as_secs()
             ),
         ),
+    };
+    if let Some(o) = body.as_object_mut() {
+        o.insert("sent_to".into(), Value::from(target));
     }
+    (status, body)
 }

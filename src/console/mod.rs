@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod gaps;
+pub mod merge;
 pub mod page;
 pub mod store;
 pub mod stream;
@@ -89,6 +90,9 @@ pub struct Live {
     pub clearances: BTreeMap<(String, String), Value>,
     /// (site, agent) → an agent's presence.
     pub agents: BTreeMap<(String, String), Value>,
+    /// (site, zone, alarm) → the event shown for it, to merge the two gateways of a pair
+    /// (`merge.rs`) before the live stream, as the database does.
+    pub alarms: HashMap<(String, String, String), merge::Latest>,
 }
 
 /// One gateway as the console sees it.
@@ -97,6 +101,9 @@ pub struct GatewayLive {
     /// The retained status, `Value::Null` until one has come.
     pub status: Value,
     pub record: gaps::Record,
+    /// The other gateway of its redundant pair, from the last status that named one (the
+    /// last will, `{"state":"offline"}`, does not, and the pair must stay together).
+    pub peer: Option<String>,
 }
 
 impl Live {
@@ -118,7 +125,50 @@ impl Live {
             "started_at": s.get("started_at").cloned().unwrap_or(Value::Null),
             "outbox": s.get("outbox").cloned().unwrap_or(Value::Null),
             "reason": s.get("reason").cloned().unwrap_or(Value::Null),
+            "peer": g.peer.clone().or_else(|| self.peer_naming(site, gateway)),
+            "role_since": s.get("role_since").cloned().unwrap_or(Value::Null),
+            "role_reason": s.get("role_reason").cloned().unwrap_or(Value::Null),
         })
+    }
+
+    /// A gateway of `site` whose status names `gateway` as its peer.
+    fn peer_naming(&self, site: &str, gateway: &str) -> Option<String> {
+        self.gateways
+            .iter()
+            .find(|((s, _), g)| s == site && g.peer.as_deref() == Some(gateway))
+            .map(|((_, gw), _)| gw.clone())
+    }
+
+    /// Where a command addressed to `gateway` goes: to it, unless it is the standby of a pair
+    /// or not online and its peer is online and active (as the retained statuses say); then to
+    /// the peer, which holds the pair's shared acks, shelves and service settings.
+    pub fn command_target(&self, site: &str, gateway: &str) -> String {
+        let standing = |gw: &str| {
+            self.gateways
+                .get(&(site.to_string(), gw.to_string()))
+                .map(|g| {
+                    let st = |k: &str| g.status.get(k).and_then(Value::as_str).map(str::to_string);
+                    (st("state"), st("role"))
+                })
+        };
+        let stands_in = matches!(
+            standing(gateway),
+            Some((Some(state), role)) if state != "online" || role.as_deref() == Some("standby")
+        );
+        if !stands_in {
+            return gateway.to_string();
+        }
+        let peer = self
+            .gateways
+            .get(&(site.to_string(), gateway.to_string()))
+            .and_then(|g| g.peer.clone())
+            .or_else(|| self.peer_naming(site, gateway));
+        match peer {
+            Some(p) if matches!(standing(&p), Some((Some(s), Some(r))) if s == "online" && r == "active") => {
+                p
+            }
+            _ => gateway.to_string(),
+        }
     }
 
     /// The drain agents that serve `zone`, by their retained presence:

@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde_json::{json, Value};
 
 use super::gaps::{Answer, Record};
+use super::merge::{replaces, Latest};
 use super::store::Write;
 use super::{App, Update};
 use crate::clock::unix_ms;
@@ -32,10 +33,14 @@ pub fn connect(m: &Mqtt) -> Result<(AsyncClient, EventLoop), MqttError> {
     Ok(AsyncClient::new(opts, REQUESTS))
 }
 
-/// Resumes each gateway's record from the database.
+/// Resumes each gateway's record, and what each alarm shows, from the database.
 pub fn restore(app: &App) -> Result<(), super::store::StoreError> {
     let saved = app.reader.saved_gateways()?;
+    let shown = app.reader.alarms(None, None, false)?;
     let mut live = app.live_mut();
+    for e in shown {
+        live.alarms.insert(alarm_key(&e), Latest::of(&e, 0));
+    }
     for s in saved {
         let missing;
         {
@@ -253,10 +258,21 @@ async fn on_message(
                 if let Some(seq) = v.get("seq").and_then(Value::as_u64) {
                     g.record.status(seq);
                 }
+                if let Some(peer) = v.get("peer").and_then(Value::as_str) {
+                    g.peer = Some(peer.to_string());
+                }
                 g.status = v;
-                live.gateway_item(site, gw)
+                // The peer's item names this one as its pair too: both tiles move together.
+                let peer = g.peer.clone();
+                let mut items = vec![live.gateway_item(site, gw)];
+                if let Some(p) = peer.filter(|p| live.gateways.contains_key(&key(p))) {
+                    items.push(live.gateway_item(site, &p));
+                }
+                items
             };
-            app.send(Update::Gateway(item));
+            for item in item {
+                app.send(Update::Gateway(item));
+            }
         }
         Kind::Result(gw) => result(app, site, gw, v).await,
         Kind::Zone(zone) => {
@@ -387,19 +403,48 @@ async fn event(app: &App, site: &str, topic: &str, replayed_for: Option<&str>, m
     if let Some(o) = v.as_object_mut() {
         o.entry("site").or_insert_with(|| Value::from(site));
     }
+    let received_ms = unix_ms(SystemTime::now()) as i64;
+    let shown = {
+        let incoming = Latest::of(&v, received_ms);
+        let mut live = app.live_mut();
+        let slot = live.alarms.entry(alarm_key(&v));
+        match slot {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let newer = replaces(o.get(), &incoming);
+                if newer {
+                    o.insert(incoming);
+                }
+                newer
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(incoming);
+                true
+            }
+        }
+    };
     let _ = app
         .writer
         .tx
         .send(Write::Event {
             event: v.clone(),
-            received_ms: unix_ms(SystemTime::now()) as i64,
+            received_ms,
         })
         .await;
     app.send(Update::Event(v.clone()));
-    app.send(Update::Alarm(v));
+    if shown {
+        app.send(Update::Alarm(v));
+    } else {
+        tracing::debug!("console: {site}/{gw} seq {seq}: older than what the alarm shows; kept in the history only");
+    }
     if gap_changed {
         app.send(Update::Gateway(item));
     }
+}
+
+/// (site, zone, alarm) of an event: the key alarms merge by.
+fn alarm_key(e: &Value) -> (String, String, String) {
+    let f = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    (f("site"), f("zone"), f("alarm"))
 }
 
 async fn result(app: &App, site: &str, gw: &str, v: Value) {

@@ -31,6 +31,12 @@ pub struct Request {
     /// A rehearsal: hooks run with `EMBERWATCH_DRILL=1`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub drill: bool,
+    /// The gateway that asks (SPEC "Redundant gateways": every message says which gateway
+    /// sent it). Two gateways of a pair in a split brain may both ask for a drain of one zone
+    /// under different ids; agents use this to tell whose request is still live. Absent from
+    /// older gateways, which agents treat as one requester.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// `P/drain/{zone}/request` once the zone is back to normal (retained): agents restore.
@@ -40,6 +46,9 @@ pub struct Cancelled {
     pub state: CancelledState,
     #[serde(default, skip_serializing_if = "is_false")]
     pub drill: bool,
+    /// The gateway that cancels, as in [`Request::gateway`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// The one value of [`Cancelled::state`], so a cancellation can be told from a request.
@@ -252,6 +261,7 @@ mod tests {
             requested_at: "2026-11-24T13:40:02.123Z".into(),
             deadline: "2026-11-24T13:42:02.123Z".into(),
             drill: false,
+            gateway: None,
         };
         assert_eq!(
             json(&r),
@@ -261,8 +271,17 @@ mod tests {
             drain_id: "room-1-1".into(),
             state: CancelledState::Cancelled,
             drill: false,
+            gateway: None,
         };
         assert_eq!(json(&c), r#"{"drain_id":"room-1-1","state":"cancelled"}"#);
+        let c = Cancelled {
+            gateway: Some("gw-b1".into()),
+            ..c
+        };
+        assert_eq!(
+            json(&c),
+            r#"{"drain_id":"room-1-1","state":"cancelled","gateway":"gw-b1"}"#
+        );
         let a = Ack {
             drain_id: "room-1-1".into(),
             agent: "lb-1".into(),

@@ -14,6 +14,8 @@ pub struct Topics {
     root: String,
     /// `P/gateways/{gateway}`
     gateway: String,
+    /// `{gateway}`, the id alone, for payloads that say who sent them.
+    gateway_id: String,
 }
 
 impl Topics {
@@ -24,8 +26,18 @@ impl Topics {
     /// For callers without a whole [`Config`] (tests, tools).
     pub fn from_parts(topic_prefix: &str, site: &str, gateway: &str) -> Topics {
         let root = format!("{topic_prefix}/{site}");
+        let gateway_id = gateway.to_string();
         let gateway = format!("{root}/gateways/{gateway}");
-        Topics { root, gateway }
+        Topics {
+            root,
+            gateway,
+            gateway_id,
+        }
+    }
+
+    /// The gateway id these topics are built for.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
     }
 
     /// `P` itself, for subscribers that want everything (`{P}/#`).
@@ -190,6 +202,21 @@ impl Topics {
     pub fn power_clearance(&self, zone: &str) -> String {
         format!("{}/power/{zone}/clearance", self.root)
     }
+
+    /// `P/gateways/+/status`: every gateway's retained status (drain agents watch which
+    /// gateway of a pair is active).
+    pub fn gateway_statuses_filter(&self) -> String {
+        format!("{}/gateways/+/status", self.root)
+    }
+
+    /// The gateway id of a `P/gateways/{gateway}/status` topic; `None` for any other topic.
+    pub fn status_gateway<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let gw = topic
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("/gateways/")?
+            .strip_suffix("/status")?;
+        (!gw.is_empty() && !gw.contains('/')).then_some(gw)
+    }
 }
 
 const RESULT: &str = "result";
@@ -334,6 +361,28 @@ address = "127.0.0.1:5020"
             "emberwatch/pangyo-a/drain/agents/+"
         );
         assert_eq!(t.drain_readiness(), "emberwatch/pangyo-a/drain/readiness");
+    }
+
+    #[test]
+    fn gateway_status_topics_are_read_back() {
+        let t = t();
+        assert_eq!(t.gateway_id(), "gw-b1");
+        assert_eq!(
+            t.gateway_statuses_filter(),
+            "emberwatch/pangyo-a/gateways/+/status"
+        );
+        assert_eq!(
+            t.status_gateway("emberwatch/pangyo-a/gateways/gw-b2/status"),
+            Some("gw-b2")
+        );
+        for other in [
+            "emberwatch/pangyo-a/gateways//status",
+            "emberwatch/pangyo-a/gateways/a/b/status",
+            "emberwatch/pangyo-a/gateways/gw-b2/cmd/result",
+            "emberwatch/other/gateways/gw-b2/status",
+        ] {
+            assert_eq!(t.status_gateway(other), None, "{other}");
+        }
     }
 
     #[test]

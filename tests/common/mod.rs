@@ -13,6 +13,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod console;
 pub mod http;
 pub mod relay;

@@ -1,4 +1,4 @@
-//! A real browser for the console's page tests: Debian's `chromium`, headless, driven through
+//! A real browser for the console's page tests (and benches/console_page.rs): Debian's `chromium`, headless, driven through
 //! `chromedriver` (WebDriver) with fantoccini. Each [`Browser`] has its own chromedriver on a
 //! free port and a fresh profile directory, and is killed when dropped.
 //!
@@ -38,6 +38,15 @@ fn find(candidates: &[&str]) -> String {
     );
 }
 
+/// A port nobody listens on now (this file is shared with benches/console_page.rs, which has
+/// no tests/common).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 pub struct Browser {
     pub client: Client,
     driver: Child,
@@ -49,7 +58,7 @@ impl Browser {
     pub async fn start(width: u32, height: u32) -> Browser {
         let chromium = find(&["/usr/bin/chromium", "/usr/bin/chromium-browser"]);
         let chromedriver = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]);
-        let port = crate::common::free_port();
+        let port = free_port();
         let mut driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

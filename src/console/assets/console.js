@@ -18,6 +18,9 @@
     normal: "normal",
   };
   const SEV_RANK = { emergency: 3, critical: 2, warning: 1 };
+  // Sorting 1,000 rows: one collator for names, and RFC 3339 times compared as strings.
+  const byName = new Intl.Collator().compare;
+  const byText = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
 
   const state = {
     me: { user: null, can_read: true },
@@ -44,13 +47,144 @@
   }
   const $ = (id) => document.getElementById(id);
 
+  // How fast the page is, for whoever runs the wall screen and for benches/console_page.rs:
+  // when the first full render was on screen (ms since navigation start; the body also gets
+  // data-ready; dataMs: when the API's answers were in, builtMs: when the DOM was built) and
+  // how long the last live updates took from arrival to the next frame.
+  const perf = (window.emberwatchPerf = { dataMs: null, builtMs: null, readyMs: null, applyMs: [] });
+  function afterFrame(f) {
+    requestAnimationFrame(() => setTimeout(f, 0));
+  }
+  function markReady() {
+    if (perf.readyMs !== null) return;
+    afterFrame(() => {
+      perf.readyMs = performance.now();
+      document.body.dataset.ready = "1";
+    });
+  }
+  function applied(t0) {
+    perf.applyMs.push(performance.now() - t0);
+    if (perf.applyMs.length > 100) perf.applyMs.shift();
+  }
+
+  // ---- keyed lists: the alarm list and the zone board, updated in place -------------------
+  // Each keeps one element per key (site|alarm, site|zone) and the item it shows. A render
+  // rebuilds only the elements whose item changed (same element, new content), moves only
+  // those out of place, and builds a list shown for the first time in one fragment; nothing
+  // reads layout between writes. With 1,000 alarms a live update touches one row.
+  function keyed(container) {
+    return { container, shown: new Map() }; // key -> { el, item, json }
+  }
+
+  // Gives `el` the attributes and children of `fresh` (a new rendering of its item).
+  function refill(el, fresh) {
+    for (const name of el.getAttributeNames()) if (!fresh.hasAttribute(name)) el.removeAttribute(name);
+    for (const name of fresh.getAttributeNames()) el.setAttribute(name, fresh.getAttribute(name));
+    el.replaceChildren(...fresh.childNodes);
+  }
+
+  // Shows `items` (in order) in list `k`: `build(item)` renders one; `empty` shows when none.
+  function sync(k, items, keyOf, build, empty) {
+    if (!items.length) {
+      k.shown.clear();
+      k.container.replaceChildren(empty());
+      return;
+    }
+    const els = [];
+    const at = new Map(); // element -> its index
+    for (const item of items) {
+      const key = keyOf(item);
+      let s = k.shown.get(key);
+      if (!s) {
+        s = { el: build(item), item, json: null };
+        k.shown.set(key, s);
+      } else if (s.item !== item) {
+        // A reload brings equal items as new objects: rebuild only what differs.
+        const json = JSON.stringify(item);
+        if (s.json === null) s.json = JSON.stringify(s.item);
+        if (json !== s.json) refill(s.el, build(item));
+        s.item = item;
+        s.json = json;
+      }
+      at.set(s.el, els.length);
+      els.push(s.el);
+    }
+    for (const [key, s] of k.shown) {
+      if (!at.has(s.el)) {
+        s.el.remove();
+        k.shown.delete(key);
+      }
+    }
+    const c = k.container;
+    for (const n of [...c.childNodes]) if (!at.has(n)) n.remove(); // "No alarm." and the like
+    if (!c.firstChild) {
+      const f = document.createDocumentFragment();
+      f.append(...els);
+      c.append(f);
+      return;
+    }
+    // The elements already in the wanted order stay (the longest such run); every other one
+    // is put before its successor, last to first: one move for a row that changed place.
+    const stay = longestRun([...c.childNodes].map((n) => at.get(n)));
+    for (let i = els.length - 1, next = null; i >= 0; i--) {
+      if (!stay.has(i)) c.insertBefore(els[i], next);
+      next = els[i];
+    }
+  }
+
+  // The values of a longest increasing subsequence of `seq` (patience sorting, n log n).
+  function longestRun(seq) {
+    const tails = [], tailAt = [], prev = [];
+    for (let j = 0; j < seq.length; j++) {
+      let lo = 0, hi = tails.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (tails[mid] < seq[j]) lo = mid + 1;
+        else hi = mid;
+      }
+      tails[lo] = seq[j];
+      tailAt[lo] = j;
+      prev[j] = lo > 0 ? tailAt[lo - 1] : -1;
+    }
+    const run = new Set();
+    for (let j = tails.length ? tailAt[tails.length - 1] : -1; j >= 0; j = prev[j]) run.add(seq[j]);
+    return run;
+  }
+
+  // Live updates are drawn once per frame, however many arrive (a replay brings a thousand).
+  const dirty = { zones: false, alarms: false, since: [], frame: 0, timer: 0 };
+  function redraw(what, t0) {
+    dirty[what] = true;
+    if (t0 !== undefined) dirty.since.push(t0);
+    if (dirty.frame) return;
+    dirty.frame = requestAnimationFrame(drawDirty);
+    dirty.timer = setTimeout(drawDirty, 250); // a hidden tab has no frames
+  }
+  function drawDirty() {
+    cancelAnimationFrame(dirty.frame);
+    clearTimeout(dirty.timer);
+    dirty.frame = 0;
+    if (dirty.zones) renderZones();
+    if (dirty.alarms) {
+      renderAlarms();
+      window.EmberTrend.offerPoints(pointsKnown());
+    }
+    dirty.zones = dirty.alarms = false;
+    const since = dirty.since.splice(0);
+    // After this frame's style, layout and paint.
+    setTimeout(() => since.forEach(applied), 0);
+  }
+
+  // Made once: toLocaleTimeString with options builds a formatter on every call, which was
+  // most of the time a 1,000-row list took to draw.
+  const HMS = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  const DAY = new Intl.DateTimeFormat();
   function fmtTime(iso) {
     if (!iso) return "";
     const d = new Date(iso);
     if (isNaN(d)) return String(iso);
-    const now = new Date();
-    const hms = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
-    return d.toDateString() === now.toDateString() ? hms : d.toLocaleDateString() + " " + hms;
+    const hms = HMS.format(d);
+    return d.toDateString() === new Date().toDateString() ? hms : DAY.format(d) + " " + hms;
   }
   function fmtNum(v, unit) {
     if (v === null || v === undefined) return "—";
@@ -78,6 +212,11 @@
   }
 
   async function loadAll() {
+    // The board is asked for together with /api/me, not after it: one round trip, not two.
+    const board = Promise.all([
+      getJson("/api/zones"), getJson("/api/alarms?state=all"), getJson("/api/gateways"), getJson("/api/audit"),
+    ]);
+    board.catch(() => {}); // without a login it is refused (401): the login form is the page
     try {
       state.me = await getJson("/api/me");
     } catch (e) {
@@ -89,14 +228,14 @@
       return;
     }
     try {
-      const [zones, alarms, gateways, audit] = await Promise.all([
-        getJson("/api/zones"), getJson("/api/alarms?state=all"), getJson("/api/gateways"), getJson("/api/audit"),
-      ]);
+      const [zones, alarms, gateways, audit] = await board;
+      if (perf.dataMs === null) perf.dataMs = performance.now();
       state.zones = new Map(zones.map((z) => [z.site + "|" + z.zone, z]));
       state.alarms = new Map(alarms.map((a) => [a.site + "|" + a.alarm, a]));
       state.gateways = new Map(gateways.map((g) => [g.site + "|" + g.gateway, g]));
       state.audit = audit.slice(-20).reverse();
       renderAll();
+      if (perf.builtMs === null) perf.builtMs = performance.now();
     } catch (e) {
       notice("error", "Could not load the board: " + e.message);
     }
@@ -120,12 +259,9 @@
 
   function renderZones() {
     const zones = [...state.zones.values()].sort((a, b) =>
-      LEVELS.indexOf(b.level) - LEVELS.indexOf(a.level) || (a.site + a.zone).localeCompare(b.site + b.zone));
-    if (!zones.length) {
-      $("zones").replaceChildren(h("p", { class: "empty" }, "No zone reported yet."));
-      return;
-    }
-    $("zones").replaceChildren(...zones.map(zoneTile));
+      LEVELS.indexOf(b.level) - LEVELS.indexOf(a.level) || byName(a.site + a.zone, b.site + b.zone));
+    sync(tiles, zones, (z) => z.site + "|" + z.zone, zoneTile,
+      () => h("p", { class: "empty" }, "No zone reported yet."));
   }
 
   function zoneTile(z) {
@@ -175,13 +311,10 @@
     const rows = [...state.alarms.values()].filter((a) => isaOf(a) !== "normal");
     rows.sort((a, b) => ISA_ORDER.indexOf(isaOf(a)) - ISA_ORDER.indexOf(isaOf(b))
       || (SEV_RANK[b.severity] || 0) - (SEV_RANK[a.severity] || 0)
-      || String(b.since || b.time).localeCompare(String(a.since || a.time)));
+      || byText(String(b.since || b.time), String(a.since || a.time)));
     $("alarm-count").textContent = rows.length ? "(" + rows.length + ")" : "";
-    if (!rows.length) {
-      $("alarm-rows").replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: 7 }, "No alarm.")));
-      return;
-    }
-    $("alarm-rows").replaceChildren(...rows.map(alarmRow));
+    sync(alarmRows, rows, (a) => a.site + "|" + a.alarm, alarmRow,
+      () => h("tr", { class: "empty" }, h("td", { colspan: 7 }, "No alarm.")));
   }
 
   function alarmRow(a) {
@@ -216,20 +349,45 @@
       $("gateways").replaceChildren(h("p", { class: "empty" }, "No gateway seen yet."));
       return;
     }
-    $("gateways").replaceChildren(...gws.map(gatewayCard));
+    // The two gateways of a redundant pair side by side, under one heading saying which is
+    // active, since when and why.
+    const groups = new Map();
+    for (const g of gws) {
+      const k = g.site + "|" + (g.peer ? [g.gateway, g.peer].sort().join("|") : g.gateway);
+      if (!groups.has(k)) groups.set(k, []);
+      groups.get(k).push(g);
+    }
+    $("gateways").replaceChildren(...[...groups.values()].map((members) => {
+      const one = members[0];
+      if (!one.peer) return gatewayCard(one);
+      const names = [one.gateway, one.peer].sort();
+      const active = members.find((g) => g.state === "online" && g.role === "active");
+      const head = active
+        ? "active: " + active.gateway + (active.role_since ? " since " + fmtTime(active.role_since) : "") +
+          (active.role_reason ? " (" + active.role_reason + ")" : "")
+        : "no active gateway";
+      return h("div", { class: "pair" + (active ? "" : " pair-none"), "data-pair": names.join(" "), "data-active": active ? active.gateway : "" },
+        h("div", { class: "pair-head" }, "Pair " + names.join(" ⇄ ") + " · " + head),
+        h("div", { class: "pair-cards" }, ...members.map(gatewayCard)));
+    }));
   }
 
   function gatewayCard(g) {
     let health = g.state || "unknown";
     if (health === "online" && g.role === "standby") health = "standby";
     const text = {
-      online: "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
+      // A gateway alone is active too (its status says so); only a pair's active one is marked.
+      online: g.role === "active" && g.peer ? "★ ACTIVE" : "● ONLINE", standby: "◐ STANDBY", offline: "✖ OFFLINE (last will)", fault: "✖ FAULT",
     }[health] || "? " + health.toUpperCase();
     const missing = (g.missing || []).map(([a, b]) => (a === b ? String(a) : a + "–" + b));
     const outbox = g.outbox && g.outbox.undelivered !== undefined ? "outbox " + g.outbox.undelivered + " undelivered" : null;
-    return h("article", { class: "gw gw-" + health, "data-gateway": g.gateway, "data-state": health },
-      h("h3", {}, g.gateway), h("div", { class: "detail" }, g.site + (g.role ? " · " + g.role : "")),
+    const role = g.role && g.peer && g.state === "online"
+      ? g.role + (g.role_since ? " since " + fmtTime(g.role_since) : "") + (g.role_reason ? ": " + g.role_reason : "")
+      : null;
+    return h("article", { class: "gw gw-" + health + (g.role === "active" && g.peer && health === "online" ? " gw-active" : ""), "data-gateway": g.gateway, "data-state": health, "data-role": g.role || "" },
+      h("h3", {}, g.gateway), h("div", { class: "detail" }, g.site + (g.peer ? " · pair with " + g.peer : "")),
       h("div", { class: "state" }, text),
+      role ? h("div", { class: "detail role" }, role) : null,
       g.reason ? h("div", { class: "detail" }, g.reason) : null,
       h("div", {}, "seq " + (g.seq ?? "—") + " · received through " + (g.received_through ?? "—")),
       missing.length ? h("div", { class: "missing" }, "missing " + missing.join(", ")) : h("div", { class: "detail" }, "no gap"),
@@ -239,7 +397,9 @@
   function renderAudit() {
     $("audit").replaceChildren(...state.audit.map((a) =>
       h("li", { class: a.ok ? "" : "bad" }, fmtTime(a.time) + " " + (a.user || "?") + " " + a.command + " " +
-        (a.alarm || a.zone || "") + " on " + a.gateway + ": " + (a.ok ? "ok" : "refused" + (a.reason ? " (" + a.reason + ")" : "")))));
+        (a.alarm || a.zone || "") + " on " + a.gateway +
+        (a.answered_by && a.answered_by !== a.gateway ? " (answered by " + a.answered_by + ", the active one)" : "") +
+        ": " + (a.ok ? "ok" : "refused" + (a.reason ? " (" + a.reason + ")" : "")))));
   }
 
   function pointsKnown() {
@@ -271,14 +431,16 @@
     try { json = JSON.parse(text); } catch (e) { /* not JSON */ }
     // A gateway's cmd/result carries `reason`; the console's own refusals carry `error`.
     const reason = (json && (json.reason || json.error)) || text.slice(0, 200);
+    // A command to the standby (or dead) gateway of a pair goes to the active one.
+    const by = (json && json.answered_by) || body.gateway;
     if (r.status === 200) {
-      notice("ok", what + ": done by gateway " + body.gateway + (reason ? " (" + reason + ")" : ""));
+      notice("ok", what + ": done by gateway " + by + (reason ? " (" + reason + ")" : ""));
     } else if (r.status === 401) {
       notice("error", what + ": refused, log in first (401)");
       $("login").hidden = false;
       $("login-user").focus();
     } else if (r.status === 422) {
-      notice("error", what + ": gateway " + body.gateway + " refused: " + (reason || "no reason given") + " (422)");
+      notice("error", what + ": gateway " + by + " refused: " + (reason || "no reason given") + " (422)");
     } else if (r.status === 504) {
       notice("error", what + ": no answer from gateway " + body.gateway + " within 5 s; it may be offline (504)");
     } else {
@@ -308,14 +470,16 @@
 
   // ---- live updates -----------------------------------------------------------------------
   function onAlarm(ev) {
+    const t0 = performance.now();
     const a = JSON.parse(ev.data);
     const key = a.site + "|" + a.alarm;
     const old = state.alarms.get(key);
-    // At-least-once delivery and replays may bring an older event after a newer one.
-    if (old && old.gateway === a.gateway && typeof old.seq === "number" && typeof a.seq === "number" && a.seq < old.seq && ev.type === "event") return;
-    state.alarms.set(key, Object.assign({}, old && ev.type === "alarm" ? old : {}, a));
-    renderAlarms();
-    window.EmberTrend.offerPoints(pointsKnown());
+    // At-least-once delivery and replays may bring an older event after a newer one. The
+    // console sends `alarm` only for the event an alarm shows after merging the two gateways
+    // of a pair (by time between them), so an `alarm` is the whole new state.
+    if (old && old.gateway === a.gateway && typeof old.seq === "number" && typeof a.seq === "number" && a.seq < old.seq) return;
+    state.alarms.set(key, a);
+    redraw("alarms", t0);
   }
 
   function connect() {
@@ -332,12 +496,11 @@
       $("live").textContent = "connection lost, retrying";
       wasLost = true;
     };
-    es.addEventListener("event", onAlarm);
     es.addEventListener("alarm", onAlarm);
     es.addEventListener("zone", (ev) => {
       const z = JSON.parse(ev.data);
       state.zones.set(z.site + "|" + z.zone, z);
-      renderZones();
+      redraw("zones");
     });
     es.addEventListener("gateway", (ev) => {
       const g = JSON.parse(ev.data);
@@ -358,7 +521,10 @@
     $("clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
   }
 
+  let tiles, alarmRows;
   document.addEventListener("DOMContentLoaded", () => {
+    tiles = keyed($("zones"));
+    alarmRows = keyed($("alarm-rows"));
     if (new URLSearchParams(location.search).get("login") === "failed") {
       notice("error", "Login failed: wrong user name or password.");
       history.replaceState(null, "", "/");
@@ -367,6 +533,9 @@
     setInterval(tick, 1000);
     window.EmberTrend.init(notice);
     // The stream is opened only when reading is allowed; otherwise the login form is the page.
-    loadAll().then(() => { if (state.me.can_read) connect(); });
+    loadAll().then(() => {
+      markReady();
+      if (state.me.can_read) connect();
+    });
   });
 })();

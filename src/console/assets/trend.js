@@ -33,6 +33,8 @@ window.EmberTrend = (function () {
 
   /// Adds points (site|device|point) to the chooser; never removes one the operator may be using.
   function offerPoints(points) {
+    // One append for all the new options: a select relists its options on each insertion.
+    const f = document.createDocumentFragment();
     for (const p of points) {
       if (offered.has(p)) continue;
       offered.add(p);
@@ -40,8 +42,9 @@ window.EmberTrend = (function () {
       const o = document.createElement("option");
       o.value = p;
       o.textContent = site + " · " + device + "/" + point;
-      $("trend-point").append(o);
+      f.append(o);
     }
+    if (f.firstChild) $("trend-point").append(f);
   }
 
   function show(site, device, point) {

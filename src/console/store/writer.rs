@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{parse_ms, TREND_KEEP};
 use crate::clock::unix_ms;
+use crate::console::merge::{replaces, Latest};
 
 /// Writes that may wait for the writer. A second of a storm at 5,000 events/s; when full, the
 /// subscriber waits (the broker holds what follows) rather than memory growing.
@@ -217,26 +218,47 @@ fn apply(tx: &rusqlite::Transaction<'_>, w: &Write) -> rusqlite::Result<()> {
                     json,
                 ])?;
             if added == 1 {
-                // The latest event of each alarm wins; a replayed older one does not.
-                tx.prepare_cached(
-                    "INSERT INTO alarms (site, zone, alarm, gateway, seq, time_ms, isa_state, json) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                     ON CONFLICT (site, zone, alarm) DO UPDATE SET gateway = excluded.gateway, \
-                     seq = excluded.seq, time_ms = excluded.time_ms, \
-                     isa_state = excluded.isa_state, json = excluded.json \
-                     WHERE excluded.time_ms > alarms.time_ms OR (excluded.time_ms = alarms.time_ms \
-                     AND (excluded.gateway != alarms.gateway OR excluded.seq > alarms.seq))",
-                )?
-                .execute(params![
+                // The latest event of each alarm wins (`console::merge`): within a gateway by
+                // seq, between the two of a pair by time; a replayed older one does not.
+                let (site, zone, alarm) = (
                     text(event, "site"),
                     text(event, "zone"),
                     text(event, "alarm"),
-                    text(event, "gateway"),
-                    seq,
+                );
+                let stored = tx
+                    .prepare_cached(
+                        "SELECT gateway, seq, time_ms FROM alarms WHERE site = ?1 AND zone = ?2 \
+                         AND alarm = ?3",
+                    )?
+                    .query_row(params![site, zone, alarm], |r| {
+                        Ok(Latest {
+                            gateway: r.get(0)?,
+                            seq: r.get::<_, i64>(1)?.max(0) as u64,
+                            time_ms: r.get(2)?,
+                        })
+                    })
+                    .optional()?;
+                let incoming = Latest {
+                    gateway: text(event, "gateway"),
+                    seq: seq.max(0) as u64,
                     time_ms,
-                    text(event, "isa_state"),
-                    json,
-                ])?;
+                };
+                if stored.is_none_or(|s| replaces(&s, &incoming)) {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO alarms (site, zone, alarm, gateway, seq, time_ms, \
+                         isa_state, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![
+                        site,
+                        zone,
+                        alarm,
+                        incoming.gateway,
+                        seq,
+                        time_ms,
+                        text(event, "isa_state"),
+                        json,
+                    ])?;
+                }
             }
         }
         Write::Gateway {

@@ -24,6 +24,7 @@ impl Coordinator {
                     drain_id: rec.drain_id.clone(),
                     state: CancelledState::Cancelled,
                     drill: rec.drill,
+                    gateway: Some(self.topics.gateway_id().to_string()),
                 },
             )
         } else {
@@ -39,6 +40,7 @@ impl Coordinator {
                         UNIX_EPOCH + Duration::from_millis(rec.deadline_ms),
                     ),
                     drill: rec.drill,
+                    gateway: Some(self.topics.gateway_id().to_string()),
                 },
             )
         }

@@ -13,6 +13,10 @@
 //!
 //! Its presence is retained on `P/drain/agents/{agent}`, with a last will saying offline, so
 //! operators and the gateway see a missing agent before a fire, not during one.
+//!
+//! A zone is drained once even when two gateways of a redundant pair each ask under their own
+//! `drain_id` (a split brain): the second request joins the first ([`zones`] says when, and
+//! when the traffic may come back). For that it also reads the gateways' retained statuses.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +35,9 @@ use crate::config::{Agent, Config};
 use crate::message::Outgoing;
 use crate::mqtt::{self, Inbound, LinkOptions, Publisher, Topics};
 use crate::storage::{JsonStore, StoreError};
+use zones::Gateways;
+
+mod zones;
 
 /// Handled drains remembered; older ones are forgotten (a drain_id is never reused).
 const REMEMBER: usize = 200;
@@ -71,6 +78,17 @@ pub struct Handled {
     pub seen_ms: u64,
     pub drain: Stage,
     pub restore: Stage,
+    /// The drain of the same zone whose hook ran, when this request joined it instead of
+    /// running the hook again (two gateways of a pair asking under different ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<String>,
+    /// The gateway that asked, when the request says (the latest to repeat it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The request topic said cancelled, or the same gateway asked for a newer drain of the
+    /// zone: this drain no longer holds the zone's traffic away.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 /// `storage.dir/agent-{id}.json`.
@@ -125,6 +143,7 @@ pub fn link_options(cfg: &Config, agent: &Agent) -> LinkOptions {
             .zones
             .iter()
             .map(|z| topics.drain_request(z))
+            .chain([topics.gateway_statuses_filter()])
             .collect(),
         persistent_session: true,
         host_embedded: false,
@@ -167,6 +186,7 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), AgentEr
         state,
         publisher: link.publisher.clone(),
         cancel: cancel.clone(),
+        gateways: Gateways::default(),
     };
     loop {
         pulse.idle();
@@ -272,10 +292,15 @@ struct Worker {
     state: AgentState,
     publisher: Publisher,
     cancel: CancellationToken,
+    /// The gateways' standing from their retained statuses, to tell live requests.
+    gateways: Gateways,
 }
 
 impl Worker {
     async fn on_message(&mut self, m: Inbound) {
+        if let Some(gw) = self.topics.status_gateway(&m.topic) {
+            return self.on_status(gw, &m.payload).await;
+        }
         let Some(zone) = self
             .agent
             .zones
@@ -298,32 +323,96 @@ impl Worker {
         }
     }
 
-    async fn on_request(&mut self, zone: &str, r: Request) {
-        if let Some(h) = self.state.drains.get(&r.drain_id).cloned() {
-            match h.drain {
-                Stage::Finished { .. } => {
-                    // Seen again (gateway restarted, escalation, reconnect): say it again.
-                    tracing::debug!(drain_id = %r.drain_id, "drain already handled; repeating its ack");
-                    self.ack(zone, &r.drain_id, h.drill, Action::Drain, &h.drain)
-                        .await;
+    async fn on_status(&mut self, gateway: &str, payload: &[u8]) {
+        match self.gateways.update(gateway, payload) {
+            Ok(false) => {}
+            Ok(true) => {
+                // A gateway died or stepped down: a restore it alone was holding may run.
+                for (lead, cancelled) in self.state.restores_due(&self.gateways) {
+                    let Some(h) = self.state.drains.get(&lead).cloned() else {
+                        continue;
+                    };
+                    tracing::warn!(zone = %h.zone, drain_id = %lead, gateway, "no drain of the zone is asked for any more (gateway {gateway} gone or standby): restoring");
+                    let c = Cancelled {
+                        drain_id: cancelled,
+                        state: super::messages::CancelledState::Cancelled,
+                        drill: h.drill,
+                        gateway: None,
+                    };
+                    self.restore(&h.zone, &lead, c).await;
                 }
-                Stage::Running => self.interrupted(zone, &r.drain_id, Action::Drain).await,
-                Stage::NotRun => {}
             }
-            return;
+            Err(e) => tracing::warn!("ignoring {e}"),
         }
-        tracing::warn!(zone, drain_id = %r.drain_id, severity = %r.severity, drill = r.drill, "drain requested: running the drain hook");
+    }
+
+    async fn on_request(&mut self, zone: &str, r: Request) {
+        if let Some(h) = self.state.drains.get_mut(&r.drain_id) {
+            if r.gateway.is_some() && h.gateway != r.gateway {
+                // The pair's other gateway took the drain over (same id): it asks now.
+                h.gateway = r.gateway.clone();
+                self.save();
+            }
+        }
+        if let Some(h) = self.state.drains.get(&r.drain_id).cloned() {
+            if !h.cancelled && h.restore != Stage::NotRun {
+                // Restored because its gateway went away or stood by, never cancelled, and
+                // asked for again: the zone wants draining, so this is a new drain.
+                tracing::warn!(zone, drain_id = %r.drain_id, "a drain restored without its cancellation is asked for again: draining again");
+                self.state.drains.remove(&r.drain_id);
+            } else {
+                match h.drain {
+                    Stage::Finished { .. } => {
+                        // Seen again (gateway restarted, escalation, reconnect): say it again.
+                        tracing::debug!(drain_id = %r.drain_id, "drain already handled; repeating its ack");
+                        self.ack(zone, &r.drain_id, h.drill, Action::Drain, &h.drain)
+                            .await;
+                    }
+                    Stage::Running => self.interrupted(zone, &r.drain_id, Action::Drain).await,
+                    Stage::NotRun => {}
+                }
+                return;
+            }
+        }
+        self.state
+            .supersede(zone, r.gateway.as_deref(), r.drill, &r.drain_id);
+        let lead = self.state.lead(zone, r.drill);
+        let joined = lead.as_ref().map(|lead| {
+            let how = match self.state.drains.get(lead).map(|h| &h.drain) {
+                Some(Stage::Finished { detail, .. }) => detail.clone(),
+                _ => String::new(),
+            };
+            Stage::Finished {
+                ok: true,
+                exit_status: None,
+                detail: format!(
+                    "joined drain {lead} already under way for zone {zone}: the drain hook is not run again ({lead}: {how})"
+                ),
+                output: String::new(),
+            }
+        });
         self.state.drains.insert(
             r.drain_id.clone(),
             Handled {
                 zone: zone.to_string(),
                 drill: r.drill,
                 seen_ms: unix_ms(SystemTime::now()),
-                drain: Stage::Running,
+                drain: joined.clone().unwrap_or(Stage::Running),
                 restore: Stage::NotRun,
+                joined: lead.clone(),
+                gateway: r.gateway.clone(),
+                cancelled: false,
             },
         );
         self.forget_oldest();
+        if let Some(done) = joined {
+            tracing::warn!(zone, drain_id = %r.drain_id, gateway = ?r.gateway, lead = ?lead, "drain requested for a zone already drained: joining it, hook not run again");
+            self.save();
+            self.ack(zone, &r.drain_id, r.drill, Action::Drain, &done)
+                .await;
+            return;
+        }
+        tracing::warn!(zone, drain_id = %r.drain_id, severity = %r.severity, drill = r.drill, "drain requested: running the drain hook");
         if !self.save() {
             // Without the record a restart could run this hook again; refuse rather than risk it.
             let failed = Stage::Finished {
@@ -370,32 +459,67 @@ impl Worker {
         if h.drain == Stage::NotRun {
             return;
         }
+        if !h.cancelled {
+            if let Some(h) = self.state.drains.get_mut(&c.drain_id) {
+                h.cancelled = true;
+            }
+            self.save();
+        }
+        let lead = self.state.lead_of(&c.drain_id);
+        let lead_restore = self.state.drains.get(&lead).map(|l| l.restore.clone());
+        if let Some(done @ Stage::Finished { .. }) = lead_restore {
+            // The zone's traffic came back already (this drain's gateway had stood by).
+            if let Some(h) = self.state.drains.get_mut(&c.drain_id) {
+                h.restore = done.clone();
+            }
+            self.save();
+            self.ack(zone, &c.drain_id, h.drill, Action::Restore, &done)
+                .await;
+            return;
+        }
+        let live = self.state.live(&lead, &self.gateways);
+        if !live.is_empty() {
+            tracing::warn!(zone, drain_id = %c.drain_id, still_asked = ?live, "drain cancelled, but another drain of the zone is still asked for: traffic stays away (restore held)");
+            return;
+        }
         tracing::warn!(zone, drain_id = %c.drain_id, "drain cancelled: running the restore hook");
-        if let Some(h) = self.state.drains.get_mut(&c.drain_id) {
-            h.restore = Stage::Running;
+        self.restore(zone, &lead, c).await;
+    }
+
+    /// Runs the restore hook once for `lead`'s group (the lead and the drains that joined it),
+    /// answering each of them: `c` is the cancellation that let it run.
+    async fn restore(&mut self, zone: &str, lead: &str, c: Cancelled) {
+        let group = self.state.group(lead);
+        let drill = self.state.drains.get(lead).is_some_and(|h| h.drill);
+        for id in &group {
+            if let Some(h) = self.state.drains.get_mut(id) {
+                h.restore = Stage::Running;
+            }
         }
         if !self.save() {
             return;
         }
-        if self.agent.restore.is_empty() {
-            let done = hook::Report {
+        let report = if self.agent.restore.is_empty() {
+            hook::Report {
                 ok: true,
                 exit_status: None,
                 detail: "no restore hook configured (agent.restore is empty)".into(),
                 output: String::new(),
-            };
-            return self
-                .finish(zone, &c.drain_id, h.drill, Action::Restore, done)
+            }
+        } else {
+            for id in &group {
+                self.ack(zone, id, drill, Action::Restore, &Stage::Running)
+                    .await;
+            }
+            let payload =
+                serde_json::to_string(&RequestMessage::Cancelled(c.clone())).unwrap_or_default();
+            let env = self.env(zone, lead, "", drill, "restore", payload);
+            hook::run(&self.agent.restore, &env, self.agent.timeout, &self.cancel).await
+        };
+        for id in &group {
+            self.finish(zone, id, drill, Action::Restore, report.clone())
                 .await;
         }
-        self.ack(zone, &c.drain_id, h.drill, Action::Restore, &Stage::Running)
-            .await;
-        let payload =
-            serde_json::to_string(&RequestMessage::Cancelled(c.clone())).unwrap_or_default();
-        let env = self.env(zone, &c.drain_id, "", h.drill, "restore", payload);
-        let report = hook::run(&self.agent.restore, &env, self.agent.timeout, &self.cancel).await;
-        self.finish(zone, &c.drain_id, h.drill, Action::Restore, report)
-            .await;
     }
 
     /// A hook was running when the agent last stopped: it is not run again.
