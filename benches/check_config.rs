@@ -5,7 +5,9 @@
 //!
 //! Each size is a generated site: N Modbus TCP devices in zones of 100, two points each, a
 //! threshold and a rate-of-rise rule on `*/cell_temp_max` (so each watches N points) and a vote
-//! on `*/offgas/*`. The real binary checks it under `/usr/bin/time -v`; the wall time and the
+//! on `*/offgas/*`. Each size is checked again as issue 14 lays a site out: the same devices,
+//! each `profile = "rack-20"` (20 points from one `[[profiles]]` entry) and 100 unit ids per
+//! gateway address. The real binary checks it under `/usr/bin/time -v`; the wall time and the
 //! peak RSS are printed with the machine. Nothing here asserts a time.
 
 #[allow(dead_code)] // percentile: the other benches use it
@@ -31,9 +33,10 @@ fn main() {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_emberwatch").to_string());
     println!("binary: {bin}");
     let dir = tempfile::tempdir().expect("tempdir");
-    for n in sizes {
-        let path = dir.path().join(format!("site-{n}.toml"));
-        std::fs::write(&path, site(n)).expect("write config");
+    for (n, profiled) in sizes.iter().flat_map(|&n| [(n, false), (n, true)]) {
+        let path = dir.path().join(format!("site-{n}-{profiled}.toml"));
+        let text = if profiled { profiled_site(n) } else { site(n) };
+        std::fs::write(&path, text).expect("write config");
         let out = Command::new("/usr/bin/time")
             .arg("-v")
             .arg(&bin)
@@ -53,8 +56,13 @@ fn main() {
             .parse()
             .unwrap_or(f64::NAN);
         println!(
-            "check-config, {n} devices ({} points): {} ({}), wall {}, peak RSS {:.1} MB",
-            2 * n,
+            "check-config, {n} devices ({} points{}): {} ({}), wall {}, peak RSS {:.1} MB",
+            if profiled { 20 * n } else { 2 * n },
+            if profiled {
+                ", one profile, 100 units per address"
+            } else {
+                ""
+            },
             if out.status.success() {
                 "accepted"
             } else {
@@ -74,10 +82,8 @@ fn humansize(bytes: u64) -> String {
     format!("{:.1} MB of TOML", bytes as f64 / 1e6)
 }
 
-/// A valid site of `n` devices.
-fn site(n: usize) -> String {
-    let mut s = String::from(
-        r#"[site]
+/// The rules every site has.
+const RULES: &str = r#"[site]
 id = "big-site"
 gateway = "gw-1"
 
@@ -100,8 +106,41 @@ rate_of_rise = { per_minute = 10.0, window = "30s" }
 [[rules]]
 id = "confirmed-fire"
 vote = { alarms = ["*/offgas/*", "*/cell_temp_max/*"], need = 2 }
-"#,
-    );
+"#;
+
+/// A valid site of `n` devices, 100 unit ids behind each gateway address, all from one profile
+/// of 20 points (the simulator's rack, as benches/scale.rs polls it).
+fn profiled_site(n: usize) -> String {
+    let mut s = String::from(RULES);
+    s.push_str("\n[[profiles]]\nid = \"rack-20\"\n");
+    for (id, address) in (1..=16).map(|m| (format!("module_{m}"), 99 + m)).chain([
+        ("cell_temp_max".to_string(), 116),
+        ("smoke".to_string(), 120),
+        ("offgas".to_string(), 121),
+        ("hydrogen".to_string(), 122),
+    ]) {
+        let _ = write!(
+            s,
+            "  [[profiles.points]]\n  id = \"{id}\"\n  address = {address}\n  type = \"i16\"\n  scale = 0.1\n"
+        );
+    }
+    for i in 0..n {
+        let _ = write!(
+            s,
+            "\n[[devices]]\nid = \"rack-{i}\"\nzone = \"room-{}\"\nprofile = \"rack-20\"\n\
+             address = \"10.0.{}.{}:502\"\nunit = {}\npoll_interval = \"1s\"\n",
+            i / 100,
+            (i / 100) >> 8,
+            (i / 100) & 0xFF,
+            i % 100 + 1,
+        );
+    }
+    s
+}
+
+/// A valid site of `n` devices.
+fn site(n: usize) -> String {
+    let mut s = String::from(RULES);
     for i in 0..n {
         let _ = write!(
             s,

@@ -238,7 +238,11 @@ async fn serve_generation(
                 r = rx.recv() => match r {
                     Some(reading) => {
                         supervision.saw(&reading);
-                        metrics.observe(&cfg.devices[reading.device].id, &reading);
+                        // Nobody scrapes without `[metrics]`: a histogram and two counters per
+                        // device would be memory and a lookup per poll for nothing.
+                        if metrics_task.is_some() {
+                            metrics.observe(&cfg.devices[reading.device].id, &reading);
+                        }
                         engine.on_reading(&reading)
                     }
                     None => break,

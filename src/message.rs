@@ -5,11 +5,12 @@
 //! *what* must be published without importing the broker links that decide *how*: `mqtt/`
 //! turns each of these into a topic, a QoS and a retain flag, and keeps them durable.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::alarms::{AlarmEvent, ZoneStatus};
+use crate::decode::Point;
 
 /// Everything the pipeline hands to MQTT.
 // An alarm event is larger than the other variants; boxing it would cost an allocation per
@@ -36,14 +37,78 @@ pub enum Outgoing {
     },
 }
 
-/// `P/telemetry/{device}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `P/telemetry/{device}`: `{"time":..,"points":{"id":value,..},"quality":..}`, the points in
+/// the order of their ids, as a map would list them.
+///
+/// Built at every poll of every device, so it owns no names: it holds the device's point list
+/// (shared with the configuration) and (point index, value) pairs, and is written straight to
+/// JSON without an intermediate map of cloned ids.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Telemetry {
     pub time: String,
-    /// Engineering values by point id; points that could not be read are absent; a point whose
-    /// device answered its `sentinel` ("no value", not a fault) is `null`.
-    pub points: BTreeMap<String, Option<f64>>,
+    /// The device's points, whose ids name the values.
+    pub names: Arc<[Point]>,
+    /// (index in `names`, engineering value), sorted by point id; points that could not be
+    /// read are absent; a point whose device answered its `sentinel` ("no value", not a fault)
+    /// is `None`, published as `null`.
+    pub points: Vec<(usize, Option<f64>)>,
     pub quality: Quality,
+}
+
+impl Telemetry {
+    /// `points` in any order; they are published sorted by id.
+    pub fn new(
+        time: String,
+        names: Arc<[Point]>,
+        mut points: Vec<(usize, Option<f64>)>,
+        quality: Quality,
+    ) -> Telemetry {
+        points.sort_unstable_by(|a, b| id_of(&names, a.0).cmp(id_of(&names, b.0)));
+        Telemetry {
+            time,
+            names,
+            points,
+            quality,
+        }
+    }
+
+    /// (point id, value), as published.
+    pub fn values(&self) -> impl Iterator<Item = (&str, Option<f64>)> + '_ {
+        self.points.iter().map(|&(i, v)| (id_of(&self.names, i), v))
+    }
+
+    /// The JSON body, in one buffer sized for it.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(64 + 32 * self.points.len());
+        serde_json::to_writer(&mut out, self)?;
+        Ok(out)
+    }
+}
+
+/// A point's id; empty for an index past the list (never built so, but never a panic).
+fn id_of(names: &[Point], i: usize) -> &str {
+    names.get(i).map_or("", |p| p.id.as_str())
+}
+
+impl Serialize for Telemetry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+        struct Points<'t>(&'t Telemetry);
+        impl Serialize for Points<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.points.len()))?;
+                for (id, v) in self.0.values() {
+                    m.serialize_entry(id, &v)?;
+                }
+                m.end()
+            }
+        }
+        let mut st = s.serialize_struct("Telemetry", 3)?;
+        st.serialize_field("time", &self.time)?;
+        st.serialize_field("points", &Points(self))?;
+        st.serialize_field("quality", &self.quality)?;
+        st.end()
+    }
 }
 
 /// How far a subscriber can trust one telemetry message as a whole.

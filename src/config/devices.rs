@@ -3,6 +3,7 @@
 //! defaults and their validators side by side; a device's points are validated in `points.rs`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -74,8 +75,10 @@ pub struct Device {
     /// unmapped registers.
     pub max_gap: u16,
     /// `[[devices.points]]`: the values read from the device, its profile's first (with the
-    /// device's own replacing those of the same id), then the device's own.
-    pub points: Vec<Point>,
+    /// device's own replacing those of the same id), then the device's own. Shared (`Arc`):
+    /// the devices of one profile that add nothing to it hold one list between them, and the
+    /// pollers and the engine hold it without copying (a site of 1,000 racks of 20 points).
+    pub points: Arc<[Point]>,
     /// `profile`: the `[[profiles]]` entry whose points this device has; none by default.
     pub profile: Option<String>,
     /// `connections`: how many TCP connections the devices behind one `modbus-tcp` address may
@@ -313,7 +316,7 @@ impl Validator {
         );
         let lines = matches!(transport, Transport::SerialLines { .. });
         let groups = self.pattern(&at, d.pattern.as_deref(), lines);
-        let mut points = Vec::new();
+        let mut own = Vec::new();
         let mut seen = HashSet::new();
         for (j, p) in d.points.into_iter().enumerate() {
             let pat = format!("{at}.points[{j}]");
@@ -333,15 +336,16 @@ impl Validator {
                     format!("duplicate point id {:?} in device {id:?}", point.id),
                 );
             }
-            points.push(point);
+            own.push(point);
         }
+        let mut merged = None;
         if let Some(name) = &d.profile {
             match profiles.get(name) {
                 Some(_) if lines => self.problem(
                     format!("{at}.profile"),
                     "a serial-lines sensor lists its own fields: profiles hold Modbus points",
                 ),
-                Some(p) => points = merge(&p.points, points),
+                Some(p) => merged = Some(merge(&p.points, std::mem::take(&mut own))),
                 None => {
                     let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
                     self.problem(
@@ -375,6 +379,7 @@ impl Validator {
                 format!("{connections} is out of range (1-64)"),
             );
         }
+        let points: Arc<[Point]> = merged.unwrap_or_else(|| own.into());
         // A device naming a profile that is missing or empty has that problem reported already.
         if points.is_empty() && d.profile.is_none() {
             self.problem(

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -29,7 +30,7 @@ pub struct Profile {
     /// (`profiles/rack.toml`); `None` for a profile written in the configuration file itself.
     pub file: Option<String>,
     /// `[[profiles.points]]`: the same keys as `[[devices.points]]`.
-    pub points: Vec<Point>,
+    pub points: Arc<[Point]>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,8 +224,11 @@ impl Validator {
                     problem.message.push_str(&format!(" (in {f})"));
                 }
             }
-            out.entry(id.clone())
-                .or_insert(Profile { id, file, points });
+            out.entry(id.clone()).or_insert(Profile {
+                id,
+                file,
+                points: points.into(),
+            });
         }
         out
     }
@@ -232,8 +236,11 @@ impl Validator {
 
 /// A device's points: its profile's, in the profile's order, with each of the device's own
 /// points replacing the profile point of the same id in place, and the others appended in the
-/// device's order.
-pub fn merge(profile: &[Point], own: Vec<Point>) -> Vec<Point> {
+/// device's order. A device that adds nothing shares its profile's list.
+pub fn merge(profile: &Arc<[Point]>, own: Vec<Point>) -> Arc<[Point]> {
+    if own.is_empty() {
+        return Arc::clone(profile);
+    }
     let mut points: Vec<Point> = profile.to_vec();
     for p in own {
         match points.iter_mut().find(|q| q.id == p.id) {
@@ -241,7 +248,7 @@ pub fn merge(profile: &[Point], own: Vec<Point>) -> Vec<Point> {
             None => points.push(p),
         }
     }
-    points
+    points.into()
 }
 
 #[cfg(test)]

@@ -35,7 +35,9 @@ pub const FAULT_SEVERITY: Severity = Severity::Warning;
 pub(super) struct Health {
     /// Consecutive failed polls per device.
     misses: Vec<u32>,
-    /// [device][point] → the last raw value and since when it has not changed.
+    /// [device][point] → the last raw value and since when it has not changed; empty for a
+    /// device none of whose points has `stuck_after` (nothing to remember, 1 KB a device
+    /// saved).
     unchanged: Vec<Vec<Option<(Raw, Instant)>>>,
     /// [device][point] → the sensor fault currently raised, so a healthy reading costs no
     /// alarm-table lookups.
@@ -43,15 +45,30 @@ pub(super) struct Health {
     /// Per device, the clean answers still needed before its protocol fault clears (0: none
     /// raised).
     protocol_hold: Vec<u32>,
+    /// Per device, the link faults whose condition may be present (one bit per
+    /// [`LinkFault`]). Clearing one whose bit is off changes nothing, so a healthy poll builds
+    /// no alarm identity to look up. All set at start: a restored table may hold any of them.
+    link_maybe: Vec<u8>,
 }
 
 impl Health {
     pub(super) fn new(cfg: &Config) -> Health {
         Health {
             misses: vec![0; cfg.devices.len()],
-            unchanged: per_point(cfg),
+            unchanged: cfg
+                .devices
+                .iter()
+                .map(|d| {
+                    if d.points.iter().any(|p| p.stuck_after.is_some()) {
+                        vec![None; d.points.len()]
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
             faulted: per_point(cfg),
             protocol_hold: vec![0; cfg.devices.len()],
+            link_maybe: vec![u8::MAX; cfg.devices.len()],
         }
     }
 
@@ -82,7 +99,7 @@ impl Health {
         changes: &mut Changes,
     ) -> bool {
         self.misses[device] = 0;
-        link_fault(d, LinkFault::CommLoss, None, changes);
+        self.link_fault(d, device, LinkFault::CommLoss, None, changes);
         let hold = &mut self.protocol_hold[device];
         if *hold > 0 {
             *hold -= 1;
@@ -90,13 +107,13 @@ impl Health {
                 return false;
             }
             tracing::info!(device = %d.id, "device answers cleanly again: protocol fault cleared");
-            link_fault(d, LinkFault::Protocol, None, changes);
+            self.link_fault(d, device, LinkFault::Protocol, None, changes);
         }
         let exception = points.iter().find_map(|p| match &p.result {
             Err(e @ PointError::Exception { .. }) => Some(format!("device {}: {e}", d.id)),
             _ => None,
         });
-        link_fault(d, LinkFault::Exception, exception, changes);
+        self.link_fault(d, device, LinkFault::Exception, exception, changes);
         true
     }
 
@@ -115,8 +132,9 @@ impl Health {
                 tracing::warn!(device = %d.id, "protocol fault: {e}");
             }
             self.protocol_hold[device] = PROTOCOL_CLEAR_AFTER;
-            link_fault(
+            self.link_fault(
                 d,
+                device,
                 LinkFault::Protocol,
                 Some(format!("malformed replies: {e}")),
                 changes,
@@ -125,8 +143,9 @@ impl Health {
         }
         self.misses[device] = self.misses[device].saturating_add(1);
         if self.misses[device] >= COMM_LOSS_AFTER {
-            link_fault(
+            self.link_fault(
                 d,
+                device,
                 LinkFault::CommLoss,
                 Some(format!("not answering: {e}")),
                 changes,
@@ -154,7 +173,10 @@ impl Health {
         if !sentinel || d.points[p.point].required {
             return false;
         }
-        self.unchanged[device][p.point] = None;
+        // Only devices with a `stuck_after` point remember values (see `unchanged`).
+        if let Some(slot) = self.unchanged[device].get_mut(p.point) {
+            *slot = None;
+        }
         self.point_fault(d, device, p.point, None, None, changes);
         true
     }
@@ -216,15 +238,14 @@ impl Health {
         value: f64,
         now: Instant,
     ) -> Option<(PointFault, String)> {
-        let unit = unit_suffix(point);
         // Stuck: the raw value, not the scaled one, so rounding cannot hide a change.
-        let slot = &mut self.unchanged[device][pi];
-        let since = match slot {
-            Some((last, since)) if *last == raw => *since,
-            _ => {
+        let since = match self.unchanged[device].get_mut(pi) {
+            Some(Some((last, since))) if *last == raw => *since,
+            Some(slot) => {
                 *slot = Some((raw, now));
                 now
             }
+            None => now, // no point of the device can be stuck
         };
         if point.trouble.contains(&raw.as_f64()) {
             return Some((
@@ -236,8 +257,9 @@ impl Health {
             return Some((
                 PointFault::OutOfRange,
                 format!(
-                    "{} {value:?}{unit} outside valid range [{lo:?}, {hi:?}]: sensor fault",
-                    point.id
+                    "{} {value:?}{} outside valid range [{lo:?}, {hi:?}]: sensor fault",
+                    point.id,
+                    unit_suffix(point)
                 ),
             ));
         }
@@ -247,8 +269,9 @@ impl Health {
                 return Some((
                     PointFault::Stuck,
                     format!(
-                        "{} unchanged at {value:?}{unit} for {}: sensor stuck",
+                        "{} unchanged at {value:?}{} for {}: sensor stuck",
                         point.id,
+                        unit_suffix(point),
                         humantime::format_duration(Duration::from_secs(frozen.as_secs()))
                     ),
                 ));
@@ -300,14 +323,32 @@ fn per_point<T: Clone>(cfg: &Config) -> Vec<Vec<Option<T>>> {
         .collect()
 }
 
-/// A device-level fault, raised with `message` or cleared.
-fn link_fault(d: &Device, which: LinkFault, message: Option<String>, changes: &mut Changes) {
-    let id = Source::Link {
-        device: &d.id,
-        fault: which,
+impl Health {
+    /// A device-level fault, raised with `message` or cleared.
+    fn link_fault(
+        &mut self,
+        d: &Device,
+        device: usize,
+        which: LinkFault,
+        message: Option<String>,
+        changes: &mut Changes,
+    ) {
+        let bit = 1u8 << (which as u8);
+        let maybe = &mut self.link_maybe[device];
+        if message.is_some() {
+            *maybe |= bit;
+        } else if *maybe & bit == 0 {
+            return;
+        } else {
+            *maybe &= !bit;
+        }
+        let id = Source::Link {
+            device: &d.id,
+            fault: which,
+        }
+        .identity(&d.zone);
+        fault(&id, message, None, changes);
     }
-    .identity(&d.zone);
-    fault(&id, message, None, changes);
 }
 
 /// Raises (`Some(message)`) or clears (`None`) a fault; clearing a fault that is not there

@@ -262,23 +262,20 @@ impl Engine {
         let cfg = &self.setup.cfg;
         let device = &cfg.devices[r.device];
         let mut changes = Changes::new(&mut self.table, r.at);
+        let names = || std::sync::Arc::clone(&device.points);
         let telemetry = match &r.outcome {
             Ok(points) if !self.health.answered(device, r.device, points, &mut changes) => {
                 // A device under a protocol fault: its answers are not believed yet.
-                Telemetry {
-                    time: rfc3339(r.at.wall),
-                    points: Default::default(),
-                    quality: Quality::Fault,
-                }
+                Telemetry::new(rfc3339(r.at.wall), names(), Vec::new(), Quality::Fault)
             }
             Ok(points) => {
-                let mut values = std::collections::BTreeMap::new();
+                let mut values = Vec::with_capacity(points.len());
                 let mut all_good = true;
                 for p in points {
                     // "No value" from the device (a sentinel): null in telemetry, nothing for
                     // the rules, no fault.
                     if self.health.no_value(device, r.device, p, &mut changes) {
-                        values.insert(device.points[p.point].id.clone(), None);
+                        values.push((p.point, None));
                         continue;
                     }
                     // A faulted sensor is not evaluated: its value neither raises nor clears
@@ -287,28 +284,21 @@ impl Engine {
                         Some(v) => {
                             self.rules
                                 .evaluate(&self.setup, r.device, p.point, v, &mut changes);
-                            values.insert(device.points[p.point].id.clone(), Some(v));
+                            values.push((p.point, Some(v)));
                         }
                         None => all_good = false,
                     }
                 }
-                Telemetry {
-                    time: rfc3339(r.at.wall),
-                    points: values,
-                    quality: if all_good {
-                        Quality::Good
-                    } else {
-                        Quality::Fault
-                    },
-                }
+                let quality = if all_good {
+                    Quality::Good
+                } else {
+                    Quality::Fault
+                };
+                Telemetry::new(rfc3339(r.at.wall), names(), values, quality)
             }
             Err(e) => {
                 self.health.missed(device, r.device, e, &mut changes);
-                Telemetry {
-                    time: rfc3339(r.at.wall),
-                    points: Default::default(),
-                    quality: Quality::Fault,
-                }
+                Telemetry::new(rfc3339(r.at.wall), names(), Vec::new(), Quality::Fault)
             }
         };
         let telemetry = Outgoing::Telemetry {

@@ -510,7 +510,9 @@ port = "/dev/null"
             points(&d, &fields)[0].result.as_ref().map(|d| d.value),
             Ok(1e308)
         );
-        d.points[0].scale = 10.0;
+        let mut own = d.points.to_vec();
+        own[0].scale = 10.0;
+        d.points = own.into();
         let p = points(&d, &fields);
         let e = p[0].result.as_ref().expect_err("inf").to_string();
         assert_eq!(

@@ -128,7 +128,7 @@ impl Publication {
             },
             Outgoing::Telemetry { device, body } => Publication {
                 topic: topics.telemetry(device),
-                payload: serde_json::to_vec(body)?,
+                payload: body.to_json()?,
                 qos: QoS::AtMostOnce,
                 retain: false,
                 class: Class::Telemetry,
@@ -157,7 +157,6 @@ impl Publication {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::alarms::{AlarmEvent, AlarmKind, AlarmState, Level, ZoneStatus};
@@ -321,11 +320,22 @@ pub(crate) mod tests {
 
     #[test]
     fn telemetry_is_qos0_and_volatile() {
-        let body = Telemetry {
-            time: "2026-11-24T13:40:02.123Z".into(),
-            points: BTreeMap::from([("cell_temp_max".to_string(), Some(25.0))]),
-            quality: Quality::Good,
-        };
+        // Three points, listed out of order: published sorted by id, as a map would be; a
+        // sentinel ("no value") is null.
+        let cfg = crate::config::Config::from_toml(
+            "[site]\nid = \"s\"\ngateway = \"g\"\n[[devices]]\nid = \"rack-01\"\nzone = \"z\"\n\
+             address = \"127.0.0.1:502\"\n[[devices.points]]\nid = \"soc\"\naddress = 132\n\
+             [[devices.points]]\nid = \"cell_temp_max\"\naddress = 116\n\
+             [[devices.points]]\nid = \"hydrogen\"\naddress = 122\n",
+            crate::config::Role::Gateway,
+        )
+        .unwrap();
+        let body = Telemetry::new(
+            "2026-11-24T13:40:02.123Z".into(),
+            cfg.devices[0].points.clone(),
+            vec![(0, Some(80.0)), (2, None), (1, Some(25.0))],
+            Quality::Good,
+        );
         let p = Publication::encode(
             &topics(),
             &Outgoing::Telemetry {
@@ -337,7 +347,7 @@ pub(crate) mod tests {
         assert_eq!(p.topic, "emberwatch/pangyo-a/telemetry/rack-01");
         assert_eq!(
             String::from_utf8(p.payload).unwrap(),
-            r#"{"time":"2026-11-24T13:40:02.123Z","points":{"cell_temp_max":25.0},"quality":"good"}"#
+            r#"{"time":"2026-11-24T13:40:02.123Z","points":{"cell_temp_max":25.0,"hydrogen":null,"soc":80.0},"quality":"good"}"#
         );
         assert_eq!(
             (p.qos, p.retain, p.class),

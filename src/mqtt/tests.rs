@@ -298,11 +298,12 @@ async fn telemetry_is_dropped_and_counted_while_disconnected() {
         .await
         .expect("link starts");
     assert!(!link.publisher.is_connected());
-    let body = Telemetry {
-        time: "2026-11-24T13:40:02.123Z".into(),
-        points: [("cell_temp_max".to_string(), Some(25.0))].into(),
-        quality: Quality::Good,
-    };
+    let body = Telemetry::new(
+        "2026-11-24T13:40:02.123Z".into(),
+        Vec::new().into(),
+        Vec::new(),
+        Quality::Good,
+    );
     for _ in 0..3 {
         link.publisher
             .send(Outgoing::Telemetry {

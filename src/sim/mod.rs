@@ -48,6 +48,10 @@ pub struct SimArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u8).range(1..=247))]
     pub also_unit: Vec<u8>,
+    /// Answer every unit id from FIRST to LAST (e.g. `1-100`), a rack each, as a Modbus TCP
+    /// gateway fronting a whole RS-485 bus does (in place of --unit).
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_units, conflicts_with = "unit")]
+    pub units: Option<(u8, u8)>,
     /// Also serve Modbus RTU on this serial port (the TCP listener stays, for changing registers
     /// while the serial port is busy).
     #[arg(long, value_name = "PATH")]
@@ -75,8 +79,14 @@ pub enum Parity {
 impl SimArgs {
     /// What to serve beyond one rack over TCP: more units, RTU on a serial port.
     pub fn bus(&self) -> SimBus {
+        let range = self.units.map_or(Vec::new(), |(first, last)| {
+            (first.saturating_add(1)..=last).collect()
+        });
         SimBus {
-            also_units: self.also_unit.clone(),
+            also_units: range
+                .into_iter()
+                .chain(self.also_unit.iter().copied())
+                .collect(),
             sunspec: self.sunspec,
             rtu: self.rtu.as_ref().map(|path| RtuPort {
                 path: path.clone(),
@@ -90,7 +100,7 @@ impl SimArgs {
     pub fn options(&self) -> Result<SimOptions, SimError> {
         Ok(SimOptions {
             listen: self.listen,
-            unit: self.unit,
+            unit: self.units.map_or(self.unit, |(first, _)| first),
             scenario: self.scenario,
             speed: self.speed,
         })
@@ -107,7 +117,9 @@ pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
         // Scripts and tests started with `--listen 127.0.0.1:0` read the port from this line, so
         // it must leave the process now, not when a buffer fills.
         let mut line = banner(&opts, sim.local_addr);
-        if !bus.also_units.is_empty() {
+        if let Some((first, last)) = args.units {
+            line.push_str(&format!(", units {first}-{last}"));
+        } else if !bus.also_units.is_empty() {
             let more: Vec<String> = bus.also_units.iter().map(|u| u.to_string()).collect();
             line.push_str(&format!(", also units {}", more.join(",")));
         }
@@ -161,6 +173,23 @@ async fn shutdown_signal() -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await
+    }
+}
+
+/// `--units FIRST-LAST`: Modbus device addresses (1..=247), FIRST no greater than LAST.
+fn parse_units(text: &str) -> Result<(u8, u8), String> {
+    let bad =
+        || format!("{text:?} is not a range of unit ids FIRST-LAST within 1-247 (e.g. 1-100)");
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let unit = |s: &str| {
+        s.trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|u| (1..=247).contains(u))
+    };
+    match (unit(first), unit(last)) {
+        (Some(first), Some(last)) if first <= last => Ok((first, last)),
+        _ => Err(bad()),
     }
 }
 

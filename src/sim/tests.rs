@@ -295,6 +295,11 @@ fn command_line_refusals() {
         &["--listen", "localhost"],
         &["--baud", "9600"],
         &["--parity", "odd"],
+        &["--units", "0-10"],
+        &["--units", "5-2"],
+        &["--units", "1-248"],
+        &["--units", "7"],
+        &["--units", "1-10", "--unit", "3"],
     ];
     for args in bad {
         assert!(parse(args).is_err(), "accepted {args:?}");
@@ -322,6 +327,17 @@ fn rtu_options_reach_the_bus() -> anyhow::Result<()> {
         (rtu.path.to_string_lossy().as_ref(), rtu.baud, rtu.parity),
         ("/dev/ttyUSB0", 9600, Parity::None)
     );
+    Ok(())
+}
+
+/// `--units 1-100` is one address answering 100 unit ids, as a Modbus TCP gateway does.
+#[test]
+fn a_unit_range_is_every_unit_of_the_bus() -> anyhow::Result<()> {
+    let args = parse(&["--units", "1-100", "--also-unit", "200"])?;
+    assert_eq!(args.options()?.unit, 1);
+    let also = args.bus().also_units;
+    assert_eq!(also.len(), 100);
+    assert_eq!((also[0], also[98], also[99]), (2, 100, 200));
     Ok(())
 }
 

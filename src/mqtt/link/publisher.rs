@@ -122,10 +122,18 @@ impl Publisher {
     }
 
     fn send_telemetry(&self, publication: Publication) {
-        for r in self.routes.iter() {
-            if !r.health.connected.load(Ordering::Relaxed)
-                || r.tx.try_send(publication.clone()).is_err()
-            {
+        // The last broker takes the publication itself: one broker (the usual case) copies
+        // nothing.
+        let mut publication = Some(publication);
+        let last = self.routes.len().saturating_sub(1);
+        for (i, r) in self.routes.iter().enumerate() {
+            let p = if i == last {
+                publication.take()
+            } else {
+                publication.clone()
+            };
+            let Some(p) = p else { break };
+            if !r.health.connected.load(Ordering::Relaxed) || r.tx.try_send(p).is_err() {
                 r.health.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
