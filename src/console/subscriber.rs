@@ -1,8 +1,9 @@
 //! The console's MQTT side: one connection subscribed to `P/#` of every watched site. Each
 //! message is routed by topic: events are deduplicated by `seq` (hence `event_id`), stored and
 //! streamed; statuses update the live state; telemetry is cut into 10 s min/max/last buckets;
-//! `cmd/result` answers a waiting command or a replay. Once a second each gateway's record is
-//! asked whether a gap needs a `cmd/replay`.
+//! `cmd/result` answers a waiting command or a replay. Once a second, and at once when a
+//! retained status arrives (at a start or reconnect), each gateway's record is asked whether a
+//! gap needs a `cmd/replay`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -107,6 +108,12 @@ pub async fn run(app: Arc<App>, mut eventloop: EventLoop) {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     on_message(&app, &p.topic, &p.payload, &mut buckets).await;
+                    if p.retain {
+                        // A retained message comes with a (re)subscription: a gateway's status
+                        // then tells what this console missed while away. Ask at once instead
+                        // of on the next tick (that wait was most of a restart's gap repair).
+                        replays(&app).await;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
