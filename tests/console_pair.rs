@@ -47,6 +47,24 @@ impl Pair {
     }
 
     /// `gw`'s retained status as a gateway of the pair publishes it.
+    /// The pair as it settles at start: gw-b1 active by priority, gw-b2 standby.
+    async fn settled(&self) {
+        self.status(
+            "gw-b1",
+            "active",
+            "2026-11-29T15:00:00Z",
+            "priority 1 of the pair",
+        )
+        .await;
+        self.status(
+            "gw-b2",
+            "standby",
+            "2026-11-29T15:00:01Z",
+            "peer gw-b1 is active",
+        )
+        .await;
+    }
+
     async fn status(&self, gw: &str, role: &str, since: &str, reason: &str) {
         let peer = if gw == "gw-b1" { "gw-b2" } else { "gw-b1" };
         let body = json!({"state": "online", "version": "0.1.0",
@@ -128,20 +146,7 @@ fn gateway<'v>(list: &'v Value, gw: &str) -> &'v Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_pair_which_is_active_since_when_and_why() {
     let p = Pair::start().await;
-    p.status(
-        "gw-b1",
-        "active",
-        "2026-11-29T15:00:00Z",
-        "priority 1 of the pair",
-    )
-    .await;
-    p.status(
-        "gw-b2",
-        "standby",
-        "2026-11-29T15:00:01Z",
-        "peer gw-b1 is active",
-    )
-    .await;
+    p.settled().await;
     let list = p
         .console
         .until(
@@ -192,20 +197,7 @@ async fn the_console_shows_the_pair_which_is_active_since_when_and_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_to_the_dead_or_standby_gateway_goes_to_the_active_one_and_is_audited() {
     let mut p = Pair::start().await;
-    p.status(
-        "gw-b1",
-        "active",
-        "2026-11-29T15:00:00Z",
-        "priority 1 of the pair",
-    )
-    .await;
-    p.status(
-        "gw-b2",
-        "standby",
-        "2026-11-29T15:00:01Z",
-        "peer gw-b1 is active",
-    )
-    .await;
+    p.settled().await;
     p.dies("gw-b1").await;
     p.status(
         "gw-b2",
