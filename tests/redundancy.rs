@@ -125,6 +125,16 @@ impl Pair {
     }
 
     /// Alarm events of `gw` for the cell-overtemp alarm within `within`.
+    /// Asserts that for `within` neither gateway changes role: `active` stays active and
+    /// `standby` does not become active.
+    async fn no_flap(&mut self, active: &str, standby: &str, within: Duration) {
+        let seen = self
+            .sub
+            .next_matching(|t, j| flap(t, j, active, standby), within)
+            .await;
+        assert!(seen.is_none(), "the pair flapped: {seen:?}");
+    }
+
     async fn events_of(&mut self, gw: &str, within: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         let end = Instant::now() + within;
@@ -198,11 +208,7 @@ async fn the_pair_settles_by_priority_and_only_the_active_one_publishes() {
         "gw-b2 is standby; send commands to the active gateway gw-b1"
     );
     // Neither flapped.
-    assert!(p
-        .sub
-        .next_matching(|t, j| flap(t, j, "gw-b1", "gw-b2"), Duration::from_secs(2),)
-        .await
-        .is_none());
+    p.no_flap("gw-b1", "gw-b2", Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,11 +281,7 @@ async fn the_standby_takes_over_a_dead_gateway_and_a_switchover_hands_back() {
         )
         .await;
     assert_eq!(back["role"], "standby");
-    assert!(p
-        .sub
-        .next_matching(|t, j| flap(t, j, "gw-b2", "gw-b1"), Duration::from_secs(4),)
-        .await
-        .is_none());
+    p.no_flap("gw-b2", "gw-b1", Duration::from_secs(4)).await;
     assert!(p
         .events_of("gw-b1", Duration::from_millis(10))
         .await
@@ -355,11 +357,7 @@ async fn a_healed_split_brain_leaves_one_active_by_priority() {
         .expect_where(&status("gw-b1"), |j| j["state"] == "online", SOON)
         .await;
     assert_eq!(s1["role"], "active");
-    assert!(p
-        .sub
-        .next_matching(|t, j| flap(t, j, "gw-b1", "gw-b2"), Duration::from_secs(3),)
-        .await
-        .is_none());
+    p.no_flap("gw-b1", "gw-b2", Duration::from_secs(3)).await;
 }
 
 /// `emberwatch drain-agent` `id` for room-1, whose drain hook appends the drain_id to `log`.
