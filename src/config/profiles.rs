@@ -33,7 +33,7 @@ pub struct Profile {
     pub points: Arc<[Point]>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawProfile {
     id: Option<String>,
@@ -41,7 +41,7 @@ pub(super) struct RawProfile {
 }
 
 /// What an included file may hold: profiles only.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 struct RawProfileFile {
     profiles: Vec<RawProfile>,
