@@ -24,10 +24,16 @@ struct Demo {
 
 impl Demo {
     fn start(args: &[&str]) -> Demo {
+        Demo::start_in(args, &std::env::temp_dir())
+    }
+
+    /// With `tmp` as its temporary directory (`TMPDIR`).
+    fn start_in(args: &[&str], tmp: &std::path::Path) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_emberwatch"))
             .arg("demo")
             .args(args)
             .env("NO_COLOR", "1")
+            .env("TMPDIR", tmp)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -189,7 +195,23 @@ async fn curl(args: &[&str]) -> (String, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut demo = Demo::start(&[]);
+    // What a demo killed with SIGKILL left (its pid is past the kernel's pid_max: gone), and
+    // what a demo running now has (this test's own pid: alive).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let live = std::process::id();
+    let left = [
+        "emberwatch-demo-4194305".to_string(),
+        "emberwatch-demo-console-4194305".into(),
+    ];
+    let running = [
+        format!("emberwatch-demo-{live}"),
+        format!("emberwatch-demo-console-{live}"),
+    ];
+    for d in left.iter().chain(&running) {
+        std::fs::create_dir(tmp.path().join(d)).expect("mkdir");
+        std::fs::write(tmp.path().join(d).join("state.json"), "{}").expect("write");
+    }
+    let mut demo = Demo::start_in(&[], tmp.path());
     let (url, _) = demo.console().await;
     // The page is served while the story plays.
     let (page, ok) = curl(&["-sf", &format!("{url}/")]).await;
@@ -212,6 +234,16 @@ async fn demo_tells_the_story_with_the_console_and_exits_0_within_a_minute() {
             .await
             .1
     );
+    // The dead demo's directories are gone, the running one's kept, and this demo's own
+    // removed as it ended.
+    let mut now: Vec<String> = std::fs::read_dir(tmp.path())
+        .expect("read tmp")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    now.sort();
+    let mut want = running.to_vec();
+    want.sort();
+    assert_eq!(now, want, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use crate::sim::{self, Scenario, SimOptions};
 
 mod console;
 mod pair;
+mod scratch;
 mod story;
 use pair::Gateway;
 use story::Story;
@@ -95,7 +96,16 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     )
     .await
     .map_err(|e| setup("simulator", &e))?;
-    let storage = std::env::temp_dir().join(format!("emberwatch-demo-{}", std::process::id()));
+    // What demos killed before they could clean up left behind goes first (never a live
+    // demo's): they are found by name and pid.
+    let tmp = std::env::temp_dir();
+    for stale in scratch::sweep(&tmp, scratch::alive) {
+        tracing::info!(
+            "demo: removed {}, left by a demo that no longer runs",
+            stale.display()
+        );
+    }
+    let storage = scratch::dir(&tmp, "");
     let mut cfgs = Vec::new();
     for gw in [pair::FIRST, pair::SECOND] {
         let text = pair::gateway_config(gw, broker.addr, sim.local_addr, &storage);
