@@ -10,6 +10,8 @@
 #
 #   ./campaign.sh start [LANES]   start LANES lanes (default 2, at most 2: one per core)
 #   ./campaign.sh stop            stop every lane and its afl-fuzz (AFL saves its state)
+#   ./campaign.sh probe [SECONDS] every target below GOAL for SECONDS (default 60), two at a
+#                                 time, in the foreground (lanes stopped): each one's execs/s
 #   ./campaign.sh status          per target: execs_done, execs/s, crashes, hangs, corpus,
 #                                 coverage, and the time to GOAL at the current rate
 #
@@ -60,8 +62,9 @@ claim() {
     echo $$ >"$c"
 }
 
-run_target() {
+run_target() { # target [afl-fuzz options]
     local t=$1 input
+    shift
     if [ -f "$OUT/$t/default/fuzzer_stats" ]; then
         input=- # resume: the queue, the crashes and execs_done carry on
     else
@@ -70,7 +73,7 @@ run_target() {
     echo "$(date -u +%FT%TZ) lane $$: $t from $(execs_of "$t") executions" >>"$OUT/campaign.log"
     # -m 200: AFL's memory limit turns an unbounded allocation into a crash.
     AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
-        nice -n 19 "$(afl_fuzz)" -m 200 -t 1000 -E "$GOAL" -i "$input" -o "$OUT/$t" \
+        nice -n 19 "$(afl_fuzz)" -m 200 -t 1000 -E "$GOAL" "$@" -i "$input" -o "$OUT/$t" \
         -- "target/release/$t" 2>&1 |
         # Without its screen afl-fuzz prints a line per queue entry (about 1 MB a minute):
         # keep the rest (start-up, warnings that matter, the end) in the log.
@@ -97,6 +100,28 @@ lane() {
             exit 0
         fi
     done
+}
+
+# Every target below GOAL for SECONDS, two at a time, in the foreground: each one's execs/s
+# under AFL on this machine (for `status`'s estimates), and the start of its campaign.
+probe() {
+    local secs=${1:-60} running=()
+    for p in "$OUT"/lane-*.pid; do
+        if [ -f "$p" ] && alive "$(cat "$p")"; then
+            echo "campaign.sh: lanes are running; stop them first" >&2
+            exit 1
+        fi
+    done
+    for t in $ORDER; do
+        [ "$(execs_of "$t")" -lt "$GOAL" ] && [ -x "target/release/$t" ] || continue
+        run_target "$t" -V "$secs" &
+        running+=($!)
+        if [ "${#running[@]}" -ge 2 ]; then
+            wait "${running[@]}"
+            running=()
+        fi
+    done
+    wait
 }
 
 start() {
@@ -172,9 +197,10 @@ case "${1:-status}" in
 start) start "${2:-2}" ;;
 stop) stop ;;
 status) status ;;
+probe) probe "${2:-60}" ;;
 lane) lane ;;
 *)
-    echo "usage: $0 start [LANES] | stop | status" >&2
+    echo "usage: $0 start [LANES] | stop | status | probe [SECONDS]" >&2
     exit 2
     ;;
 esac
