@@ -72,11 +72,18 @@ impl RateOfRise {
                 break;
             }
         }
-        let rate = self.rate(st)?;
-        let active = rate >= self.per_minute;
+        // Most polls change nothing: whether the rate is at or above `per_minute` is then all
+        // that is needed, and counting the slopes below it says so without finding the median
+        // (a selection over 465 slopes at every poll of every watched point). The rate itself
+        // is measured only for the change it goes into.
+        let active = match self.decide(st)? {
+            Decision::Known(active) => active,
+            Decision::Measure => self.rate(st)? >= self.per_minute,
+        };
         if active == st.active {
             return None;
         }
+        let rate = self.rate(st)?;
         st.active = active;
         Some(RateChange {
             active,
@@ -84,30 +91,75 @@ impl RateOfRise {
         })
     }
 
-    /// The robust slope over the window, once the window is at least half covered and has
-    /// three samples (fewer could not outvote a single glitch).
-    fn rate(&self, st: &RateState) -> Option<f64> {
+    /// Whether [`RateOfRise::rate`] is at or above `per_minute`, from how many slopes lie below
+    /// it, exactly as comparing the median would say; `None` where `rate` is `None`.
+    ///
+    /// With `n` slopes and `m = n / 2`: for odd `n` the median is the `m`-th smallest slope,
+    /// at or above the threshold exactly when at most `m` slopes are below it. For even `n` it
+    /// is the mean of the `(m-1)`-th and `m`-th: both at or above when fewer than `m` are below
+    /// (and their rounded mean then is too, rounding being monotonic), both below when more than
+    /// `m` are, and then the mean is at most the greatest slope below, so below too. Exactly `m`
+    /// below (the threshold falls between the two), or a slope that is not finite, is measured.
+    fn decide(&self, st: &RateState) -> Option<Decision> {
+        let at = self.window_times(st)?;
+        let threshold = self.per_minute;
+        let (mut n, mut below, mut greatest_below) = (0usize, 0usize, f64::NEG_INFINITY);
+        for (i, a) in at.iter().enumerate() {
+            for b in &at[i + 1..] {
+                let Some(slope) = slope(a, b) else { continue };
+                if !slope.is_finite() {
+                    return Some(Decision::Measure);
+                }
+                n += 1;
+                if slope < threshold {
+                    below += 1;
+                    greatest_below = greatest_below.max(slope);
+                }
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        let m = n / 2;
+        Some(if n % 2 == 1 {
+            Decision::Known(below <= m)
+        } else if below < m {
+            Decision::Known(true)
+        } else if below > m && greatest_below.abs() < f64::MAX / 4.0 {
+            Decision::Known(false)
+        } else {
+            Decision::Measure
+        })
+    }
+
+    /// Each sample's time as nanoseconds since the first, with its value, once the window is
+    /// at least half covered and has three samples (fewer could not outvote a single glitch).
+    fn window_times(&self, st: &RateState) -> Option<Vec<(u64, f64)>> {
         let (first, last) = (st.samples.front()?, st.samples.back()?);
         if st.samples.len() < 3 || last.0.duration_since(first.0) < self.window / 2 {
             return None;
         }
-        // Each sample's time as nanoseconds since the first, so a pair's interval is one
-        // subtraction (the same Duration, and so the same slope, as subtracting the Instants).
-        let at: Vec<(u64, f64)> = st
-            .samples
-            .iter()
-            .map(|&(t, v)| {
-                let ns = t.saturating_duration_since(first.0).as_nanos();
-                (u64::try_from(ns).unwrap_or(u64::MAX), v)
-            })
-            .collect();
+        // Nanoseconds since the first, so a pair's interval is one subtraction (the same
+        // Duration, and so the same slope, as subtracting the Instants).
+        Some(
+            st.samples
+                .iter()
+                .map(|&(t, v)| {
+                    let ns = t.saturating_duration_since(first.0).as_nanos();
+                    (u64::try_from(ns).unwrap_or(u64::MAX), v)
+                })
+                .collect(),
+        )
+    }
+
+    /// The robust slope over the window, once the window is at least half covered and has
+    /// three samples (fewer could not outvote a single glitch).
+    fn rate(&self, st: &RateState) -> Option<f64> {
+        let at = self.window_times(st)?;
         let mut slopes = Vec::with_capacity(at.len() * (at.len() - 1) / 2);
         for (i, a) in at.iter().enumerate() {
             for b in &at[i + 1..] {
-                let dt = Duration::from_nanos(b.0.saturating_sub(a.0));
-                if dt > Duration::ZERO {
-                    slopes.push((b.1 - a.1) / dt.as_secs_f64() * 60.0);
-                }
+                slopes.extend(slope(a, b));
             }
         }
         if slopes.is_empty() {
@@ -127,6 +179,21 @@ impl RateOfRise {
             _ => mid,
         })
     }
+}
+
+/// What counting the slopes below the threshold could tell.
+enum Decision {
+    /// Whether the rate is at or above the threshold.
+    Known(bool),
+    /// Too close to call by counting: measure the rate.
+    Measure,
+}
+
+/// The slope from sample `a` to a later sample `b`, in units per minute; none for samples at
+/// the same instant.
+fn slope(a: &(u64, f64), b: &(u64, f64)) -> Option<f64> {
+    let dt = Duration::from_nanos(b.0.saturating_sub(a.0));
+    (dt > Duration::ZERO).then(|| (b.1 - a.1) / dt.as_secs_f64() * 60.0)
 }
 
 #[cfg(test)]
@@ -264,5 +331,67 @@ mod tests {
             }
         }
         assert!(compared > 30, "only {compared} windows compared");
+    }
+
+    /// Counting the slopes below the threshold decides as comparing the median does, for
+    /// thresholds right at, just beside and between the slopes, where it could go wrong.
+    #[test]
+    fn counting_decides_as_the_median_does_at_every_threshold() {
+        let t0 = Instant::now();
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed
+        };
+        let (mut decided, mut measured) = (0, 0);
+        for n in 3..40usize {
+            let mut st = RateState::default();
+            let mut t = t0;
+            for i in 0..n {
+                let noise = (next() >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
+                // Repeated values and a flat run now and then: equal slopes, zero slopes.
+                let v = if i % 5 == 0 {
+                    25.0
+                } else {
+                    25.0 + 0.1 * i as f64 + noise
+                };
+                t += Duration::from_millis(700 + (next() >> 54));
+                st.samples.push_back((t, v));
+            }
+            let base = rule();
+            let Some(rate) = base.rate(&st) else { continue };
+            let mut thresholds = vec![rate, rate.next_up(), rate.next_down(), 0.0, -1.0, 1e9];
+            let at = base.window_times(&st).expect("window");
+            for (i, a) in at.iter().enumerate() {
+                for b in &at[i + 1..] {
+                    if let Some(s) = slope(a, b) {
+                        thresholds.extend([s, s.next_up(), s.next_down()]);
+                    }
+                }
+            }
+            for per_minute in thresholds {
+                let r = RateOfRise {
+                    per_minute,
+                    ..rule()
+                };
+                let want = r.rate(&st).expect("rate") >= per_minute;
+                match r.decide(&st).expect("a window") {
+                    Decision::Known(got) => {
+                        decided += 1;
+                        assert_eq!(
+                            got, want,
+                            "{n} samples, threshold {per_minute}, rate {rate}"
+                        );
+                    }
+                    Decision::Measure => measured += 1,
+                }
+            }
+        }
+        assert!(
+            decided > 1000 && measured > 0,
+            "{decided} decided, {measured} measured"
+        );
     }
 }
