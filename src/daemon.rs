@@ -228,10 +228,14 @@ async fn serve_generation(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending = Some(first);
+    // A pair acts on the link coming up (its start wait counts from the CONNACK) and on its
+    // own deadlines (`Roles::due`) when they happen, not at the next tick.
+    let mut link_events = publisher.link_events();
     // Pollers end on `cancel` and drop their senders, which ends this loop after the last reading.
     loop {
         // A change of role decided by this turn's input (pair only).
         let mut change: Option<Change> = None;
+        let due = roles.due();
         let mut out = match pending.take() {
             Some(out) => out,
             None => tokio::select! {
@@ -279,6 +283,14 @@ async fn serve_generation(
                 },
                 Some(m) = pair_in.recv() => {
                     change = roles.on_inbound(&m, &mut engine, Now::system());
+                    Output::default()
+                }
+                Ok(()) = link_events.changed() => {
+                    change = roles.tick(publisher.is_connected(), Now::system());
+                    Output::default()
+                }
+                () = sleep_until_due(due) => {
+                    change = roles.tick(publisher.is_connected(), Now::system());
                     Output::default()
                 }
                 Some(f) = agent_faults.recv() => engine.agent_fault(&f.agent, f.active.then_some(f.severity), &f.zones, &f.detail, Now::system()),
@@ -469,5 +481,13 @@ fn update_gauges(
     metrics.set_drain(&cfg.zones(), &drain.snapshot());
     for (i, d) in cfg.devices.iter().enumerate() {
         metrics.set_link(&d.id, &counters.stats(i));
+    }
+}
+
+/// Until `due` (a pair's deadline, see `Roles::due`); forever without one.
+async fn sleep_until_due(due: Option<std::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
     }
 }

@@ -85,8 +85,10 @@ enum Command {
         #[arg(long)]
         zone: String,
     },
-    /// Play a thermal-runaway in one process (simulator, embedded broker, daemon, drain agent,
-    /// site console) and narrate what an operator sees on MQTT; the console's page follows live.
+    /// Play a thermal-runaway in one process (simulator, embedded broker, a redundant pair of
+    /// gateways, drain agent, site console) and narrate what an operator sees on MQTT, the active
+    /// gateway killed mid-drain and its standby taking over included; the console's page follows
+    /// live.
     Demo {
         /// After the story, leave everything running (console page included) until Ctrl-C, so
         /// you can click around.

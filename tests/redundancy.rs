@@ -454,6 +454,113 @@ async fn a_drain_in_progress_is_carried_on_with_the_same_drain_id() {
     assert_eq!(ran.lines().collect::<Vec<_>>(), [id.as_str()], "{ran}");
 }
 
+/// A status's `role_since`, on the gateway's own clock.
+fn role_since(status: &Value) -> std::time::SystemTime {
+    let s = status["role_since"].as_str().unwrap_or_default();
+    humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("role_since {s:?}: {e} in {status}"))
+}
+
+/// `later`'s role_since minus `earlier`'s, in seconds.
+fn between(earlier: &Value, later: &Value) -> f64 {
+    role_since(later)
+        .duration_since(role_since(earlier))
+        .unwrap_or_else(|_| panic!("role_since went back: {earlier} then {later}"))
+        .as_secs_f64()
+}
+
+/// A gateway whose peer never comes up (a dead box, a peer not yet installed) is active
+/// START_WAIT (1.5 s) after connecting, not at some later look at the link: it used to look
+/// once a second and count the wait from the first look that found it connected, leaving the
+/// room unwatched 2 to 3 s. Measured on the gateway's own clock: from the `role_since` of its
+/// starting status (taken just before it connects to the local broker, which takes
+/// milliseconds) to the `role_since` of the active one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_peer_never_comes_up_is_active_1_5_s_after_connecting() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _b1 = Daemon::start(&pair_config(
+        "gw-b1",
+        1,
+        broker.port(),
+        sim.port(),
+        dir.path(),
+    ));
+    let starting = sub
+        .expect_where(&status("gw-b1"), |j| j["role"] == "standby", SOON)
+        .await;
+    assert_eq!(
+        starting["role_reason"], "starting: waiting for peer gw-b2's status",
+        "{starting}"
+    );
+    let active = sub
+        .expect_where(&status("gw-b1"), |j| j["role"] == "active", SOON)
+        .await;
+    assert_eq!(
+        active["role_reason"], "peer gw-b2 not seen within 1.5s of connecting",
+        "{active}"
+    );
+    let waited = between(&starting, &active);
+    assert!(
+        (1.5..2.0).contains(&waited),
+        "active {waited:.3} s after starting; the start wait is 1.5 s from the connection"
+    );
+}
+
+/// A switchover nobody takes (the peer says standby but never takes the role) is taken back
+/// GRACE (3 s) after it was given, not at the next once-a-second look. The peer here is only
+/// its retained status, published by the test. The command is sent a quarter second past a
+/// whole second of the first role change, where the old once-a-second look (in step with
+/// that change) made the room wait nearly a second more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_nobody_takes_is_taken_back_when_the_grace_ends() {
+    let broker = Mosquitto::start().await;
+    let sim = Sim::start("normal", 1).await;
+    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+    let peer = r#"{"state":"online","version":"0","started_at":"x","role":"standby","priority":2}"#;
+    publish(broker.port(), &status("gw-b2"), peer.as_bytes(), true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _b1 = Daemon::start(&pair_config(
+        "gw-b1",
+        1,
+        broker.port(),
+        sim.port(),
+        dir.path(),
+    ));
+    let active = sub
+        .expect_where(&status("gw-b1"), |j| j["role"] == "active", SOON)
+        .await;
+    assert_eq!(
+        active["role_reason"], "peer gw-b2 is standby: priority 1 wins",
+        "{active}"
+    );
+    let at = role_since(&active) + Duration::from_millis(1250);
+    if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    publish(broker.port(), &cmd("gw-b1", "switchover"), b"{}", false).await;
+    let handed = sub
+        .expect_where(
+            &status("gw-b1"),
+            |j| j["role"] == "standby" && j["handover_to"] == "gw-b2",
+            SOON,
+        )
+        .await;
+    let back = sub
+        .expect_where(&status("gw-b1"), |j| j["role"] == "active", SOON)
+        .await;
+    assert_eq!(
+        back["role_reason"], "peer gw-b2 did not take over within 3s",
+        "{back}"
+    );
+    let waited = between(&handed, &back);
+    assert!(
+        (3.0..3.5).contains(&waited),
+        "taken back {waited:.3} s after handing over; the grace is 3 s"
+    );
+}
+
 #[test]
 fn check_config_accepts_the_example_pair_and_shows_it() {
     for (file, peer, priority) in [("pair-b1.toml", "gw-b2", 1), ("pair-b2.toml", "gw-b1", 2)] {

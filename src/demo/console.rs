@@ -74,7 +74,7 @@ pub(super) async fn start(
     site: &str,
     cancel: CancellationToken,
 ) -> Result<DemoConsole, String> {
-    let dir = std::env::temp_dir().join(format!("emberwatch-demo-console-{}", std::process::id()));
+    let dir = super::scratch::dir(&std::env::temp_dir(), "console-");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let password = password();
     crate::console::users::set(&dir.join("console.users"), USER, &password)

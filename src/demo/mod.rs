@@ -1,10 +1,11 @@
 //! `emberwatch demo`: a battery-room fire, start to finish, on a machine with nothing installed.
 //!
 //! One process plays every part: the simulator runs `thermal-runaway`, an embedded broker carries
-//! the messages, the real daemon polls, alarms and coordinates the drain, a real drain agent
-//! (its hook a one-second `sleep` standing in for a load balancer draining) acknowledges, and a
-//! subscriber narrates what an operator would see. The narration is built only from what arrives over MQTT: if the daemon did not
-//! publish it, the demo does not say it.
+//! the messages, a redundant pair of real gateways (`pair.rs`) polls, alarms and coordinates the
+//! drain, a real drain agent (its hook a one-second `sleep` standing in for a load balancer
+//! draining) acknowledges, and a subscriber narrates what an operator would see. Mid-drain the
+//! demo kills the active gateway, so the story shows the standby carry on. The narration is built
+//! only from what arrives over MQTT: if a gateway did not publish it, the demo does not say it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,7 +19,10 @@ use crate::mqtt::embedded;
 use crate::sim::{self, Scenario, SimOptions};
 
 mod console;
+mod pair;
+mod scratch;
 mod story;
+use pair::Gateway;
 use story::Story;
 
 /// Scenario time runs this many times faster than the clock, so the ~70 s fire fits in a minute.
@@ -33,111 +37,8 @@ pub enum DemoError {
     Setup(String),
     #[error("demo: the story did not complete within {0:?}; missing: {1}")]
     Incomplete(Duration, String),
-}
-
-/// The battery room of the demo: one rack with its detectors, thresholds as in
-/// config/emberwatch.toml.
-fn demo_config(broker: SocketAddr, sim: SocketAddr, storage: &std::path::Path) -> String {
-    format!(
-        r#"
-[site]
-id = "demo-site"
-gateway = "gw-demo"
-
-[mqtt]
-url = "mqtt://{broker}"
-keep_alive = "5s"
-
-[storage]
-dir = "{storage}"
-
-[[devices]]
-id = "rack-01"
-zone = "battery-room-1"
-transport = "modbus-tcp"
-address = "{sim}"
-unit = 1
-poll_interval = "250ms"
-timeout = "500ms"
-
-  [[devices.points]]
-  id = "cell_temp_max"
-  kind = "temperature"
-  address = 116
-  type = "i16"
-  scale = 0.1
-  unit = "degC"
-  valid = [-40.0, 150.0]
-
-  [[devices.points]]
-  id = "smoke_stage"
-  kind = "smoke"
-  address = 120
-  type = "u16"
-  unit = "stage"
-
-  [[devices.points]]
-  id = "offgas"
-  kind = "offgas"
-  address = 121
-  type = "u16"
-  unit = "ppm"
-
-  [[devices.points]]
-  id = "hydrogen"
-  kind = "hydrogen"
-  address = 122
-  type = "u16"
-  scale = 0.1
-  unit = "%LEL"
-
-  [[devices.points]]
-  id = "rack_voltage"
-  kind = "voltage"
-  address = 130
-  type = "u16"
-  scale = 0.1
-  unit = "V"
-
-[[rules]]
-id = "offgas"
-points = ["*/offgas"]
-above = {{ warning = 20.0, critical = 100.0 }}
-deadband = 5.0
-
-[[rules]]
-id = "hydrogen"
-points = ["*/hydrogen"]
-above = {{ warning = 10.0, critical = 25.0 }}
-deadband = 1.0
-
-[[rules]]
-id = "smoke"
-points = ["*/smoke_stage"]
-above = {{ warning = 1.0, critical = 2.0, emergency = 3.0 }}
-
-[[rules]]
-id = "cell-overtemp"
-points = ["*/cell_temp_max"]
-above = {{ warning = 45.0, critical = 55.0, emergency = 65.0 }}
-deadband = 1.0
-
-[[rules]]
-id = "cell-temp-rise"
-points = ["*/cell_temp_max"]
-rate_of_rise = {{ per_minute = 8.3, window = "20s", severity = "critical" }}
-
-[[rules]]
-id = "confirmed-fire"
-vote = {{ alarms = ["*/offgas/*", "*/smoke/*"], need = 2, at_least = "warning", severity = "emergency" }}
-
-[drain]
-trigger = "critical"
-deadline = "30s"
-agents = ["{DEMO_AGENT}"]
-"#,
-        storage = storage.display()
-    )
+    #[error("demo: {0}")]
+    Broken(String),
 }
 
 /// The demo's drain agent: one load balancer in front of the battery room's services.
@@ -195,18 +96,30 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     )
     .await
     .map_err(|e| setup("simulator", &e))?;
-    let storage = std::env::temp_dir().join(format!("emberwatch-demo-{}", std::process::id()));
-    let text = demo_config(broker.addr, sim.local_addr, &storage);
-    let cfg = Config::from_toml(&text, Role::Gateway).map_err(|ps| {
-        DemoError::Setup(format!(
-            "built-in configuration refused: {}",
-            ps.iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-    })?;
-    let prefix = format!("{}/{}", cfg.mqtt.topic_prefix, cfg.site.id);
+    // What demos killed before they could clean up left behind goes first (never a live
+    // demo's): they are found by name and pid.
+    let tmp = std::env::temp_dir();
+    for stale in scratch::sweep(&tmp, scratch::alive) {
+        tracing::info!(
+            "demo: removed {}, left by a demo that no longer runs",
+            stale.display()
+        );
+    }
+    let storage = scratch::dir(&tmp, "");
+    let mut cfgs = Vec::new();
+    for gw in [pair::FIRST, pair::SECOND] {
+        let text = pair::gateway_config(gw, broker.addr, sim.local_addr, &storage);
+        cfgs.push(Config::from_toml(&text, Role::Gateway).map_err(|ps| {
+            DemoError::Setup(format!(
+                "built-in configuration of {gw} refused: {}",
+                ps.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?);
+    }
+    let prefix = format!("{}/{}", cfgs[0].mqtt.topic_prefix, cfgs[0].site.id);
     let agent_cfg = Config::from_toml(&agent_config(broker.addr, &storage), Role::DrainAgent)
         .map_err(|ps| {
             DemoError::Setup(format!(
@@ -229,8 +142,14 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         broker.addr.ip(),
         broker.addr.port()
     );
-    // The console connects before the daemon starts, so its page tells the whole story.
-    let console = match console::start(broker.addr, &cfg.site.id, cancel.child_token()).await {
+    println!(
+        "  the battery room is watched by a hot-standby pair: {} (priority 1: active when both \
+         are up) and {} (priority 2: standby); mid-drain the demo kills the active one",
+        pair::FIRST,
+        pair::SECOND
+    );
+    // The console connects before the gateways start, so its page tells the whole story.
+    let console = match console::start(broker.addr, pair::SITE, cancel.child_token()).await {
         Ok(c) => {
             println!(
                 "  site console on {} (log in as {} with password {})",
@@ -247,7 +166,7 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
     };
     println!("  everything below is what arrived over MQTT, as an operator would see it.\n");
 
-    // The operator's subscriber connects before the daemon, so nothing is missed.
+    // The operator's subscriber connects before the gateways, so nothing is missed.
     let mut opts = MqttOptions::new(
         format!("emberwatch-demo-operator-{}", std::process::id()),
         broker.addr.ip().to_string(),
@@ -262,18 +181,27 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
 
     let agent_cancel = cancel.child_token();
     let agent = tokio::spawn(crate::drain::agent::serve(agent_cfg, agent_cancel.clone()));
-    let daemon_cancel = cancel.child_token();
-    let daemon = tokio::spawn(crate::daemon::serve(cfg, daemon_cancel.clone()));
+    let mut gateways = Vec::new();
+    for cfg in cfgs {
+        gateways.push(Gateway::start(cfg).map_err(DemoError::Setup)?);
+    }
 
     let mut story = Story::default();
     let deadline = tokio::time::Instant::now() + DEMO_DEADLINE;
+    // The story's clock between messages: the verdict on duplicates waits a while after the
+    // takeover, whether anything arrives or not.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let outcome = loop {
         if story.complete() {
-            break Ok(());
+            break story.broken().map_or(Ok(()), |e| Err(DemoError::Broken(e)));
         }
         let ev = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 break Err(DemoError::Incomplete(DEMO_DEADLINE, story.missing()));
+            }
+            _ = tick.tick() => {
+                story.tick(t0.elapsed());
+                continue;
             }
             ev = events.poll() => ev,
         };
@@ -281,6 +209,13 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
             Ok(ev) => narrate(&mut story, t0, &prefix, &ev),
             Err(e) => {
                 break Err(DemoError::Setup(format!("subscriber lost the broker: {e}")));
+            }
+        }
+        // Mid-drain, the active gateway dies.
+        if let Some(victim) = story.kill_due() {
+            if let Some(gw) = gateways.iter().find(|g| g.id == victim) {
+                gw.kill();
+                story.killed(&victim, t0.elapsed());
             }
         }
     };
@@ -311,17 +246,24 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
         println!("stopping.");
     }
 
-    daemon_cancel.cancel();
     agent_cancel.cancel();
-    // Let the daemon and the agent say goodbye (offline status) before the broker goes away.
+    // Let the gateways still alive and the agent say goodbye (offline status) before the broker
+    // goes away. A gateway stops on its own thread; the narration goes on meanwhile.
+    let stopping =
+        futures::future::join_all(gateways.into_iter().map(|g| g.stop(Duration::from_secs(5))));
+    tokio::pin!(stopping);
     let stop = async {
+        let mut gateways_done = false;
         loop {
-            if let Ok(Ok(ev)) =
-                tokio::time::timeout(Duration::from_millis(100), events.poll()).await
-            {
-                narrate(&mut story, t0, &prefix, &ev);
+            tokio::select! {
+                _ = &mut stopping, if !gateways_done => gateways_done = true,
+                ev = tokio::time::timeout(Duration::from_millis(100), events.poll()) => {
+                    if let Ok(Ok(ev)) = ev {
+                        narrate(&mut story, t0, &prefix, &ev);
+                    }
+                }
             }
-            if daemon.is_finished() && agent.is_finished() {
+            if gateways_done && agent.is_finished() {
                 break;
             }
         }
@@ -356,6 +298,9 @@ pub async fn run(keep: bool) -> Result<(), DemoError> {
                         _ => String::new(),
                     }
                 );
+            }
+            if let Some(pair) = story.pair_summary() {
+                println!("The pair: {pair}");
             }
             println!(
                 "In a real room those seconds are minutes (2-30 of off-gas warning): enough to drain"

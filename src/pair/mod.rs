@@ -11,8 +11,8 @@
 //! reconciling the alarm table).
 //!
 //! The rules, in the order they matter:
-//! - a starting gateway is standby (it publishes nothing) and waits [`START_WAIT`] once
-//!   connected for the peer's retained status: a peer that says it is active keeps it
+//! - a starting gateway is standby (it publishes nothing) and waits [`START_WAIT`] from its
+//!   CONNACK for the peer's retained status: a peer that says it is active keeps it
 //!   standby whatever the priorities, so a gateway coming back never snatches the role;
 //! - a peer that is offline (last will, clean stop, fault) is replaced at once;
 //! - a peer that hands over (`cmd/switchover`: its status says standby with `handover_to`
@@ -38,7 +38,7 @@ mod view;
 
 pub use view::Published;
 
-/// Once connected, how long a starting gateway waits for the peer's retained status before
+/// From the CONNACK, how long a starting gateway waits for the peer's retained status before
 /// deciding alone. Retained messages arrive right after the subscription, so this is generous.
 pub const START_WAIT: Duration = Duration::from_millis(1500);
 
@@ -271,7 +271,8 @@ impl Pair {
         }
     }
 
-    /// The broker link's state, about once a second; `connected` starts the start wait.
+    /// The broker link's state, when it changes and at each [`Pair::due`]: `connected`
+    /// starts the start wait, and a deadline that has come is acted on.
     pub fn tick(&mut self, connected: bool, now: Now) -> Option<Change> {
         if let Phase::Starting { connected: None } = self.phase {
             if connected {
@@ -281,6 +282,32 @@ impl Pair {
             }
         }
         self.decide(now)
+    }
+
+    /// The next moment the passing of time alone changes the role, if one is pending: the
+    /// end of the start wait, or of [`GRACE`] with both standby when this gateway is the one
+    /// that takes over then. The daemon wakes exactly then ([`Pair::tick`]), so a room is
+    /// not left unwatched until some later look at the clock. `None`: only an input (the
+    /// peer's status, the link, a command) can change anything.
+    pub fn due(&self) -> Option<Instant> {
+        match (self.phase, &self.peer) {
+            (Phase::Starting { connected }, _) => connected.map(|c| c + START_WAIT),
+            (
+                Phase::Settled(Role::Standby),
+                Peer::Online {
+                    role: Role::Standby,
+                    handover_to,
+                    priority,
+                    since,
+                    ..
+                },
+            ) if handover_to.as_deref() != Some(self.me.as_str())
+                && (self.handover_to.is_some() || self.wins(*priority)) =>
+            {
+                Some((*since).max(self.since_mono) + GRACE)
+            }
+            _ => None,
+        }
     }
 
     /// `cmd/switchover`: an active gateway hands over to a standby peer, saying so in its

@@ -169,9 +169,19 @@ impl Roles {
         None
     }
 
-    /// About once a second, with whether the broker link is up.
+    /// When the broker link comes up or goes down, and at each [`Roles::due`], with whether
+    /// the link is up.
     pub fn tick(&mut self, connected: bool, now: Now) -> Option<Change> {
         self.pair.as_mut()?.tick(connected, now)
+    }
+
+    /// The next moment time alone changes something: a role ([`Pair::due`]) or the end of a
+    /// takeover's settling ([`Roles::takeover_due`]). The daemon's loop sleeps until it, so
+    /// neither waits for the loop's next input or its once-a-second tick.
+    pub fn due(&self) -> Option<Instant> {
+        let role = self.pair.as_ref().and_then(Pair::due);
+        let settled = self.settling.filter(|_| self.role() == Role::Active);
+        role.into_iter().chain(settled).min()
     }
 
     /// `cmd/switchover`.

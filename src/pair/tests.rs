@@ -256,3 +256,56 @@ fn status_json(p: &Pair) -> Vec<u8> {
 fn b1_status(p: &Pair) -> Vec<u8> {
     status_json(p)
 }
+
+/// `due` is exactly when `tick` acts (not a millisecond before), and once acted on it moves
+/// on: the daemon sleeps until it instead of looking once a second, which left a starting
+/// pair silent 2 to 3 s instead of 1.5 s.
+fn acts_exactly_when_due(p: &mut Pair, due: Instant, reason: &str) {
+    assert_eq!(p.due(), Some(due), "{reason}");
+    let t = |mono: Instant| Now {
+        mono,
+        wall: std::time::UNIX_EPOCH,
+    };
+    assert_eq!(p.tick(true, t(due - Duration::from_millis(1))), None);
+    assert_eq!(p.tick(true, t(due)).map(|c| c.reason), Some(reason.into()));
+    assert_eq!(p.due(), None, "acted on: nothing pending after {reason}");
+}
+
+#[test]
+fn each_deadline_is_due_exactly_when_time_alone_changes_the_role() {
+    let t0 = Now::system();
+    let ms = |n: u64| t0.mono + Duration::from_millis(n);
+    // Not connected: nothing pending, however long. Connected at 700 ms: the start wait ends
+    // 1.5 s later, whatever the moment of the look.
+    let mut alone = pair("gw-b1", "gw-b2", 1, t0);
+    assert_eq!(alone.tick(false, at(t0, 300)), None);
+    assert_eq!(alone.due(), None);
+    alone.tick(true, at(t0, 700));
+    acts_exactly_when_due(
+        &mut alone,
+        ms(2200),
+        "peer gw-b2 not seen within 1.5s of connecting",
+    );
+
+    // A hand-over nobody takes: taken back GRACE after it was given.
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    b1.on_peer_status(&online("standby", 2), at(t0, 10));
+    b1.tick(true, at(t0, 1500));
+    assert_eq!(b1.due(), None, "active: nothing pending");
+    b1.switchover(None, at(t0, 2345)).unwrap();
+    acts_exactly_when_due(&mut b1, ms(5345), "peer gw-b2 did not take over within 3s");
+
+    // Both standby: the winner takes over GRACE after the later of the two became standby;
+    // the loser has nothing pending.
+    let mut w = pair("gw-b1", "gw-b2", 1, t0);
+    let mut l = pair("gw-b2", "gw-b1", 2, t0);
+    w.tick(true, t0);
+    l.tick(true, t0);
+    w.on_peer_status(&online("active", 2), at(t0, 10));
+    l.on_peer_status(&online("active", 1), at(t0, 10));
+    w.on_peer_status(&online("standby", 2), at(t0, 1234));
+    l.on_peer_status(&online("standby", 1), at(t0, 1234));
+    assert_eq!(l.due(), None);
+    acts_exactly_when_due(&mut w, ms(4234), "both standby: priority 1 wins");
+}

@@ -427,7 +427,7 @@ impl BrokerLoop {
         } else {
             tracing::info!("mqtt broker {}: connected as {}", self.url, self.client_id);
         }
-        self.health.connected.store(true, Ordering::Relaxed);
+        self.health.set_connected(true);
         self.stop.reconnected();
         if self.stop.is_stopping() {
             // Reconnected during the stop grace: only flush what is queued and say offline;
@@ -512,7 +512,7 @@ impl BrokerLoop {
         self.health
             .telemetry_dropped
             .fetch_add(lost_telemetry, Ordering::Relaxed);
-        self.health.connected.store(false, Ordering::Relaxed);
+        self.health.set_connected(false);
         let reason = describe(&e);
         let retry = self.backoff.failed(&reason, Instant::now());
         let unconfirmed = if requeued > 0 {
@@ -555,7 +555,7 @@ impl BrokerLoop {
     /// Stopped with messages the broker never confirmed: say how many. The socket (if any)
     /// closes without DISCONNECT, so the broker's last will marks the gateway offline.
     fn give_up(&mut self) {
-        self.health.connected.store(false, Ordering::Relaxed);
+        self.health.set_connected(false);
         let unconfirmed = self.ledger.unconfirmed() + self.rx.len();
         if unconfirmed > 0 {
             tracing::warn!(
@@ -568,7 +568,7 @@ impl BrokerLoop {
     }
 
     fn finish(&mut self) {
-        self.health.connected.store(false, Ordering::Relaxed);
+        self.health.set_connected(false);
         tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
     }
 }

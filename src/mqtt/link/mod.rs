@@ -291,6 +291,7 @@ async fn start(
     let (cmd_tx, commands) = mpsc::channel(COMMANDS);
     let (in_tx, incoming) = mpsc::channel(INBOUND);
     let mut routes = Vec::new();
+    let link_events = Arc::new(tokio::sync::watch::Sender::new(()));
     let mut tasks = Vec::new();
     // Only a link with several brokers can hear a command twice.
     let echoes = (urls.len() > 1).then(|| Arc::new(std::sync::Mutex::new(Echoes::default())));
@@ -314,7 +315,7 @@ async fn start(
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let health = Arc::new(BrokerHealth::new(url.to_string()));
+        let health = Arc::new(BrokerHealth::new(url.to_string(), link_events.clone()));
         let mut pulse = tokio::time::interval(PULSE);
         pulse.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let feed = durable.as_ref().map(|d| d.feed(&url.to_string()));
@@ -364,6 +365,7 @@ async fn start(
             routes: routes.into(),
             topics,
             durable: durable.clone(),
+            link_events,
         },
         commands,
         incoming,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Pulse;
 use crate::message::Outgoing;
@@ -22,6 +22,9 @@ pub struct Publisher {
     pub(super) topics: Arc<Topics>,
     /// The outbox durable messages go through; `None` for a link without one (tests, tools).
     pub(super) durable: Option<Arc<DurableOutbox>>,
+    /// Touched by every broker loop when its connection comes up or goes down (see
+    /// [`Publisher::link_events`]).
+    pub(super) link_events: Arc<watch::Sender<()>>,
 }
 
 /// The way into one broker loop.
@@ -38,7 +41,10 @@ pub(super) struct Route {
 pub(super) struct BrokerHealth {
     /// The broker, as configured (for metrics and log lines).
     pub(super) url: String,
-    pub(super) connected: AtomicBool,
+    /// Written only through [`BrokerHealth::set_connected`], which also tells the daemon.
+    connected: AtomicBool,
+    /// Shared by every broker of the link: see [`Publisher::link_events`].
+    link_events: Arc<watch::Sender<()>>,
     pub(super) telemetry_dropped: AtomicU64,
     /// When the loop last came round to its select. A loop that is stuck (a handler that
     /// never returns) stops marking it, connected or not.
@@ -63,13 +69,26 @@ pub enum Farewell {
 }
 
 impl BrokerHealth {
-    pub(super) fn new(url: String) -> BrokerHealth {
+    pub(super) fn new(url: String, link_events: Arc<watch::Sender<()>>) -> BrokerHealth {
         BrokerHealth {
             url,
             connected: AtomicBool::new(false),
+            link_events,
             telemetry_dropped: AtomicU64::new(0),
             pulse: Pulse::new(),
             farewell: Mutex::new(Farewell::Offline),
+        }
+    }
+
+    pub(super) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// A CONNACK (`true`) or the end of the connection (`false`): recorded, and, when it is a
+    /// change, told to whoever watches [`Publisher::link_events`].
+    pub(super) fn set_connected(&self, up: bool) {
+        if self.connected.swap(up, Ordering::Relaxed) != up {
+            self.link_events.send_modify(|()| {});
         }
     }
 
@@ -133,7 +152,7 @@ impl Publisher {
                 publication.clone()
             };
             let Some(p) = p else { break };
-            if !r.health.connected.load(Ordering::Relaxed) || r.tx.try_send(p).is_err() {
+            if !r.health.is_connected() || r.tx.try_send(p).is_err() {
                 r.health.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -195,12 +214,7 @@ impl Publisher {
     pub fn brokers(&self) -> Vec<(String, bool)> {
         self.routes
             .iter()
-            .map(|r| {
-                (
-                    r.health.url.clone(),
-                    r.health.connected.load(Ordering::Relaxed),
-                )
-            })
+            .map(|r| (r.health.url.clone(), r.health.is_connected()))
             .collect()
     }
 
@@ -217,9 +231,14 @@ impl Publisher {
 
     /// True between a broker's CONNACK and the next connection error, for any broker.
     pub fn is_connected(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|r| r.health.connected.load(Ordering::Relaxed))
+        self.routes.iter().any(|r| r.health.is_connected())
+    }
+
+    /// Changes each time a broker's connection comes up or goes down, so the daemon acts on a
+    /// connection when it happens (a pair's start wait counts from the CONNACK) rather than at
+    /// its next look at [`Publisher::is_connected`].
+    pub fn link_events(&self) -> watch::Receiver<()> {
+        self.link_events.subscribe()
     }
 }
 
@@ -238,11 +257,30 @@ mod tests {
 
     #[test]
     fn a_loop_that_stops_beating_is_silent_for_as_long() {
-        let mut health = BrokerHealth::new("mqtt://broker:1883".into());
+        let mut health = BrokerHealth::new("mqtt://broker:1883".into(), Default::default());
         // As if the loop had last come round 20 s ago.
         health.pulse = Pulse::marked_ago(Duration::from_secs(20));
         assert!(health.pulse.silent_for() >= Duration::from_secs(20));
         health.pulse.mark();
         assert!(health.pulse.silent_for() < Duration::from_secs(1));
+    }
+
+    /// The daemon starts a pair's start wait on this signal, not at its next look.
+    #[test]
+    fn a_connection_coming_up_or_going_down_is_told_once() {
+        let events = Arc::new(watch::Sender::new(()));
+        let health = BrokerHealth::new("mqtt://broker:1883".into(), events.clone());
+        let mut rx = events.subscribe();
+        assert!(!rx.has_changed().unwrap_or(true));
+        health.set_connected(true);
+        assert!(rx.has_changed().unwrap_or(false), "a CONNACK is told");
+        rx.mark_unchanged();
+        health.set_connected(true);
+        assert!(!rx.has_changed().unwrap_or(true), "no change, nothing told");
+        health.set_connected(false);
+        assert!(
+            rx.has_changed().unwrap_or(false),
+            "a lost connection is told"
+        );
     }
 }
