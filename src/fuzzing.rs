@@ -376,13 +376,16 @@ pub fn drain_inbound(data: &[u8]) {
     encode_all(&msgs);
 }
 
-/// The configuration file, as both roles load it, and what the gateway builds from it.
+/// The configuration file, as both roles load it (`Config::from_toml` but reading the text
+/// once), and what the gateway builds from it.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = Config::from_toml(text, Role::DrainAgent);
-    let Ok(cfg) = Config::from_toml(text, Role::Gateway) else {
+    // Both roles validate the same raw sections, read once: the reading (TOML, then the
+    // `config` crate's tree) is most of an input's cost.
+    let mut loaded = Config::from_toml_each(text, &[Role::DrainAgent, Role::Gateway]);
+    let Some(Ok(cfg)) = loaded.pop() else {
         return;
     };
     let _ = cfg.warnings();
@@ -445,28 +448,44 @@ pub fn sunspec_chain(data: &[u8]) {
     }
 }
 
-/// A scratch directory of this thread, emptied before each use.
-fn scratch() -> PathBuf {
+/// This thread's scratch directory, made once: `/dev/shm` when there is one, so the files are
+/// real (the stores open, read and fsync them as on a disk) without a disk's latency.
+fn scratch_dir() -> PathBuf {
     SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let dir = s
+        s.borrow_mut()
             .get_or_insert_with(|| {
                 let base = if Path::new("/dev/shm").is_dir() {
                     PathBuf::from("/dev/shm")
                 } else {
                     std::env::temp_dir()
                 };
-                base.join(format!(
+                let dir = base.join(format!(
                     "emberwatch-fuzz-{}-{:?}",
                     std::process::id(),
                     std::thread::current().id()
-                ))
+                ));
+                let _ = std::fs::create_dir_all(&dir);
+                dir
             })
-            .clone();
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::create_dir_all(&dir);
-        dir
+            .clone()
     })
+}
+
+/// The scratch directory with `name` (and nothing else the last input left) in it.
+fn scratch_with(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = scratch_dir();
+    // What `JsonStore::save` would leave; `write` below replaces the file itself.
+    let _ = std::fs::remove_file(dir.join(format!("{name}.tmp")));
+    let _ = std::fs::write(dir.join(name), bytes);
+    dir
+}
+
+/// The scratch directory, emptied (the outbox leaves segments and cursors behind).
+fn scratch() -> PathBuf {
+    let dir = scratch_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
 }
 
 /// The outbox directory after a crash or a damaged disk: segment files and a cursor, recovered
@@ -528,8 +547,7 @@ pub fn outbox(data: &[u8]) {
 /// `storage.dir/state.json` as left by an earlier run (or a disk, or a person): loaded, the
 /// engine restored from it, then a tick, a poll and the zone statuses.
 pub fn state_json(data: &[u8]) {
-    let dir = scratch();
-    let _ = std::fs::write(dir.join("state.json"), data);
+    let dir = scratch_with("state.json", data);
     let Ok((_, snapshot)) = crate::alarms::StateStore::open(&dir) else {
         return;
     };
@@ -554,8 +572,7 @@ pub fn state_json(data: &[u8]) {
 
 /// `storage.dir/drain.json`: loaded, the coordinator resumed from it, time passing.
 pub fn drain_json(data: &[u8]) {
-    let dir = scratch();
-    let _ = std::fs::write(dir.join(crate::drain::service::STATE_FILE), data);
+    let dir = scratch_with(crate::drain::service::STATE_FILE, data);
     let Ok((_, persisted)) =
         crate::storage::JsonStore::open::<Persisted>(&dir, crate::drain::service::STATE_FILE)
     else {

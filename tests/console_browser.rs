@@ -325,6 +325,105 @@ async fn a_live_update_changes_its_row_in_place() {
     b.close().await;
 }
 
+/// A big site's alarm list: the 50 most urgent alarms are drawn, the others are counted under
+/// them by state, the count follows live updates, and "Show all" draws every one (issue 12:
+/// the first render cannot wait for a thousand rows, but no active alarm may be out of reach).
+/// Sixty alarms from a gateway the test plays: ten acknowledged, fifty not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_alarm_list_counts_what_it_does_not_show_and_shows_all_on_request() {
+    let broker = Mosquitto::start().await;
+    let console = Console::start(broker.port(), "").await;
+    let event = |seq: u64, rack: u64, acked: bool, since: &str| {
+        let alarm = format!("rack-{rack:02}/cell_temp_max/cell-overtemp");
+        let isa = if acked {
+            "active_acknowledged"
+        } else {
+            "active_unacknowledged"
+        };
+        let e = serde_json::json!({"event_id": format!("gw-x-{seq}"), "seq": seq,
+            "site": "test-site", "gateway": "gw-x", "alarm": alarm, "rule": "cell-overtemp",
+            "zone": "room-1", "device": format!("rack-{rack:02}"), "point": "cell_temp_max",
+            "kind": "threshold", "severity": "critical", "state": "active", "acked": acked,
+            "isa_state": isa, "value": 57.2, "threshold": 55.0, "unit": "degC",
+            "message": "hot", "time": since, "since": since});
+        (format!("{P}/alarms/room-1/{alarm}"), e.to_string())
+    };
+    for seq in 1..=60 {
+        let (topic, body) = event(seq, seq, seq <= 10, "2026-11-29T15:00:00Z");
+        publish(broker.port(), &topic, body.as_bytes(), false).await;
+    }
+    let deadline = tokio::time::Instant::now() + LIVE;
+    while console
+        .get("/api/alarms?state=active")
+        .await
+        .as_array()
+        .map_or(0, Vec::len)
+        < 60
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the console does not hold the 60 alarms"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = Browser::start(1920, 1080).await;
+    b.client
+        .goto(&console.url("/"))
+        .await
+        .expect("open the page");
+    b.wait_until(
+        "the page ready",
+        "document.body.dataset.ready === '1'",
+        LIVE,
+    )
+    .await;
+    const ROWS: &str = "document.querySelectorAll('#alarm-rows tr[data-alarm]').length";
+    b.wait_until("50 rows drawn", &format!("{ROWS} === 50"), LIVE)
+        .await;
+    assert_eq!(b.text("#alarm-count").await, "(60)");
+    let more = b.text("#alarm-more").await;
+    assert!(
+        more.contains("10 more alarms not shown (10 active, acked).")
+            && more.contains("Show all 60"),
+        "{more}"
+    );
+
+    // A new alarm arrives live: the newest unacknowledged one, it is drawn first, an
+    // acknowledged one leaves the 50 drawn, and the count under the list says so.
+    let (topic, body) = event(61, 61, false, "2026-11-29T15:05:00Z");
+    publish(broker.port(), &topic, body.as_bytes(), false).await;
+    b.wait_until(
+        "rack-61 drawn and 11 counted under the list",
+        r#"document.querySelector('#alarm-rows tr').dataset.alarm === 'rack-61/cell_temp_max/cell-overtemp'
+           && document.getElementById('alarms-hidden')?.dataset.hidden === '11'"#,
+        LIVE,
+    )
+    .await;
+    assert_eq!(
+        b.client
+            .execute(&format!("return {ROWS};"), vec![])
+            .await
+            .expect("rows"),
+        serde_json::json!(50)
+    );
+    assert!(b
+        .text("#alarm-more")
+        .await
+        .contains("11 more alarms not shown (1 active, unacked; 10 active, acked)."));
+
+    assert_eq!(b.text("#alarm-count").await, "(61)");
+
+    click(&b, "#alarms-toggle").await;
+    b.wait_until("all 61 rows drawn", &format!("{ROWS} === 61"), LIVE)
+        .await;
+    let all = b.text("#alarm-more").await;
+    assert!(
+        all.contains("All 61 alarms shown.") && all.contains("Show only the first 50"),
+        "{all}"
+    );
+    b.close().await;
+}
+
 /// A redundant pair on the wall board (issue 13): the two gateways side by side under one
 /// heading naming the active one, since when and why; when the active one dies, the page turns
 /// live to the other, with the reason it took over, and the dead one stays in its pair.

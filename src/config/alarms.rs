@@ -32,7 +32,7 @@ impl Default for AlarmPolicy {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawAlarms {
     max_shelve: Option<String>,

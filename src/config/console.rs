@@ -47,7 +47,7 @@ pub struct Console {
     pub history: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawConsole {
     listen: Option<String>,

@@ -154,7 +154,7 @@ pub enum Parity {
     Odd,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawDevice {
     id: Option<String>,

@@ -35,7 +35,7 @@ pub struct Drain {
     pub cancel_after_ack: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawDrain {
     trigger: Option<String>,
@@ -61,7 +61,7 @@ pub struct Agent {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawAgent {
     id: Option<String>,

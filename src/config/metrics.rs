@@ -15,7 +15,7 @@ pub struct Metrics {
     pub listen: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawMetrics {
     listen: Option<String>,

@@ -166,6 +166,11 @@ impl Config {
         validate::parse(text, Vec::new(), role)
     }
 
+    /// As [`Config::from_toml`] for each of `roles`, the text read once (for the fuzzer).
+    pub(crate) fn from_toml_each(text: &str, roles: &[Role]) -> Vec<Result<Config, Vec<Problem>>> {
+        validate::parse_each(text, roles)
+    }
+
     /// Every point, with its device, in configuration order.
     pub fn points(&self) -> impl Iterator<Item = (&Device, &Point)> {
         self.devices

@@ -22,7 +22,7 @@ pub const DEFAULT_SCALE: f64 = 1.0;
 /// Default `offset`.
 pub const DEFAULT_OFFSET: f64 = 0.0;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawPoint {
     id: Option<String>,

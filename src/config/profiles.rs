@@ -33,7 +33,7 @@ pub struct Profile {
     pub points: Arc<[Point]>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawProfile {
     id: Option<String>,
@@ -41,11 +41,16 @@ pub(super) struct RawProfile {
 }
 
 /// What an included file may hold: profiles only.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 struct RawProfileFile {
     profiles: Vec<RawProfile>,
 }
+
+/// The largest included file read. An included file is a few profiles (kilobytes); anything
+/// bigger is a wrong path, and `include = ["/dev/zero"]` must be an error, not a process that
+/// reads until allocation fails.
+pub(super) const MAX_INCLUDE: u64 = 4 << 20;
 
 /// A raw profile and the included file it came from.
 pub(super) type Sourced = (RawProfile, Option<String>);
@@ -158,8 +163,28 @@ fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// An included file's text: a regular file (a device or a FIFO would be read forever or block
+/// on open) of at most [`MAX_INCLUDE`] bytes, checked while reading, not only by its size.
+fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    const WHAT: &str = "(an included file holds [[profiles]])";
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("not a regular file {WHAT}"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_INCLUDE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_INCLUDE {
+        return Err(format!("larger than {MAX_INCLUDE} bytes {WHAT}"));
+    }
+    Ok(text)
+}
+
 fn read_file(path: &Path) -> Result<Vec<RawProfile>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let text = read_text(path)?;
     let mut unknown = Vec::new();
     let de = toml::Deserializer::new(&text);
     let raw: RawProfileFile = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
@@ -343,6 +368,30 @@ mod tests {
             ]
         );
         assert_eq!(cfg.devices[1].points[0].id, "on_battery");
+    }
+
+    /// A path to a device or a huge file (a typo, or a hostile file) must cost a clear error,
+    /// not memory: `/dev/zero` would otherwise be read until allocation fails.
+    #[test]
+    fn an_include_of_a_device_or_an_oversized_file_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Sparse: 4 MiB + 1 byte of zeros on disk costs nothing.
+        let big = std::fs::File::create(dir.path().join("big.toml")).expect("create");
+        big.set_len(MAX_INCLUDE + 1).expect("set_len");
+        let main = format!("include = [\"/dev/zero\", \"big.toml\"]\n{HEAD}");
+        let errs: Vec<String> = parse_at(&main, vec![], Role::Gateway, dir.path())
+            .expect_err("refused")
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "/dev/zero: not a regular file (an included file holds [[profiles]])",
+                "big.toml: larger than 4194304 bytes (an included file holds [[profiles]])",
+                "devices: no [[devices]]: there is nothing to watch",
+            ]
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct Redundancy {
     pub priority: i64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawRedundancy {
     peer: Option<String>,

@@ -59,7 +59,7 @@ pub enum RuleBody {
     Vote(Vote),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawRule {
     id: Option<String>,
@@ -74,7 +74,7 @@ pub(super) struct RawRule {
     latch: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawRateOfRise {
     per_minute: Option<f64>,
@@ -82,7 +82,7 @@ pub(super) struct RawRateOfRise {
     severity: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawVote {
     alarms: Vec<String>,

@@ -23,7 +23,7 @@ pub struct Site {
     pub gateway: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawSite {
     id: Option<String>,
@@ -84,7 +84,7 @@ pub struct Mqtt {
     pub heartbeat: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawMqtt {
     url: Option<String>,

@@ -34,7 +34,7 @@ pub struct Storage {
     pub journal_max_age: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 pub(super) struct RawStorage {
     dir: Option<String>,

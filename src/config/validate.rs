@@ -13,7 +13,7 @@ use super::{alarms, console, devices, drain, metrics, profiles, redundancy, rule
 use super::{parse_duration, parse_size, Config, Problem, Role};
 use crate::rules::Severity;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 struct RawConfig {
     site: site::RawSite,
@@ -49,6 +49,25 @@ pub(super) fn parse_at(
     role: Role,
     base: &Path,
 ) -> Result<Config, Vec<Problem>> {
+    let (raw, unknown) = read(text, env)?;
+    validate(raw, unknown, role, base)
+}
+
+/// As [`parse`] once for each of `roles`, reading the text once: a gateway and a drain agent
+/// may load the same file, and the fuzzer's `config` target checks both without paying for
+/// the TOML twice (the reading is most of the cost).
+pub(super) fn parse_each(text: &str, roles: &[Role]) -> Vec<Result<Config, Vec<Problem>>> {
+    match read(text, Vec::new()) {
+        Ok((raw, unknown)) => roles
+            .iter()
+            .map(|&role| validate(raw.clone(), unknown.clone(), role, Path::new("")))
+            .collect(),
+        Err(problems) => roles.iter().map(|_| Err(problems.clone())).collect(),
+    }
+}
+
+/// The text and the overrides as the file's raw sections, plus the keys nobody reads.
+fn read(text: &str, env: Vec<(String, String)>) -> Result<(RawConfig, Vec<String>), Vec<Problem>> {
     // TOML syntax first, on its own, so the operator gets the line and column.
     if let Err(e) = text.parse::<toml::Table>() {
         return Err(vec![Problem {
@@ -84,6 +103,16 @@ pub(super) fn parse_at(
             message: error_message(&e),
         }]
     })?;
+    Ok((raw, unknown))
+}
+
+/// The raw sections validated for `role`: every problem found, or the configuration.
+fn validate(
+    raw: RawConfig,
+    unknown: Vec<String>,
+    role: Role,
+    base: &Path,
+) -> Result<Config, Vec<Problem>> {
     let mut v = Validator::default();
     for u in unknown {
         v.problem(

@@ -4,7 +4,9 @@
 //! A gateway host has no internet and an operator should not run a build step, so the page is
 //! plain HTML, CSS and JavaScript in `assets/` (with uPlot 1.6.32 vendored for the trend chart,
 //! its MIT licence beside it), included with `include_bytes!`. The page is one client of the JSON
-//! API (`api.rs`) and the stream; it has no routes of its own beyond its files.
+//! API (`api.rs`) and the stream; it has no routes of its own beyond its files. `api.rs` serves
+//! `/` through [`index`], with the first screen's API answers inline so the first paint waits
+//! for no request of the page's own.
 
 use axum::extract::{Path, Request};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -18,6 +20,19 @@ struct Asset {
     name: &'static str,
     content_type: &'static str,
     bytes: &'static [u8],
+}
+
+/// FNV-1a of `bytes`, computed at compile time: the asset's ETag, so a browser revalidating
+/// (`no-cache`) gets a bodiless 304 instead of the file again on every load of the page.
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -69,11 +84,34 @@ const ASSETS: &[Asset] = &[
 const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
                    frame-ancestors 'none'; form-action 'self'";
 
-/// The routes of the page, to merge into the console's router (whatever its state type).
+/// The routes of the page's files, to merge into the console's router (whatever its state
+/// type); `/` is the console's (`api.rs`), which knows what to put on the first screen.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/assets/:name", get(asset))
+    Router::new().route("/assets/:name", get(asset))
+}
+
+/// Where `index.html` takes the first screen's data.
+const FIRST_SCREEN_MARK: &str = "<!--first-screen-->";
+
+/// The page, with `first_screen` (a JSON object: `me`, `zones`, `alarms`, `gateways`, `audit`,
+/// each what its `/api/...` would answer) inline as a data block the script reads instead of
+/// asking; without it (no right to read), the page asks the API as before. A data block is
+/// never executed (the CSP allows no inline script anyway); `<` is written `\u003c` so no
+/// string from a device can close the element.
+pub fn index(first_screen: Option<&str>) -> Response {
+    let Some(a) = find("index.html") else {
+        return serve("index.html", None);
+    };
+    let html = String::from_utf8_lossy(a.bytes);
+    let block = first_screen.map_or(String::new(), |json| {
+        format!(
+            "<script type=\"application/json\" id=\"first-screen\">{}</script>",
+            json.replace('<', "\\u003c")
+        )
+    });
+    let mut r = (StatusCode::OK, html.replacen(FIRST_SCREEN_MARK, &block, 1)).into_response();
+    headers(r.headers_mut(), a.content_type);
+    r
 }
 
 /// The header the page puts on every request it makes with `fetch`.
@@ -95,29 +133,36 @@ pub async fn unchallenged(req: Request, next: Next) -> Response {
     r
 }
 
-async fn index() -> Response {
-    serve("index.html")
-}
-
-async fn asset(Path(name): Path<String>) -> Response {
-    serve(&name)
+async fn asset(Path(name): Path<String>, req: axum::http::HeaderMap) -> Response {
+    serve(&name, req.get(header::IF_NONE_MATCH))
 }
 
 fn find(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.name == name)
 }
 
-fn serve(name: &str) -> Response {
+fn serve(name: &str, if_none_match: Option<&HeaderValue>) -> Response {
     let Some(a) = find(name) else {
         return (StatusCode::NOT_FOUND, format!("no asset named {name:?}\n")).into_response();
     };
-    let mut r = (StatusCode::OK, a.bytes).into_response();
+    let etag = format!("\"{:016x}\"", fnv1a(a.bytes));
+    let mut r = if if_none_match.is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, a.bytes).into_response()
+    };
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(a.content_type),
-    );
-    // The files change only with the binary; revalidating is cheap and an upgrade shows at once.
+    headers(h, a.content_type);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    r
+}
+
+fn headers(h: &mut axum::http::HeaderMap, content_type: &'static str) {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The files change only with the binary; revalidating is cheap (a 304 by ETag) and an
+    // upgrade shows at once.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -127,7 +172,6 @@ fn serve(name: &str) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    r
 }
 
 #[cfg(test)]
@@ -135,24 +179,57 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The `/assets/` names a file of the page refers to.
+    fn refs(file: &str) -> Vec<String> {
+        let text = std::str::from_utf8(find(file).expect(file).bytes).expect("utf-8");
+        text.split("/assets/")
+            .skip(1)
+            .map(|part| part.chars().take_while(|c| *c != '"').collect())
+            .collect()
+    }
+
     /// Every file the page refers to is served: a missing one would leave the wall board blank.
+    /// The page itself loads one stylesheet and two scripts; the trend loads uPlot when a chart
+    /// is first drawn.
     #[test]
     fn every_file_the_page_loads_is_an_asset() {
-        let html = std::str::from_utf8(find("index.html").expect("index").bytes).expect("utf-8");
-        let mut refs = 0;
-        for part in html.split("/assets/").skip(1) {
-            let name: String = part.chars().take_while(|c| *c != '"').collect();
+        let page = refs("index.html");
+        assert_eq!(page, ["console.css", "trend.js", "console.js"]);
+        let trend = refs("trend.js");
+        assert_eq!(trend, ["uPlot.min.css", "uPlot.iife.min.js"]);
+        for name in page.iter().chain(&trend) {
             assert!(
-                find(&name).is_some(),
-                "index.html loads /assets/{name}, not served"
+                find(name).is_some(),
+                "the page loads /assets/{name}, not served"
             );
-            refs += 1;
         }
-        assert_eq!(
-            refs, 5,
-            "index.html should load 2 stylesheets and 3 scripts"
-        );
         assert!(find("uPlot.LICENSE").is_some());
+    }
+
+    /// The first screen goes in once, where the page reads it, with every `<` escaped: an
+    /// alarm message holding `</script>` cannot end the block. Without it, no block.
+    #[test]
+    fn the_first_screen_is_inline_and_cannot_close_its_block() {
+        let body = |r: Response| async move {
+            let b = axum::body::to_bytes(r.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            String::from_utf8(b.to_vec()).expect("utf-8")
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let json = r#"{"alarms":[{"message":"</script><script>alert(1)</script>"}]}"#;
+        let page = rt.block_on(body(index(Some(json))));
+        assert_eq!(page.matches("id=\"first-screen\"").count(), 1);
+        assert!(page.contains(
+            r#"<script type="application/json" id="first-screen">{"alarms":[{"message":"\u003c/script>\u003cscript>alert(1)\u003c/script>"}]}</script>"#
+        ), "{page}");
+        assert!(!page.contains(FIRST_SCREEN_MARK));
+        let bare = rt.block_on(body(index(None)));
+        assert!(!bare.contains("first-screen\""), "{bare}");
+        assert!(!bare.contains(FIRST_SCREEN_MARK));
+        assert!(bare.contains("<title>emberwatch console</title>"));
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -172,7 +249,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = l.local_addr().expect("addr");
-        let app: Router = routes();
+        let app: Router = routes().route("/", axum::routing::get(|| async { index(None) }));
         tokio::spawn(async move { axum::serve(l, app).await });
 
         let page = get(addr, "/").await;
@@ -185,6 +262,24 @@ mod tests {
         assert!(js.starts_with("HTTP/1.1 200"));
         assert!(js.contains("content-type: text/javascript; charset=utf-8"));
         assert!(js.contains("new EventSource(\"/api/stream\")"));
+
+        // Revalidating with the ETag it was given: a 304 without the file.
+        let etag = js
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .expect("an etag")
+            .trim()
+            .to_string();
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "GET /assets/console.js HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        let again = String::from_utf8_lossy(&out);
+        assert!(again.starts_with("HTTP/1.1 304"), "{again}");
+        assert!(!again.contains("EventSource"), "{again}");
 
         let missing = get(addr, "/assets/..%2Fmod.rs").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");

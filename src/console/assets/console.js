@@ -18,6 +18,10 @@
     normal: "normal",
   };
   const SEV_RANK = { emergency: 3, critical: 2, warning: 1 };
+  // Alarm rows drawn until the operator asks for all: the most urgent first, more than a wall
+  // screen holds; the rest are counted, by state, under the list with a button to show them.
+  // Building and laying out a thousand rows was most of the page's first render.
+  const ALARMS_SHOWN = 50;
   // Sorting 1,000 rows: one collator for names, and RFC 3339 times compared as strings.
   const byName = new Intl.Collator().compare;
   const byText = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
@@ -28,6 +32,7 @@
     alarms: new Map(), // site|alarm -> latest event
     gateways: new Map(), // site|gateway -> gateway item
     audit: [],
+    showAll: false, // every alarm row, not only the first ALARMS_SHOWN
   };
 
   // ---- small DOM helper -------------------------------------------------------------------
@@ -167,7 +172,7 @@
     if (dirty.zones) renderZones();
     if (dirty.alarms) {
       renderAlarms();
-      window.EmberTrend.offerPoints(pointsKnown());
+      offerPointsLater();
     }
     dirty.zones = dirty.alarms = false;
     const since = dirty.since.splice(0);
@@ -211,14 +216,30 @@
     return r.json();
   }
 
+  // The first screen's API answers, inline in the page when the console had them (whoever may
+  // read): the first render waits for no request. Used once; a reload asks the API.
+  function firstScreen() {
+    const el = $("first-screen");
+    if (!el) return null;
+    el.remove();
+    try {
+      return JSON.parse(el.textContent);
+    } catch (e) {
+      return null;
+    }
+  }
+
   async function loadAll() {
+    const first = firstScreen();
     // The board is asked for together with /api/me, not after it: one round trip, not two.
-    const board = Promise.all([
-      getJson("/api/zones"), getJson("/api/alarms?state=all"), getJson("/api/gateways"), getJson("/api/audit"),
-    ]);
+    const board = first
+      ? Promise.resolve([first.zones, first.alarms, first.gateways, first.audit])
+      : Promise.all([
+        getJson("/api/zones"), getJson("/api/alarms?state=all"), getJson("/api/gateways"), getJson("/api/audit?limit=20"),
+      ]);
     board.catch(() => {}); // without a login it is refused (401): the login form is the page
     try {
-      state.me = await getJson("/api/me");
+      state.me = first ? first.me : await getJson("/api/me");
     } catch (e) {
       state.me = { user: null, can_read: false };
     }
@@ -254,7 +275,21 @@
     renderAlarms();
     renderGateways();
     renderAudit();
-    window.EmberTrend.offerPoints(pointsKnown());
+    offerPointsLater();
+  }
+
+  // The trend's point chooser gets the points of the alarms when the page is idle: a thousand
+  // options are nobody's first look.
+  let offering = false;
+  function offerPointsLater() {
+    if (offering) return;
+    offering = true;
+    const offer = () => {
+      offering = false;
+      window.EmberTrend.offerPoints(pointsKnown());
+    };
+    if (window.requestIdleCallback) requestIdleCallback(offer, { timeout: 2000 });
+    else setTimeout(offer, 200);
   }
 
   function renderZones() {
@@ -313,8 +348,43 @@
       || (SEV_RANK[b.severity] || 0) - (SEV_RANK[a.severity] || 0)
       || byText(String(b.since || b.time), String(a.since || a.time)));
     $("alarm-count").textContent = rows.length ? "(" + rows.length + ")" : "";
-    sync(alarmRows, rows, (a) => a.site + "|" + a.alarm, alarmRow,
+    const shown = state.showAll ? rows : rows.slice(0, ALARMS_SHOWN);
+    sync(alarmRows, shown, (a) => a.site + "|" + a.alarm, alarmRow,
       () => h("tr", { class: "empty" }, h("td", { colspan: 7 }, "No alarm.")));
+    renderMore(rows, shown.length);
+  }
+
+  // Under the list: how many alarms are not drawn, by state, and the button that draws them
+  // (or, once all are, the one that goes back to the first ALARMS_SHOWN).
+  let moreKey = "";
+  function renderMore(rows, shown) {
+    const hidden = rows.slice(shown);
+    const byState = new Map();
+    for (const a of hidden) {
+      const isa = isaOf(a);
+      byState.set(isa, (byState.get(isa) || 0) + 1);
+    }
+    const parts = ISA_ORDER.filter((s) => byState.has(s)).map((s) => byState.get(s) + " " + (ISA_TEXT[s] || s).toLowerCase());
+    const all = state.showAll && rows.length > ALARMS_SHOWN;
+    const key = hidden.length + "|" + parts.join(",") + "|" + all;
+    if (key === moreKey) return;
+    moreKey = key;
+    const foot = $("alarm-more");
+    if (!hidden.length && !all) {
+      foot.replaceChildren();
+      return;
+    }
+    const toggle = () => {
+      state.showAll = !state.showAll;
+      renderAlarms();
+    };
+    foot.replaceChildren(h("tr", { class: "more" }, h("td", { colspan: 7 },
+      all
+        ? h("span", { id: "alarms-hidden", "data-hidden": 0 }, "All " + rows.length + " alarms shown. ")
+        : h("span", { id: "alarms-hidden", "data-hidden": hidden.length },
+          hidden.length + " more alarm" + (hidden.length > 1 ? "s" : "") + " not shown (" + parts.join("; ") + "). "),
+      h("button", { type: "button", id: "alarms-toggle", onclick: toggle },
+        all ? "Show only the first " + ALARMS_SHOWN : "Show all " + rows.length))));
   }
 
   function alarmRow(a) {
@@ -482,6 +552,17 @@
     redraw("alarms", t0);
   }
 
+  // Stream messages that arrive before the board is drawn wait here (null once it is), then
+  // apply over it in order: the page's first screen was read before the stream opened, so
+  // none of them is older than it, and none is lost between the two.
+  let held = [];
+  const whenDrawn = (f) => (ev) => (held ? held.push(() => f(ev)) : f(ev));
+  function drawn() {
+    const waiting = held || [];
+    held = null;
+    waiting.forEach((f) => f());
+  }
+
   function connect() {
     const es = new EventSource("/api/stream");
     let wasLost = false;
@@ -496,24 +577,24 @@
       $("live").textContent = "connection lost, retrying";
       wasLost = true;
     };
-    es.addEventListener("alarm", onAlarm);
-    es.addEventListener("zone", (ev) => {
+    es.addEventListener("alarm", whenDrawn(onAlarm));
+    es.addEventListener("zone", whenDrawn((ev) => {
       const z = JSON.parse(ev.data);
       state.zones.set(z.site + "|" + z.zone, z);
       redraw("zones");
-    });
-    es.addEventListener("gateway", (ev) => {
+    }));
+    es.addEventListener("gateway", whenDrawn((ev) => {
       const g = JSON.parse(ev.data);
       state.gateways.set(g.site + "|" + g.gateway, g);
       renderGateways();
-    });
-    es.addEventListener("audit", (ev) => {
+    }));
+    es.addEventListener("audit", whenDrawn((ev) => {
       state.audit.unshift(JSON.parse(ev.data));
       state.audit.length = Math.min(state.audit.length, 20);
       renderAudit();
-    });
+    }));
     // The console dropped updates this page was too slow for: reload what it shows.
-    es.addEventListener("lagged", () => loadAll());
+    es.addEventListener("lagged", whenDrawn(() => loadAll()));
     es.addEventListener("telemetry", (ev) => window.EmberTrend.telemetry(JSON.parse(ev.data)));
   }
 
@@ -533,9 +614,14 @@
     setInterval(tick, 1000);
     window.EmberTrend.init(notice);
     // The stream is opened only when reading is allowed; otherwise the login form is the page.
+    // With the first screen inline, reading is allowed: the stream opens before the board is
+    // drawn, so what changes meanwhile is not missed.
+    const early = !!$("first-screen");
+    if (early) connect();
     loadAll().then(() => {
       markReady();
-      if (state.me.can_read) connect();
+      if (!early && state.me.can_read) connect();
+      drawn();
     });
   });
 })();

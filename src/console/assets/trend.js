@@ -1,7 +1,8 @@
 // The trend chart: one point over the last hour, day or week from /api/trends (min/max/last per
 // bucket, the console's downsampled store), drawn with the vendored uPlot, and extended live from
 // the telemetry on /api/stream. Kept apart from console.js so the board works even if the chart
-// library failed to load.
+// library failed to load. uPlot (50 KB) is fetched the first time a chart is drawn, not with the
+// page: the board's first paint does not wait for a library most shifts never open.
 "use strict";
 
 window.EmberTrend = (function () {
@@ -13,6 +14,24 @@ window.EmberTrend = (function () {
   const offered = new Set();
 
   const $ = (id) => document.getElementById(id);
+
+  let library = null;
+  /// Loads uPlot and its stylesheet once; resolves when done or failed (draw() says which).
+  function loadLibrary() {
+    if (!library) {
+      library = new Promise((resolve) => {
+        const css = document.createElement("link");
+        css.rel = "stylesheet";
+        css.href = "/assets/uPlot.min.css";
+        document.head.append(css);
+        const js = document.createElement("script");
+        js.src = "/assets/uPlot.iife.min.js";
+        js.onload = js.onerror = () => resolve();
+        document.head.append(js);
+      });
+    }
+    return library;
+  }
 
   function init(noticeFn) {
     notice = noticeFn;
@@ -59,6 +78,7 @@ window.EmberTrend = (function () {
     const c = current;
     const q = new URLSearchParams({ site: c.site, device: c.device, point: c.point, since: String(range) });
     $("trend-note").textContent = "loading…";
+    const lib = loadLibrary();
     let rows;
     try {
       const r = await fetch("/api/trends?" + q, { credentials: "same-origin", headers: { "X-Requested-With": "emberwatch-page" } });
@@ -69,6 +89,7 @@ window.EmberTrend = (function () {
       notice("error", "Trend of " + c.device + "/" + c.point + ": " + e.message);
       return;
     }
+    await lib;
     if (c !== current) return; // the operator chose another point meanwhile
     data = [[], [], [], []];
     for (const b of rows) {
