@@ -19,6 +19,7 @@ use super::busy::BusyAnswers;
 use super::inbound::{Answer, Router};
 use super::publisher::{BrokerHealth, Farewell};
 use super::stop::Stop;
+use super::waits::{beat_tick, grace_over, role_changed, tick};
 use super::{Presence, BUSY_SLOTS, TELEMETRY_SLOTS, WINDOW};
 use crate::command::Refused;
 use crate::config::BrokerUrl;
@@ -28,17 +29,6 @@ use crate::mqtt::ledger::{Entry, Ledger};
 use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
 use crate::mqtt::replays::Replays;
-
-/// Resolves when the gateway's role changed; never without a role to watch.
-async fn role_changed(role: &mut Option<tokio::sync::watch::Receiver<crate::pair::RoleStatus>>) {
-    let alive = match role {
-        Some(r) => r.changed().await.is_ok(),
-        None => false,
-    };
-    if !alive {
-        std::future::pending::<()>().await;
-    }
-}
 
 /// Why the inner select loop handed control back.
 enum Step {
@@ -601,33 +591,5 @@ impl BrokerLoop {
     fn finish(&mut self) {
         self.health.set_connected(false);
         tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
-    }
-}
-
-/// When the stop grace runs out; never, before cancellation.
-async fn grace_over(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next beat of a pair's gateway; never, for a gateway alone.
-async fn beat_tick(beat: &mut Option<(String, tokio::time::Interval)>) {
-    match beat {
-        Some((_, i)) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The next heartbeat tick; never, for a link without heartbeats.
-async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
-    match heartbeat {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }

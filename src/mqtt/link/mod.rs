@@ -47,6 +47,7 @@ mod busy;
 mod inbound;
 mod publisher;
 mod stop;
+mod waits;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
