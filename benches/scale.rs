@@ -17,7 +17,11 @@
 //! gateway process only:
 //!
 //! - peak RSS (VmHWM at the end) and steady RSS (median of VmRSS sampled each second over the
-//!   window), in MiB;
+//!   window), in MiB, and the anonymous part of the steady RSS (RssAnon: the gateway's own heap
+//!   and stacks, without the binary's code pages). The binary is dropped from the page cache
+//!   before each run (`dd iflag=nocache`): how many of its code pages a run maps depends on
+//!   whether they are cached (the kernel maps cached neighbours of a faulting page), which moved
+//!   the peak by 1.5 MiB between otherwise identical runs;
 //! - CPU: utime+stime from /proc/PID/stat over the window, as % of one core;
 //! - telemetry: messages per device counted by a subscriber on mosquitto over the window, and
 //!   how many devices sent at least window-1 (every device at 1 Hz: all of them);
@@ -70,6 +74,8 @@ impl Layout {
 struct Run {
     peak_mib: f64,
     steady_mib: f64,
+    /// Median RssAnon over the window.
+    anon_mib: f64,
     cpu_pct: f64,
     /// Devices that sent at least window-1 telemetry messages in the window.
     at_rate: usize,
@@ -128,12 +134,13 @@ fn main() {
         for rep in 1..=reps {
             let run = rt.block_on(measure(layout, &gateway_bin, warmup, window));
             println!(
-                "{} devices, run {rep}/{reps}: peak RSS {:.1} MiB, steady RSS {:.1} MiB, CPU {:.2} % of one core, \
+                "{} devices, run {rep}/{reps}: peak RSS {:.1} MiB, steady RSS {:.1} MiB (anonymous {:.1}), CPU {:.2} % of one core, \
                  telemetry {}/{} devices at 1 Hz (min {}, median {} messages in {} s), \
                  {} TCP connections, {} threads",
                 layout.name(),
                 run.peak_mib,
                 run.steady_mib,
+                run.anon_mib,
                 run.cpu_pct,
                 run.at_rate,
                 layout.devices,
@@ -148,8 +155,8 @@ fn main() {
         table.push((layout, runs));
     }
     println!("\nmedians of {reps} run(s):\n");
-    println!("| devices | peak RSS MiB | steady RSS MiB | CPU % of one core | devices at 1 Hz | TCP connections | threads |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| devices | peak RSS MiB | steady RSS MiB | anonymous MiB | CPU % of one core | devices at 1 Hz | TCP connections | threads |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (layout, runs) in table {
         let med = |f: &dyn Fn(&Run) -> f64| {
             let mut v: Vec<f64> = runs.iter().map(f).collect();
@@ -157,10 +164,11 @@ fn main() {
             percentile(&v, 50.0)
         };
         println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.0}/{} | {:.0} | {:.0} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0}/{} | {:.0} | {:.0} |",
             layout.name(),
             med(&|r| r.peak_mib),
             med(&|r| r.steady_mib),
+            med(&|r| r.anon_mib),
             med(&|r| r.cpu_pct),
             med(&|r| r.at_rate as f64),
             layout.devices,
@@ -317,8 +325,8 @@ async fn count_telemetry(port: u16) -> (Counts, tokio::task::JoinHandle<()>) {
     (counts, task)
 }
 
-/// utime+stime in clock ticks, VmRSS and VmHWM in kB, and threads.
-fn proc_stat(pid: u32) -> (u64, u64, u64, u64) {
+/// utime+stime in clock ticks, VmRSS and VmHWM in kB, threads and RssAnon in kB.
+fn proc_stat(pid: u32) -> (u64, u64, u64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -337,6 +345,7 @@ fn proc_stat(pid: u32) -> (u64, u64, u64, u64) {
         field("VmRSS:"),
         field("VmHWM:"),
         field("Threads:"),
+        field("RssAnon:"),
     )
 }
 
@@ -387,6 +396,11 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
     )
     .expect("write config");
     let (counts, subscriber) = count_telemetry(broker.port).await;
+    // Evict the binary's pages so every run starts from the same page-cache state (see the top).
+    let _ = Command::new("dd")
+        .arg(format!("if={bin}"))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status();
     let gateway = Gateway(
         Command::new(bin)
             .args(["run", "--config"])
@@ -400,19 +414,22 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
     let pid = gateway.0.id();
     tokio::time::sleep(warmup).await;
     let before: HashMap<String, u64> = counts.lock().map(|m| m.clone()).unwrap_or_default();
-    let (t0, _, _, _) = proc_stat(pid);
+    let (t0, _, _, _, _) = proc_stat(pid);
     let start = Instant::now();
     let mut rss = Vec::new();
+    let mut anon = Vec::new();
     let mut conns = Vec::new();
     let port_set: HashSet<u16> = ports.iter().copied().collect();
     while start.elapsed() < window {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        rss.push(proc_stat(pid).1 as f64 / 1024.0);
+        let (_, vm_rss, _, _, rss_anon) = proc_stat(pid);
+        rss.push(vm_rss as f64 / 1024.0);
+        anon.push(rss_anon as f64 / 1024.0);
         if conns.len() < 5 {
             conns.push(connections_to(&port_set));
         }
     }
-    let (t1, _, hwm, threads) = proc_stat(pid);
+    let (t1, _, hwm, threads, _) = proc_stat(pid);
     let elapsed = start.elapsed().as_secs_f64();
     let after: HashMap<String, u64> = counts.lock().map(|m| m.clone()).unwrap_or_default();
     subscriber.abort();
@@ -428,10 +445,12 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
     per_device.sort_unstable();
     let least = window.as_secs().saturating_sub(1);
     rss.sort_by(|a, b| a.total_cmp(b));
+    anon.sort_by(|a, b| a.total_cmp(b));
     conns.sort_unstable();
     Run {
         peak_mib: hwm as f64 / 1024.0,
         steady_mib: percentile(&rss, 50.0),
+        anon_mib: percentile(&anon, 50.0),
         cpu_pct: (t1 - t0) as f64 / clock_ticks() / elapsed * 100.0,
         at_rate: per_device.iter().filter(|&&n| n >= least).count(),
         min_msgs: per_device.first().copied().unwrap_or(0),

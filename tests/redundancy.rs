@@ -561,6 +561,135 @@ async fn a_switchover_nobody_takes_is_taken_back_when_the_grace_ends() {
     );
 }
 
+fn alive(gw: &str) -> String {
+    format!("{P}/gateways/{gw}/alive")
+}
+
+/// A frozen active gateway (SIGSTOP: a hung host, or one whose power or network went, its
+/// socket left open) is taken over by the standby on its own count of the peer's beats, not
+/// when the broker's keep-alive check gets round to it (mosquitto 2.0 checks every 6 s, so
+/// the last will came 3.5 to 8.3 s after the freeze). Measured on the gateway's own clock:
+/// from the moment of the freeze to the `role_since` of gw-b2's active status. Then gw-b1
+/// thaws: the pair settles with one active gateway in two role changes (gw-b2 up and down
+/// again), and nothing is raised again by either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_gateway_is_taken_over_on_its_silence_and_the_thaw_settles() {
+    let broker = Mosquitto::start().await;
+    let mut p = Pair::start(None, broker).await;
+    p.role("gw-b1", "active", SOON).await;
+    p.role("gw-b2", "standby", SOON).await;
+    p.sim.write(116, 600).await;
+    let raised = p
+        .sub
+        .expect_where(ALARM, |j| j["state"] == "active", SOON)
+        .await;
+    assert_eq!(raised["gateway"], "gw-b1");
+    // The active gateway beats every half keep_alive; the standby does not.
+    p.sub.forget();
+    let beat = p.sub.expect(&alive("gw-b1"), SOON).await;
+    assert!(
+        beat["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{beat}"
+    );
+    let standby_beat = p
+        .sub
+        .next_matching(|t, _| t == alive("gw-b2"), Duration::from_secs(2))
+        .await;
+    assert!(standby_beat.is_none(), "the standby beat: {standby_beat:?}");
+
+    p.sub.forget();
+    let frozen = std::time::SystemTime::now();
+    let b1 = p.b1.as_ref().expect("gw-b1");
+    b1.signal("STOP");
+    let s2 = p.role("gw-b2", "active", SOON).await;
+    let why = s2["role_reason"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("peer gw-b1 silent for ") && why.ends_with(" s"),
+        "gw-b2 took over for another reason: {s2}\nseen:\n{}",
+        p.sub.seen_list()
+    );
+    let took = role_since(&s2).duration_since(frozen).unwrap_or_default();
+    eprintln!("gw-b2 active {took:?} after gw-b1 froze ({why})");
+    assert!(
+        took <= TAKEOVER,
+        "gw-b2 active {took:?} after the freeze; the SPEC's bound is {TAKEOVER:?}"
+    );
+
+    // Frozen for 8 s in all (long enough for the broker to give up on it too, mostly), then
+    // it thaws and finds gw-b2 active: both active, gw-b2 loses by priority and steps down.
+    let thaw = Instant::now() + Duration::from_secs(8).saturating_sub(took);
+    tokio::time::sleep_until(thaw.into()).await;
+    p.b1.as_ref().expect("gw-b1").signal("CONT");
+    let mut roles = vec![("gw-b2", "active".to_string())];
+    let end = Instant::now() + Duration::from_secs(10);
+    while let Some(m) = p
+        .sub
+        .next_matching(
+            |t, _| t == status("gw-b1") || t == status("gw-b2"),
+            end.saturating_duration_since(Instant::now()),
+        )
+        .await
+    {
+        let j = m.json();
+        if j["state"] != "online" {
+            continue;
+        }
+        let gw = if m.topic == status("gw-b1") {
+            "gw-b1"
+        } else {
+            "gw-b2"
+        };
+        let role = j["role"].as_str().unwrap_or_default().to_string();
+        if gw == "gw-b2" && role == "standby" {
+            assert_eq!(
+                j["role_reason"], "both active: gw-b1 wins by priority 1",
+                "{j}"
+            );
+        }
+        roles.push((gw, role));
+    }
+    let changes = |gw: &str, from: &str| {
+        let mut last = from.to_string();
+        let mut n = 0;
+        for (g, r) in &roles {
+            if *g == gw && *r != last {
+                n += 1;
+                last = r.clone();
+            }
+        }
+        (n, last)
+    };
+    assert_eq!(
+        changes("gw-b1", "active"),
+        (0, "active".to_string()),
+        "gw-b1 changed role: {roles:?}"
+    );
+    // Up on the silence (before this list), down on the thaw.
+    assert_eq!(
+        changes("gw-b2", "active"),
+        (1, "standby".to_string()),
+        "gw-b2's roles after the freeze: {roles:?}"
+    );
+    // Nothing raised again by either gateway: the device did not change.
+    let again: Vec<Value> = [
+        p.events_of("gw-b1", Duration::ZERO).await,
+        p.events_of("gw-b2", Duration::ZERO).await,
+    ]
+    .concat();
+    assert!(again.is_empty(), "raised again: {again:?}");
+    // And gw-b1 carries on: the next change is its own, once.
+    p.sim.write(116, 700).await;
+    let worse = p
+        .sub
+        .expect_where(ALARM, |j| j["severity"] == "emergency", SOON)
+        .await;
+    assert_eq!(worse["gateway"], "gw-b1", "{worse}");
+    assert!(p
+        .events_of("gw-b2", Duration::from_secs(2))
+        .await
+        .is_empty());
+}
+
 #[test]
 fn check_config_accepts_the_example_pair_and_shows_it() {
     for (file, peer, priority) in [("pair-b1.toml", "gw-b2", 1), ("pair-b2.toml", "gw-b1", 2)] {

@@ -73,6 +73,13 @@ impl Topics {
         format!("{}/gateways/{gateway}/pair", self.root)
     }
 
+    /// `P/gateways/{gateway}/alive`: not retained, QoS 0, every half `mqtt.keep_alive` from
+    /// the active gateway of a redundant pair, so the standby notices a silent peer without
+    /// waiting for the broker's keep-alive check (see `pair`).
+    pub fn alive_of(&self, gateway: &str) -> String {
+        format!("{}/gateways/{gateway}/alive", self.root)
+    }
+
     /// `P/gateways/{gateway}/cmd/{name}` of another gateway (`emberwatch switchover` sends
     /// to the configuration's own gateway; a standby names the active one).
     pub fn cmd_of(&self, gateway: &str, name: &str) -> String {

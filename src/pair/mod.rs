@@ -15,6 +15,13 @@
 //!   CONNACK for the peer's retained status: a peer that says it is active keeps it
 //!   standby whatever the priorities, so a gateway coming back never snatches the role;
 //! - a peer that is offline (last will, clean stop, fault) is replaced at once;
+//! - an active peer that has been heard beating (`P/gateways/{gw}/alive`, every half
+//!   `mqtt.keep_alive`) and then falls silent for 1.5 × `keep_alive` (the bound the broker's
+//!   keep-alive would use) is replaced too, without waiting for the broker's last will: a
+//!   broker may check keep-alives far less often (mosquitto 2.0: every 6 s). Silence counts
+//!   only while this gateway's own broker link is up (a lost link is not the peer's
+//!   silence), and only from this gateway's own latest role change; a peer heard again is
+//!   online again, so a false takeover (a slow peer, not a dead one) ends by the next rule;
 //! - a peer that hands over (`cmd/switchover`: its status says standby with `handover_to`
 //!   naming us) is replaced at once;
 //! - both active (a healed split brain, or two starts that missed each other): the one that
@@ -162,10 +169,23 @@ pub struct Pair {
     peer: Peer,
     /// A tie of priorities is warned about once.
     warned_tie: bool,
+    /// How long an active peer may be silent before this standby takes over (1.5 ×
+    /// `mqtt.keep_alive`).
+    silence: Duration,
+    /// When the peer was last heard live (a beat, or a status published while subscribed):
+    /// `Some` only once it has been heard beating, so a peer that does not beat (an older
+    /// version) is never timed out, only replaced on its last will.
+    heard: Option<Instant>,
+    /// Since when this gateway's broker link is up (`None` while down): silence is counted
+    /// from here at the earliest.
+    link_up: Option<Instant>,
+    /// The peer fell silent (`why`): it counts as gone until it is heard again.
+    silent: Option<String>,
 }
 
 impl Pair {
-    pub fn new(me: &str, r: &Redundancy, now: Now) -> Pair {
+    /// `silence`: how long an active peer may be silent (1.5 × `mqtt.keep_alive`).
+    pub fn new(me: &str, r: &Redundancy, silence: Duration, now: Now) -> Pair {
         Pair {
             me: me.to_string(),
             peer_id: r.peer.clone(),
@@ -177,6 +197,10 @@ impl Pair {
             handover_to: None,
             peer: Peer::Unknown,
             warned_tie: false,
+            silence,
+            heard: None,
+            link_up: None,
+            silent: None,
         }
     }
 
@@ -222,8 +246,56 @@ impl Pair {
                 }
             }
         };
+        if !matches!(peer, Peer::Online { .. }) {
+            // Gone or forgotten: a peer that comes back proves it beats again.
+            self.heard = None;
+            self.silent = None;
+        }
         self.peer = peer;
         self.decide(now)
+    }
+
+    /// The peer beat (`P/gateways/{peer}/alive`): it lives. A silent peer is online again:
+    /// if both are active now, the both-active rule settles it.
+    pub fn on_peer_beat(&mut self, now: Now) -> Option<Change> {
+        self.heard = Some(now.mono);
+        self.heard_again();
+        self.decide(now)
+    }
+
+    /// The peer published a status while this gateway was subscribed (not a stored retained
+    /// copy, which says nothing of whether the peer still lives): as good as a beat, for a
+    /// peer already known to beat. Called before [`Pair::on_peer_status`] with it.
+    pub fn note_live_status(&mut self, now: Now) {
+        if self.heard.is_some() {
+            self.heard = Some(now.mono);
+            self.heard_again();
+        }
+    }
+
+    fn heard_again(&mut self) {
+        if let Some(why) = self.silent.take() {
+            tracing::info!(peer = %self.peer_id, "pair: peer heard again after it was taken for dead ({why})");
+        }
+    }
+
+    /// When this standby takes a silent active peer for dead, if it is counting: the peer
+    /// is active, has been heard beating, is not already taken for dead, and the link is up.
+    /// Counted from the latest of the last beat, the link coming up and this gateway's own
+    /// latest role change (so a gateway that just stepped down does not at once time out
+    /// the peer it stepped down for).
+    fn silence_due(&self) -> Option<Instant> {
+        if self.role() == Role::Active || self.silent.is_some() {
+            return None;
+        }
+        let Peer::Online {
+            role: Role::Active, ..
+        } = self.peer
+        else {
+            return None;
+        };
+        let from = self.heard?.max(self.link_up?).max(self.since_mono);
+        Some(from + self.silence)
     }
 
     fn peer_from(&mut self, b: PeerStatusBody, now: Now) -> Peer {
@@ -274,6 +346,11 @@ impl Pair {
     /// The broker link's state, when it changes and at each [`Pair::due`]: `connected`
     /// starts the start wait, and a deadline that has come is acted on.
     pub fn tick(&mut self, connected: bool, now: Now) -> Option<Change> {
+        self.link_up = match (connected, self.link_up) {
+            (false, _) => None,
+            (true, None) => Some(now.mono),
+            (true, up) => up,
+        };
         if let Phase::Starting { connected: None } = self.phase {
             if connected {
                 self.phase = Phase::Starting {
@@ -285,12 +362,12 @@ impl Pair {
     }
 
     /// The next moment the passing of time alone changes the role, if one is pending: the
-    /// end of the start wait, or of [`GRACE`] with both standby when this gateway is the one
-    /// that takes over then. The daemon wakes exactly then ([`Pair::tick`]), so a room is
+    /// end of the start wait, of [`GRACE`] with both standby when this gateway is the one
+    /// that takes over then, or of an active peer's allowed silence. The daemon wakes exactly then ([`Pair::tick`]), so a room is
     /// not left unwatched until some later look at the clock. `None`: only an input (the
     /// peer's status, the link, a command) can change anything.
     pub fn due(&self) -> Option<Instant> {
-        match (self.phase, &self.peer) {
+        let timed = match (self.phase, &self.peer) {
             (Phase::Starting { connected }, _) => connected.map(|c| c + START_WAIT),
             (
                 Phase::Settled(Role::Standby),
@@ -307,7 +384,8 @@ impl Pair {
                 Some((*since).max(self.since_mono) + GRACE)
             }
             _ => None,
-        }
+        };
+        timed.into_iter().chain(self.silence_due()).min()
     }
 
     /// `cmd/switchover`: an active gateway hands over to a standby peer, saying so in its
@@ -369,7 +447,16 @@ impl Pair {
     /// The rules of the module comment, applied to what is known now.
     fn decide(&mut self, now: Now) -> Option<Change> {
         let p = self.peer_id.clone();
-        let peer = self.peer.clone();
+        if let Some(due) = self.silence_due().filter(|&d| now.mono >= d) {
+            let from = due - self.silence;
+            let secs = now.mono.saturating_duration_since(from).as_secs_f64();
+            self.silent = Some(format!("peer {p} silent for {secs:.1} s"));
+        }
+        // A silent peer counts as gone, whatever its retained status still says.
+        let peer = match &self.silent {
+            Some(why) => Peer::Gone { why: why.clone() },
+            None => self.peer.clone(),
+        };
         match (self.phase, peer) {
             (
                 Phase::Settled(Role::Active),

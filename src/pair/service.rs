@@ -25,9 +25,9 @@ const QUEUE: usize = 1024;
 /// The longest a takeover waits for a fresh reading of every device (see [`Roles::became`]).
 const SETTLE_MAX: Duration = Duration::from_secs(2);
 
-/// The subscriptions a gateway of a pair adds to its link: the peer's status, both
-/// gateways' retained `pair` pictures, every alarm event (the peer's are followed) and the
-/// retained drain messages.
+/// The subscriptions a gateway of a pair adds to its link: the peer's status and beat
+/// (`alive`), both gateways' retained `pair` pictures, every alarm event (the peer's are
+/// followed) and the retained drain messages.
 pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
     let Some(r) = &cfg.redundancy else {
         return;
@@ -35,6 +35,7 @@ pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
     let t = Topics::new(cfg);
     opts.subscriptions.extend([
         t.status_of(&r.peer),
+        t.alive_of(&r.peer),
         t.pair_of(&r.peer),
         t.pair_of(&cfg.site.gateway),
         t.alarms_filter(),
@@ -54,6 +55,7 @@ pub fn split(
     let t = Topics::new(cfg);
     let mine = [
         t.status_of(&r.peer),
+        t.alive_of(&r.peer),
         t.pair_of(&r.peer),
         t.pair_of(&cfg.site.gateway),
     ];
@@ -75,6 +77,20 @@ pub fn split(
         }
     });
     (drain_rx, pair_rx)
+}
+
+/// How long an active peer may be silent before the standby takes over: 1.5 ×
+/// `mqtt.keep_alive`, the bound the broker's keep-alive check uses (both gateways of a pair
+/// have the same `keep_alive`, so each beats often enough for the other's count).
+pub fn silence(cfg: &Config) -> Duration {
+    cfg.mqtt.keep_alive * 3 / 2
+}
+
+/// How often the active gateway of a pair beats on `P/gateways/{gw}/alive`: half
+/// `mqtt.keep_alive`, so a peer's [`silence`] spans three beats and one lost beat (QoS 0)
+/// or a slow turn is not taken for a death.
+pub fn beat(cfg: &Config) -> Duration {
+    cfg.mqtt.keep_alive / 2
 }
 
 /// This gateway's role and what it knows of the pair.
@@ -100,7 +116,7 @@ impl Roles {
         let pair = cfg
             .redundancy
             .as_ref()
-            .map(|r| Pair::new(&cfg.site.gateway, r, now));
+            .map(|r| Pair::new(&cfg.site.gateway, r, silence(cfg), now));
         Roles {
             standby_seq: pair.as_ref().map(|_| engine.alarms().last_seq()),
             pair,
@@ -145,7 +161,13 @@ impl Roles {
     pub fn on_inbound(&mut self, m: &Inbound, engine: &mut Engine, now: Now) -> Option<Change> {
         let pair = self.pair.as_mut()?;
         let peer = pair.peer_id().to_string();
+        if m.topic == self.topics.alive_of(&peer) {
+            return pair.on_peer_beat(now);
+        }
         if m.topic == self.topics.status_of(&peer) {
+            if !m.retain {
+                pair.note_live_status(now);
+            }
             return pair.on_peer_status(&m.payload, now);
         }
         if pair.role() == Role::Active {

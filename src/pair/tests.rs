@@ -11,9 +11,13 @@ fn pair(me: &str, peer: &str, priority: i64, now: Now) -> Pair {
             peer: peer.into(),
             priority,
         },
+        SILENCE,
         now,
     )
 }
+
+/// 1.5 × a keep_alive of 2 s.
+const SILENCE: Duration = Duration::from_secs(3);
 
 fn online(role: &str, priority: i64) -> Vec<u8> {
     format!(r#"{{"state":"online","version":"0.1","started_at":"x","role":"{role}","priority":{priority}}}"#)
@@ -308,4 +312,151 @@ fn each_deadline_is_due_exactly_when_time_alone_changes_the_role() {
     l.on_peer_status(&online("standby", 1), at(t0, 1234));
     assert_eq!(l.due(), None);
     acts_exactly_when_due(&mut w, ms(4234), "both standby: priority 1 wins");
+}
+
+/// gw-b2, standby since 10 ms, its link up since 0, gw-b1 active and beating once at `beat`.
+fn standby_hearing_b1(t0: Now, beat: u64) -> Pair {
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b2.tick(true, t0);
+    b2.on_peer_status(&online("active", 1), at(t0, 10));
+    assert_eq!(b2.role(), Role::Standby);
+    assert_eq!(b2.on_peer_beat(at(t0, beat)), None);
+    b2
+}
+
+#[test]
+fn a_silent_active_peer_is_taken_over_exactly_when_its_silence_ends() {
+    let t0 = Now::system();
+    let ms = |n: u64| t0.mono + Duration::from_millis(n);
+    // Each beat moves the deadline: SILENCE after the last one heard.
+    let mut b2 = standby_hearing_b1(t0, 1000);
+    assert_eq!(b2.due(), Some(ms(4000)));
+    assert_eq!(b2.on_peer_beat(at(t0, 2000)), None);
+    assert_eq!(b2.tick(true, at(t0, 4500)), None);
+    acts_exactly_when_due(&mut b2, ms(5000), "peer gw-b1 silent for 3.0 s");
+    assert_eq!(b2.role(), Role::Active);
+    // Its retained status still says active: that is no proof of life, the role stays.
+    assert_eq!(b2.on_peer_status(&online("active", 1), at(t0, 6000)), None);
+    assert_eq!(b2.tick(true, at(t0, 60_000)), None);
+    assert_eq!(b2.role(), Role::Active);
+    // Its last will confirms it: nothing changes.
+    assert_eq!(b2.on_peer_status(OFFLINE, at(t0, 61_000)), None);
+    assert_eq!(b2.role(), Role::Active);
+}
+
+#[test]
+fn silence_is_not_counted_without_beats_a_link_or_an_active_peer() {
+    let t0 = Now::system();
+    // A peer never heard beating (an older version): only its last will replaces it.
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b2.tick(true, t0);
+    b2.on_peer_status(&online("active", 1), at(t0, 10));
+    // A status it publishes live does not arm the count either (it comes every heartbeat).
+    b2.note_live_status(at(t0, 500));
+    assert_eq!(b2.due(), None);
+    assert_eq!(b2.tick(true, at(t0, 60_000)), None);
+    assert_eq!(b2.role(), Role::Standby);
+
+    // The link goes down: silence is not counted while it cannot be heard, and after the
+    // link is back it counts from the reconnection.
+    let mut b2 = standby_hearing_b1(t0, 1000);
+    assert_eq!(b2.tick(false, at(t0, 1500)), None);
+    assert_eq!(b2.due(), None);
+    assert_eq!(b2.tick(false, at(t0, 30_000)), None);
+    assert_eq!(b2.tick(true, at(t0, 31_000)), None);
+    acts_exactly_when_due(
+        &mut b2,
+        t0.mono + Duration::from_millis(34_000),
+        "peer gw-b1 silent for 3.0 s",
+    );
+
+    // A peer that stopped (offline) or stepped down is not timed out; a peer that comes
+    // back must beat again before its silence counts.
+    let mut b2 = standby_hearing_b1(t0, 1000);
+    b2.on_peer_status(&online("standby", 1), at(t0, 1200));
+    assert_eq!(b2.due(), None, "a standby peer is not timed out");
+    let mut b2 = standby_hearing_b1(t0, 1000);
+    assert_eq!(
+        b2.on_peer_status(OFFLINE, at(t0, 1200)).map(|c| c.reason),
+        Some("peer gw-b1 offline (last will)".into())
+    );
+    let mut b2 = standby_hearing_b1(t0, 1000);
+    b2.on_peer_status(b"", at(t0, 1100));
+    b2.on_peer_status(&online("active", 1), at(t0, 1200));
+    assert_eq!(b2.due(), None, "not heard beating since it came back");
+
+    // An active gateway counts nothing.
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    b1.tick(true, at(t0, 1600));
+    assert_eq!(b1.role(), Role::Active);
+    b1.on_peer_beat(at(t0, 1700));
+    assert_eq!(b1.due(), None);
+}
+
+/// A freeze of several seconds then a thaw: gw-b2 takes over on the silence, gw-b1 thaws
+/// still active, each hears the other, gw-b2 steps down, and beats every half second from
+/// then on keep it so: two role changes in all, however long it runs.
+#[test]
+fn a_frozen_peer_that_thaws_ends_in_one_active_without_flapping() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    b1.on_peer_status(&online("standby", 2), at(t0, 10));
+    b1.tick(true, at(t0, 1600));
+    assert_eq!(b1.role(), Role::Active);
+    let mut b2 = standby_hearing_b1(t0, 1700);
+    let mut changes = Vec::new();
+    // Frozen from 2 s to 10 s: gw-b2 hears nothing.
+    for ms in (2000..10_000).step_by(100) {
+        changes.extend(b2.tick(true, at(t0, ms)).map(|c| ("gw-b2", c)));
+    }
+    assert_eq!(b2.role(), Role::Active);
+    // The thaw: gw-b1 reads gw-b2's status (active), gw-b2 hears gw-b1 beat.
+    assert_eq!(b1.on_peer_status(&status_json(&b2), at(t0, 10_000)), None);
+    for ms in (10_000..70_000).step_by(500) {
+        changes.extend(b2.on_peer_beat(at(t0, ms)).map(|c| ("gw-b2", c)));
+        changes.extend(b2.tick(true, at(t0, ms + 250)).map(|c| ("gw-b2", c)));
+        changes.extend(
+            b1.on_peer_status(&status_json(&b2), at(t0, ms))
+                .map(|c| ("gw-b1", c)),
+        );
+        changes.extend(b1.tick(true, at(t0, ms + 250)).map(|c| ("gw-b1", c)));
+    }
+    let reasons: Vec<_> = changes
+        .iter()
+        .map(|(g, c)| format!("{g}: {}", c.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "gw-b2: peer gw-b1 silent for 3.0 s",
+            "gw-b2: both active: gw-b1 wins by priority 1"
+        ]
+    );
+    assert_eq!((b1.role(), b2.role()), (Role::Active, Role::Standby));
+}
+
+/// The winner by priority, standby after a switchover, takes over a silent loser; when the
+/// loser thaws it steps down.
+#[test]
+fn a_silent_loser_is_taken_over_by_the_winner_and_steps_down_when_it_thaws() {
+    let t0 = Now::system();
+    let mut b1 = pair("gw-b1", "gw-b2", 1, t0);
+    b1.tick(true, t0);
+    b1.on_peer_status(&online("active", 2), at(t0, 10));
+    assert_eq!(b1.on_peer_beat(at(t0, 500)), None);
+    let c = b1.tick(true, at(t0, 3500)).unwrap();
+    assert_eq!(c.reason, "peer gw-b2 silent for 3.0 s");
+    // Heard again: both active, gw-b1 wins and stays; gw-b2 would step down on its status.
+    assert_eq!(b1.on_peer_beat(at(t0, 9000)), None);
+    assert_eq!(b1.role(), Role::Active);
+    let mut b2 = pair("gw-b2", "gw-b1", 2, t0);
+    b2.tick(true, t0);
+    b2.tick(true, at(t0, 1600));
+    assert_eq!(
+        b2.on_peer_status(&b1_status(&b1), at(t0, 9000))
+            .map(|c| c.reason),
+        Some("both active: gw-b1 wins by priority 1".into())
+    );
 }

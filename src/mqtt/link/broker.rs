@@ -19,6 +19,7 @@ use super::busy::BusyAnswers;
 use super::inbound::{Answer, Router};
 use super::publisher::{BrokerHealth, Farewell};
 use super::stop::Stop;
+use super::waits::{beat_tick, grace_over, role_changed, tick};
 use super::{Presence, BUSY_SLOTS, TELEMETRY_SLOTS, WINDOW};
 use crate::command::Refused;
 use crate::config::BrokerUrl;
@@ -28,17 +29,6 @@ use crate::mqtt::ledger::{Entry, Ledger};
 use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
 use crate::mqtt::replays::Replays;
-
-/// Resolves when the gateway's role changed; never without a role to watch.
-async fn role_changed(role: &mut Option<tokio::sync::watch::Receiver<crate::pair::RoleStatus>>) {
-    let alive = match role {
-        Some(r) => r.changed().await.is_ok(),
-        None => false,
-    };
-    if !alive {
-        std::future::pending::<()>().await;
-    }
-}
 
 /// Why the inner select loop handed control back.
 enum Step {
@@ -65,6 +55,9 @@ pub(super) struct BrokerLoop {
     pub(super) role: Option<tokio::sync::watch::Receiver<crate::pair::RoleStatus>>,
     /// When to republish the retained status with the latest `seq` (durable links only).
     pub(super) heartbeat: Option<tokio::time::Interval>,
+    /// A gateway of a redundant pair: its `P/gateways/{gw}/alive` topic and when to beat on
+    /// it (half `mqtt.keep_alive`, while active; see `pair`).
+    pub(super) beat: Option<(String, tokio::time::Interval)>,
     /// When to show the loop is alive (`BrokerHealth::pulse`).
     pub(super) pulse: tokio::time::Interval,
     /// QoS 0 publishes (telemetry, busy answers) handed to rumqttc and not yet written.
@@ -99,6 +92,7 @@ impl BrokerLoop {
                         () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
                         () = tick(&mut self.heartbeat), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
                         () = role_changed(&mut self.role), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
+                        () = beat_tick(&mut self.beat), if self.connected() && !self.stop.is_stopping() => self.send_beat(),
                         _ = self.pulse.tick() => self.health.pulse.mark(),
                         () = grace_over(self.stop.deadline()) => break Step::Deadline,
                     }
@@ -222,6 +216,33 @@ impl BrokerLoop {
         }
         let entry = self.ledger.stamp(self.online_presence());
         self.hand(entry);
+    }
+
+    /// The active gateway of a pair says it lives: QoS 0, not retained, not journaled (a
+    /// lost beat is made good by the next). A standby says nothing: nobody times it out.
+    fn send_beat(&mut self) {
+        let active = self
+            .role
+            .as_ref()
+            .is_some_and(|r| r.borrow().role == crate::pair::Role::Active);
+        let Some((topic, _)) = &self.beat else {
+            return;
+        };
+        if !active {
+            return;
+        }
+        let payload = format!(
+            r#"{{"time":"{}"}}"#,
+            crate::clock::rfc3339(std::time::SystemTime::now())
+        );
+        match self
+            .client
+            .try_publish(topic.clone(), QoS::AtMostOnce, false, payload)
+        {
+            // Counted as the other QoS 0 publishes are, until rumqttc writes it.
+            Ok(()) => self.qos0_in_channel += 1,
+            Err(e) => tracing::debug!("mqtt broker {}: a pair beat not sent: {e}", self.url),
+        }
     }
 
     fn take(&mut self, msg: Option<Publication>) {
@@ -570,23 +591,5 @@ impl BrokerLoop {
     fn finish(&mut self) {
         self.health.set_connected(false);
         tracing::info!("mqtt broker {}: disconnected cleanly", self.url);
-    }
-}
-
-/// When the stop grace runs out; never, before cancellation.
-async fn grace_over(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next heartbeat tick; never, for a link without heartbeats.
-async fn tick(heartbeat: &mut Option<tokio::time::Interval>) {
-    match heartbeat {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }

@@ -47,6 +47,7 @@ mod busy;
 mod inbound;
 mod publisher;
 mod stop;
+mod waits;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -325,6 +326,15 @@ async fn start(
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
+        // A gateway of a redundant pair beats while active (see `pair`).
+        let beat = match (&feed, &cfg.redundancy) {
+            (Some(_), Some(_)) => {
+                let mut i = tokio::time::interval(crate::pair::service::beat(cfg));
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some((topics.alive_of(&cfg.site.gateway), i))
+            }
+            _ => None,
+        };
         let router = Router {
             url: url.clone(),
             topics: topics.clone(),
@@ -348,6 +358,7 @@ async fn start(
             role: feed.as_ref().map(|f| f.role_watch()),
             feed,
             heartbeat,
+            beat,
             pulse,
             qos0_in_channel: 0,
             busy: Default::default(),
