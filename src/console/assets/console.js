@@ -284,7 +284,15 @@
     if (!pending || restLoading) return;
     restLoading = getJson("/api/alarms").then((alarms) => {
       if (state.partial !== pending) return; // a reload (loadAll) came first
-      const full = new Map(alarms.map((a) => [a.site + "|" + a.alarm, a]));
+      const full = new Map();
+      for (const a of alarms) {
+        // The same event as the first screen's keeps its object, so its row is left alone
+        // (the two are serialised with their keys in different orders).
+        const k = a.site + "|" + a.alarm;
+        const had = state.alarms.get(k);
+        const same = had && had.event_id !== undefined && had.event_id === a.event_id && had.seq === a.seq;
+        full.set(k, same ? had : a);
+      }
       for (const k of pending.live) full.set(k, state.alarms.get(k));
       state.alarms = full;
       state.partial = null;
