@@ -328,7 +328,8 @@ async fn a_live_update_changes_its_row_in_place() {
 /// A big site's alarm list: the 50 most urgent alarms are drawn, the others are counted under
 /// them by state, the count follows live updates, and "Show all" draws every one (issue 12:
 /// the first render cannot wait for a thousand rows, but no active alarm may be out of reach).
-/// Sixty alarms from a gateway the test plays: ten acknowledged, fifty not.
+/// Sixty alarms from a gateway the test plays: ten acknowledged, fifty not. The page itself
+/// carries the 50 drawn and the counts; the full list follows the first frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_alarm_list_counts_what_it_does_not_show_and_shows_all_on_request() {
     let broker = Mosquitto::start().await;
@@ -366,6 +367,29 @@ async fn a_long_alarm_list_counts_what_it_does_not_show_and_shows_all_on_request
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The page carries only what its first screen draws: the 50 most urgent alarms (the 50
+    // unacknowledged ones) and how many there are in each state; the rest comes after.
+    let (html, ok) = page_harness::console::curl(&["-sf", &console.url("/")]).await;
+    assert!(ok, "GET /: {html}");
+    let block = html
+        .split_once(r#"id="first-screen">"#)
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(json, _)| json)
+        .unwrap_or_else(|| panic!("no first-screen block in the page: {html}"));
+    let first: serde_json::Value = serde_json::from_str(block).expect("the block is JSON");
+    let inline = first["alarms"].as_array().expect("alarms");
+    assert_eq!(inline.len(), 50, "{block}");
+    assert!(
+        inline
+            .iter()
+            .all(|a| a["isa_state"] == "active_unacknowledged"),
+        "{block}"
+    );
+    assert_eq!(
+        first["alarm_counts"],
+        serde_json::json!({"active_unacknowledged": 50, "active_acknowledged": 10})
+    );
+
     let b = Browser::start(1920, 1080).await;
     b.client
         .goto(&console.url("/"))
@@ -374,6 +398,12 @@ async fn a_long_alarm_list_counts_what_it_does_not_show_and_shows_all_on_request
     b.wait_until(
         "the page ready",
         "document.body.dataset.ready === '1'",
+        LIVE,
+    )
+    .await;
+    b.wait_until(
+        "the full alarm list asked for after the first frame",
+        "performance.getEntriesByName(location.origin + '/api/alarms').length === 1",
         LIVE,
     )
     .await;

@@ -33,6 +33,11 @@
     gateways: new Map(), // site|gateway -> gateway item
     audit: [],
     showAll: false, // every alarm row, not only the first ALARMS_SHOWN
+    // Until the full alarm list is in (the page's own first screen carries only the
+    // ALARMS_SHOWN most urgent alarms): counts: ISA state -> alarms in it, all of them, kept
+    // up to date by live updates; isa: site|alarm -> state counted, for the ones the page
+    // has; live: the keys live updates changed meanwhile, newer than the list asked for.
+    partial: null,
   };
 
   // ---- small DOM helper -------------------------------------------------------------------
@@ -65,6 +70,9 @@
     afterFrame(() => {
       perf.readyMs = performance.now();
       document.body.dataset.ready = "1";
+      // The full alarm list after the first frame, when the page is idle.
+      if (window.requestIdleCallback) requestIdleCallback(() => loadRest(), { timeout: 500 });
+      else setTimeout(loadRest, 0);
     });
   }
   function applied(t0) {
@@ -253,6 +261,11 @@
       if (perf.dataMs === null) perf.dataMs = performance.now();
       state.zones = new Map(zones.map((z) => [z.site + "|" + z.zone, z]));
       state.alarms = new Map(alarms.map((a) => [a.site + "|" + a.alarm, a]));
+      state.partial = first && first.alarm_counts ? {
+        counts: new Map(Object.entries(first.alarm_counts)),
+        isa: new Map(alarms.map((a) => [a.site + "|" + a.alarm, isaOf(a)])),
+        live: new Set(),
+      } : null;
       state.gateways = new Map(gateways.map((g) => [g.site + "|" + g.gateway, g]));
       state.audit = audit.slice(-20).reverse();
       renderAll();
@@ -260,6 +273,35 @@
     } catch (e) {
       notice("error", "Could not load the board: " + e.message);
     }
+  }
+
+  // The full alarm list, when the first screen had only its most urgent part. Live updates that
+  // came meanwhile are at least as new as what the list holds for their alarm (the list was
+  // asked for after they were sent), so they stay; every other alarm is the list's.
+  let restLoading = null;
+  function loadRest() {
+    const pending = state.partial;
+    if (!pending || restLoading) return;
+    restLoading = getJson("/api/alarms").then((alarms) => {
+      if (state.partial !== pending) return; // a reload (loadAll) came first
+      const full = new Map();
+      for (const a of alarms) {
+        // The same event as the first screen's keeps its object, so its row is left alone
+        // (the two are serialised with their keys in different orders).
+        const k = a.site + "|" + a.alarm;
+        const had = state.alarms.get(k);
+        const same = had && had.event_id !== undefined && had.event_id === a.event_id && had.seq === a.seq;
+        full.set(k, same ? had : a);
+      }
+      for (const k of pending.live) full.set(k, state.alarms.get(k));
+      state.alarms = full;
+      state.partial = null;
+      redraw("alarms");
+    }).catch((e) => {
+      notice("error", "Could not load the full alarm list: " + e.message);
+    }).finally(() => {
+      restLoading = null;
+    });
   }
 
   // ---- rendering --------------------------------------------------------------------------
@@ -347,44 +389,59 @@
     rows.sort((a, b) => ISA_ORDER.indexOf(isaOf(a)) - ISA_ORDER.indexOf(isaOf(b))
       || (SEV_RANK[b.severity] || 0) - (SEV_RANK[a.severity] || 0)
       || byText(String(b.since || b.time), String(a.since || a.time)));
-    $("alarm-count").textContent = rows.length ? "(" + rows.length + ")" : "";
     const shown = state.showAll ? rows : rows.slice(0, ALARMS_SHOWN);
+    // Not drawn, by state: counted here, or, until the full list is in, what the console
+    // counted less what is drawn.
+    const hidden = new Map();
+    let total = rows.length;
+    if (state.partial) {
+      total = 0;
+      for (const [s, n] of state.partial.counts) {
+        hidden.set(s, n);
+        total += n;
+      }
+      for (const a of shown) hidden.set(isaOf(a), (hidden.get(isaOf(a)) || 0) - 1);
+    } else {
+      for (const a of rows.slice(shown.length)) hidden.set(isaOf(a), (hidden.get(isaOf(a)) || 0) + 1);
+    }
+    $("alarm-count").textContent = total ? "(" + total + ")" : "";
     sync(alarmRows, shown, (a) => a.site + "|" + a.alarm, alarmRow,
       () => h("tr", { class: "empty" }, h("td", { colspan: 7 }, "No alarm.")));
-    renderMore(rows, shown.length);
+    renderMore(total, hidden);
   }
 
   // Under the list: how many alarms are not drawn, by state, and the button that draws them
   // (or, once all are, the one that goes back to the first ALARMS_SHOWN).
   let moreKey = "";
-  function renderMore(rows, shown) {
-    const hidden = rows.slice(shown);
-    const byState = new Map();
-    for (const a of hidden) {
-      const isa = isaOf(a);
-      byState.set(isa, (byState.get(isa) || 0) + 1);
+  function renderMore(total, byState) {
+    let count = 0;
+    for (const [s, n] of byState) {
+      if (n > 0) count += n;
+      else byState.delete(s);
     }
     const parts = ISA_ORDER.filter((s) => byState.has(s)).map((s) => byState.get(s) + " " + (ISA_TEXT[s] || s).toLowerCase());
-    const all = state.showAll && rows.length > ALARMS_SHOWN;
-    const key = hidden.length + "|" + parts.join(",") + "|" + all;
+    // With the full list still on its way, "Show all" asks for it and draws it when it comes.
+    const all = state.showAll && !state.partial && total > ALARMS_SHOWN;
+    const key = count + "|" + parts.join(",") + "|" + all + "|" + total;
     if (key === moreKey) return;
     moreKey = key;
     const foot = $("alarm-more");
-    if (!hidden.length && !all) {
+    if (!count && !all) {
       foot.replaceChildren();
       return;
     }
     const toggle = () => {
-      state.showAll = !state.showAll;
+      state.showAll = state.partial ? true : !state.showAll;
+      loadRest();
       renderAlarms();
     };
     foot.replaceChildren(h("tr", { class: "more" }, h("td", { colspan: 7 },
       all
-        ? h("span", { id: "alarms-hidden", "data-hidden": 0 }, "All " + rows.length + " alarms shown. ")
-        : h("span", { id: "alarms-hidden", "data-hidden": hidden.length },
-          hidden.length + " more alarm" + (hidden.length > 1 ? "s" : "") + " not shown (" + parts.join("; ") + "). "),
+        ? h("span", { id: "alarms-hidden", "data-hidden": 0 }, "All " + total + " alarms shown. ")
+        : h("span", { id: "alarms-hidden", "data-hidden": count },
+          count + " more alarm" + (count > 1 ? "s" : "") + " not shown (" + parts.join("; ") + "). "),
       h("button", { type: "button", id: "alarms-toggle", onclick: toggle },
-        all ? "Show only the first " + ALARMS_SHOWN : "Show all " + rows.length))));
+        all ? "Show only the first " + ALARMS_SHOWN : "Show all " + total))));
   }
 
   function alarmRow(a) {
@@ -549,6 +606,17 @@
     // of a pair (by time between them), so an `alarm` is the whole new state.
     if (old && old.gateway === a.gateway && typeof old.seq === "number" && typeof a.seq === "number" && a.seq < old.seq) return;
     state.alarms.set(key, a);
+    const p = state.partial;
+    if (p) {
+      // An alarm the first screen did not carry is counted as new: if it was one of those the
+      // console counted, the count is one too high until the full list is in.
+      const was = p.isa.get(key);
+      const now = isaOf(a);
+      if (was && was !== "normal") p.counts.set(was, (p.counts.get(was) || 0) - 1);
+      if (now !== "normal") p.counts.set(now, (p.counts.get(now) || 0) + 1);
+      p.isa.set(key, now);
+      p.live.add(key);
+    }
     redraw("alarms", t0);
   }
 

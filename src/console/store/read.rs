@@ -56,6 +56,26 @@ fn json_rows(c: &rusqlite::Connection, sql: &str, args: Vec<Sql>) -> rusqlite::R
     Ok(out)
 }
 
+/// What [`Reader::first_alarms`] answers.
+pub struct FirstAlarms {
+    /// The most urgent alarms' stored JSON, most urgent first.
+    pub rows: Vec<String>,
+    /// Every alarm that is not `normal`, counted by ISA-18.2 state.
+    pub counts: Vec<(String, u64)>,
+}
+
+/// The page's order (console.js `renderAlarms`): ISA_ORDER's index (an unknown state first,
+/// as `indexOf` gives -1), severity rank (emergency first), then `since` (or `time`) newest
+/// first, compared as text like the page does.
+const FIRST_ALARMS: &str = "SELECT json FROM alarms WHERE isa_state != 'normal' ORDER BY \
+    CASE isa_state WHEN 'active_unacknowledged' THEN 0 WHEN 'active_acknowledged' THEN 1 \
+    WHEN 'cleared_unacknowledged' THEN 2 WHEN 'shelved' THEN 3 WHEN 'out_of_service' THEN 4 \
+    ELSE -1 END, \
+    CASE json_extract(json, '$.severity') WHEN 'emergency' THEN 0 WHEN 'critical' THEN 1 \
+    WHEN 'warning' THEN 2 ELSE 3 END, \
+    CAST(COALESCE(NULLIF(json_extract(json, '$.since'), ''), json_extract(json, '$.time'), '') \
+    AS TEXT) DESC LIMIT ?1";
+
 impl Reader {
     /// Every gateway the database knows, with the seqs it holds, to resume gap tracking.
     pub fn saved_gateways(&self) -> Result<Vec<Saved>, StoreError> {
@@ -149,6 +169,35 @@ impl Reader {
              time_ms DESC LIMIT 10000",
         );
         self.with(|c| json_rows(c, &sql, args))
+    }
+
+    /// The page's first screen (issue 12): the `limit` most urgent alarms in the order the page
+    /// draws them (ISA-18.2 state, then severity, then the newest `since`), as their stored JSON
+    /// text so `/` splices them in without parsing and re-serialising, and how many alarms are
+    /// in each state that is not `normal`, so the page counts the ones it has not got yet.
+    pub fn first_alarms(&self, limit: usize) -> Result<FirstAlarms, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(FIRST_ALARMS)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut rows = Vec::new();
+            for row in stmt.query_map([limit], |r| r.get::<_, String>(0))? {
+                let row = row?;
+                // Spliced into a JSON document: a row that is not JSON is skipped, as elsewhere.
+                if serde_json::from_str::<serde::de::IgnoredAny>(&row).is_ok() {
+                    rows.push(row);
+                }
+            }
+            let mut stmt = c.prepare_cached(
+                "SELECT isa_state, COUNT(*) FROM alarms WHERE isa_state != 'normal' \
+                 GROUP BY isa_state",
+            )?;
+            let counts = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(FirstAlarms { rows, counts })
+        })
     }
 
     /// Received events, in `seq` order per gateway.
