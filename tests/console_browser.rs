@@ -71,10 +71,7 @@ async fn operator_sees_offgas_live_logs_in_and_acknowledges() {
     ));
     let console = Console::start(broker.port(), "").await;
     let b = Browser::start(1920, 1080).await;
-    b.client
-        .goto(&console.url("/"))
-        .await
-        .expect("open the page");
+    b.open(&console.url("/")).await;
     let shots = screenshots();
 
     // Step 1: the wall board. room-1 is normal, the gateway online, no alarm.
@@ -245,16 +242,7 @@ async fn a_live_update_changes_its_row_in_place() {
     ));
     let console = Console::start(broker.port(), "").await;
     let b = Browser::start(1920, 1080).await;
-    b.client
-        .goto(&console.url("/"))
-        .await
-        .expect("open the page");
-    b.wait_until(
-        "the page ready",
-        "document.body.dataset.ready === '1'",
-        LIVE,
-    )
-    .await;
+    b.open_ready(&console.url("/"), LIVE).await;
     sim.write(121, 50).await; // off-gas warning
     sim.write(116, 600).await; // 60.0 °C: cell-overtemp critical
     let heat_row = r#"#alarm-rows tr[data-alarm="rack-01/cell_temp_max/cell-overtemp"]"#;
@@ -391,16 +379,7 @@ async fn a_long_alarm_list_counts_what_it_does_not_show_and_shows_all_on_request
     );
 
     let b = Browser::start(1920, 1080).await;
-    b.client
-        .goto(&console.url("/"))
-        .await
-        .expect("open the page");
-    b.wait_until(
-        "the page ready",
-        "document.body.dataset.ready === '1'",
-        LIVE,
-    )
-    .await;
+    b.open_ready(&console.url("/"), LIVE).await;
     b.wait_until(
         "the full alarm list asked for after the first frame",
         "performance.getEntriesByName(location.origin + '/api/alarms').length === 1",
@@ -483,10 +462,7 @@ async fn operator_sees_which_gateway_of_the_pair_is_active_since_when_and_why() 
     common::publish(broker.port(), &topic("gw-b1"), b1.as_bytes(), true).await;
     common::publish(broker.port(), &topic("gw-b2"), b2.as_bytes(), true).await;
     let b = Browser::start(1920, 1080).await;
-    b.client
-        .goto(&console.url("/"))
-        .await
-        .expect("open the page");
+    b.open(&console.url("/")).await;
     const PAIR: &str = r#"document.querySelector('.pair[data-pair="gw-b1 gw-b2"]')"#;
     b.wait_until(
         "the pair with gw-b1 active and gw-b2 standby",

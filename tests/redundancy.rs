@@ -468,6 +468,42 @@ fn between(earlier: &Value, later: &Value) -> f64 {
         .as_secs_f64()
 }
 
+/// gw-b1 started alone: its peer gw-b2 is absent, or only a retained status the test
+/// published before gw-b1 connected. Fields drop in order: the gateway first, the broker last.
+struct Lone {
+    _b1: Daemon,
+    _dir: tempfile::TempDir,
+    sub: Subscriber,
+    _sim: Sim,
+    broker: Mosquitto,
+}
+
+impl Lone {
+    async fn start(peer_status: Option<&str>) -> Lone {
+        let broker = Mosquitto::start().await;
+        let sim = Sim::start("normal", 1).await;
+        let sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
+        if let Some(peer) = peer_status {
+            publish(broker.port(), &status("gw-b2"), peer.as_bytes(), true).await;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b1 = Daemon::start(&pair_config(
+            "gw-b1",
+            1,
+            broker.port(),
+            sim.port(),
+            dir.path(),
+        ));
+        Lone {
+            _b1: b1,
+            _dir: dir,
+            sub,
+            _sim: sim,
+            broker,
+        }
+    }
+}
+
 /// A gateway whose peer never comes up (a dead box, a peer not yet installed) is active
 /// START_WAIT (1.5 s) after connecting, not at some later look at the link: it used to look
 /// once a second and count the wait from the first look that found it connected, leaving the
@@ -476,17 +512,8 @@ fn between(earlier: &Value, later: &Value) -> f64 {
 /// milliseconds) to the `role_since` of the active one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_whose_peer_never_comes_up_is_active_1_5_s_after_connecting() {
-    let broker = Mosquitto::start().await;
-    let sim = Sim::start("normal", 1).await;
-    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _b1 = Daemon::start(&pair_config(
-        "gw-b1",
-        1,
-        broker.port(),
-        sim.port(),
-        dir.path(),
-    ));
+    let mut lone = Lone::start(None).await;
+    let sub = &mut lone.sub;
     let starting = sub
         .expect_where(&status("gw-b1"), |j| j["role"] == "standby", SOON)
         .await;
@@ -515,19 +542,10 @@ async fn a_gateway_whose_peer_never_comes_up_is_active_1_5_s_after_connecting() 
 /// that change) made the room wait nearly a second more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switchover_nobody_takes_is_taken_back_when_the_grace_ends() {
-    let broker = Mosquitto::start().await;
-    let sim = Sim::start("normal", 1).await;
-    let mut sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
     let peer = r#"{"state":"online","version":"0","started_at":"x","role":"standby","priority":2}"#;
-    publish(broker.port(), &status("gw-b2"), peer.as_bytes(), true).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _b1 = Daemon::start(&pair_config(
-        "gw-b1",
-        1,
-        broker.port(),
-        sim.port(),
-        dir.path(),
-    ));
+    let mut lone = Lone::start(Some(peer)).await;
+    let broker = &lone.broker;
+    let sub = &mut lone.sub;
     let active = sub
         .expect_where(&status("gw-b1"), |j| j["role"] == "active", SOON)
         .await;

@@ -105,6 +105,24 @@ impl Browser {
         }
     }
 
+    /// Opens `url`; panics naming it if the browser cannot.
+    pub async fn open(&self, url: &str) {
+        if let Err(e) = self.client.goto(url).await {
+            panic!("open {url}: {e}");
+        }
+    }
+
+    /// Opens `url` and waits until the page says it has drawn its first data (`data-ready`).
+    pub async fn open_ready(&self, url: &str, within: Duration) {
+        self.open(url).await;
+        self.wait_until(
+            "the page ready",
+            "document.body.dataset.ready === '1'",
+            within,
+        )
+        .await;
+    }
+
     /// Waits until `script` (a JavaScript expression) is truthy, up to `within`; panics with
     /// `what` and the page's visible text if it never is.
     pub async fn wait_until(&self, what: &str, script: &str, within: Duration) {
