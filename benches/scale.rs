@@ -44,6 +44,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::live::{clock_ticks, proc_stat, status_field};
 use common::{machine, percentile};
 use rig::Broker;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -325,41 +326,6 @@ async fn count_telemetry(port: u16) -> (Counts, tokio::task::JoinHandle<()>) {
     (counts, task)
 }
 
-/// utime+stime in clock ticks, VmRSS and VmHWM in kB, threads and RssAnon in kB.
-fn proc_stat(pid: u32) -> (u64, u64, u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (
-        num(11) + num(12),
-        field("VmRSS:"),
-        field("VmHWM:"),
-        field("Threads:"),
-        field("RssAnon:"),
-    )
-}
-
-/// Clock ticks per second (USER_HZ), from getconf; 100 on every Linux we run on.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// Established TCP connections whose peer is one of the simulators (the gateway's side).
 fn connections_to(ports: &HashSet<u16>) -> usize {
     let out = Command::new("ss")
@@ -414,7 +380,7 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
     let pid = gateway.0.id();
     tokio::time::sleep(warmup).await;
     let before: HashMap<String, u64> = counts.lock().map(|m| m.clone()).unwrap_or_default();
-    let (t0, _, _, _, _) = proc_stat(pid);
+    let (t0, _, _) = proc_stat(pid);
     let start = Instant::now();
     let mut rss = Vec::new();
     let mut anon = Vec::new();
@@ -422,14 +388,14 @@ async fn measure(layout: Layout, bin: &str, warmup: Duration, window: Duration) 
     let port_set: HashSet<u16> = ports.iter().copied().collect();
     while start.elapsed() < window {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (_, vm_rss, _, _, rss_anon) = proc_stat(pid);
-        rss.push(vm_rss as f64 / 1024.0);
-        anon.push(rss_anon as f64 / 1024.0);
+        rss.push(proc_stat(pid).1 as f64 / 1024.0);
+        anon.push(status_field(pid, "RssAnon:") as f64 / 1024.0);
         if conns.len() < 5 {
             conns.push(connections_to(&port_set));
         }
     }
-    let (t1, _, hwm, threads, _) = proc_stat(pid);
+    let (t1, _, hwm) = proc_stat(pid);
+    let threads = status_field(pid, "Threads:");
     let elapsed = start.elapsed().as_secs_f64();
     let after: HashMap<String, u64> = counts.lock().map(|m| m.clone()).unwrap_or_default();
     subscriber.abort();

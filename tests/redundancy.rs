@@ -124,6 +124,19 @@ impl Pair {
             .await
     }
 
+    /// Once the pair has settled (gw-b1 active, gw-b2 standby), raises the off-gas alarm and
+    /// checks that gw-b1 published it.
+    async fn b1_raises_offgas(&mut self) {
+        self.role("gw-b1", "active", SOON).await;
+        self.role("gw-b2", "standby", SOON).await;
+        self.sim.write(116, 600).await;
+        let raised = self
+            .sub
+            .expect_where(ALARM, |j| j["state"] == "active", SOON)
+            .await;
+        assert_eq!(raised["gateway"], "gw-b1");
+    }
+
     /// Alarm events of `gw` for the cell-overtemp alarm within `within`.
     /// Asserts that for `within` neither gateway changes role: `active` stays active and
     /// `standby` does not become active.
@@ -215,14 +228,7 @@ async fn the_pair_settles_by_priority_and_only_the_active_one_publishes() {
 async fn the_standby_takes_over_a_dead_gateway_and_a_switchover_hands_back() {
     let broker = Mosquitto::start().await;
     let mut p = Pair::start(None, broker).await;
-    p.role("gw-b1", "active", SOON).await;
-    p.role("gw-b2", "standby", SOON).await;
-    p.sim.write(116, 600).await;
-    let raised = p
-        .sub
-        .expect_where(ALARM, |j| j["state"] == "active", SOON)
-        .await;
-    assert_eq!(raised["gateway"], "gw-b1");
+    p.b1_raises_offgas().await;
     let acked = p
         .command(
             "gw-b1",
@@ -594,14 +600,7 @@ fn alive(gw: &str) -> String {
 async fn a_frozen_active_gateway_is_taken_over_on_its_silence_and_the_thaw_settles() {
     let broker = Mosquitto::start().await;
     let mut p = Pair::start(None, broker).await;
-    p.role("gw-b1", "active", SOON).await;
-    p.role("gw-b2", "standby", SOON).await;
-    p.sim.write(116, 600).await;
-    let raised = p
-        .sub
-        .expect_where(ALARM, |j| j["state"] == "active", SOON)
-        .await;
-    assert_eq!(raised["gateway"], "gw-b1");
+    p.b1_raises_offgas().await;
     // The active gateway beats every half keep_alive; the standby does not.
     p.sub.forget();
     let beat = p.sub.expect(&alive("gw-b1"), SOON).await;

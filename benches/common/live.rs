@@ -232,16 +232,23 @@ pub fn proc_stat(pid: u32) -> (u64, u64, u64) {
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (num(11) + num(12), kb("VmRSS:"), kb("VmHWM:"))
+    (
+        num(11) + num(12),
+        status_field(pid, "VmRSS:"),
+        status_field(pid, "VmHWM:"),
+    )
+}
+
+/// One number of /proc/PID/status (`key` with its colon, e.g. `RssAnon:`; kB for sizes), 0 if
+/// the process or the key is gone.
+pub fn status_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 pub fn clock_ticks() -> f64 {
