@@ -28,6 +28,9 @@ pub enum Verdict {
 
 /// Judges one backlog record (`kind`, `payload`, appended at `appended`) against `view`,
 /// what the pair has published, for a standby whose active peer is `peer`:
+/// - an alarm event up to `delivered` (the `last_seq` of this gateway's own retained picture,
+///   as the broker holds it) is dropped: it went to the broker before that picture, so
+///   subscribers have it, though its acknowledgement was lost with the process;
 /// - an alarm event is dropped when the peer's picture, at least as new as the event, shows
 ///   the alarm as the event does (the change is already published), or in a state it entered
 ///   after the event and after the peer began publishing every change (`publishing_since`):
@@ -45,7 +48,27 @@ pub fn judge(
     appended: SystemTime,
     view: &Published,
     peer: &str,
+    delivered: Option<u64>,
 ) -> Verdict {
+    let event = match kind {
+        Kind::Event => match serde_json::from_slice::<AlarmEvent>(payload) {
+            Ok(ev) => Some(ev),
+            Err(_) => return Verdict::Publish,
+        },
+        Kind::Zone | Kind::Message => None,
+    };
+    if let Some(ev) = event
+        .as_ref()
+        .filter(|e| delivered.is_some_and(|d| e.seq <= d))
+    {
+        return Verdict::Drop(format!(
+            "{} ({} {}): already delivered (the broker holds this gateway's picture published \
+             after it)",
+            ev.event_id,
+            ev.alarm,
+            word(ev.state)
+        ));
+    }
     let Some((from, time, publishing_since)) = view.picture() else {
         return Verdict::Publish;
     };
@@ -53,12 +76,10 @@ pub fn judge(
         return Verdict::Publish;
     }
     match kind {
-        Kind::Event => {
-            let Ok(ev) = serde_json::from_slice::<AlarmEvent>(payload) else {
-                return Verdict::Publish;
-            };
-            judge_event(&ev, view, time, publishing_since, peer)
-        }
+        Kind::Event => match event {
+            Some(ev) => judge_event(&ev, view, time, publishing_since, peer),
+            None => Verdict::Publish,
+        },
         Kind::Zone if publishing_since.is_some_and(|s| s >= appended) => Verdict::Drop(format!(
             "a zone status from before the restart: {peer} has published every zone's status \
              since"
@@ -161,7 +182,14 @@ mod tests {
 
     fn verdict(ev: &AlarmEvent, v: &Published) -> Verdict {
         let payload = serde_json::to_vec(ev).unwrap();
-        judge(Kind::Event, &payload, SystemTime::UNIX_EPOCH, v, "gw-b2")
+        judge(
+            Kind::Event,
+            &payload,
+            SystemTime::UNIX_EPOCH,
+            v,
+            "gw-b2",
+            None,
+        )
     }
 
     fn dropped(v: &Verdict) -> bool {
@@ -212,6 +240,33 @@ mod tests {
         assert_eq!(verdict(&other, &v), Verdict::Publish);
     }
 
+    /// An event the broker had before this gateway's own latest retained picture is dropped
+    /// whatever the peer shows (a redelivery); a later one is judged as usual.
+    #[test]
+    fn an_event_the_broker_already_had_is_not_resent() {
+        let t0 = Now::system();
+        let mut b1 = AlarmTable::new("s", "gw-b1", 0);
+        let b2 = AlarmTable::new("s", "gw-b2", 0);
+        let first = b1
+            .update(&id("t"), cond(Some(Severity::Critical)), t0)
+            .unwrap();
+        let second = b1.update(&id("t"), cond(None), at(t0, 300)).unwrap();
+        let v = view(&b2, at(t0, 600), at(t0, 500));
+        let judged = |ev: &AlarmEvent| {
+            let payload = serde_json::to_vec(ev).unwrap();
+            judge(Kind::Event, &payload, t0.wall, &v, "gw-b2", Some(first.seq))
+        };
+        assert_eq!(
+            judged(&first),
+            Verdict::Drop(
+                "gw-b1-1 (rack-01/t/r active): already delivered (the broker holds this \
+                 gateway's picture published after it)"
+                    .into()
+            )
+        );
+        assert_eq!(judged(&second), Verdict::Publish);
+    }
+
     /// In doubt, publish: a picture older than the event, the gateway's own picture, no
     /// picture at all, an unreadable payload.
     #[test]
@@ -227,10 +282,24 @@ mod tests {
         assert_eq!(verdict(&e, &view(&b1, at(t0, 500), t0)), Verdict::Publish);
         assert_eq!(verdict(&e, &Published::default()), Verdict::Publish);
         let v = view(&b2, at(t0, 500), t0);
-        let garbage = judge(Kind::Event, b"{", SystemTime::UNIX_EPOCH, &v, "gw-b2");
+        let garbage = judge(
+            Kind::Event,
+            b"{",
+            SystemTime::UNIX_EPOCH,
+            &v,
+            "gw-b2",
+            Some(9),
+        );
         assert_eq!(garbage, Verdict::Publish);
         // Drain messages and command answers are not the pair's to judge.
-        let msg = judge(Kind::Message, b"{}", SystemTime::UNIX_EPOCH, &v, "gw-b2");
+        let msg = judge(
+            Kind::Message,
+            b"{}",
+            SystemTime::UNIX_EPOCH,
+            &v,
+            "gw-b2",
+            None,
+        );
         assert_eq!(msg, Verdict::Publish);
     }
 
@@ -241,10 +310,17 @@ mod tests {
         let t0 = Now::system();
         let b2 = AlarmTable::new("s", "gw-b2", 0);
         let v = view(&b2, at(t0, 500), at(t0, 200));
-        assert!(dropped(&judge(Kind::Zone, b"{}", t0.wall, &v, "gw-b2")));
+        assert!(dropped(&judge(
+            Kind::Zone,
+            b"{}",
+            t0.wall,
+            &v,
+            "gw-b2",
+            None
+        )));
         let later = at(t0, 300).wall;
         assert_eq!(
-            judge(Kind::Zone, b"{}", later, &v, "gw-b2"),
+            judge(Kind::Zone, b"{}", later, &v, "gw-b2", None),
             Verdict::Publish
         );
         // A peer that does not say when it began publishing: published.
@@ -252,7 +328,7 @@ mod tests {
         old.on_shared(&serde_json::to_vec(&b2.shared(at(t0, 500))).unwrap())
             .unwrap();
         assert_eq!(
-            judge(Kind::Zone, b"{}", t0.wall, &old, "gw-b2"),
+            judge(Kind::Zone, b"{}", t0.wall, &old, "gw-b2", None),
             Verdict::Publish
         );
     }

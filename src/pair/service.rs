@@ -46,7 +46,10 @@ pub enum Resend {
 
 /// The subscriptions a gateway of a pair adds to its link: the peer's status and beat
 /// (`alive`), both gateways' retained `pair` pictures, every alarm event (the peer's are
-/// followed) and the retained drain messages.
+/// followed) and the retained drain messages. In this order, because a broker sends each
+/// subscription's retained messages in turn: the peer's status settles the role, and this
+/// gateway's own picture is known before the peer's, which lets a held backlog be judged
+/// ([`Roles::backlog_due`]).
 pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
     let Some(r) = &cfg.redundancy else {
         return;
@@ -55,8 +58,8 @@ pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
     opts.subscriptions.extend([
         t.status_of(&r.peer),
         t.alive_of(&r.peer),
-        t.pair_of(&r.peer),
         t.pair_of(&cfg.site.gateway),
+        t.pair_of(&r.peer),
         t.alarms_filter(),
     ]);
 }
@@ -133,6 +136,9 @@ pub struct Roles {
     /// The outbox's backlog from before this start, held until the pair is known: the newest
     /// alarm event's or zone status's append time, and the latest moment to decide.
     backlog: Option<(SystemTime, Option<Instant>)>,
+    /// The `last_seq` of this gateway's own retained picture as the broker holds it (read at
+    /// start): its events up to there reached the broker.
+    delivered: Option<u64>,
 }
 
 impl Roles {
@@ -158,6 +164,7 @@ impl Roles {
                 .min(SETTLE_MAX),
             publishing_since: None,
             backlog: None,
+            delivered: None,
         }
     }
 
@@ -200,6 +207,15 @@ impl Roles {
         if pair.role() == Role::Active {
             // Active, this gateway's own table is what the pair publishes.
             return None;
+        }
+        if m.topic == self.topics.pair_of(&self.me) {
+            let own = serde_json::from_slice::<crate::alarms::Shared>(&m.payload).ok();
+            if let Some(seq) = own
+                .filter(|s| s.gateway == self.me)
+                .and_then(|s| s.last_seq)
+            {
+                self.delivered = self.delivered.max(Some(seq));
+            }
         }
         if m.topic == self.topics.pair_of(&peer) || m.topic == self.topics.pair_of(&self.me) {
             match self.published.on_shared(&m.payload) {
@@ -376,14 +392,23 @@ impl Roles {
         let mut skip = BTreeSet::new();
         for r in records {
             let appended = SystemTime::UNIX_EPOCH + Duration::from_millis(r.time_ms);
-            if let Verdict::Drop(why) = judge(r.kind, &r.payload, appended, &self.published, peer) {
+            let verdict = judge(
+                r.kind,
+                &r.payload,
+                appended,
+                &self.published,
+                peer,
+                self.delivered,
+            );
+            if let Verdict::Drop(why) = verdict {
                 tracing::info!(topic = %r.topic, "pair: not resending {why}");
                 skip.insert(r.pos);
             }
         }
         tracing::info!(
             "pair: of {} message(s) from before the restart not confirmed by the broker, {} \
-             not resent (already published by the active peer {peer}), the rest resent",
+             not resent (already delivered, or published by the active peer {peer}), the rest \
+             resent",
             records.len(),
             skip.len()
         );

@@ -34,6 +34,11 @@ pub struct Shared {
     /// (`pair::backlog`). Absent from older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publishing_since: Option<String>,
+    /// This gateway's latest event `seq` when it was published: every event up to it went to
+    /// the broker before it, so a broker holding this picture has them (a gateway coming back
+    /// does not resend them). Absent from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
     pub alarms: Vec<SharedAlarm>,
 }
 
@@ -188,6 +193,7 @@ impl AlarmTable {
             gateway: self.gateway.clone(),
             time: rfc3339(now.wall),
             publishing_since: None,
+            last_seq: Some(self.last_seq),
             alarms: self.alarms.values().map(SharedAlarm::from_alarm).collect(),
         }
     }
