@@ -72,6 +72,24 @@ impl Telemetry {
         }
     }
 
+    /// As [`Telemetry::new`], sorted by `rank` (from [`id_ranks`] of `names`, computed once
+    /// per device) instead of comparing ids at every poll.
+    pub fn ranked(
+        time: String,
+        names: Arc<[Point]>,
+        mut points: Vec<(usize, Option<f64>)>,
+        quality: Quality,
+        rank: &[u32],
+    ) -> Telemetry {
+        points.sort_unstable_by_key(|&(i, _)| rank.get(i).copied().unwrap_or(u32::MAX));
+        Telemetry {
+            time,
+            names,
+            points,
+            quality,
+        }
+    }
+
     /// (point id, value), as published.
     pub fn values(&self) -> impl Iterator<Item = (&str, Option<f64>)> + '_ {
         self.points.iter().map(|&(i, v)| (id_of(&self.names, i), v))
@@ -83,6 +101,17 @@ impl Telemetry {
         serde_json::to_writer(&mut out, self)?;
         Ok(out)
     }
+}
+
+/// Each point's place in the order of the ids, for [`Telemetry::ranked`].
+pub fn id_ranks(points: &[Point]) -> Box<[u32]> {
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&a, &b| points[a].id.cmp(&points[b].id));
+    let mut rank = vec![0u32; points.len()];
+    for (place, &i) in order.iter().enumerate() {
+        rank[i] = u32::try_from(place).unwrap_or(u32::MAX);
+    }
+    rank.into_boxed_slice()
 }
 
 /// A point's id; empty for an index past the list (never built so, but never a panic).

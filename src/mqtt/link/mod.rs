@@ -13,7 +13,7 @@
 //! and counted instead.
 //!
 //! The loop task
-//! - polls rumqttc continuously, reconnecting with jittered exponential backoff for as long as
+//! - connects through rumqttc, reconnecting with jittered exponential backoff for as long as
 //!   it runs, logging each failure once with the broker URL and the reason;
 //! - on every CONNACK publishes the retained online presence and subscribes to `cmd/+` (the
 //!   gateway) and to the caller's extra filters;
@@ -37,6 +37,8 @@
 //! The parts, split the way rumqttc splits its event loop from its protocol state:
 //! - `publisher.rs`: the handle side, [`Publisher`], and each broker's health it reads;
 //! - `broker.rs`: the per-broker loop task, the only part that does I/O;
+//! - `outbound.rs`: what the loop writes while connected, all that is ready in one write, and
+//!   the read it waits on (rumqttc's state and network driven directly, not its `poll`);
 //! - `stop.rs`, `backoff.rs`: the stop protocol and the reconnect backoff, as I/O-free state
 //!   the loop drives (tested like `ledger.rs`);
 //! - `inbound.rs`: where a received publish goes; `busy.rs`: the queue of busy answers.
@@ -45,6 +47,7 @@ mod backoff;
 mod broker;
 mod busy;
 mod inbound;
+mod outbound;
 mod publisher;
 mod stop;
 mod waits;
@@ -52,7 +55,7 @@ mod waits;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rumqttc::AsyncClient;
+use rumqttc::EventLoop;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +64,7 @@ use self::backoff::Backoff;
 use self::broker::BrokerLoop;
 pub use self::inbound::Inbound;
 use self::inbound::Router;
+use self::outbound::Outbound;
 use self::publisher::{BrokerHealth, Route};
 pub use self::publisher::{Farewell, Publisher};
 use self::stop::Stop;
@@ -83,14 +87,15 @@ pub const QUEUE: usize = 16_384;
 /// acks in order.
 const WINDOW: usize = 64;
 
-/// QoS 0 telemetry allowed to wait in rumqttc's request channel; beyond that it is dropped.
+/// QoS 0 telemetry allowed to wait for the next write (`outbound.rs`); beyond that it is
+/// dropped.
 const TELEMETRY_SLOTS: usize = 256;
 
 /// Room for commands not yet taken by the daemon; more are answered busy by the broker loop
 /// (`busy.rs`) rather than stall the connection or go unanswered.
 const COMMANDS: usize = 64;
 
-/// QoS 0 busy answers allowed to wait in rumqttc's request channel beyond telemetry's slots.
+/// QoS 0 busy answers allowed to wait for the next write beyond telemetry's slots.
 const BUSY_SLOTS: usize = 64;
 
 /// Room for messages on the extra subscriptions not yet taken by the caller. They were acked to
@@ -305,8 +310,9 @@ async fn start(
             Some(&opts.presence),
             !opts.persistent_session,
         )?;
-        let (client, mut eventloop) =
-            AsyncClient::new(mqtt_opts, WINDOW + TELEMETRY_SLOTS + BUSY_SLOTS + 8);
+        // No client: the loop queues its requests itself and writes them a turn at a time
+        // (`outbound.rs`); rumqttc's request channel stays empty.
+        let mut eventloop = EventLoop::new(mqtt_opts, 1);
         // TCP_NODELAY (rumqttc leaves Nagle on). A poll's QoS 0 telemetry is written at once,
         // its alarm event only after the outbox fsync; the broker answers no QoS 0 publish and
         // delays its TCP ACK (about 40 ms on Linux), and Nagle held the event back until that
@@ -351,7 +357,7 @@ async fn start(
             client_id: opts.client_id.clone(),
             presence: opts.presence.clone(),
             started_at: started_at.clone(),
-            client,
+            out: Outbound::default(),
             rx,
             health: health.clone(),
             ledger: Ledger::new(WINDOW),
