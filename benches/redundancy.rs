@@ -7,7 +7,9 @@
 //! ```
 //!
 //! `EMBERWATCH_BIN` (default `target/release/emberwatch`, else `target/debug/emberwatch`) is
-//! the binary run. `TRIALS` (default 20) is the number of takeovers of each kind, `KINDS`
+//! the binary run. `DUMP=FILE` writes every event of the alarm, per kind of death, to
+//! `FILE.{kind}`; `GATEWAY_LOG=DIR` appends each gateway's log (warnings, and the pair's
+//! account of what a restarted gateway did not resend) to `DIR/{gw}.log`. `TRIALS` (default 20) is the number of takeovers of each kind, `KINDS`
 //! (default `SIGKILL,SIGSTOP`) the kinds run:
 //!
 //! - **SIGKILL**: the active gateway is killed; the kernel closes its socket, so the broker
@@ -175,13 +177,28 @@ impl Rig {
         let config = dir.join("emberwatch.toml");
         let text = gateway_config(gw, i as u32 + 1, self.broker, self.sim, &dir.join("state"));
         std::fs::write(&config, text).expect("write config");
+        // `GATEWAY_LOG=DIR`: each gateway's warnings and the pair's own account (what a
+        // restarted gateway did not resend, and why) appended to DIR/{gw}.log.
+        let (log, level) = match std::env::var_os("GATEWAY_LOG") {
+            Some(d) => {
+                let path = PathBuf::from(d).join(format!("{gw}.log"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                (Stdio::from(file), "warn,emberwatch::pair=info")
+            }
+            None => (Stdio::null(), "warn"),
+        };
         let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start emberwatch run");
         self.gateways[i] = Some(Proc(child));

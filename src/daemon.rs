@@ -24,7 +24,8 @@ use crate::message::Outgoing;
 use crate::metrics::{Metrics, SeverityLabel, ZoneLabel};
 use crate::mqtt::{self, DurableOutbox, Farewell};
 use crate::outbox::OutboxError;
-use crate::pair::{self, service::Roles, Change, Role};
+use crate::pair::service::{Resend, Roles};
+use crate::pair::{self, Change, Role};
 use crate::supervision::{Supervision, LINK_STALL};
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +157,12 @@ async fn serve_generation(
     // the very first status the link publishes says so.
     let mut roles = Roles::new(&cfg, &engine, Now::system());
     durable.set_role(roles.status());
+    // A gateway of a pair back from a crash: what the broker never confirmed waits until the
+    // pair is known (`Roles::backlog_due`), so what the peer published meanwhile is not
+    // published again.
+    if let Some(newest) = durable.held_newest() {
+        roles.hold_backlog(newest);
+    }
     // MQTT outlives the pollers: it gets its own token, cancelled after the engine is done.
     let mqtt_cancel = CancellationToken::new();
     let mut opts = crate::drain::service::link_options(&cfg);
@@ -341,6 +348,18 @@ async fn serve_generation(
                     }
                 }
             }
+        }
+        // The backlog held from before this start, once the pair says what becomes of it.
+        if let (Some(resend), Some(o)) = (roles.backlog_due(Now::system()), publisher.outbox()) {
+            let skip = match resend {
+                Resend::All(why) => {
+                    tracing::info!("pair: resending what the broker had not confirmed before the restart ({why})");
+                    Default::default()
+                }
+                Resend::Judge => roles.judge_backlog(&o.backlog()),
+            };
+            metrics.outbox_superseded.inc_by(skip.len() as u64);
+            o.release(skip);
         }
         // What this turn produced while still active goes out with the step-down.
         let stepped_down = change.as_ref().is_some_and(|c| c.role == Role::Standby);

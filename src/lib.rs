@@ -18,6 +18,7 @@ pub mod demo;
 pub mod drain;
 pub mod engine;
 pub mod fieldbus;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod logging;

@@ -242,7 +242,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 /// The role `check-config` validates a file for: a console file is recognised by its
 /// `[console]` section (an unreadable file is reported by the loading itself).
 fn role_of(path: &std::path::Path) -> Role {
-    std::fs::read_to_string(path)
+    emberwatch::files::read_text_at_most(path, emberwatch::files::MAX_CONFIG)
         .map(|t| Role::of_text(&t))
         .unwrap_or(Role::Gateway)
 }

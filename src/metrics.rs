@@ -84,6 +84,7 @@ pub struct Metrics {
     pub outbox_oldest_seconds: Gauge<f64, AtomicU64>,
     pub outbox_over_bound: Gauge,
     pub outbox_dropped: Counter,
+    pub outbox_superseded: Counter,
     pub outbox_lost_events: Gauge,
     pub broker_loop_connected: Family<BrokerLabel, Gauge>,
     pub drain_state: Family<DrainStateLabel, Gauge>,
@@ -204,6 +205,12 @@ impl Metrics {
             "Non-alarm outbox messages dropped to stay within storage.outbox_max",
             outbox_dropped.clone(),
         );
+        let outbox_superseded = Counter::default();
+        r.register(
+            "outbox_superseded",
+            "Messages from before a restart not resent because the pair's active gateway had already published them",
+            outbox_superseded.clone(),
+        );
         let outbox_lost_events = Gauge::default();
         r.register(
             "outbox_lost_events",
@@ -254,6 +261,7 @@ impl Metrics {
             outbox_oldest_seconds,
             outbox_over_bound,
             outbox_dropped,
+            outbox_superseded,
             outbox_lost_events,
             broker_loop_connected,
             drain_state,

@@ -234,6 +234,40 @@ fn check_config_of_a_missing_file_says_so() {
     );
 }
 
+/// A path with no end (`/dev/zero`, a slip of the hand or a replaced symlink) as the
+/// configuration or the broker password is refused at a ceiling, naming the key and the file,
+/// instead of growing the process until the kernel kills it (before: both ran out of memory).
+#[test]
+fn an_endless_file_as_config_or_password_is_refused_by_its_size() {
+    let o = emberwatch(&["check-config", "--config", "/dev/zero"], &[]);
+    assert_eq!(o.code, Some(1), "{o}");
+    assert!(
+        o.stderr.contains(
+            "/dev/zero: cannot read: larger than 64 MiB, the most this file may hold (is it the right file?)"
+        ),
+        "{o}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = head!().replace(
+        "\n[storage]",
+        "username = \"gw-t\"\npassword_file = \"/dev/zero\"\n\n[storage]",
+    )
+        + "\n[[devices]]\nid = \"rack-01\"\nzone = \"room-1\"\ntransport = \"modbus-tcp\"\n\
+         address = \"127.0.0.1:5020\"\n\n  [[devices.points]]\n  id = \"cell_temp_max\"\n\
+         kind = \"temperature\"\n  address = 116\n  type = \"u16\"\n";
+    let config = write(dir.path(), "pw.toml", &text);
+    let o = emberwatch(&["run", "--config", &config], &[]);
+    assert_eq!(o.code, Some(1), "{o}");
+    assert!(
+        o.stderr.contains("mqtt.password_file")
+            && o.stderr.contains("/dev/zero")
+            && o.stderr.contains("larger than 4 MiB"),
+        "{o}"
+    );
+    assert!(!o.stderr.contains("panicked"), "{o}");
+}
+
 #[test]
 fn check_config_sees_environment_overrides() {
     let o = emberwatch(

@@ -66,6 +66,8 @@ struct Pair {
     dir2: tempfile::TempDir,
     /// gw-b1's broker port (a relay's, for the split brain).
     b1_port: u16,
+    /// Both gateways' `mqtt.keep_alive` (2 s unless a test needs a longer silence).
+    keep_alive: &'static str,
 }
 
 impl Pair {
@@ -74,6 +76,15 @@ impl Pair {
     }
 
     async fn start_with(relay_for_b1: Option<&Relay>, broker: Mosquitto, extra: &str) -> Pair {
+        Pair::start_opts(relay_for_b1, broker, extra, "2s").await
+    }
+
+    async fn start_opts(
+        relay_for_b1: Option<&Relay>,
+        broker: Mosquitto,
+        extra: &str,
+        keep_alive: &'static str,
+    ) -> Pair {
         let sim = Sim::start("normal", 1).await;
         let sub = Subscriber::connect(broker.port(), "emberwatch/#").await;
         let b1_port = relay_for_b1.map_or(broker.port(), Relay::port);
@@ -87,6 +98,7 @@ impl Pair {
             dir2: tempfile::tempdir().expect("tempdir"),
             b1_port,
             broker,
+            keep_alive,
         };
         p.b1 = Some(Daemon::start(&p.config("gw-b1")));
         p.b2 = Some(Daemon::start(&p.config("gw-b2")));
@@ -98,7 +110,10 @@ impl Pair {
             "gw-b1" => pair_config(gw, 1, self.b1_port, self.sim.port(), self.dir1.path()),
             _ => pair_config(gw, 2, self.broker.port(), self.sim.port(), self.dir2.path()),
         };
-        c + &self.extra
+        c.replace(
+            "keep_alive = \"2s\"",
+            &format!("keep_alive = \"{}\"", self.keep_alive),
+        ) + &self.extra
     }
 
     /// The next status of `gw` that says `role` once decided (not the standby of a start).
@@ -729,4 +744,139 @@ fn check_config_accepts_the_example_pair_and_shows_it() {
             "{file}: {text}"
         );
     }
+}
+
+const OFFGAS: &str = "emberwatch/test-site/alarms/room-1/rack-01/offgas/offgas-high";
+const OFFGAS_RULE: &str =
+    "\n[[rules]]\nid = \"offgas-high\"\npoints = [\"*/offgas\"]\nabove = { critical = 100.0 }\n";
+
+/// Waits until `d` has logged an event of `alarm` in `state` (`Active`, `Cleared`): the line
+/// the daemon writes once the event is in its outbox, fsynced (raised).
+async fn raised(d: &Daemon, alarm: &str, state: &str, within: Duration) {
+    let end = Instant::now() + within;
+    let (key, state) = (format!("alarm={alarm} "), format!("state={state}"));
+    while !d
+        .stderr()
+        .lines()
+        .any(|l| l.contains(&key) && l.contains(&state))
+    {
+        assert!(
+            Instant::now() < end,
+            "no {state} event of {alarm} logged within {within:?}; log:\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// gw-b1 dies with alarm events in its outbox that the broker never received (its link
+/// swallowed them, so they were never acknowledged), gw-b2 takes over and publishes what it
+/// sees, and gw-b1 comes back standby. Its backlog is not resent blindly: an event whose change
+/// gw-b2 has already published (the overtemperature, raised by both) is dropped, so subscribers
+/// see that change once; the changes gw-b2 never published (the off-gas alarm raised and
+/// cleared again before gw-b2 took over: gw-b2 takes what the pair never showed for normal)
+/// are still published, by gw-b1. Before the fix, gw-b1 resent everything: the
+/// overtemperature was raised twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_after_a_takeover_resends_only_what_its_peer_never_published() {
+    let broker = Mosquitto::start().await;
+    let relay = Relay::start(broker.port()).await;
+    // keep_alive 5 s: gw-b2 must not take gw-b1's swallowed beats for a death before the kill.
+    let mut p = Pair::start_opts(Some(&relay), broker, OFFGAS_RULE, "5s").await;
+    p.role("gw-b1", "active", SOON).await;
+    p.role("gw-b2", "standby", SOON).await;
+    // The pair's picture is retained: let it settle before the link goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.sub.forget();
+
+    // From here, what gw-b1 publishes never reaches the broker.
+    relay.swallow();
+    p.sim.write(116, 600).await;
+    p.sim.write(121, 500).await;
+    let b1 = p.b1.as_ref().expect("gw-b1");
+    raised(b1, "rack-01/cell_temp_max/cell-overtemp", "Active", SOON).await;
+    raised(b1, "rack-01/offgas/offgas-high", "Active", SOON).await;
+    // gw-b2, warm, polls the same device every 100 ms: it sees the off-gas come and go.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.sim.write(121, 0).await;
+    raised(b1, "rack-01/offgas/offgas-high", "Cleared", SOON).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // gw-b1 is killed: the relay closes its broker side, the broker publishes the last will.
+    p.b1.as_mut().expect("gw-b1").kill().await;
+    let s2 = p.role("gw-b2", "active", SOON).await;
+    assert_eq!(s2["role_reason"], "peer gw-b1 offline (last will)");
+    let hot = p
+        .sub
+        .expect_where(ALARM, |j| j["gateway"] == "gw-b2", SOON)
+        .await;
+    assert_eq!(
+        (&hot["state"], &hot["severity"]),
+        (&"active".into(), &"critical".into())
+    );
+    // gw-b1 comes back (the link passes again) with its three events still unconfirmed.
+    relay.restore();
+    p.b1 = Some(Daemon::start(&p.config("gw-b1")));
+    p.role("gw-b1", "standby", SOON).await;
+    // Long enough for the backlog to go out (it waits at most 3 s for gw-b2's picture).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Every event of both alarms since the link was swallowed, gw-b2's first included.
+    let mut events: Vec<Value> = vec![hot];
+    while let Some(m) = p
+        .sub
+        .next_matching(|t, _| t == ALARM || t == OFFGAS, Duration::from_millis(100))
+        .await
+    {
+        events.push(m.json());
+    }
+    let count = |alarm: &str, state: &str| {
+        events
+            .iter()
+            .filter(|e| e["alarm"] == alarm && e["state"] == state)
+            .count()
+    };
+    let list = || {
+        events
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {} {} {} {}",
+                    e["event_id"], e["alarm"], e["state"], e["time"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        count(KEY, "active"),
+        1,
+        "the overtemperature raised once (by gw-b2); events:\n{}",
+        list()
+    );
+    // The off-gas alarm gw-b2 never published: its raise and its clear, once each, from gw-b1.
+    let offgas: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["alarm"] == "rack-01/offgas/offgas-high")
+        .map(|e| {
+            (
+                e["state"].as_str().unwrap_or_default(),
+                e["gateway"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        offgas,
+        [("active", "gw-b1"), ("cleared", "gw-b1")],
+        "events:\n{}",
+        list()
+    );
+    // gw-b1 says what it did not resend, and why.
+    let log = p.b1.as_ref().expect("gw-b1").stderr();
+    assert!(
+        log.contains("not resending") && log.contains("already published by gw-b2"),
+        "{log}"
+    );
+    p.no_flap("gw-b2", "gw-b1", Duration::from_millis(100))
+        .await;
 }

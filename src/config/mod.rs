@@ -147,13 +147,16 @@ impl Config {
         role: Role,
         env: Vec<(String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                path: path.display().to_string(),
-                message: format!("cannot read: {e}"),
-            }],
-        })?;
+        let text =
+            crate::files::read_text_at_most(path, crate::files::MAX_CONFIG).map_err(|e| {
+                ConfigError {
+                    file: path.to_path_buf(),
+                    problems: vec![Problem {
+                        path: path.display().to_string(),
+                        message: format!("cannot read: {e}"),
+                    }],
+                }
+            })?;
         let base = path.parent().unwrap_or(Path::new(""));
         validate::parse_at(&text, env, role, base).map_err(|problems| ConfigError {
             file: path.to_path_buf(),

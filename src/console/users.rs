@@ -57,7 +57,7 @@ pub struct Users(Vec<(String, String)>);
 impl Users {
     /// Reads `path`; a missing file is no users (the console logs that no one can command).
     pub fn load(path: &Path) -> Result<Users, UsersError> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match crate::files::read_text_at_most(path, crate::files::MAX_SMALL) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Users::default()),
             Err(e) => return Err(file_error(path, format!("cannot read: {e}"))),

@@ -15,11 +15,15 @@
 //! - `cmd/replay` is answered by the link that received it, from the outbox's event journal, a
 //!   batch at a time ([`Feed::replay_batch`], paced by `replays.rs`); the retained status is republished every `mqtt.heartbeat` with the
 //!   latest `seq` ([`Feed::heartbeat`]).
+//! - a gateway of a redundant pair holds back what it had not seen confirmed before it
+//!   stopped ([`DurableOutbox::backlog`]) until it knows whether its peer took over and
+//!   published the same changes meanwhile; then [`DurableOutbox::release`] lets it go, less
+//!   what the peer had already published (`pair::backlog`), acknowledged locally instead.
 //! - a failed write or fsync is not retried (a retried fsync can report success for lost data):
 //!   every later append fails, and [`DurableOutbox::failed`] tells the daemon, which publishes a
 //!   fault status and exits so that its supervisor restarts it on a clean file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,7 +35,7 @@ use super::replays::Want;
 use crate::alarms::{AlarmEvent, Snapshot};
 use crate::config::Config;
 use crate::message::Outgoing;
-use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure};
+use crate::outbox::{Entry, Kind, Options, Outbox, OutboxError, Pressure, Record};
 use crate::pair::RoleStatus;
 
 /// How often acknowledged positions are written to the cursor files.
@@ -42,6 +46,16 @@ const ROLL_BATCH: usize = 256;
 
 /// How often the journal is checked for records past `storage.journal_max_age`.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// The backlog from before this start, as the links see it.
+#[derive(Debug, Clone)]
+enum Held {
+    /// Nothing at or after the broker's cursor goes out while it is below this position (the
+    /// outbox's end at start; what follows waits too, so order is kept).
+    Until(u64),
+    /// Released: these positions are not sent, but acknowledged locally.
+    Skip(Arc<BTreeSet<u64>>),
+}
 
 /// One batch waiting for the writer thread, and who to tell when it is durable.
 struct Request {
@@ -63,6 +77,11 @@ pub struct DurableOutbox {
     /// This gateway's role in its pair, for the status; a change makes every link republish
     /// the status at once.
     role: watch::Sender<RoleStatus>,
+    /// The backlog from before this start: held (a gateway of a pair with alarm events or
+    /// zone statuses unconfirmed), then released.
+    held: watch::Sender<Held>,
+    /// The newest alarm event or zone status of a held backlog, when appended.
+    held_newest: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for DurableOutbox {
@@ -102,6 +121,15 @@ impl DurableOutbox {
                 pressure.undelivered
             );
         }
+        // A gateway of a pair holds its backlog until it knows what its peer published.
+        let held_newest = outbox
+            .newest_unconfirmed_ms()
+            .filter(|_| cfg.redundancy.is_some())
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        let held = match held_newest {
+            Some(_) => Held::Until(outbox.next_pos()),
+            None => Held::Skip(Arc::default()),
+        };
         let (appended_tx, appended) = watch::channel(outbox.next_pos());
         let (failure_tx, failure) = watch::channel(None);
         let outbox = Arc::new(Mutex::new(outbox));
@@ -122,7 +150,45 @@ impl DurableOutbox {
             failure,
             writer: Mutex::new(Some(writer)),
             role: watch::Sender::new(RoleStatus::alone()),
+            held: watch::Sender::new(held),
+            held_newest,
         }))
+    }
+
+    /// When the newest alarm event or zone status of the held backlog was appended; `None`
+    /// when nothing is held (then nothing waits for [`DurableOutbox::release`]).
+    pub fn held_newest(&self) -> Option<SystemTime> {
+        self.held_newest
+    }
+
+    /// The held backlog: every record from the slowest broker's cursor to the outbox's end at
+    /// start, for the pair to judge. Empty once released.
+    pub fn backlog(&self) -> Vec<Arc<Record>> {
+        let Held::Until(until) = *self.held.borrow() else {
+            return Vec::new();
+        };
+        let o = lock(&self.outbox);
+        let mut pos = o
+            .brokers()
+            .filter_map(|b| o.cursor(b).ok())
+            .min()
+            .unwrap_or(until);
+        let mut out = Vec::new();
+        while pos < until {
+            let batch = o.read_from(pos, ROLL_BATCH);
+            let Some(last) = batch.last() else {
+                break;
+            };
+            pos = last.pos + 1;
+            out.extend(batch.into_iter().filter(|r| r.pos < until));
+        }
+        out
+    }
+
+    /// Lets the held backlog go to every broker, less `skip` (positions acknowledged locally
+    /// instead of sent).
+    pub fn release(&self, skip: BTreeSet<u64>) {
+        self.held.send_replace(Held::Skip(Arc::new(skip)));
     }
 
     /// Makes `entries` durable; returns once they are fsynced, or with the reason they could
@@ -242,6 +308,7 @@ impl DurableOutbox {
             next,
             appended: self.appended.clone(),
             role: self.role.subscribe(),
+            held: self.held.subscribe(),
             positions: HashMap::new(),
         }
     }
@@ -383,6 +450,8 @@ pub(crate) struct Feed {
     next: u64,
     appended: watch::Receiver<u64>,
     role: watch::Receiver<RoleStatus>,
+    /// The backlog from before this start: held, or released less what is skipped.
+    held: watch::Receiver<Held>,
     /// The link's ledger number of each handed record → its outbox position.
     positions: HashMap<u64, u64>,
 }
@@ -394,10 +463,13 @@ impl Feed {
         self.role.clone()
     }
 
-    /// Resolves when something new was appended.
+    /// Resolves when something new was appended, or the backlog was released.
     pub async fn appended(feed: &mut Option<Feed>) {
         let alive = match feed {
-            Some(f) => f.appended.changed().await.is_ok(),
+            Some(f) => tokio::select! {
+                r = f.appended.changed() => r.is_ok(),
+                r = f.held.changed() => r.is_ok(),
+            },
             None => false,
         };
         if !alive {
@@ -405,25 +477,49 @@ impl Feed {
         }
     }
 
-    /// True if records wait at or after `next`.
+    /// True if records wait at or after `next` and may go (not held back).
     pub fn has_more(&self) -> bool {
-        *self.appended.borrow() > self.next
+        *self.appended.borrow() > self.next && !self.is_held()
+    }
+
+    fn is_held(&self) -> bool {
+        matches!(*self.held.borrow(), Held::Until(until) if self.next < until)
     }
 
     /// Up to `max` records to hand to the broker next, as publications with their positions.
+    /// Records of a released backlog that are not to be sent are acknowledged here instead.
     pub fn take(&mut self, max: usize) -> Vec<(u64, Publication)> {
-        let records = {
-            let o = lock(&self.durable.outbox);
-            let records = o.read_from(self.next, max);
-            self.next = match records.last() {
-                // Fewer than asked for: everything appended so far has been taken (records
-                // dropped over the bound leave holes that must not look like more to come).
-                _ if records.len() < max => o.next_pos(),
-                Some(last) => last.pos + 1,
-                None => self.next,
-            };
-            records
+        if self.is_held() {
+            return Vec::new();
+        }
+        let skip = match &*self.held.borrow() {
+            Held::Skip(skip) => skip.clone(),
+            Held::Until(_) => Arc::default(),
         };
+        let mut records = Vec::new();
+        {
+            let mut o = lock(&self.durable.outbox);
+            // Skipped records do not count against `max`: read on until there is something
+            // to send or nothing more.
+            while records.is_empty() && self.next < o.next_pos() {
+                let read = o.read_from(self.next, max);
+                self.next = match read.last() {
+                    // Fewer than asked for: everything appended so far has been taken
+                    // (records dropped over the bound leave holes that must not look like
+                    // more to come).
+                    _ if read.len() < max => o.next_pos(),
+                    Some(last) => last.pos + 1,
+                    None => self.next,
+                };
+                for r in read {
+                    if !skip.contains(&r.pos) {
+                        records.push(r);
+                    } else if let Err(e) = o.ack(&self.broker, r.pos) {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
+        }
         records
             .into_iter()
             .map(|r| {
@@ -595,6 +691,62 @@ mod tests {
             .collect();
         assert_eq!(rest, [2, 3, 4], "B goes on where it was, in order");
         assert_eq!(d.latest_seq(), Some(4));
+        d.close().await;
+    }
+
+    /// A gateway of a pair restarts with records no broker confirmed: they are held (and
+    /// whatever is appended after them waits too, to keep the order) until released; then
+    /// the skipped ones are acknowledged instead of sent, and the rest go in order.
+    #[tokio::test]
+    async fn a_pairs_backlog_waits_for_release_and_skipped_records_are_not_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = two_brokers(dir.path());
+        cfg.redundancy = Some(crate::config::Redundancy {
+            peer: "gw-b2".into(),
+            priority: 1,
+        });
+        let topics = Topics::new(&cfg);
+        let d = DurableOutbox::open(&cfg).expect("open");
+        assert_eq!(d.held_newest(), None, "nothing from before: nothing held");
+        raise(&d, &topics, 1..=3).await;
+        d.close().await;
+        drop(d);
+
+        let d = DurableOutbox::open(&cfg).expect("reopen");
+        assert!(d.held_newest().is_some());
+        let (mut a, mut b) = (d.feed(A), d.feed(B));
+        raise(&d, &topics, 4..=4).await;
+        assert!(!a.has_more() && a.take(10).is_empty(), "held");
+        let backlog: Vec<u64> = d.backlog().iter().map(|r| r.seq).collect();
+        assert_eq!(backlog, [1, 2, 3], "the backlog is what was there at start");
+        let second = d.backlog()[1].pos;
+        d.release(BTreeSet::from([second]));
+        let sent_a = a.take(10);
+        let seqs = |sent: &[(u64, Publication)]| -> Vec<u64> {
+            sent.iter()
+                .map(|(_, p)| {
+                    serde_json::from_slice::<AlarmEvent>(&p.payload)
+                        .expect("json")
+                        .seq
+                })
+                .collect()
+        };
+        assert_eq!(seqs(&sent_a), [1, 3, 4]);
+        assert_eq!(seqs(&b.take(10)), [1, 3, 4]);
+        assert!(d.backlog().is_empty(), "released");
+        // Broker A confirms what it was sent: with the skipped record acknowledged locally,
+        // its cursor passes all four. Broker B confirmed nothing.
+        for (i, (pos, _)) in sent_a.iter().enumerate() {
+            a.track(i as u64, *pos);
+            a.acked(i as u64);
+        }
+        d.close().await;
+        drop((a, b, d));
+        let d = DurableOutbox::open(&cfg).expect("reopen");
+        d.release(BTreeSet::new());
+        let (mut a, mut b) = (d.feed(A), d.feed(B));
+        assert!(a.take(10).is_empty(), "A has everything");
+        assert_eq!(seqs(&b.take(10)), [1, 2, 3, 4], "B is judged anew");
         d.close().await;
     }
 

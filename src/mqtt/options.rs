@@ -125,8 +125,8 @@ fn keep_alive(d: Duration) -> Duration {
 /// The password file's content without its trailing newline. The password itself never
 /// appears in an error or log line.
 pub(crate) fn read_password(path: &Path) -> Result<String, MqttError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| file_error("mqtt.password_file", path, e))?;
+    let text = crate::files::read_text_at_most(path, crate::files::MAX_SMALL)
+        .map_err(|e| file_error("mqtt.password_file", path, e))?;
     let password = text.trim_end_matches(['\n', '\r']).to_string();
     if password.is_empty() {
         return Err(MqttError::File {
@@ -171,7 +171,8 @@ fn tls_config(m: &Mqtt) -> Result<rustls::ClientConfig, MqttError> {
                     SYSTEM_CA_BUNDLES.join(", ")
                 ))
             })?;
-            let pem = std::fs::read(&path).map_err(|e| file_error("system CA bundle", &path, e))?;
+            let pem = crate::files::read_at_most(&path, crate::files::MAX_SMALL)
+                .map_err(|e| file_error("system CA bundle", &path, e))?;
             // One odd certificate in a distribution bundle must not stop the gateway.
             let (added, _ignored) = roots.add_parsable_certificates(
                 CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok),
@@ -195,8 +196,8 @@ fn tls_config(m: &Mqtt) -> Result<rustls::ClientConfig, MqttError> {
     match (&m.cert_file, &m.key_file) {
         (Some(cert_path), Some(key_path)) => {
             let certs = read_certs("mqtt.cert_file", cert_path)?;
-            let pem =
-                std::fs::read(key_path).map_err(|e| file_error("mqtt.key_file", key_path, e))?;
+            let pem = crate::files::read_at_most(key_path, crate::files::MAX_SMALL)
+                .map_err(|e| file_error("mqtt.key_file", key_path, e))?;
             let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| MqttError::File {
                 key: "mqtt.key_file",
                 path: key_path.clone(),
@@ -215,7 +216,8 @@ fn tls_config(m: &Mqtt) -> Result<rustls::ClientConfig, MqttError> {
 
 /// Every PEM certificate in `path`; none at all is an error naming the file.
 fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    let pem = std::fs::read(path).map_err(|e| file_error(key, path, e))?;
+    let pem = crate::files::read_at_most(path, crate::files::MAX_SMALL)
+        .map_err(|e| file_error(key, path, e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| MqttError::File {

@@ -420,6 +420,19 @@ impl Outbox {
         }
     }
 
+    /// When the newest alarm event or zone status not yet confirmed by every broker was
+    /// appended (ms since the Unix epoch): how recent a redundant peer's picture must be to
+    /// judge this backlog after a restart (`pair::backlog`). `None`: no such record waits.
+    pub fn newest_unconfirmed_ms(&self) -> Option<u64> {
+        let slowest = self.cursors.values().map(|c| c.next).min()?;
+        let first = self.held.partition_point(|h| h.record.pos < slowest);
+        self.held
+            .range(first..)
+            .filter(|h| matches!(h.record.kind, Kind::Event | Kind::Zone))
+            .map(|h| h.record.time_ms)
+            .max()
+    }
+
     /// The brokers the outbox keeps cursors for.
     pub fn brokers(&self) -> impl Iterator<Item = &str> {
         self.cursors.keys().map(String::as_str)

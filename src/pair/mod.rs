@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{rfc3339, Now};
 use crate::config::Redundancy;
 
+pub mod backlog;
 pub mod service;
 pub mod switchover;
 #[cfg(test)]
@@ -210,6 +211,11 @@ impl Pair {
             Phase::Settled(r) => r,
             Phase::Starting { .. } => Role::Standby,
         }
+    }
+
+    /// Past the start wait: the role is decided (standby now means standby, not undecided).
+    pub fn settled(&self) -> bool {
+        matches!(self.phase, Phase::Settled(_))
     }
 
     pub fn peer_id(&self) -> &str {

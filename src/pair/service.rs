@@ -7,17 +7,21 @@
 //! readable. The broker's messages for the pair come on their own channel ([`split`]), so the
 //! drain task's inbound queue is not shared with them.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::{Change, Pair, Published, Role, RoleStatus};
+use super::backlog::{judge, Verdict};
+use super::{Change, Pair, Peer, Published, Role, RoleStatus};
 use crate::alarms::{AlarmEvent, SharedAlarm};
-use crate::clock::Now;
+use crate::clock::{rfc3339, Now};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::message::Outgoing;
 use crate::mqtt::{topics, Inbound, LinkOptions, Topics};
+use crate::outbox::Record;
 
 /// Room for the pair's inbound messages (peer status, pictures, the peer's events).
 const QUEUE: usize = 1024;
@@ -25,9 +29,27 @@ const QUEUE: usize = 1024;
 /// The longest a takeover waits for a fresh reading of every device (see [`Roles::became`]).
 const SETTLE_MAX: Duration = Duration::from_secs(2);
 
+/// The longest a gateway that comes back standby holds its backlog from before the restart
+/// while it waits for its active peer's picture to be as new as the backlog (see
+/// [`Roles::backlog_due`]): the retained picture comes right after subscribing, or, from a
+/// peer still taking over, within its [`SETTLE_MAX`].
+const BACKLOG_WAIT: Duration = Duration::from_secs(3);
+
+/// What to do with the outbox's backlog from before this start ([`Roles::backlog_due`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resend {
+    /// Send it all, as any backlog (why, for the log).
+    All(String),
+    /// Judge each record against what the active peer has published ([`Roles::judge_backlog`]).
+    Judge,
+}
+
 /// The subscriptions a gateway of a pair adds to its link: the peer's status and beat
 /// (`alive`), both gateways' retained `pair` pictures, every alarm event (the peer's are
-/// followed) and the retained drain messages.
+/// followed) and the retained drain messages. In this order, because a broker sends each
+/// subscription's retained messages in turn: the peer's status settles the role, and this
+/// gateway's own picture is known before the peer's, which lets a held backlog be judged
+/// ([`Roles::backlog_due`]).
 pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
     let Some(r) = &cfg.redundancy else {
         return;
@@ -36,8 +58,8 @@ pub fn subscribe(cfg: &Config, opts: &mut LinkOptions) {
     opts.subscriptions.extend([
         t.status_of(&r.peer),
         t.alive_of(&r.peer),
-        t.pair_of(&r.peer),
         t.pair_of(&cfg.site.gateway),
+        t.pair_of(&r.peer),
         t.alarms_filter(),
     ]);
 }
@@ -108,6 +130,15 @@ pub struct Roles {
     settling: Option<Instant>,
     /// One poll of every device: how long a takeover waits for fresh readings.
     settle: Duration,
+    /// When this gateway last began publishing every change (a takeover's end): said in its
+    /// picture (`publishing_since`).
+    publishing_since: Option<SystemTime>,
+    /// The outbox's backlog from before this start, held until the pair is known: the newest
+    /// alarm event's or zone status's append time, and the latest moment to decide.
+    backlog: Option<(SystemTime, Option<Instant>)>,
+    /// The `last_seq` of this gateway's own retained picture as the broker holds it (read at
+    /// start): its events up to there reached the broker.
+    delivered: Option<u64>,
 }
 
 impl Roles {
@@ -131,6 +162,9 @@ impl Roles {
                 .max()
                 .unwrap_or_default()
                 .min(SETTLE_MAX),
+            publishing_since: None,
+            backlog: None,
+            delivered: None,
         }
     }
 
@@ -174,6 +208,15 @@ impl Roles {
             // Active, this gateway's own table is what the pair publishes.
             return None;
         }
+        if m.topic == self.topics.pair_of(&self.me) {
+            let own = serde_json::from_slice::<crate::alarms::Shared>(&m.payload).ok();
+            if let Some(seq) = own
+                .filter(|s| s.gateway == self.me)
+                .and_then(|s| s.last_seq)
+            {
+                self.delivered = self.delivered.max(Some(seq));
+            }
+        }
         if m.topic == self.topics.pair_of(&peer) || m.topic == self.topics.pair_of(&self.me) {
             match self.published.on_shared(&m.payload) {
                 Ok(true) => engine.adopt(&self.published.alarms()),
@@ -203,7 +246,8 @@ impl Roles {
     pub fn due(&self) -> Option<Instant> {
         let role = self.pair.as_ref().and_then(Pair::due);
         let settled = self.settling.filter(|_| self.role() == Role::Active);
-        role.into_iter().chain(settled).min()
+        let backlog = self.backlog.and_then(|(_, until)| until);
+        role.into_iter().chain(settled).chain(backlog).min()
     }
 
     /// `cmd/switchover`.
@@ -264,6 +308,7 @@ impl Roles {
             Some(t) if now.mono >= t && self.role() == Role::Active => {
                 self.settling = None;
                 self.standby_seq = None;
+                self.publishing_since = Some(now.wall);
                 true
             }
             _ => false,
@@ -275,11 +320,98 @@ impl Roles {
         if self.pair.is_none() || self.role() != Role::Active || self.standby_seq.is_some() {
             return None;
         }
-        let payload = serde_json::to_vec(&engine.alarms().shared(now)).ok()?;
+        let mut shared = engine.alarms().shared(now);
+        shared.publishing_since = self.publishing_since.map(rfc3339);
+        let payload = serde_json::to_vec(&shared).ok()?;
         Some(Outgoing::Message {
             topic: self.topics.pair_of(&self.me),
             payload,
             retain: true,
         })
+    }
+
+    /// The outbox holds messages from before this start not yet confirmed, the newest alarm
+    /// event or zone status among them appended at `newest`: they wait for
+    /// [`Roles::backlog_due`].
+    pub fn hold_backlog(&mut self, newest: SystemTime) {
+        self.backlog = Some((newest, None));
+    }
+
+    /// Once, when the backlog held from before this start may go, and how: all of it once
+    /// this gateway is active, or its peer is not (nobody else has published since; the
+    /// peer, standby, follows what it sends); judged record by record when this gateway is
+    /// standby and its peer active ([`super::backlog`]), as soon as the peer's picture is at
+    /// least as new as the backlog, or at the latest [`BACKLOG_WAIT`] after the role was
+    /// settled (then what the picture cannot vouch for is published). Nothing live waits
+    /// meanwhile: until the role is settled, and while standby, this gateway raises nothing.
+    pub fn backlog_due(&mut self, now: Now) -> Option<Resend> {
+        let (newest, until) = self.backlog.as_mut()?;
+        let Some(pair) = self.pair.as_ref() else {
+            self.backlog = None;
+            return Some(Resend::All("no redundant peer".into()));
+        };
+        if !pair.settled() {
+            return None;
+        }
+        let peer = pair.peer_id();
+        let resend = match (pair.role(), pair.peer()) {
+            (Role::Active, _) => Resend::All("this gateway is active".into()),
+            (
+                Role::Standby,
+                Peer::Online {
+                    role: Role::Active, ..
+                },
+            ) => {
+                let fresh = self
+                    .published
+                    .picture()
+                    .is_some_and(|(from, time, _)| from == peer && time >= *newest);
+                let until = *until.get_or_insert(now.mono + BACKLOG_WAIT);
+                if !fresh && now.mono < until {
+                    return None;
+                }
+                if !fresh {
+                    tracing::warn!(
+                        "pair: no picture from {peer} as new as this gateway's backlog within \
+                         {BACKLOG_WAIT:?}; judging the backlog against what is known, in doubt \
+                         publishing"
+                    );
+                }
+                Resend::Judge
+            }
+            (Role::Standby, _) => Resend::All(format!("peer {peer} is not active")),
+        };
+        self.backlog = None;
+        Some(resend)
+    }
+
+    /// The positions of the backlog's `records` not to resend: what the active peer has
+    /// already published ([`super::backlog::judge`]), each logged with the reason.
+    pub fn judge_backlog(&self, records: &[Arc<Record>]) -> BTreeSet<u64> {
+        let peer = self.pair.as_ref().map_or("", Pair::peer_id);
+        let mut skip = BTreeSet::new();
+        for r in records {
+            let appended = SystemTime::UNIX_EPOCH + Duration::from_millis(r.time_ms);
+            let verdict = judge(
+                r.kind,
+                &r.payload,
+                appended,
+                &self.published,
+                peer,
+                self.delivered,
+            );
+            if let Verdict::Drop(why) = verdict {
+                tracing::info!(topic = %r.topic, "pair: not resending {why}");
+                skip.insert(r.pos);
+            }
+        }
+        tracing::info!(
+            "pair: of {} message(s) from before the restart not confirmed by the broker, {} \
+             not resent (already delivered, or published by the active peer {peer}), the rest \
+             resent",
+            records.len(),
+            skip.len()
+        );
+        skip
     }
 }

@@ -17,6 +17,9 @@ use crate::alarms::{AlarmEvent, Shared, SharedAlarm};
 pub struct Published {
     /// The picture's `time`; `None` for this gateway's own `state.json` (older than any).
     time: Option<SystemTime>,
+    /// Which gateway's picture it is (`None` for `state.json`), and since when that gateway
+    /// publishes every change as it comes (its `publishing_since`, if it says).
+    from: Option<(String, Option<SystemTime>)>,
     alarms: BTreeMap<(String, String), SharedAlarm>,
 }
 
@@ -26,6 +29,7 @@ impl Published {
     pub fn own(shared: Shared, fresh: bool) -> Published {
         Published {
             time: if fresh { parse(&shared.time) } else { None },
+            from: None,
             alarms: shared.alarms.into_iter().map(|a| (a.slot(), a)).collect(),
         }
     }
@@ -44,8 +48,22 @@ impl Published {
             return Ok(false);
         }
         self.time = Some(time);
+        let since = shared.publishing_since.as_deref().and_then(parse);
+        self.from = Some((shared.gateway, since));
         self.alarms = shared.alarms.into_iter().map(|a| (a.slot(), a)).collect();
         Ok(true)
+    }
+
+    /// Whose picture this is, as of when, and since when that gateway has published every
+    /// change as it came: `None` until a picture has been read (only `state.json` known).
+    pub fn picture(&self) -> Option<(&str, SystemTime, Option<SystemTime>)> {
+        let (from, since) = self.from.as_ref()?;
+        Some((from.as_str(), self.time?, *since))
+    }
+
+    /// One alarm as the pair last published it; `None`: normal (or never raised).
+    pub fn get(&self, zone: &str, alarm: &str) -> Option<&SharedAlarm> {
+        self.alarms.get(&(zone.to_string(), alarm.to_string()))
     }
 
     /// One of the peer's alarm events.

@@ -27,6 +27,18 @@ pub struct Shared {
     pub gateway: String,
     /// When it was published (RFC 3339): of two, the newer is what the pair last showed.
     pub time: String,
+    /// Since when this gateway has published every change of its alarms as it came (RFC
+    /// 3339): the end of its takeover's fresh readings. A state whose `since` is later was
+    /// published as an event then; an earlier one may have come and gone unpublished while
+    /// it was standby. A gateway coming back judges its unsent backlog by it
+    /// (`pair::backlog`). Absent from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publishing_since: Option<String>,
+    /// This gateway's latest event `seq` when it was published: every event up to it went to
+    /// the broker before it, so a broker holding this picture has them (a gateway coming back
+    /// does not resend them). Absent from older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
     pub alarms: Vec<SharedAlarm>,
 }
 
@@ -62,7 +74,7 @@ pub struct SharedAlarm {
 }
 
 /// What an operator sees of an alarm: two gateways agree on an alarm when this is equal.
-type Visible = (bool, Severity, bool, bool, bool);
+pub(crate) type Visible = (bool, Severity, bool, bool, bool);
 
 impl SharedAlarm {
     fn from_alarm(a: &Alarm) -> SharedAlarm {
@@ -126,7 +138,9 @@ impl SharedAlarm {
         (self.zone.clone(), self.alarm.clone())
     }
 
-    fn visible(&self) -> Visible {
+    /// What an operator sees of it (state, severity, acknowledged, shelved, out of service):
+    /// two reports of an alarm that agree on this show the same thing.
+    pub(crate) fn visible(&self) -> Visible {
         (
             self.state == AlarmState::Active,
             self.severity,
@@ -178,6 +192,8 @@ impl AlarmTable {
         Shared {
             gateway: self.gateway.clone(),
             time: rfc3339(now.wall),
+            publishing_since: None,
+            last_seq: Some(self.last_seq),
             alarms: self.alarms.values().map(SharedAlarm::from_alarm).collect(),
         }
     }
