@@ -8,7 +8,7 @@
 //! `/` through [`index`], with the first screen's API answers inline so the first paint waits
 //! for no request of the page's own.
 
-use axum::extract::{Path, Request};
+use axum::extract::{Path, Query, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -93,16 +93,38 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 /// Where `index.html` takes the first screen's data.
 const FIRST_SCREEN_MARK: &str = "<!--first-screen-->";
 
+/// The files `index.html` loads, whose URLs the page gets versioned (`?v=` their ETag).
+const VERSIONED: &[&str] = &["console.css", "trend.js", "console.js"];
+
+/// `index.html` with each file it loads named `/assets/NAME?v=HASH`. A versioned URL is served
+/// `immutable`, so a browser that has it loads the page without asking again: a revalidation
+/// (`no-cache`, a 304) is still a round trip before the stylesheet applies and the scripts
+/// run. An upgrade changes the hash, hence the URL, so it still shows at once.
+fn versioned_html() -> &'static str {
+    static HTML_V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HTML_V.get_or_init(|| {
+        let mut html = find("index.html")
+            .map(|a| String::from_utf8_lossy(a.bytes).into_owned())
+            .unwrap_or_default();
+        for name in VERSIONED {
+            if let Some(a) = find(name) {
+                html = html.replace(
+                    &format!("\"/assets/{name}\""),
+                    &format!("\"/assets/{name}?v={:016x}\"", fnv1a(a.bytes)),
+                );
+            }
+        }
+        html
+    })
+}
+
 /// The page, with `first_screen` (a JSON object: `me`, `zones`, `alarms`, `gateways`, `audit`,
 /// each what its `/api/...` would answer) inline as a data block the script reads instead of
 /// asking; without it (no right to read), the page asks the API as before. A data block is
 /// never executed (the CSP allows no inline script anyway); `<` is written `\u003c` so no
 /// string from a device can close the element.
 pub fn index(first_screen: Option<&str>) -> Response {
-    let Some(a) = find("index.html") else {
-        return serve("index.html", None);
-    };
-    let html = String::from_utf8_lossy(a.bytes);
+    let html = versioned_html();
     let block = first_screen.map_or(String::new(), |json| {
         format!(
             "<script type=\"application/json\" id=\"first-screen\">{}</script>",
@@ -110,7 +132,7 @@ pub fn index(first_screen: Option<&str>) -> Response {
         )
     });
     let mut r = (StatusCode::OK, html.replacen(FIRST_SCREEN_MARK, &block, 1)).into_response();
-    headers(r.headers_mut(), a.content_type);
+    headers(r.headers_mut(), HTML, false);
     r
 }
 
@@ -133,37 +155,58 @@ pub async fn unchallenged(req: Request, next: Next) -> Response {
     r
 }
 
-async fn asset(Path(name): Path<String>, req: axum::http::HeaderMap) -> Response {
-    serve(&name, req.get(header::IF_NONE_MATCH))
+/// `?v=`: the version the page asked for (see [`versioned_html`]).
+#[derive(serde::Deserialize)]
+struct Version {
+    v: Option<String>,
+}
+
+async fn asset(
+    Path(name): Path<String>,
+    Query(version): Query<Version>,
+    req: axum::http::HeaderMap,
+) -> Response {
+    serve(&name, version.v.as_deref(), req.get(header::IF_NONE_MATCH))
 }
 
 fn find(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.name == name)
 }
 
-fn serve(name: &str, if_none_match: Option<&HeaderValue>) -> Response {
+/// The file `name`; `version`: the `?v=` it was asked with, which makes it `immutable` when
+/// it is this file's own (an older page's URL gets the file as it is now, revalidated).
+fn serve(name: &str, version: Option<&str>, if_none_match: Option<&HeaderValue>) -> Response {
     let Some(a) = find(name) else {
         return (StatusCode::NOT_FOUND, format!("no asset named {name:?}\n")).into_response();
     };
-    let etag = format!("\"{:016x}\"", fnv1a(a.bytes));
+    let hash = format!("{:016x}", fnv1a(a.bytes));
+    let etag = format!("\"{hash}\"");
     let mut r = if if_none_match.is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (StatusCode::OK, a.bytes).into_response()
     };
     let h = r.headers_mut();
-    headers(h, a.content_type);
+    headers(h, a.content_type, version == Some(hash.as_str()));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
     r
 }
 
-fn headers(h: &mut axum::http::HeaderMap, content_type: &'static str) {
+/// `immutable`: the URL names this very content (its hash), so it is kept a year unasked.
+fn headers(h: &mut axum::http::HeaderMap, content_type: &'static str, immutable: bool) {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // The files change only with the binary; revalidating is cheap (a 304 by ETag) and an
-    // upgrade shows at once.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Otherwise (the page itself, an unversioned URL) the files change only with the binary;
+    // revalidating is cheap (a 304 by ETag) and an upgrade shows at once.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if immutable {
+            "public, max-age=31536000, immutable"
+        } else {
+            "no-cache"
+        }),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
@@ -241,8 +284,8 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// Over real HTTP: the page at `/` with its content type and CSP, a script with its own, and
-    /// a 404 naming the unknown asset.
+    /// Over real HTTP: the page at `/` with its content type and CSP, a script with its own, the
+    /// page's versioned URLs kept (`immutable`), and a 404 naming the unknown asset.
     #[tokio::test]
     async fn serves_page_assets_and_404() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -262,6 +305,28 @@ mod tests {
         assert!(js.starts_with("HTTP/1.1 200"));
         assert!(js.contains("content-type: text/javascript; charset=utf-8"));
         assert!(js.contains("new EventSource(\"/api/stream\")"));
+        assert!(js.contains("cache-control: no-cache"), "{js}");
+
+        // The page names each file it loads with its version; that URL is kept unasked, an
+        // older version's is revalidated.
+        for name in VERSIONED {
+            let hash = format!("{:016x}", fnv1a(find(name).expect(name).bytes));
+            let url = format!("/assets/{name}?v={hash}");
+            assert!(
+                page.contains(&format!("\"{url}\"")),
+                "{name} not versioned: {page}"
+            );
+            let file = get(addr, &url).await;
+            assert!(file.starts_with("HTTP/1.1 200"), "{file}");
+            assert!(
+                file.contains("cache-control: public, max-age=31536000, immutable"),
+                "{file}"
+            );
+            let old = get(addr, &format!("/assets/{name}?v=0123456789abcdef")).await;
+            assert!(old.starts_with("HTTP/1.1 200"), "{old}");
+            assert!(old.contains("cache-control: no-cache"), "{old}");
+        }
+        assert!(!page.contains("\"/assets/console.js\""), "{page}");
 
         // Revalidating with the ETag it was given: a 304 without the file.
         let etag = js
