@@ -19,13 +19,15 @@ pub const MAX_SMALL: u64 = 4 << 20;
 /// The whole of `path`, or an error (`InvalidData`, "larger than N MiB (…)") once it passes `max`
 /// bytes, checked while reading (a device file or a growing file has no trustworthy size).
 pub fn read_at_most(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
+    read_capped(std::fs::File::open(path)?, max)?.ok_or_else(|| too_large(max))
+}
+
+/// Everything `reader` holds, or `None` once it passes `max` bytes (reading stops one byte
+/// past it): the one bounded read, for callers that word "too large" their own way.
+pub(crate) fn read_capped(reader: impl Read, max: u64) -> io::Result<Option<Vec<u8>>> {
     let mut bytes = Vec::new();
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(too_large(max));
-    }
-    Ok(bytes)
+    reader.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
 /// As [`read_at_most`], as UTF-8 text (`InvalidData` naming the byte offset when it is not).

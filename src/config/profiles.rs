@@ -50,7 +50,7 @@ struct RawProfileFile {
 /// The largest included file read. An included file is a few profiles (kilobytes); anything
 /// bigger is a wrong path, and `include = ["/dev/zero"]` must be an error, not a process that
 /// reads until allocation fails.
-pub(super) const MAX_INCLUDE: u64 = 4 << 20;
+pub(super) const MAX_INCLUDE: u64 = crate::files::MAX_SMALL;
 
 /// A raw profile and the included file it came from.
 pub(super) type Sourced = (RawProfile, Option<String>);
@@ -166,21 +166,17 @@ fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
 /// An included file's text: a regular file (a device or a FIFO would be read forever or block
 /// on open) of at most [`MAX_INCLUDE`] bytes, checked while reading, not only by its size.
 fn read_text(path: &Path) -> Result<String, String> {
-    use std::io::Read;
     const WHAT: &str = "(an included file holds [[profiles]])";
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if !meta.is_file() {
         return Err(format!("not a regular file {WHAT}"));
     }
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut text = String::new();
-    file.take(MAX_INCLUDE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if text.len() as u64 > MAX_INCLUDE {
-        return Err(format!("larger than {MAX_INCLUDE} bytes {WHAT}"));
-    }
-    Ok(text)
+    let bytes = crate::files::read_capped(file, MAX_INCLUDE)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .ok_or_else(|| format!("larger than {MAX_INCLUDE} bytes {WHAT}"))?;
+    String::from_utf8(bytes)
+        .map_err(|_| "cannot read: stream did not contain valid UTF-8".to_string())
 }
 
 fn read_file(path: &Path) -> Result<Vec<RawProfile>, String> {
